@@ -1,0 +1,42 @@
+"""fastslow: thinking fast and slow with neural networks.
+
+A spiking System 1 answers most inputs over a few timesteps; a conventional System 2
+is called when a policy decides to escalate; every answer carries an energy estimate.
+"""
+
+from fastslow.config import FitConfig, load_config
+from fastslow.energy import EnergyProfile, count_macs, load_profile
+from fastslow.errors import FastslowError
+from fastslow.evaluation import StrategyResult, collect_outputs, evaluate_strategies, routing_metrics
+from fastslow.pipeline import FitResult, evaluate_folder, fit
+from fastslow.policies import Router, Routing, confidence_score, train_router
+from fastslow.spiking import LIF, LIFParams, LIFState, lif_step
+from fastslow.systems import System1, System1Spec, System2Spec, build_system2
+
+__all__ = [
+    "EnergyProfile",
+    "FastslowError",
+    "FitConfig",
+    "FitResult",
+    "LIF",
+    "LIFParams",
+    "LIFState",
+    "Router",
+    "Routing",
+    "StrategyResult",
+    "System1",
+    "System1Spec",
+    "System2Spec",
+    "build_system2",
+    "collect_outputs",
+    "confidence_score",
+    "count_macs",
+    "evaluate_folder",
+    "evaluate_strategies",
+    "fit",
+    "lif_step",
+    "load_config",
+    "load_profile",
+    "routing_metrics",
+    "train_router",
+]

@@ -1,0 +1,126 @@
+"""The configuration of a fit: validated with pydantic, read from TOML or JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fastslow.errors import ConfigError
+from fastslow.evaluation.evaluate import DEFAULT_THRESHOLDS
+from fastslow.spiking import LIFParams
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LIFConfig(_Strict):
+    beta: float = Field(0.9, gt=0, le=1, description="per-step membrane decay")
+    tau: float | None = Field(None, gt=0, description="membrane time constant in steps; overrides beta (beta = exp(-1/tau))")
+    threshold: float = Field(1.0, gt=0)
+    reset: Literal["subtract", "zero"] = "subtract"
+    surrogate: Literal["fast_sigmoid", "arctan"] = "fast_sigmoid"
+    slope: float = Field(25.0, gt=0)
+
+    def params(self) -> LIFParams:
+        beta = math.exp(-1.0 / self.tau) if self.tau is not None else self.beta
+        return LIFParams(beta=beta, threshold=self.threshold, reset=self.reset, surrogate=self.surrogate, slope=self.slope)
+
+
+class System1Config(_Strict):
+    arch: Literal["auto", "mlp", "conv"] = "auto"
+    hidden: list[int] = Field(default_factory=lambda: [128], min_length=0)
+    conv_channels: list[int] = Field(default_factory=lambda: [8, 16])
+    timesteps: int = Field(8, ge=1, le=256)
+    encoding: Literal["direct", "rate", "latency"] = "rate"
+    readout: Literal["membrane", "spike_count"] = "membrane"
+    loss: Literal["tet", "cumulative", "final"] = "tet"
+    exit_heads: list[int] = Field(default_factory=list)
+    lif: LIFConfig = Field(default_factory=LIFConfig)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+    def resolved_arch(self, input_shape: tuple[int, ...]) -> str:
+        """``auto``: conv for colour or large images (≥ 3 channels or ≥ 32×32), else an MLP."""
+        if self.arch != "auto":
+            return self.arch
+        if len(input_shape) == 3 and (input_shape[0] >= 3 or min(input_shape[1:]) >= 32):
+            return "conv"
+        return "mlp"
+
+
+class System2Config(_Strict):
+    arch: Literal["auto", "lenet5", "cnn", "mlp"] = "auto"
+    hidden: int = Field(128, ge=1)
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class ConfidenceConfig(_Strict):
+    measure: Literal["max_softmax", "margin", "neg_entropy"] = "max_softmax"
+    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1)
+
+
+class RouterConfig(_Strict):
+    shares: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
+    energy_budgets_uj: list[float] = Field(default_factory=list, description="budgets turned into shares on the router split")
+    hidden: int = Field(32, ge=1)
+    epochs: int = Field(300, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    kl_weight: float = Field(10.0, ge=0)
+    energy_weight: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _shares_in_range(self) -> "RouterConfig":
+        if any(not 0.0 <= s <= 1.0 for s in self.shares):
+            raise ValueError("router shares must lie in [0, 1]")
+        return self
+
+
+class FitConfig(_Strict):
+    data: str = "digits"
+    seed: int = 0
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training split held out to train and calibrate the router")
+    profile: str = "cmos45nm"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = Field(256, ge=1)
+    system1: System1Config = Field(default_factory=System1Config)
+    system2: System2Config = Field(default_factory=System2Config)
+    confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
+    """A :class:`FitConfig` from a TOML/JSON file (or defaults), with top-level overrides applied."""
+    data: dict = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist: pass a TOML or JSON file")
+        try:
+            text = file.read_text()
+            data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"config file {file} cannot be parsed ({str(err).splitlines()[0]}): fix its TOML/JSON syntax") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "epochs":
+            data.setdefault("system1", {})["epochs"] = value
+            data.setdefault("system2", {})["epochs"] = value
+        else:
+            data[key] = value
+    try:
+        return FitConfig(**data)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise ConfigError(f"config option {where or '(top level)'}: {problem['msg']} (see `fastslow fit --help` and the README's config section)") from None

@@ -1,0 +1,120 @@
+"""Where the energy of a spike (and of a MAC) is counted.
+
+Operation counts come from real activity: System 1's recorded spikes (see
+:class:`fastslow.systems.system1.S1Run`), ANN MACs counted per layer by hooks.
+Energies are per input, in microjoules (µJ), under an :class:`EnergyProfile`.
+Memory traffic is not counted (see the profile's caveat).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastslow.energy.profile import EnergyProfile
+
+ENERGY_TERMS: tuple[str, ...] = ("s1_synaptic", "s1_dense", "s1_neuron", "policy", "s2")
+PJ_PER_UJ = 1e6
+
+
+@dataclass
+class OpCounts:
+    """Per-input operation counts, each a float tensor [B]."""
+
+    synaptic_ops: torch.Tensor
+    s1_dense_macs: torch.Tensor
+    neuron_updates: torch.Tensor
+    policy_macs: torch.Tensor
+    s2_macs: torch.Tensor
+
+    def energy_terms_uj(self, profile: EnergyProfile) -> dict[str, torch.Tensor]:
+        """Energy terms per input in µJ (keys: :data:`ENERGY_TERMS`)."""
+        return {
+            "s1_synaptic": self.synaptic_ops * profile.E_AC_pJ / PJ_PER_UJ,
+            "s1_dense": self.s1_dense_macs * profile.E_MAC_pJ / PJ_PER_UJ,
+            "s1_neuron": self.neuron_updates * profile.E_NEURON_pJ / PJ_PER_UJ,
+            "policy": self.policy_macs * profile.E_MAC_pJ / PJ_PER_UJ,
+            "s2": self.s2_macs * profile.E_MAC_pJ / PJ_PER_UJ,
+        }
+
+
+def exit_component_mask(exit_layers: tuple[int, ...], n_layers: int) -> torch.Tensor:
+    """[E, K] mask of the components an answer from each exit needs: backbone up to its layer, and its head."""
+    n_exits = len(exit_layers)
+    mask = torch.zeros(n_exits, n_layers + n_exits)
+    for exit_index, layer in enumerate(exit_layers):
+        mask[exit_index, : layer + 1] = 1.0
+        mask[exit_index, n_layers + exit_index] = 1.0
+    return mask
+
+
+def s1_op_counts(
+    synaptic_ops: torch.Tensor,
+    dense_macs: torch.Tensor,
+    neuron_updates: torch.Tensor,
+    exit_layers: tuple[int, ...],
+    timesteps_run: torch.Tensor,
+    exit_taken: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """System 1's (synaptic ops, dense MACs, neuron updates) per input for what actually ran.
+
+    ``synaptic_ops``/``dense_macs`` [K, T, B] and ``neuron_updates`` [K] as recorded by a run;
+    ``timesteps_run`` [B] in 0..T (0 = System 1 never ran) and ``exit_taken`` [B] in 0..E-1.
+    """
+    n_exits = len(exit_layers)
+    n_components = synaptic_ops.shape[0]
+    mask = exit_component_mask(exit_layers, n_components - n_exits).to(synaptic_ops)[exit_taken]  # [B, K]
+    steps = timesteps_run.long()
+    index = (steps - 1).clamp(min=0)
+    ran = (steps > 0).to(synaptic_ops.dtype)
+    batch = torch.arange(synaptic_ops.shape[2], device=synaptic_ops.device)
+    syn_upto = synaptic_ops.cumsum(1)[:, index, batch].T  # [B, K]
+    dense_upto = dense_macs.cumsum(1)[:, index, batch].T
+    synaptic = (syn_upto * mask).sum(1) * ran
+    dense = (dense_upto * mask).sum(1) * ran
+    neurons = (mask * neuron_updates).sum(1) * steps.to(synaptic_ops.dtype)
+    return synaptic, dense, neurons
+
+
+def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """MACs per input of every Conv/Linear layer of an ANN, by a forward pass with hooks.
+
+    Keys are module names; bias additions and activations are not counted.
+    """
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def make_hook(name: str):
+        def hook(mod: nn.Module, _inputs, output: torch.Tensor) -> None:
+            if isinstance(mod, nn.Linear):
+                counts[name] = counts.get(name, 0) + mod.in_features * mod.out_features * (output.numel() // output.shape[0] // mod.out_features)
+            elif isinstance(mod, nn.modules.conv._ConvNd):
+                per_output = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+                counts[name] = counts.get(name, 0) + per_output * (output.numel() // output.shape[0])
+
+        return hook
+
+    for name, mod in module.named_modules():
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+            hooks.append(mod.register_forward_hook(make_hook(name or type(mod).__name__)))
+    try:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape, device=device))
+        module.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts
+
+
+def memory_bytes(parameters: int, state_neurons: int, profile: EnergyProfile) -> int:
+    """Footprint = weights × weight_bits/8 + neuron state × state_bits/8, in bytes."""
+    return math.ceil(parameters * profile.weight_bits / 8 + state_neurons * profile.state_bits / 8)
+
+

@@ -1,0 +1,113 @@
+"""The report folder: results.json, report.md, pareto.png, and the console table."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from fastslow import _atomic  # noqa: E402
+from fastslow.evaluation.evaluate import StrategyResult  # noqa: E402
+
+ENERGY_NOTE = (
+    "Energy per input in µJ counts arithmetic only (synaptic accumulates from the real spikes, "
+    "MACs, neuron updates) under the named hardware profile; memory traffic is not counted."
+)
+_REFERENCE_STYLE = {"system1": ("s", "tab:blue"), "system2": ("*", "tab:red"), "oracle": ("D", "tab:green")}
+
+
+def results_table(results: list[StrategyResult], title: str) -> Table:
+    table = Table(title=title, caption=ENERGY_NOTE, caption_justify="left")
+    for column, justify in [("strategy", "left"), ("accuracy %", "right"), ("escalated %", "right"), ("mean T", "right"), ("µJ/input", "right"), ("× S2 energy", "right")]:
+        table.add_column(column, justify=justify)
+    for r in results:
+        table.add_row(r.name, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
+    return table
+
+
+def print_table(results: list[StrategyResult], title: str, console: Console | None = None) -> None:
+    (console or Console()).print(results_table(results, title))
+
+
+def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> bytes:
+    """Accuracy against µJ/input: each policy family a curve, references as points."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    families = [f for f in dict.fromkeys(r.family for r in results) if f not in _REFERENCE_STYLE]
+    for family in families:
+        points = sorted((r.energy_uj, 100 * r.accuracy) for r in results if r.family == family)
+        xs, ys = zip(*points)
+        style = "--" if family == "random" else "-"
+        ax.plot(xs, ys, style, marker="o", markersize=3.5, linewidth=1.2, label=family)
+    for r in results:
+        if r.family in _REFERENCE_STYLE:
+            marker, colour = _REFERENCE_STYLE[r.family]
+            ax.plot([r.energy_uj], [100 * r.accuracy], marker, color=colour, markersize=9, label=r.name, linestyle="none")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"energy per input (µJ, profile {profile_name}; arithmetic only)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def report_markdown(payload: dict) -> str:
+    """report.md: what ran, the systems, every strategy, the routing metrics and the plot."""
+    profile = payload["profile"]
+    s1, s2 = payload["systems"]["system1"], payload["systems"]["system2"]
+    lines = [
+        f"# fastslow report — {payload['dataset']}",
+        "",
+        f"- Data: {payload['data_note']}; split sizes {payload['split']}; seed {payload['seed']}.",
+        f"- Hardware profile: `{profile['name']}` — E_MAC {profile['E_MAC_pJ']} pJ, E_AC {profile['E_AC_pJ']} pJ, "
+        f"E_NEURON {profile['E_NEURON_pJ']} pJ ({profile['description']})",
+        f"- {ENERGY_NOTE}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in payload['versions'].items())}.",
+        "",
+        "## Systems",
+        "",
+        "| system | architecture | parameters | per-input work | memory (bytes) |",
+        "| --- | --- | ---: | --- | ---: |",
+        f"| System 1 | {s1['description']} | {s1['parameters']:,} | {s1['mean_synaptic_ops']:,.0f} synaptic ops, "
+        f"{s1['mean_dense_macs']:,.0f} dense MACs, {s1['neuron_updates']:,.0f} neuron updates over T={s1['timesteps']} | {s1['memory_bytes']:,} |",
+        f"| System 2 | {s2['description']} | {s2['parameters']:,} | {s2['macs']:,} MACs | {s2['memory_bytes']:,} |",
+        "",
+        "## Strategies",
+        "",
+        "| strategy | accuracy % | escalated % | mean T | µJ/input | s1_synaptic | s1_dense | s1_neuron | policy | s2 | × S2 energy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in payload["strategies"]:
+        t = r["energy_terms_uj"]
+        lines.append(
+            f"| {r['name']} | {100 * r['accuracy']:.2f} | {100 * r['escalation_rate']:.1f} | {r['mean_timesteps']:.2f} | "
+            f"{r['energy_uj']:.4f} | {t['s1_synaptic']:.4f} | {t['s1_dense']:.4f} | {t['s1_neuron']:.4f} | {t['policy']:.5f} | "
+            f"{t['s2']:.4f} | {r['energy_ratio_vs_s2']:.3f} |"
+        )
+    lines += ["", "## Routing metrics (RouteLLM, per family)", "", "| family | APGR | CPT(50%) | CPT(80%) | note |", "| --- | ---: | ---: | ---: | --- |"]
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    for family, m in payload["routing_metrics"].items():
+        lines.append(f"| {family} | {fmt(m['APGR'])} | {fmt(m['CPT(50%)'])} | {fmt(m['CPT(80%)'])} | {m['note']} |")
+    best = payload.get("best_within_half_point_of_system2", {})
+    if best:
+        lines += ["", "Cheapest point per family within 0.5 accuracy points of System 2: " + ", ".join(f"{k}: `{v}`" for k, v in best.items()) + "."]
+    lines += ["", "## Accuracy vs energy", "", "![accuracy vs energy](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, payload: dict, results: list[StrategyResult]) -> None:
+    """Write pareto.png, report.md, then results.json (each atomically)."""
+    title = f"{payload['dataset']}: accuracy vs energy ({payload['profile']['name']})"
+    _atomic.write_bytes(folder / "pareto.png", pareto_png(results, title, payload["profile"]["name"]))
+    _atomic.write_text(folder / "report.md", report_markdown(payload))
+    _atomic.write_json(folder / "results.json", payload)

@@ -1,0 +1,321 @@
+"""The main job: train System 1 and System 2, train the routers, evaluate, write the report.
+
+``fit`` and ``evaluate_folder`` are what the CLI's ``demo``/``fit``/``evaluate`` call.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from fastslow import _atomic, checkpoint
+from fastslow.config import FitConfig
+from fastslow.data import Dataset, load_dataset
+from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
+from fastslow.errors import CheckpointError, ConfigError, DataError
+from fastslow.evaluation.evaluate import (
+    StrategyResult,
+    SystemOutputs,
+    best_within,
+    collect_outputs,
+    evaluate_strategies,
+    family_metrics,
+    score_routing,
+)
+from fastslow.evaluation.report import print_table, write_report
+from fastslow.policies import Router, Routing, share_for_energy_budget, train_router
+from fastslow.policies.router import per_input_cross_entropy
+from fastslow.systems.system1 import System1, System1Spec
+from fastslow.systems.system2 import System2Spec, build_system2
+from fastslow.systems.training import ce_loss, system1_loss, train_classifier
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Splits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    dataset: Dataset
+
+
+@dataclass
+class FitResult:
+    """What a fit produced: the trained systems, routers, the evaluated strategies and the payload written."""
+
+    system1: System1
+    system2: nn.Module
+    routers: list[Router]
+    results: list[StrategyResult]
+    payload: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available: use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_splits(config: FitConfig) -> Splits:
+    """Load the dataset and hold out ``val_fraction`` of its training split (stratified, seeded) for the router."""
+    dataset = load_dataset(config.data, seed=config.seed, test_fraction=config.test_fraction)
+    try:
+        x_fit, x_val, y_fit, y_val = train_test_split(
+            dataset.x_train, dataset.y_train, test_size=config.val_fraction, stratify=dataset.y_train, random_state=config.seed
+        )
+    except ValueError as err:
+        raise DataError(f"cannot hold out {config.val_fraction:g} of the training split for the router ({err}): give every class more samples or change val_fraction") from None
+    as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    as_y = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
+    return Splits(as_x(x_fit), as_y(y_fit), as_x(x_val), as_y(y_val), as_x(dataset.x_test), as_y(dataset.y_test), dataset)
+
+
+def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int) -> System1Spec:
+    c = config.system1
+    return System1Spec(
+        input_shape=tuple(input_shape),
+        n_classes=n_classes,
+        arch=c.resolved_arch(tuple(input_shape)),
+        hidden=tuple(c.hidden),
+        conv_channels=tuple(c.conv_channels),
+        timesteps=c.timesteps,
+        encoding=c.encoding,
+        readout=c.readout,
+        lif=c.lif.params(),
+        exit_heads=tuple(c.exit_heads),
+    )
+
+
+@contextmanager
+def _progress(console: Console, enabled: bool):
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not enabled, transient=False,
+    )
+    with progress:
+        yield progress
+
+
+def _train(progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed) -> None:
+    batches = epochs * max(1, -(-len(x) // batch_size))
+    task = progress.add_task(description, total=batches)
+    train_classifier(model, x, y, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_batch=lambda: progress.advance(task))
+
+
+def describe_module(module: nn.Module) -> str:
+    parts = []
+    for mod in module.modules():
+        if isinstance(mod, nn.Conv2d):
+            parts.append(f"conv{mod.kernel_size[0]}×{mod.kernel_size[1]} {mod.in_channels}→{mod.out_channels}")
+        elif isinstance(mod, nn.Linear):
+            parts.append(f"fc {mod.in_features}→{mod.out_features}")
+    return " · ".join(parts)
+
+
+def _versions() -> dict[str, str]:
+    try:
+        own = metadata.version("fastslow")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    return {"fastslow": own, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int) -> SystemOutputs:
+    return collect_outputs(system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device)
+
+
+def _router_shares(config: FitConfig, val: SystemOutputs, profile: EnergyProfile, policy_macs: int) -> list[float]:
+    """Requested shares plus the shares that meet each requested energy budget on the router split."""
+    shares = list(config.router.shares)
+    if config.router.energy_budgets_uj:
+        n = len(val.labels)
+        s1 = score_routing("s1", "s1", Routing.full_system1(n, val.timesteps, val.last_exit), val, profile).energy_uj
+        s2 = val.s2_macs * profile.E_MAC_pJ / 1e6
+        policy = policy_macs * profile.E_MAC_pJ / 1e6
+        shares += [round(share_for_energy_budget(b, s1, s2, policy), 4) for b in config.router.energy_budgets_uj]
+    return sorted(set(shares))
+
+
+def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: dict[str, int], profile: EnergyProfile, s1_result: StrategyResult) -> dict:
+    s1_spec = system1.spec
+    s2_params = sum(p.numel() for p in system2.parameters())
+    lif = s1_spec.lif
+    return {
+        "system1": {
+            "description": f"spiking {s1_spec.arch} ({describe_module(system1)}), {s1_spec.encoding} encoding, "
+            f"{s1_spec.readout} readout, LIF beta={lif.beta:.3g} threshold={lif.threshold:g} reset={lif.reset}",
+            "parameters": system1.parameter_count(),
+            "stateful_neurons": system1.stateful_neurons(),
+            "timesteps": s1_spec.timesteps,
+            "mean_synaptic_ops": s1_result.ops_per_input["synaptic_ops"],
+            "mean_dense_macs": s1_result.ops_per_input["s1_dense_macs"],
+            "neuron_updates": s1_result.ops_per_input["neuron_updates"],
+            "memory_bytes": memory_bytes(system1.parameter_count(), system1.stateful_neurons(), profile),
+        },
+        "system2": {
+            "description": describe_module(system2),
+            "parameters": s2_params,
+            "macs": sum(s2_macs_per_layer.values()),
+            "macs_per_layer": s2_macs_per_layer,
+            "memory_bytes": memory_bytes(s2_params, 0, profile),
+        },
+    }
+
+
+def _evaluate_and_report(
+    out: Path, config: FitConfig, splits: Splits, system1: System1, system2: nn.Module, routers: list[Router],
+    profile: EnergyProfile, device: torch.device, console: Console, show_table: bool,
+) -> tuple[list[StrategyResult], dict]:
+    s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
+    test = _outputs(system1, system2, sum(s2_macs_per_layer.values()), splits.x_test, splits.y_test, config, device, seed_offset=2)
+    results = evaluate_strategies(
+        test, profile, routers=routers, thresholds=tuple(config.confidence.thresholds), measure=config.confidence.measure, seed=config.seed
+    )
+    s1_result = next(r for r in results if r.name == "system1")
+    dataset = splits.dataset
+    payload = {
+        "dataset": dataset.name,
+        "data_note": dataset.note,
+        "split": {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)},
+        "seed": config.seed,
+        "profile": profile.summary(),
+        "versions": _versions(),
+        "config": config.model_dump(),
+        "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
+        "routers": [
+            {"target_share": r.target_share, "soft_share_on_router_split": getattr(r, "soft_share", None), "macs": r.macs()} for r in routers
+        ],
+        "strategies": [r.to_dict() for r in results],
+        "routing_metrics": family_metrics(results),
+        "best_within_half_point_of_system2": {k: v.name for k, v in best_within(results).items()},
+    }
+    write_report(out, payload, results)
+    if show_table:
+        print_table(results, f"{dataset.name}: {len(splits.x_test)} test inputs, profile {profile.name}", console)
+    return results, payload
+
+
+def fit(
+    config: FitConfig,
+    out: str | Path,
+    *,
+    console: Console | None = None,
+    progress: bool = True,
+    show_table: bool = True,
+    system2: nn.Module | None = None,
+) -> FitResult:
+    """Train everything ``config`` describes on its dataset and write the report folder ``out``.
+
+    ``system2``: any ``nn.Module`` mapping inputs to logits, to use instead of the default
+    (trained here like the default; only the default can be reloaded by ``evaluate``).
+    """
+    console = console or Console()
+    out = Path(out)
+    profile = load_profile(config.profile)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    splits = make_splits(config)
+    dataset = splits.dataset
+    s1 = System1(system1_spec(config, dataset.input_shape, dataset.n_classes)).to(device)
+    s2_spec = System2Spec(tuple(dataset.input_shape), dataset.n_classes, config.system2.arch, config.system2.hidden)
+    s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
+    xd, yd = splits.x_train.to(device), splits.y_train.to(device)
+    c1, c2 = config.system1, config.system2
+    with _progress(console, progress) as bars:
+        _train(bars, "System 1 (SNN, BPTT)", s1, lambda m, x, y: system1_loss(m, x, y, c1.loss), xd, yd, c1.epochs, c1.lr, c1.batch_size, config.seed)
+        _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
+        s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
+        val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=1)
+        features = val.router_features()
+        s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
+        s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
+        rc = config.router
+        probe = Router(features.shape[1], rc.hidden)
+        shares = _router_shares(config, val, profile, probe.macs())
+        task = bars.add_task("routers", total=len(shares))
+        routers = []
+        for share in shares:
+            routers.append(
+                train_router(features, s1_loss, s2_loss, share, hidden=rc.hidden, epochs=rc.epochs, lr=rc.lr,
+                             kl_weight=rc.kl_weight, energy_weight=rc.energy_weight, seed=config.seed)
+            )
+            bars.advance(task)
+    folder = out / CHECKPOINTS
+    checkpoint.save_system1(folder, s1)
+    if system2 is None:
+        checkpoint.save_system2(folder, s2, s2_spec)
+    for router in routers:
+        checkpoint.save_router(folder, router)
+    _atomic.write_json(folder / "manifest.json", {"router_shares": [r.target_share for r in routers], "system2": "default" if system2 is None else "custom"})
+    _atomic.write_json(out / "config.json", config.model_dump())
+    results, payload = _evaluate_and_report(out, config, splits, s1, s2, routers, profile, device, console, show_table)
+    return FitResult(s1, s2, routers, results, payload)
+
+
+def evaluate_folder(
+    folder: str | Path,
+    *,
+    data: str | None = None,
+    profile: str | None = None,
+    console: Console | None = None,
+    show_table: bool = True,
+) -> tuple[list[StrategyResult], dict]:
+    """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
+    console = console or Console()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"report folder {folder} does not exist: pass the --out folder of a `fastslow fit` or `fastslow demo` run")
+    from fastslow.config import load_config
+
+    config = load_config(folder / "config.json", data=data, profile=profile)
+    energy_profile = load_profile(config.profile)
+    device = resolve_device(config.device)
+    ckpt = folder / CHECKPOINTS
+    manifest_path = ckpt / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint file {manifest_path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
+    import json
+
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        shares = [float(s) for s in manifest["router_shares"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint file {manifest_path} is corrupt ({err}): re-run `fastslow fit`") from None
+    if manifest.get("system2") == "custom":
+        raise CheckpointError("this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module")
+    s1 = checkpoint.load_system1(ckpt).to(device)
+    s2, _ = checkpoint.load_system2(ckpt)
+    s2 = s2.to(device)
+    routers = [checkpoint.load_router(ckpt, share) for share in shares]
+    seed_everything(config.seed)
+    splits = make_splits(config)
+    if tuple(splits.dataset.input_shape) != tuple(s1.spec.input_shape) or splits.dataset.n_classes != s1.spec.n_classes:
+        raise DataError(
+            f"data {config.data!r} has inputs {tuple(splits.dataset.input_shape)} and {splits.dataset.n_classes} classes, "
+            f"but the checkpoints expect {tuple(s1.spec.input_shape)} and {s1.spec.n_classes}: pass matching --data"
+        )
+    _atomic.write_json(folder / "config.json", config.model_dump())
+    return _evaluate_and_report(folder, config, splits, s1, s2, routers, energy_profile, device, console, show_table)

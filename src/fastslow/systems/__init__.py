@@ -1,0 +1,6 @@
+"""The two systems: a spiking System 1 and a conventional System 2, and their training."""
+
+from fastslow.systems.system1 import S1Run, System1, System1Spec
+from fastslow.systems.system2 import System2Spec, build_system2
+
+__all__ = ["S1Run", "System1", "System1Spec", "System2Spec", "build_system2"]

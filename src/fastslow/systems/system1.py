@@ -1,0 +1,264 @@
+"""System 1: a spiking network run step by step for up to T timesteps.
+
+Every run records, per timestep, the cumulative output of each exit and the
+operations each component actually performed (from the real spike tensors), so
+a policy can stop at any (exit, t) and the energy model can charge exactly what ran.
+
+Components are the backbone layers (synaptic op → LIF [→ max-pool]) followed by
+the exit heads (a linear readout of a hidden layer's spikes into a
+non-leaking integrator). The last exit is the network's final readout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_init, lif_step
+
+ReadoutName = Literal["membrane", "spike_count"]
+# Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
+# rates in [0, 1] is not flat; fixed, not learned, so the rate stays the answer.
+SPIKE_COUNT_SCALE = 10.0
+
+
+@dataclass(frozen=True)
+class System1Spec:
+    """Everything needed to rebuild a System 1 (stored beside its weights)."""
+
+    input_shape: tuple[int, ...]
+    n_classes: int
+    arch: Literal["mlp", "conv"] = "mlp"
+    hidden: tuple[int, ...] = (128,)
+    conv_channels: tuple[int, ...] = (8, 16)
+    timesteps: int = 8
+    encoding: Literal["direct", "rate", "latency"] = "rate"
+    readout: ReadoutName = "membrane"
+    lif: LIFParams = field(default_factory=LIFParams)
+    exit_heads: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["lif"] = self.lif._asdict()
+        return data
+
+    @staticmethod
+    def from_dict(data: dict) -> "System1Spec":
+        data = dict(data)
+        data["lif"] = LIFParams(**data["lif"])
+        for key in ("input_shape", "hidden", "conv_channels", "exit_heads"):
+            data[key] = tuple(data[key])
+        return System1Spec(**data)
+
+
+@dataclass
+class S1Run:
+    """What one run of System 1 recorded. B = batch, T = timesteps run, E = exits, K = components.
+
+    - ``step_outputs`` [T, E, B, C]: each exit's readout at step t (for per-step losses).
+    - ``logits`` [T, E, B, C]: each exit's cumulative mean output up to t (the answer at t).
+    - ``synaptic_ops`` [K, T, B]: accumulate ops (input spikes × fan-out) per component.
+    - ``dense_macs`` [K, T, B]: MACs of components fed by real values (direct encoding).
+    - ``neuron_updates`` [K]: neuron state updates per component per timestep.
+    - ``spike_rates`` [H, T, B]: fraction of each hidden layer's neurons that fired.
+    """
+
+    step_outputs: torch.Tensor
+    logits: torch.Tensor
+    synaptic_ops: torch.Tensor
+    dense_macs: torch.Tensor
+    neuron_updates: torch.Tensor
+    spike_rates: torch.Tensor
+
+    @property
+    def final_logits(self) -> torch.Tensor:
+        """[B, C] answer of the last exit after the last timestep."""
+        return self.logits[-1, -1]
+
+
+class _Layer(nn.Module):
+    """A backbone layer: synaptic op → LIF, then optional 2×2 max-pool of the spikes."""
+
+    def __init__(self, op: nn.Module, in_shape: tuple[int, ...], pool: bool) -> None:
+        super().__init__()
+        self.op = op
+        self.in_shape = in_shape
+        with torch.no_grad():
+            out = op(torch.zeros(1, *in_shape))
+        self.out_shape = tuple(out.shape[1:])
+        self.pool = pool
+        pooled = F.max_pool2d(out, 2) if pool else out
+        self.pooled_shape = tuple(pooled.shape[1:])
+        self.neurons = math.prod(self.out_shape)
+        self.register_buffer("fanout", _fanout_map(op, in_shape, self.out_shape), persistent=False)
+        self.dense_macs = _dense_macs(op, self.out_shape)
+
+
+def _fanout_map(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
+    """Synapses leaving each input neuron (channel-independent map [H, W], or scalar for linear)."""
+    if isinstance(op, nn.Linear):
+        return torch.tensor(float(op.out_features))
+    if isinstance(op, nn.Conv2d):
+        if op.stride != (1, 1) or op.dilation != (1, 1) or op.groups != 1:
+            raise ValueError("fan-out counting supports stride-1, undilated, ungrouped convolutions")
+        kernel = torch.ones(1, 1, *op.kernel_size)
+        reached = F.conv_transpose2d(torch.ones(1, 1, *out_shape[1:]), kernel, padding=op.padding)
+        return reached[0, 0] * op.out_channels
+    raise TypeError(f"unsupported synaptic op {type(op).__name__}")
+
+
+def _dense_macs(op: nn.Module, out_shape: tuple[int, ...]) -> int:
+    if isinstance(op, nn.Linear):
+        return op.in_features * op.out_features
+    kh, kw = op.kernel_size
+    return math.prod(out_shape) * op.in_channels * kh * kw
+
+
+def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
+    """Per-sample accumulate ops caused by ``spikes`` [B, ...] through a layer with ``fanout``."""
+    if fanout.dim() == 0:
+        return spikes.flatten(1).sum(1) * fanout
+    return (spikes.sum(1) * fanout).flatten(1).sum(1)
+
+
+class System1(nn.Module):
+    """Spiking MLP or small conv net; see :class:`System1Spec` and :meth:`run`."""
+
+    def __init__(self, spec: System1Spec) -> None:
+        super().__init__()
+        if spec.timesteps < 1:
+            raise ValueError("timesteps must be at least 1")
+        self.spec = spec
+        layers: list[_Layer] = []
+        shape = tuple(spec.input_shape)
+        if spec.arch == "conv":
+            if len(shape) != 3:
+                raise ValueError(f"conv System 1 needs image inputs [C, H, W], got shape {shape}")
+            for channels in spec.conv_channels:
+                op = nn.Conv2d(shape[0], channels, 3, padding=1)
+                pool = min(shape[1], shape[2]) >= 4
+                layer = _Layer(op, shape, pool)
+                layers.append(layer)
+                shape = layer.pooled_shape
+        features = math.prod(shape)
+        for width in spec.hidden:
+            layer = _Layer(nn.Linear(features, width), (features,), pool=False)
+            layers.append(layer)
+            features = width
+        if not layers:
+            raise ValueError("System 1 needs at least one hidden layer")
+        self.layers = nn.ModuleList(layers)
+        exit_points = list(spec.exit_heads) + [len(layers) - 1]
+        if sorted(set(exit_points)) != exit_points:
+            raise ValueError(f"exit_heads must be increasing hidden-layer indices below {len(layers) - 1}")
+        self.exit_layers = tuple(exit_points)
+        self.heads = nn.ModuleList(
+            nn.Linear(math.prod(self.layers[h].pooled_shape), spec.n_classes) for h in exit_points
+        )
+        self.lif_params = spec.lif
+
+    # -- static facts -------------------------------------------------------
+    @property
+    def n_exits(self) -> int:
+        return len(self.heads)
+
+    @property
+    def n_components(self) -> int:
+        return len(self.layers) + len(self.heads)
+
+    def component_names(self) -> list[str]:
+        return [f"layer{i}" for i in range(len(self.layers))] + [f"exit{e}@layer{h}" for e, h in enumerate(self.exit_layers)]
+
+    def neurons_per_component(self) -> list[int]:
+        return [layer.neurons for layer in self.layers] + [self.spec.n_classes] * len(self.heads)
+
+    def stateful_neurons(self) -> int:
+        return sum(self.neurons_per_component())
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- simulation ---------------------------------------------------------
+    def run(
+        self,
+        x: torch.Tensor,
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> S1Run:
+        """Simulate ``timesteps`` (default T) steps on a batch ``x`` [B, *input_shape] in [0, 1]."""
+        spec = self.spec
+        steps = spec.timesteps if timesteps is None else timesteps
+        if tuple(x.shape[1:]) != tuple(spec.input_shape):
+            raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, spec.input_shape))}], got {list(x.shape)}")
+        batch = x.shape[0]
+        n_layers = len(self.layers)
+        if isinstance(self.layers[0].op, nn.Linear):
+            x = x.flatten(1)
+        spiking_input = is_spiking(spec.encoding)
+        # Direct encoding feeds the same current every step: compute it once.
+        constant_current = None if spiking_input else self.layers[0].op(x)
+        layer_states: list[LIFState | None] = [None] * n_layers
+        head_states: list[torch.Tensor | None] = [None] * self.n_exits
+        step_outputs, logits, syn_ops, dense, rates = [], [], [], [], []
+        running_sum = None
+        for t in range(steps):
+            step_syn = []
+            step_rates = []
+            layer_outputs = []
+            inp = encode_step(x, t, steps, spec.encoding, generator) if spiking_input else None
+            for index, layer in enumerate(self.layers):
+                if index == 0 and constant_current is not None:
+                    current = constant_current
+                else:
+                    current = layer.op(inp)
+                with torch.no_grad():
+                    step_syn.append(_synaptic_ops(inp, layer.fanout) if inp is not None else x.new_zeros(batch))
+                if layer_states[index] is None:
+                    layer_states[index] = lif_init(current)
+                spikes, layer_states[index] = lif_step(current, layer_states[index], self.lif_params)
+                step_rates.append(spikes.detach().flatten(1).mean(1))
+                out = F.max_pool2d(spikes, 2) if layer.pool else spikes
+                if index + 1 < n_layers and isinstance(self.layers[index + 1].op, nn.Linear):
+                    out = out.flatten(1)
+                layer_outputs.append(out)
+                inp = out
+            outputs = []
+            for e, (head, h) in enumerate(zip(self.heads, self.exit_layers)):
+                source = layer_outputs[h].flatten(1)
+                with torch.no_grad():
+                    step_syn.append(source.sum(1) * head.out_features)
+                current = head(source)
+                if spec.readout == "spike_count":
+                    state = LIFState(v=head_states[e]) if head_states[e] is not None else lif_init(current)
+                    head_spikes, state = lif_step(current, state, self.lif_params)
+                    head_states[e] = state.v
+                    outputs.append(head_spikes * SPIKE_COUNT_SCALE)
+                else:
+                    outputs.append(current)
+            out_t = torch.stack(outputs)  # [E, B, C]
+            running_sum = out_t if running_sum is None else running_sum + out_t
+            step_outputs.append(out_t)
+            logits.append(running_sum / (t + 1))
+            syn_ops.append(torch.stack(step_syn))
+            dense_row = x.new_zeros(self.n_components, batch)
+            if not spiking_input:
+                dense_row[0] = float(self.layers[0].dense_macs)
+            dense.append(dense_row)
+            rates.append(torch.stack(step_rates))
+        return S1Run(
+            step_outputs=torch.stack(step_outputs),
+            logits=torch.stack(logits),
+            synaptic_ops=torch.stack(syn_ops, dim=1),
+            dense_macs=torch.stack(dense, dim=1),
+            neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
+            spike_rates=torch.stack(rates, dim=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-exit logits after T steps, [B, C] (for use as a plain classifier)."""
+        return self.run(x).final_logits

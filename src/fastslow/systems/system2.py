@@ -1,0 +1,67 @@
+"""System 2: a conventional ANN sized as a practitioner would size it for the data.
+
+- images of at least 28×28: LeNet-5 (about 0.42 M MACs on 28×28);
+- smaller images: a two-conv CNN (about 25 k MACs on 8×8);
+- flat inputs: an MLP with one hidden layer.
+Any ``torch.nn.Module`` mapping inputs to logits can stand in from the Python API.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class System2Spec:
+    input_shape: tuple[int, ...]
+    n_classes: int
+    arch: Literal["auto", "lenet5", "cnn", "mlp"] = "auto"
+    hidden: int = 128
+
+    def resolved_arch(self) -> str:
+        if self.arch != "auto":
+            return self.arch
+        if len(self.input_shape) == 3 and min(self.input_shape[1:]) >= 28:
+            return "lenet5"
+        if len(self.input_shape) == 3 and min(self.input_shape[1:]) >= 4:
+            return "cnn"
+        return "mlp"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "System2Spec":
+        data = dict(data)
+        data["input_shape"] = tuple(data["input_shape"])
+        return System2Spec(**data)
+
+
+def build_system2(spec: System2Spec) -> nn.Module:
+    """The default System 2 for ``spec`` (untrained)."""
+    arch = spec.resolved_arch()
+    channels, classes = spec.input_shape[0], spec.n_classes
+    if arch == "lenet5":
+        _, height, width = spec.input_shape
+        flat = 16 * ((height // 2 - 4) // 2) * ((width // 2 - 4) // 2)
+        return nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, classes),
+        )
+    if arch == "cnn":
+        _, height, width = spec.input_shape
+        flat = 16 * (height // 4) * (width // 4)
+        return nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(flat, 32), nn.ReLU(), nn.Linear(32, classes),
+        )
+    if arch == "mlp":
+        features = math.prod(spec.input_shape)
+        return nn.Sequential(nn.Flatten(), nn.Linear(features, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, classes))
+    raise ValueError(f"unknown System 2 arch {arch!r}: use auto, lenet5, cnn or mlp")
