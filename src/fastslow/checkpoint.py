@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
@@ -40,7 +40,7 @@ def _read(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"checkpoint file {paths[0]} is corrupt ({err}): re-run `fastslow fit`") from None
     try:
         tensors = load_tensors(paths[1].read_bytes())
-    except (SafetensorsError, ValueError, RuntimeError) as err:
+    except (SafetensorError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint file {paths[1]} is corrupt ({str(err).splitlines()[0]}): re-run `fastslow fit`") from None
     return config, tensors
 

@@ -196,7 +196,9 @@ def evaluate_strategies(
         routing = router.route(features, steps, last)
         share = router.target_share
         results.append(score_routing(f"router@share={share:g}", "router", routing, outputs, profile, {"target_share": share}))
-    matched_rates = sorted({round(r.escalation_rate, 3) for r in results if r.family in ("confidence", "router")} - {0.0, 1.0})
+    # Random escalation at the rates the learned router reached (or the confidence sweep's, without routers).
+    matched_family = "router" if routers else "confidence"
+    matched_rates = sorted({round(r.escalation_rate, 3) for r in results if r.family == matched_family} - {0.0, 1.0})
     for index, rate in enumerate(matched_rates):
         routing = random_routing(n, rate, steps, last, seed=seed + index)
         results.append(score_routing(f"random@rate={rate:.3f}", "random", routing, outputs, profile, {"rate": rate}))

@@ -24,8 +24,9 @@ _REFERENCE_STYLE = {"system1": ("s", "tab:blue"), "system2": ("*", "tab:red"), "
 
 def results_table(results: list[StrategyResult], title: str) -> Table:
     table = Table(title=title, caption=ENERGY_NOTE, caption_justify="left")
-    for column, justify in [("strategy", "left"), ("accuracy %", "right"), ("escalated %", "right"), ("mean T", "right"), ("µJ/input", "right"), ("× S2 energy", "right")]:
-        table.add_column(column, justify=justify)
+    table.add_column("strategy", no_wrap=True)
+    for column in ("acc %", "esc %", "mean T", "µJ/input", "×S2 µJ"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in results:
         table.add_row(r.name, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
     return table

@@ -1,0 +1,38 @@
+import pytest
+
+TINY_CONFIG = """
+[system1]
+epochs = 2
+timesteps = 3
+hidden = [32]
+
+[system2]
+epochs = 2
+
+[router]
+shares = [0.2, 0.4]
+epochs = 40
+
+[confidence]
+thresholds = [0.5, 0.8, 0.95]
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fitted_folder(tmp_path_factory):
+    """One tiny fit on digits shared by the tests that only read or re-evaluate it."""
+    from fastslow.cli import main
+
+    root = tmp_path_factory.mktemp("fit")
+    config = root / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    out = root / "run"
+    assert main(["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"]) == 0
+    return out

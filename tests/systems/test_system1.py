@@ -1,0 +1,76 @@
+"""System 1: step-by-step records, exits, architectures, training signal."""
+
+import pytest
+import torch
+
+from fastslow.spiking import LIFParams, lif_step, lif_init
+from fastslow.systems import System1, System1Spec
+from fastslow.systems.training import system1_loss, train_classifier
+
+
+def test_run_records_every_step_and_exit():
+    spec = System1Spec(input_shape=(1, 8, 8), n_classes=10, hidden=(32, 16), timesteps=5, exit_heads=(0,))
+    model = System1(spec)
+    run = model.run(torch.rand(7, 1, 8, 8))
+    assert run.logits.shape == (5, 2, 7, 10)
+    assert run.synaptic_ops.shape == (model.n_components, 5, 7)
+    assert run.spike_rates.shape == (2, 5, 7)
+    # The answer at t is the mean of the per-step outputs up to t.
+    assert torch.allclose(run.logits[2], run.step_outputs[:3].mean(0), atol=1e-6)
+
+
+def test_direct_encoding_matches_a_plain_step_loop():
+    torch.manual_seed(0)
+    spec = System1Spec(input_shape=(6,), n_classes=3, hidden=(5,), timesteps=4, encoding="direct", lif=LIFParams(beta=0.8, threshold=0.5))
+    model = System1(spec)
+    x = torch.rand(2, 6)
+    run = model.run(x)
+    state = lif_init(torch.zeros(2, 5))
+    total = torch.zeros(2, 3)
+    for t in range(4):
+        spikes, state = lif_step(model.layers[0].op(x), state, spec.lif)
+        total = total + model.heads[0](spikes)
+        assert torch.allclose(run.logits[t, 0], total / (t + 1), atol=1e-6)
+
+
+def test_conv_system1_runs_on_images():
+    spec = System1Spec(input_shape=(1, 12, 12), n_classes=4, arch="conv", conv_channels=(4, 8), hidden=(16,), timesteps=2)
+    model = System1(spec)
+    run = model.run(torch.rand(3, 1, 12, 12))
+    assert run.final_logits.shape == (3, 4)
+    assert run.synaptic_ops.shape[0] == 3 + 1  # two conv + one fc layer, one exit
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = System1(System1Spec(input_shape=(4,), n_classes=2))
+    with pytest.raises(ValueError, match="expects inputs of shape"):
+        model.run(torch.rand(3, 5))
+
+
+@pytest.mark.parametrize("readout", ["membrane", "spike_count"])
+@pytest.mark.parametrize("loss", ["tet", "cumulative", "final"])
+def test_every_parameter_gets_a_gradient(readout, loss):
+    torch.manual_seed(0)
+    spec = System1Spec(input_shape=(8,), n_classes=3, hidden=(16,), timesteps=3, readout=readout, exit_heads=(), encoding="direct",
+                       lif=LIFParams(threshold=0.3))
+    model = System1(spec)
+    system1_loss(model, torch.rand(16, 8), torch.randint(0, 3, (16,)), loss).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_training_learns_a_separable_problem():
+    torch.manual_seed(0)
+    x = torch.rand(256, 10)
+    y = (x[:, 0] > x[:, 1]).long()
+    model = System1(System1Spec(input_shape=(10,), n_classes=2, hidden=(32,), timesteps=4, encoding="direct"))
+    history = train_classifier(model, x, y, system1_loss, epochs=15, lr=1e-2, batch_size=32, seed=0)
+    assert history[-1] < history[0]
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == y).float().mean()
+    assert accuracy > 0.85
+
+
+def test_exit_heads_must_be_hidden_layers_in_order():
+    with pytest.raises(ValueError, match="exit_heads"):
+        System1(System1Spec(input_shape=(4,), n_classes=2, hidden=(3, 3), exit_heads=(1,)))

@@ -1,0 +1,163 @@
+"""The CLI end to end: fit → report → evaluate, reproducibility, and bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastslow.cli import main
+
+
+def _results(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+def _accuracies(payload):
+    return {s["name"]: s["accuracy"] for s in payload["strategies"]}
+
+
+def test_fit_writes_a_complete_report(fitted_folder):
+    for name in ("results.json", "report.md", "pareto.png", "config.json"):
+        assert (fitted_folder / name).is_file(), name
+    for name in ("system1.safetensors", "system1.json", "system2.safetensors", "system2.json", "router-share=0.2.safetensors", "manifest.json"):
+        assert (fitted_folder / "checkpoints" / name).is_file(), name
+    payload = _results(fitted_folder)
+    assert payload["dataset"] == "digits" and payload["seed"] == 0
+    assert payload["split"] == {"train": 1149, "val": 288, "test": 360}
+    assert payload["profile"]["name"] == "cmos45nm" and payload["profile"]["E_MAC_pJ"] == 4.6
+    assert {"fastslow", "torch"} <= set(payload["versions"])
+    assert payload["config"]["system1"]["timesteps"] == 3
+    names = [s["name"] for s in payload["strategies"]]
+    for expected in ("system1", "system2", "oracle", "confidence@0.8", "router@share=0.2", "router@share=0.4"):
+        assert expected in names
+    assert any(n.startswith("random@rate=") for n in names)
+    for strategy in payload["strategies"]:
+        assert 0 <= strategy["accuracy"] <= 1 and 0 <= strategy["escalation_rate"] <= 1
+        assert strategy["energy_uj"] == pytest.approx(sum(strategy["energy_terms_uj"].values()))
+        assert set(strategy["energy_terms_uj"]) == {"s1_synaptic", "s1_dense", "s1_neuron", "policy", "s2"}
+    by_name = {s["name"]: s for s in payload["strategies"]}
+    assert by_name["system2"]["energy_terms_uj"]["s1_synaptic"] == 0 and by_name["system2"]["escalation_rate"] == 1
+    assert by_name["system1"]["energy_terms_uj"]["s2"] == 0 and by_name["system1"]["mean_timesteps"] == 3
+    report = (fitted_folder / "report.md").read_text()
+    assert "![accuracy vs energy](pareto.png)" in report and "router@share=0.2" in report
+    assert (fitted_folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_reproduces_fit_accuracies(fitted_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_folder, copy)
+    before = _results(copy)
+    assert main(["evaluate", str(copy), "--quiet"]) == 0
+    after = _results(copy)
+    assert _accuracies(after) == _accuracies(before)
+    assert [s["energy_uj"] for s in after["strategies"]] == [s["energy_uj"] for s in before["strategies"]]
+
+
+def test_other_profile_changes_energy_not_accuracy(fitted_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_folder, copy)
+    before = _results(copy)
+    assert main(["evaluate", str(copy), "--profile", "loihi", "--quiet"]) == 0
+    after = _results(copy)
+    assert after["profile"]["name"] == "loihi"
+    assert _accuracies(after) == _accuracies(before)
+    s1_before = next(s for s in before["strategies"] if s["name"] == "system1")
+    s1_after = next(s for s in after["strategies"] if s["name"] == "system1")
+    assert s1_after["energy_uj"] > s1_before["energy_uj"]  # 23.6 pJ vs 0.9 pJ per synaptic op
+
+
+def test_same_seed_gives_same_numbers(fitted_folder, tmp_path, tiny_config):
+    out = tmp_path / "again"
+    assert main(["fit", "--data", "digits", "--out", str(out), "--config", str(tiny_config), "--quiet"]) == 0
+    assert _results(out)["strategies"] == _results(fitted_folder)["strategies"]
+
+
+def _fail(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    message = _fail(capsys, ["fit", "--data", str(tmp_path / "missing.npz"), "--out", str(out), "--quiet"])
+    assert "missing.npz" in message
+    assert not out.exists()
+
+    nan = tmp_path / "nan.npz"
+    x = np.random.rand(40, 5)
+    x[0, 0] = np.nan
+    np.savez(nan, X=x, y=np.arange(40) % 2)
+    assert "NaN" in _fail(capsys, ["fit", "--data", str(nan), "--out", str(out), "--quiet"])
+
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    _fail(capsys, ["fit", "--data", str(garbage), "--out", str(out), "--quiet"])
+
+    negative = tmp_path / "neg.npz"
+    np.savez(negative, X=np.random.rand(40, 5), y=np.arange(40) % 2 - 1)
+    _fail(capsys, ["fit", "--data", str(negative), "--out", str(out), "--quiet"])
+    assert not out.exists()
+
+
+def test_unknown_dataset_profile_and_bad_config(tmp_path, capsys):
+    out = tmp_path / "out"
+    _fail(capsys, ["fit", "--data", "imagenet", "--out", str(out), "--quiet"])
+    assert "profile" in _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--profile", "cmos3nm", "--quiet"])
+    config = tmp_path / "bad.toml"
+    config.write_text("[system1]\ntimesteps = 0\n")
+    assert "system1.timesteps" in _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
+    config.write_text("[system1\n")
+    _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
+    assert not out.exists()
+
+
+def test_broken_checkpoints_are_clear_errors(fitted_folder, tmp_path, capsys):
+    missing = tmp_path / "missing"
+    shutil.copytree(fitted_folder, missing)
+    (missing / "checkpoints" / "system2.safetensors").unlink()
+    assert "system2.safetensors" in _fail(capsys, ["evaluate", str(missing), "--quiet"])
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(fitted_folder, corrupt)
+    (corrupt / "checkpoints" / "system1.safetensors").write_bytes(b"\x00" * 10)
+    assert "corrupt" in _fail(capsys, ["evaluate", str(corrupt), "--quiet"])
+    results_before = (corrupt / "results.json").read_bytes()
+    assert (corrupt / "results.json").read_bytes() == results_before  # the old report is untouched
+
+    assert "does not exist" in _fail(capsys, ["evaluate", str(tmp_path / "nowhere"), "--quiet"])
+
+
+def test_evaluate_on_mismatched_data_is_a_clear_error(fitted_folder, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_folder, copy)
+    other = tmp_path / "flat.npz"
+    np.savez(other, X=np.random.rand(60, 5).astype("float32"), y=np.arange(60) % 3)
+    assert "expect" in _fail(capsys, ["evaluate", str(copy), "--data", str(other), "--quiet"])
+
+
+def test_entry_point_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fastslow.cli", "fit", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_demo_runs_and_routes(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    payload = _results(out)
+    by_name = {s["name"]: s for s in payload["strategies"]}
+    assert by_name["system1"]["energy_uj"] < by_name["system2"]["energy_uj"]
+    assert by_name["system1"]["accuracy"] > 0.85 and by_name["system2"]["accuracy"] > 0.9
+    # Escalating exactly System 1's mistakes can only help.
+    assert by_name["oracle"]["accuracy"] >= by_name["system1"]["accuracy"]
