@@ -1,0 +1,21 @@
+"""Benchmarks are not tests, but they must keep running: each one on a tiny size."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_energy_accuracy_bench_runs_on_digits(capsys, tmp_path):
+    bench = _load("energy_accuracy")
+    assert bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "system2" in out and "µJ/input" in out and "target (≥ S2 − 0.5 pt" in out
+    assert (tmp_path / "results.json").is_file()
