@@ -239,12 +239,16 @@ def fit(
     seed_everything(config.seed)
     splits = make_splits(config)
     dataset = splits.dataset
+    # Each system's initialisation is seeded on its own, so changing one leaves the other as it was.
+    torch.manual_seed(config.seed)
     s1 = System1(system1_spec(config, dataset.input_shape, dataset.n_classes)).to(device)
     s2_spec = System2Spec(tuple(dataset.input_shape), dataset.n_classes, config.system2.arch, config.system2.hidden)
+    torch.manual_seed(config.seed + 1)
     s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
     xd, yd = splits.x_train.to(device), splits.y_train.to(device)
     c1, c2 = config.system1, config.system2
     with _progress(console, progress) as bars:
+        torch.manual_seed(config.seed)  # rate encoding draws from the global generator while training
         _train(bars, "System 1 (SNN, BPTT)", s1, lambda m, x, y: system1_loss(m, x, y, c1.loss), xd, yd, c1.epochs, c1.lr, c1.batch_size, config.seed)
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
