@@ -14,37 +14,39 @@ import torch
 SurrogateName = Literal["fast_sigmoid", "arctan"]
 
 
-class _FastSigmoidSpike(torch.autograd.Function):
+class _SurrogateSpike(torch.autograd.Function):
+    """Heaviside forward; backward multiplies by the subclass's ``derivative(x, slope)``."""
+
+    @staticmethod
+    def derivative(x: torch.Tensor, slope: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def forward(cls, ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return (x > 0).to(x.dtype)
+
+    @classmethod
+    def backward(cls, ctx, grad_output: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_output * cls.derivative(x, ctx.slope), None
+
+
+class _FastSigmoidSpike(_SurrogateSpike):
     """SuperSpike (Zenke & Ganguli 2018): d spike / dx = 1 / (slope·|x| + 1)²."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        grad = grad_output / (ctx.slope * x.abs() + 1.0) ** 2
-        return grad, None
+    def derivative(x: torch.Tensor, slope: float) -> torch.Tensor:
+        return 1.0 / (slope * x.abs() + 1.0) ** 2
 
 
-class _ArctanSpike(torch.autograd.Function):
+class _ArctanSpike(_SurrogateSpike):
     """Arctan surrogate (Fang et al. 2021): d spike / dx = (α/2) / (1 + (π/2·α·x)²)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        alpha = ctx.slope
-        grad = grad_output * (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * x) ** 2)
-        return grad, None
+    def derivative(x: torch.Tensor, slope: float) -> torch.Tensor:
+        return (slope / 2.0) / (1.0 + (math.pi / 2.0 * slope * x) ** 2)
 
 
 _SURROGATES = {"fast_sigmoid": _FastSigmoidSpike, "arctan": _ArctanSpike}
