@@ -41,13 +41,15 @@ class OpCounts:
         }
 
 
-def exit_component_mask(exit_layers: tuple[int, ...], n_layers: int) -> torch.Tensor:
-    """[E, K] mask of the components an answer from each exit needs: backbone up to its layer, and its head."""
+def exit_component_mask(exit_layers: tuple[int, ...], n_layers: int, cascade: bool = False) -> torch.Tensor:
+    """[E, K] mask of the components an answer from each exit needs: backbone up to its layer, and its
+    head (with ``cascade``, every head up to it: a cascade evaluates each shallower head first)."""
     n_exits = len(exit_layers)
     mask = torch.zeros(n_exits, n_layers + n_exits)
     for exit_index, layer in enumerate(exit_layers):
         mask[exit_index, : layer + 1] = 1.0
-        mask[exit_index, n_layers + exit_index] = 1.0
+        first_head = 0 if cascade else exit_index
+        mask[exit_index, n_layers + first_head : n_layers + exit_index + 1] = 1.0
     return mask
 
 
@@ -58,15 +60,17 @@ def s1_op_counts(
     exit_layers: tuple[int, ...],
     timesteps_run: torch.Tensor,
     exit_taken: torch.Tensor,
+    cascade: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """System 1's (synaptic ops, dense MACs, neuron updates) per input for what actually ran.
 
     ``synaptic_ops``/``dense_macs`` [K, T, B] and ``neuron_updates`` [K] as recorded by a run;
-    ``timesteps_run`` [B] in 0..T (0 = System 1 never ran) and ``exit_taken`` [B] in 0..E-1.
+    ``timesteps_run`` [B] in 0..T (0 = System 1 never ran) and ``exit_taken`` [B] in 0..E-1;
+    ``cascade``: charge every head up to the exit taken (see :func:`exit_component_mask`).
     """
     n_exits = len(exit_layers)
     n_components = synaptic_ops.shape[0]
-    mask = exit_component_mask(exit_layers, n_components - n_exits).to(synaptic_ops)[exit_taken]  # [B, K]
+    mask = exit_component_mask(exit_layers, n_components - n_exits, cascade).to(synaptic_ops)[exit_taken]  # [B, K]
     steps = timesteps_run.long()
     index = (steps - 1).clamp(min=0)
     ran = (steps > 0).to(synaptic_ops.dtype)

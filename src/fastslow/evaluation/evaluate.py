@@ -132,7 +132,8 @@ def score_routing(
     s1_logits = outputs.s1_logits[(steps - 1).clamp(min=0), exit_taken, torch.arange(n)]
     predictions = torch.where(routing.escalate, outputs.s2_logits.argmax(1), s1_logits.argmax(1))
     synaptic, dense, neurons = s1_op_counts(
-        outputs.s1_synaptic_ops, outputs.s1_dense_macs, outputs.s1_neuron_updates, outputs.exit_layers, steps, exit_taken
+        outputs.s1_synaptic_ops, outputs.s1_dense_macs, outputs.s1_neuron_updates, outputs.exit_layers, steps, exit_taken,
+        routing.cascade,
     )
     counts = OpCounts(
         synaptic_ops=synaptic,

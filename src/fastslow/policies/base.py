@@ -15,12 +15,15 @@ class Routing:
     - ``timesteps``: System 1 timesteps simulated (0 = System 1 skipped).
     - ``exit_taken``: which System 1 exit answers (or ran last before escalating).
     - ``policy_macs``: the policy's own MACs spent on the input.
+    - ``cascade``: every exit head up to ``exit_taken`` was evaluated (and is charged),
+      not only the one that answered.
     """
 
     escalate: torch.Tensor
     timesteps: torch.Tensor
     exit_taken: torch.Tensor
     policy_macs: torch.Tensor
+    cascade: bool = False
 
     @staticmethod
     def full_system1(n: int, timesteps: int, last_exit: int, escalate: torch.Tensor | None = None, policy_macs: float = 0.0) -> "Routing":

@@ -1,0 +1,144 @@
+"""SEENN-II (Li et al. 2023): a policy network reads the input before System 1 runs and picks the
+number of timesteps t ∈ {1..T}, or (fastslow's extension) System 2 straight away.
+
+SEENN's public code leaves its reward "to be updated"; fastslow implements REINFORCE with a
+baseline and the reward
+
+    r(a) = correct(a) − β · E(a) / E_S1(T)
+
+where E(a) is the energy of action a on that input (System 1 for t steps; System 2 alone for the
+System 2 action) and E_S1(T) System 1's mean full-run energy, so for System 1 actions the penalty
+is ≈ β·t/T. The policy is first pre-trained on oracle labels (the first t at which System 1 is
+right; System 2 where System 1 never is and System 2 is), then fine-tuned by REINFORCE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastslow.policies.base import Routing
+
+POLICY_INPUT_SIDE = 7  # images are average-pooled to at most 7×7 per channel before the policy reads them
+
+
+def policy_input(x: torch.Tensor) -> torch.Tensor:
+    """What the policy reads: images [N, C, H, W] average-pooled to ≤ 7×7 per channel, flat inputs as they are."""
+    if x.dim() == 4:
+        side = (min(x.shape[2], POLICY_INPUT_SIDE), min(x.shape[3], POLICY_INPUT_SIDE))
+        return F.adaptive_avg_pool2d(x, side).flatten(1)
+    return x.flatten(1)
+
+
+def pooling_adds(input_shape: tuple[int, ...]) -> int:
+    """Additions the pooling costs per input (counted as MACs): one per input element."""
+    return math.prod(input_shape) if len(input_shape) == 3 else 0
+
+
+class TimestepPolicy(nn.Module):
+    """MLP over :func:`policy_input`: logits for actions 0..T-1 (run t = a+1 steps) and T (System 2)."""
+
+    def __init__(self, n_features: int, timesteps: int, hidden: int = 32, input_shape: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, timesteps + 1))
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.timesteps = timesteps
+        self.input_shape = tuple(input_shape)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features - self.feature_mean) / self.feature_std)
+
+    def macs(self) -> int:
+        linear = sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
+        return linear + pooling_adds(self.input_shape)
+
+    def route(self, features: torch.Tensor, last_exit: int) -> Routing:
+        """Greedy action per input: System 1 for a+1 steps, or System 2 without running System 1."""
+        with torch.no_grad():
+            action = self(features).argmax(1)
+        to_s2 = action == self.timesteps
+        return Routing(
+            escalate=to_s2,
+            timesteps=torch.where(to_s2, torch.zeros_like(action), action + 1),
+            exit_taken=torch.full_like(action, last_exit),
+            policy_macs=torch.full((len(action),), float(self.macs())),
+        )
+
+
+def action_rewards(s1_correct: torch.Tensor, s2_correct: torch.Tensor, action_energy: torch.Tensor, beta: float) -> torch.Tensor:
+    """Reward table [N, T+1]: correctness minus β × energy normalised by System 1's mean full-run energy.
+
+    ``s1_correct`` [T, N] (System 1 right after t steps), ``s2_correct`` [N], ``action_energy`` [N, T+1] µJ.
+    """
+    correct = torch.cat([s1_correct.T.float(), s2_correct.float()[:, None]], dim=1)
+    full_run = action_energy[:, -2].mean().clamp_min(1e-12)
+    return correct - beta * action_energy / full_run
+
+
+def oracle_actions(s1_correct: torch.Tensor, s2_correct: torch.Tensor) -> torch.Tensor:
+    """First t (as action t-1) at which System 1 is right; else System 2 if it is right; else T-1."""
+    steps = s1_correct.shape[0]
+    any_right = s1_correct.any(0)
+    order = torch.arange(steps, 0, -1)[:, None]
+    first = (s1_correct.long() * order).argmax(0)
+    fallback = torch.where(s2_correct.bool(), torch.full_like(first, steps), torch.full_like(first, steps - 1))
+    return torch.where(any_right, first, fallback)
+
+
+def train_seenn2(
+    features: torch.Tensor,
+    s1_correct: torch.Tensor,
+    s2_correct: torch.Tensor,
+    action_energy: torch.Tensor,
+    beta: float,
+    *,
+    input_shape: tuple[int, ...] = (),
+    hidden: int = 32,
+    pretrain_epochs: int = 200,
+    rl_epochs: int = 300,
+    lr: float = 5e-3,
+    entropy_weight: float = 0.01,
+    seed: int = 0,
+) -> tuple[TimestepPolicy, list[float]]:
+    """Pre-train on oracle actions, then REINFORCE (full batch, moving-average baseline).
+
+    Returns the policy and the mean greedy reward before REINFORCE and after each of its epochs.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    features = features.float()
+    steps = s1_correct.shape[0]
+    policy = TimestepPolicy(features.shape[1], steps, hidden, input_shape)
+    policy.feature_mean.copy_(features.mean(0))
+    policy.feature_std.copy_(features.std(0).clamp_min(1e-6))
+    rewards = action_rewards(s1_correct, s2_correct, action_energy, beta)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    targets = oracle_actions(s1_correct, s2_correct)
+    for _ in range(pretrain_epochs):
+        loss = F.cross_entropy(policy(features), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    baseline = None
+    rows = torch.arange(len(features))
+    with torch.no_grad():
+        history = [float(rewards[rows, policy(features).argmax(1)].mean())]
+    for _ in range(rl_epochs):
+        log_probs = F.log_softmax(policy(features), dim=1)
+        actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+        reward = rewards[rows, actions]
+        mean_reward = reward.mean().detach()
+        baseline = mean_reward if baseline is None else 0.9 * baseline + 0.1 * mean_reward
+        entropy = -(log_probs.exp() * log_probs).sum(1).mean()
+        loss = -((reward - baseline) * log_probs[rows, actions]).mean() - entropy_weight * entropy
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            history.append(float(rewards[rows, policy(features).argmax(1)].mean()))
+    policy.eval()
+    return policy, history
