@@ -13,7 +13,9 @@ from torch import nn
 
 from fastslow import _atomic
 from fastslow.errors import CheckpointError
+from fastslow.policies.exit_router import ExitRouter
 from fastslow.policies.router import Router
+from fastslow.policies.seenn2 import TimestepPolicy
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 
@@ -81,27 +83,60 @@ def load_system2(folder: Path) -> tuple[nn.Module, System2Spec]:
     return model.eval(), spec
 
 
-def router_stem(share: float) -> str:
-    return f"router-share={share:g}"
+def _build_router(c: dict) -> nn.Module:
+    return Router(int(c["n_features"]), int(c["hidden"]), float(c["knob"]))
 
 
-def save_router(folder: Path, router: Router) -> None:
-    config = {
-        "n_features": router.net[0].in_features,
-        "hidden": router.net[0].out_features,
-        "target_share": router.target_share,
-        "soft_share": getattr(router, "soft_share", None),
-    }
-    save_module(folder, router_stem(router.target_share), router, config)
+def _build_exit_router(c: dict) -> nn.Module:
+    return ExitRouter(int(c["n_features"]), int(c["n_exits"]), int(c["timesteps"]), int(c["hidden"]), float(c["knob"]))
 
 
-def load_router(folder: Path, share: float) -> Router:
-    stem = router_stem(share)
+def _build_seenn2(c: dict) -> nn.Module:
+    return TimestepPolicy(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), tuple(c["input_shape"]))
+
+
+def _build_halting(c: dict) -> nn.Module:
+    from fastslow.policies.ponder import HaltingHead
+
+    return HaltingHead(int(c["n_features"]), int(c["hidden"]))
+
+
+# kind → (file stem prefix, knob name, builder from the saved config)
+POLICY_KINDS = {
+    "router": ("router-share=", "target_share", _build_router),
+    "exit_router": ("router-exits-share=", "target_share", _build_exit_router),
+    "seenn2": ("seenn2-beta=", "beta", _build_seenn2),
+    "ponder": ("ponder-lambda_p=", "lambda_p", _build_halting),
+}
+
+
+def policy_config(kind: str, module: nn.Module) -> dict:
+    """What rebuilds a trained policy module (sizes read off its first linear layer)."""
+    first = next(m for m in module.modules() if isinstance(m, nn.Linear))
+    config = {"n_features": first.in_features, "hidden": first.out_features}
+    if kind == "exit_router":
+        config.update(n_exits=module.n_exits, timesteps=module.timesteps)
+    if kind == "seenn2":
+        config.update(timesteps=module.timesteps, input_shape=list(module.input_shape))
+    if kind == "router":
+        config.update(soft_share=getattr(module, "soft_share", None))
+    return config
+
+
+def save_policy(folder: Path, kind: str, knob: float, module: nn.Module) -> None:
+    prefix, knob_name, _ = POLICY_KINDS[kind]
+    save_module(folder, f"{prefix}{knob:g}", module, {"kind": kind, knob_name: knob, "knob": knob, **policy_config(kind, module)})
+
+
+def load_policy(folder: Path, kind: str, knob: float) -> nn.Module:
+    prefix, _, build = POLICY_KINDS[kind]
+    stem = f"{prefix}{knob:g}"
     config, tensors = _read(folder, stem)
     try:
-        router = Router(int(config["n_features"]), int(config["hidden"]), float(config["target_share"]))
+        module = build(config)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint file {folder / (stem + '.json')} is invalid ({err}): re-run `fastslow fit`") from None
-    _load_state(router, tensors, folder / f"{stem}.safetensors")
-    router.soft_share = config.get("soft_share")
-    return router.eval()
+    _load_state(module, tensors, folder / f"{stem}.safetensors")
+    if kind == "router":
+        module.soft_share = config.get("soft_share")
+    return module.eval()

@@ -48,7 +48,8 @@ def _run(args: argparse.Namespace) -> None:
     from fastslow.config import load_config
     from fastslow.pipeline import evaluate_folder, fit
 
-    console = Console()
+    # Piped output gets a fixed width so the table is not truncated to 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=110)
     started = time.perf_counter()
     show = not args.quiet
     if args.command == "demo":

@@ -64,8 +64,39 @@ class System2Config(_Strict):
 
 
 class ConfidenceConfig(_Strict):
+    """Confidence thresholds, shared by ``confidence@``, ``seenn1@`` and ``exits@``."""
+
     measure: Literal["max_softmax", "margin", "neg_entropy"] = "max_softmax"
     thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), min_length=1)
+    temperature: float = Field(1.0, gt=0, description="SEENN-I softmax temperature")
+
+    @model_validator(mode="after")
+    def _thresholds_in_range(self) -> "ConfidenceConfig":
+        bad = [t for t in self.thresholds if not 0.0 <= t <= 1.0]
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1], got {bad}")
+        return self
+
+
+class Seenn2Config(_Strict):
+    betas: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    hidden: int = Field(32, ge=1)
+    pretrain_epochs: int = Field(200, ge=0)
+    rl_epochs: int = Field(300, ge=0)
+    lr: float = Field(5e-3, gt=0)
+
+
+class PonderConfig(_Strict):
+    lambda_ps: list[float] = Field(default_factory=lambda: [0.2, 0.35, 0.5, 0.8])
+    kl_weight: float = Field(0.05, ge=0)
+    epochs: int = Field(300, ge=1)
+    lr: float = Field(1e-2, gt=0)
+
+    @model_validator(mode="after")
+    def _lambda_in_range(self) -> "PonderConfig":
+        if any(not 0.0 < v <= 1.0 for v in self.lambda_ps):
+            raise ValueError("lambda_ps must lie in (0, 1]")
+        return self
 
 
 class RouterConfig(_Strict):
@@ -76,10 +107,13 @@ class RouterConfig(_Strict):
     lr: float = Field(1e-2, gt=0)
     kl_weight: float = Field(10.0, ge=0)
     energy_weight: float = Field(0.0, ge=0)
+    exit_shares: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3], description="whole-exit-space router shares of System 2")
+    exit_energy_weight: float = Field(0.1, ge=0, description="λ of the whole-exit-space router")
+    exit_epochs: int = Field(400, ge=1)
 
     @model_validator(mode="after")
     def _shares_in_range(self) -> "RouterConfig":
-        if any(not 0.0 <= s <= 1.0 for s in self.shares):
+        if any(not 0.0 <= s <= 1.0 for s in self.shares + self.exit_shares):
             raise ValueError("router shares must lie in [0, 1]")
         return self
 
@@ -96,6 +130,8 @@ class FitConfig(_Strict):
     system2: System2Config = Field(default_factory=System2Config)
     confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    seenn2: Seenn2Config = Field(default_factory=Seenn2Config)
+    ponder: PonderConfig = Field(default_factory=PonderConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> FitConfig:

@@ -25,17 +25,21 @@ from fastslow.data import Dataset, load_dataset
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
 from fastslow.errors import CheckpointError, ConfigError, DataError
 from fastslow.evaluation.evaluate import (
+    PolicySet,
     StrategyResult,
     SystemOutputs,
     best_within,
     collect_outputs,
     evaluate_strategies,
     family_metrics,
+    per_input_energy,
     score_routing,
 )
 from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import Router, Routing, share_for_energy_budget, train_router
+from fastslow.policies.exit_router import ExitRouter, train_exit_router
 from fastslow.policies.router import per_input_cross_entropy
+from fastslow.policies.seenn2 import train_seenn2
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
@@ -60,7 +64,7 @@ class FitResult:
 
     system1: System1
     system2: nn.Module
-    routers: list[Router]
+    policies: PolicySet
     results: list[StrategyResult]
     payload: dict
 
@@ -186,13 +190,14 @@ def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: di
 
 
 def _evaluate_and_report(
-    out: Path, config: FitConfig, splits: Splits, system1: System1, system2: nn.Module, routers: list[Router],
+    out: Path, config: FitConfig, splits: Splits, system1: System1, system2: nn.Module, policies: PolicySet,
     profile: EnergyProfile, device: torch.device, console: Console, show_table: bool,
 ) -> tuple[list[StrategyResult], dict]:
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
     test = _outputs(system1, system2, sum(s2_macs_per_layer.values()), splits.x_test, splits.y_test, config, device, seed_offset=2)
     results = evaluate_strategies(
-        test, profile, routers=routers, thresholds=tuple(config.confidence.thresholds), measure=config.confidence.measure, seed=config.seed
+        test, profile, policies=policies, thresholds=tuple(config.confidence.thresholds), measure=config.confidence.measure,
+        temperature=config.confidence.temperature, seed=config.seed,
     )
     s1_result = next(r for r in results if r.name == "system1")
     dataset = splits.dataset
@@ -206,7 +211,8 @@ def _evaluate_and_report(
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
         "routers": [
-            {"target_share": r.target_share, "soft_share_on_router_split": getattr(r, "soft_share", None), "macs": r.macs()} for r in routers
+            {"target_share": r.target_share, "soft_share_on_router_split": getattr(r, "soft_share", None), "macs": r.macs()}
+            for r in policies.routers
         ],
         "strategies": [r.to_dict() for r in results],
         "routing_metrics": family_metrics(results),
@@ -216,6 +222,72 @@ def _evaluate_and_report(
     if show_table:
         print_table(results, f"{dataset.name}: {len(splits.x_test)} test inputs, profile {profile.name}", console)
     return results, payload
+
+
+def _policy_items(policies: PolicySet) -> list[tuple[str, float, nn.Module]]:
+    return (
+        [("router", r.target_share, r) for r in policies.routers]
+        + [("exit_router", r.target_share, r) for r in policies.exit_routers]
+        + [("seenn2", beta, p) for beta, p in policies.seenn2]
+        + [("ponder", lambda_p, h) for lambda_p, h in policies.halting]
+    )
+
+
+def train_policies(
+    config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress
+) -> PolicySet:
+    """Train every learned policy on the router split's recorded outputs (both systems frozen)."""
+    from fastslow.policies.ponder import train_halting_head
+
+    rc, sc, pc = config.router, config.seenn2, config.ponder
+    features = val.router_features()
+    s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
+    s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
+    shares = _router_shares(config, val, profile, Router(features.shape[1], rc.hidden).macs())
+    total = len(shares) + len(rc.exit_shares) + len(sc.betas) + len(pc.lambda_ps)
+    task = bars.add_task("policies (router, SEENN-II, ponder)", total=total)
+    policies = PolicySet()
+    for share in shares:
+        policies.routers.append(
+            train_router(features, s1_loss, s2_loss, share, hidden=rc.hidden, epochs=rc.epochs, lr=rc.lr,
+                         kl_weight=rc.kl_weight, energy_weight=rc.energy_weight, seed=config.seed)
+        )
+        bars.advance(task)
+    exit_features = val.exit_router_features()
+    n_exits = val.s1_logits.shape[1]
+    exit_macs = ExitRouter(exit_features.shape[1], n_exits, val.timesteps, rc.hidden).macs()
+    exit_energy = val.action_energies(profile, exit_macs, s2_after_first_step=True)
+    exit_losses = val.action_losses()
+    for share in rc.exit_shares:
+        policies.exit_routers.append(
+            train_exit_router(exit_features, exit_losses, exit_energy, n_exits, val.timesteps, share,
+                              energy_weight=rc.exit_energy_weight, kl_weight=rc.kl_weight, hidden=rc.hidden,
+                              epochs=rc.exit_epochs, lr=rc.lr, seed=config.seed)
+        )
+        bars.advance(task)
+    s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
+    seenn2_energy = _seenn2_action_energies(val, profile)
+    for beta in sc.betas:
+        policy, _ = train_seenn2(val.policy_inputs, s1_correct, s2_correct, seenn2_energy, beta, input_shape=input_shape,
+                                 hidden=sc.hidden, pretrain_epochs=sc.pretrain_epochs, rl_epochs=sc.rl_epochs, lr=sc.lr, seed=config.seed)
+        policies.seenn2.append((beta, policy))
+        bars.advance(task)
+    step_features, step_losses = val.step_features(), val.step_losses()
+    for lambda_p in pc.lambda_ps:
+        head = train_halting_head(step_features, step_losses, lambda_p, kl_weight=pc.kl_weight, epochs=pc.epochs, lr=pc.lr, seed=config.seed)
+        policies.halting.append((lambda_p, head))
+        bars.advance(task)
+    return policies
+
+
+def _seenn2_action_energies(val: SystemOutputs, profile: EnergyProfile) -> torch.Tensor:
+    """[N, T + 1] µJ: System 1 for t steps at its last exit, then System 2 alone (policy cost excluded: same for all)."""
+    n = len(val.labels)
+    columns = [
+        per_input_energy(Routing.full_system1(n, t, val.last_exit), val, profile) for t in range(1, val.timesteps + 1)
+    ]
+    columns.append(per_input_energy(Routing.system2_only(n), val, profile))
+    return torch.stack(columns, dim=1)
 
 
 def fit(
@@ -256,27 +328,19 @@ def fit(
         features = val.router_features()
         s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
         s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
-        rc = config.router
-        probe = Router(features.shape[1], rc.hidden)
-        shares = _router_shares(config, val, profile, probe.macs())
-        task = bars.add_task("routers", total=len(shares))
-        routers = []
-        for share in shares:
-            routers.append(
-                train_router(features, s1_loss, s2_loss, share, hidden=rc.hidden, epochs=rc.epochs, lr=rc.lr,
-                             kl_weight=rc.kl_weight, energy_weight=rc.energy_weight, seed=config.seed)
-            )
-            bars.advance(task)
+        policies = train_policies(config, val, tuple(dataset.input_shape), profile, bars)
     folder = out / CHECKPOINTS
     checkpoint.save_system1(folder, s1)
     if system2 is None:
         checkpoint.save_system2(folder, s2, s2_spec)
-    for router in routers:
-        checkpoint.save_router(folder, router)
-    _atomic.write_json(folder / "manifest.json", {"router_shares": [r.target_share for r in routers], "system2": "default" if system2 is None else "custom"})
+    manifest = {"system2": "default" if system2 is None else "custom"}
+    for kind, knob, module in _policy_items(policies):
+        checkpoint.save_policy(folder, kind, knob, module)
+        manifest.setdefault(kind, []).append(knob)
+    _atomic.write_json(folder / "manifest.json", manifest)
     _atomic.write_json(out / "config.json", config.model_dump())
-    results, payload = _evaluate_and_report(out, config, splits, s1, s2, routers, profile, device, console, show_table)
-    return FitResult(s1, s2, routers, results, payload)
+    results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table)
+    return FitResult(s1, s2, policies, results, payload)
 
 
 def evaluate_folder(
@@ -305,15 +369,21 @@ def evaluate_folder(
 
     try:
         manifest = json.loads(manifest_path.read_text())
-        shares = [float(s) for s in manifest["router_shares"]]
-    except (ValueError, KeyError, TypeError) as err:
+        knobs = {kind: [float(k) for k in manifest.get(kind, [])] for kind in checkpoint.POLICY_KINDS}
+    except (ValueError, AttributeError, TypeError) as err:
         raise CheckpointError(f"checkpoint file {manifest_path} is corrupt ({err}): re-run `fastslow fit`") from None
     if manifest.get("system2") == "custom":
         raise CheckpointError("this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module")
     s1 = checkpoint.load_system1(ckpt).to(device)
     s2, _ = checkpoint.load_system2(ckpt)
     s2 = s2.to(device)
-    routers = [checkpoint.load_router(ckpt, share) for share in shares]
+    loaded = {kind: [(k, checkpoint.load_policy(ckpt, kind, k)) for k in values] for kind, values in knobs.items()}
+    policies = PolicySet(
+        routers=[m for _, m in loaded["router"]],
+        exit_routers=[m for _, m in loaded["exit_router"]],
+        seenn2=loaded["seenn2"],
+        halting=loaded["ponder"],
+    )
     seed_everything(config.seed)
     splits = make_splits(config)
     if tuple(splits.dataset.input_shape) != tuple(s1.spec.input_shape) or splits.dataset.n_classes != s1.spec.n_classes:
@@ -322,4 +392,4 @@ def evaluate_folder(
             f"but the checkpoints expect {tuple(s1.spec.input_shape)} and {s1.spec.n_classes}: pass matching --data"
         )
     _atomic.write_json(folder / "config.json", config.model_dump())
-    return _evaluate_and_report(folder, config, splits, s1, s2, routers, energy_profile, device, console, show_table)
+    return _evaluate_and_report(folder, config, splits, s1, s2, policies, energy_profile, device, console, show_table)

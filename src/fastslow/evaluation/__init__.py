@@ -1,6 +1,7 @@
 """Evaluation: strategies over recorded outputs, routing metrics, and the report."""
 
 from fastslow.evaluation.evaluate import (
+    PolicySet,
     StrategyResult,
     SystemOutputs,
     best_within,
@@ -12,6 +13,7 @@ from fastslow.evaluation.evaluate import (
 from fastslow.evaluation.metrics import RoutingMetrics, routing_metrics
 
 __all__ = [
+    "PolicySet",
     "RoutingMetrics",
     "StrategyResult",
     "SystemOutputs",

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastslow.energy.accounting import OpCounts, s1_op_counts
@@ -25,7 +26,10 @@ from fastslow.policies import (
     random_routing,
     router_features,
 )
-from fastslow.policies.confidence import ConfidenceMeasure
+from fastslow.policies.confidence import ConfidenceMeasure, confidence_score
+from fastslow.policies.dynamic import aet_oracle_routing, cascade_routing, seenn1_confidence, seenn1_routing
+from fastslow.policies.exit_router import ExitRouter, action_table, exit_router_features
+from fastslow.policies.seenn2 import TimestepPolicy, policy_input
 from fastslow.systems.system1 import System1
 
 
@@ -42,6 +46,7 @@ class SystemOutputs:
     exit_layers: tuple[int, ...]
     s2_logits: torch.Tensor  # [N, C]
     s2_macs: int
+    policy_inputs: torch.Tensor  # [N, F] what an input-reading policy (SEENN-II) sees
 
     @property
     def timesteps(self) -> int:
@@ -56,6 +61,59 @@ class SystemOutputs:
 
     def router_features(self) -> torch.Tensor:
         return router_features(self.s1_logits[:, -1], self.s1_spike_rates)
+
+    def exit_router_features(self) -> torch.Tensor:
+        return exit_router_features(self.s1_logits, self.s1_spike_rates)
+
+    def step_features(self) -> torch.Tensor:
+        """[T, N, 5] per-step state for a halting head: SEENN-I confidences (max-softmax, margin,
+        1 − H/log C) of the final exit, t/T, and whether the answer equals the previous step's."""
+        final = self.s1_logits[:, -1]
+        steps = final.shape[0]
+        conf = [seenn1_confidence(final, measure=m) for m in ("max_softmax", "margin", "neg_entropy")]
+        answer = final.argmax(-1)
+        same = torch.cat([torch.zeros_like(answer[:1]), (answer[1:] == answer[:-1]).long()]).float()
+        progress = (torch.arange(1, steps + 1, dtype=torch.float32) / steps)[:, None].expand_as(same)
+        return torch.stack([*conf, progress, same], dim=-1)
+
+    def s1_correct_by_step(self) -> torch.Tensor:
+        """[T, N] whether the final exit's answer after t steps is right."""
+        return self.s1_logits[:, -1].argmax(-1) == self.labels[None]
+
+    def s2_correct(self) -> torch.Tensor:
+        return self.s2_logits.argmax(-1) == self.labels
+
+    def step_losses(self) -> torch.Tensor:
+        """[T, N] cross-entropy of the final exit's answer after t steps."""
+        final = self.s1_logits[:, -1]
+        steps, n, classes = final.shape
+        return F.cross_entropy(final.reshape(-1, classes).float(), self.labels.repeat(steps), reduction="none").reshape(steps, n)
+
+    def action_losses(self) -> torch.Tensor:
+        """[N, E·T + 1] cross-entropy of every (exit, t) answer, then System 2's (see :func:`action_table`)."""
+        steps, exits, n, classes = self.s1_logits.shape
+        per_exit_step = F.cross_entropy(
+            self.s1_logits.permute(1, 0, 2, 3).reshape(-1, classes).float(), self.labels.repeat(exits * steps), reduction="none"
+        ).reshape(exits * steps, n)
+        s2 = F.cross_entropy(self.s2_logits.float(), self.labels, reduction="none")
+        return torch.cat([per_exit_step, s2[None]]).T
+
+    def action_energies(self, profile: EnergyProfile, policy_macs: float, s2_after_first_step: bool) -> torch.Tensor:
+        """[N, E·T + 1] µJ of every (exit, t) action (cascade-charged), then System 2's: after System 1's
+        first step at exit 0 when ``s2_after_first_step``, else System 2 alone."""
+        n = len(self.labels)
+        columns = []
+        for action in action_table(self.s1_logits.shape[1], self.timesteps):
+            if action is None:
+                steps = 1 if s2_after_first_step else 0
+                routing = Routing(torch.ones(n, dtype=torch.bool), torch.full((n,), steps), torch.zeros(n, dtype=torch.long),
+                                  torch.full((n,), float(policy_macs)), cascade=True)
+            else:
+                exit_index, steps = action
+                routing = Routing(torch.zeros(n, dtype=torch.bool), torch.full((n,), steps), torch.full((n,), exit_index),
+                                  torch.full((n,), float(policy_macs)), cascade=True)
+            columns.append(per_input_energy(routing, self, profile))
+        return torch.stack(columns, dim=1)
 
 
 def collect_outputs(
@@ -75,7 +133,7 @@ def collect_outputs(
     generator = torch.Generator(device=device).manual_seed(seed)
     system1.eval()
     system2.eval()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "syn", "dense", "rates", "s2")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "syn", "dense", "rates", "s2", "policy")}
     neuron_updates = None
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
@@ -86,6 +144,7 @@ def collect_outputs(
             parts["dense"].append(run.dense_macs.cpu())
             parts["rates"].append(run.spike_rates.cpu())
             parts["s2"].append(system2(xb).cpu())
+            parts["policy"].append(policy_input(xb).cpu())
             neuron_updates = run.neuron_updates.cpu()
             if on_batch is not None:
                 on_batch()
@@ -99,6 +158,7 @@ def collect_outputs(
         exit_layers=system1.exit_layers,
         s2_logits=torch.cat(parts["s2"]),
         s2_macs=s2_macs,
+        policy_inputs=torch.cat(parts["policy"]),
     )
 
 
@@ -122,6 +182,25 @@ class StrategyResult:
         return asdict(self)
 
 
+def _op_counts(routing: Routing, outputs: SystemOutputs) -> OpCounts:
+    synaptic, dense, neurons = s1_op_counts(
+        outputs.s1_synaptic_ops, outputs.s1_dense_macs, outputs.s1_neuron_updates, outputs.exit_layers,
+        routing.timesteps.long(), routing.exit_taken.long(), routing.cascade,
+    )
+    return OpCounts(
+        synaptic_ops=synaptic,
+        s1_dense_macs=dense,
+        neuron_updates=neurons,
+        policy_macs=routing.policy_macs.float(),
+        s2_macs=routing.escalate.float() * outputs.s2_macs,
+    )
+
+
+def per_input_energy(routing: Routing, outputs: SystemOutputs, profile: EnergyProfile) -> torch.Tensor:
+    """µJ spent on each input [N] by ``routing``: everything that ran, summed over the energy terms."""
+    return sum(_op_counts(routing, outputs).energy_terms_uj(profile).values())
+
+
 def score_routing(
     name: str, family: str, routing: Routing, outputs: SystemOutputs, profile: EnergyProfile, knob: dict | None = None
 ) -> StrategyResult:
@@ -131,17 +210,8 @@ def score_routing(
     exit_taken = routing.exit_taken.long()
     s1_logits = outputs.s1_logits[(steps - 1).clamp(min=0), exit_taken, torch.arange(n)]
     predictions = torch.where(routing.escalate, outputs.s2_logits.argmax(1), s1_logits.argmax(1))
-    synaptic, dense, neurons = s1_op_counts(
-        outputs.s1_synaptic_ops, outputs.s1_dense_macs, outputs.s1_neuron_updates, outputs.exit_layers, steps, exit_taken,
-        routing.cascade,
-    )
-    counts = OpCounts(
-        synaptic_ops=synaptic,
-        s1_dense_macs=dense,
-        neuron_updates=neurons,
-        policy_macs=routing.policy_macs.float(),
-        s2_macs=routing.escalate.float() * outputs.s2_macs,
-    )
+    counts = _op_counts(routing, outputs)
+    synaptic, dense, neurons = counts.synaptic_ops, counts.s1_dense_macs, counts.neuron_updates
     terms = {k: float(v.mean()) for k, v in counts.energy_terms_uj(profile).items()}
     exits = Counter(
         "system2" if esc else f"system1:exit{int(e)}@t{int(t)}"
@@ -171,49 +241,113 @@ def score_routing(
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
+@dataclass
+class PolicySet:
+    """The trained policies to evaluate, each with its knob."""
+
+    routers: list[Router] = field(default_factory=list)
+    exit_routers: list[ExitRouter] = field(default_factory=list)
+    seenn2: list[tuple[float, TimestepPolicy]] = field(default_factory=list)  # (beta, policy)
+    halting: list[tuple[float, nn.Module]] = field(default_factory=list)  # (lambda_p, HaltingHead)
+
+
+def ponder_routing(head: nn.Module, step_features: torch.Tensor, last_exit: int, escalate_unconfident: bool) -> Routing:
+    """PonderNet at inference: halt at the first t with λ_t > 0.5 (deterministic, not sampled); inputs
+    that reach T with λ_T ≤ 0.5 (the network did not choose to halt) escalate when asked to."""
+    from fastslow.policies.ponder import halting_step
+
+    with torch.no_grad():
+        lambdas = head(step_features)
+    steps = halting_step(lambdas, rule="threshold", threshold=0.5)
+    undecided = ~(lambdas > 0.5).any(0)
+    return Routing(
+        escalate=undecided & escalate_unconfident,
+        timesteps=steps,
+        exit_taken=torch.full_like(steps, last_exit),
+        policy_macs=steps.float() * head.macs(),
+    )
+
+
 def evaluate_strategies(
     outputs: SystemOutputs,
     profile: EnergyProfile,
     *,
-    routers: list[Router] = (),
+    policies: PolicySet | None = None,
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
     measure: ConfidenceMeasure = "max_softmax",
+    temperature: float = 1.0,
     seed: int = 0,
 ) -> list[StrategyResult]:
-    """Every reference and every swept policy point, in a stable order."""
+    """Every reference and every swept policy point, in a stable order.
+
+    Families: references ``system1``, ``system2``, ``oracle``, ``aet_oracle``; ``confidence@θ``;
+    ``seenn1@θ`` (S1 only) and ``seenn1@θ+s2``; ``exits@θ`` and ``exits@θ+s2`` (with exit heads);
+    ``seenn2@beta=β``; ``ponder@lambda_p=λ`` and ``…+s2``; ``router@share=ρ`` (S1 at T or S2) and
+    ``router@exits,share=ρ`` (the whole exit space); ``random@rate=r``.
+    """
+    policies = policies or PolicySet()
     n, steps, last = len(outputs.labels), outputs.timesteps, outputs.last_exit
     s1_correct = outputs.s1_final_logits().argmax(1) == outputs.labels
     results = [
         score_routing("system1", "system1", Routing.full_system1(n, steps, last), outputs, profile),
         score_routing("system2", "system2", Routing.system2_only(n), outputs, profile),
         score_routing("oracle", "oracle", oracle_routing(s1_correct, steps, last), outputs, profile),
+        score_routing("aet_oracle", "aet_oracle", aet_oracle_routing(outputs.s1_logits, outputs.labels), outputs, profile),
     ]
+    add = lambda name, family, routing, knob: results.append(score_routing(name, family, routing, outputs, profile, knob))  # noqa: E731
     final_logits = outputs.s1_final_logits()
     for threshold in thresholds:
-        routing = confidence_routing(final_logits, threshold, steps, last, measure)
-        results.append(score_routing(f"confidence@{threshold:g}", "confidence", routing, outputs, profile, {"threshold": threshold, "measure": measure}))
-    features = outputs.router_features() if routers else None
-    for router in routers:
-        routing = router.route(features, steps, last)
-        share = router.target_share
-        results.append(score_routing(f"router@share={share:g}", "router", routing, outputs, profile, {"target_share": share}))
+        knob = {"threshold": threshold, "measure": measure}
+        add(f"confidence@{threshold:g}", "confidence", confidence_routing(final_logits, threshold, steps, last, measure), knob)
+    for escalate in (False, True):
+        suffix = "+s2" if escalate else ""
+        for threshold in thresholds:
+            knob = {"threshold": threshold, "measure": measure, "temperature": temperature, "escalate": escalate}
+            routing = seenn1_routing(outputs.s1_logits, threshold, temperature=temperature, measure=measure, escalate_unconfident=escalate)
+            add(f"seenn1@{threshold:g}{suffix}", f"seenn1{suffix}", routing, knob)
+        if outputs.s1_logits.shape[1] > 1:
+            for threshold in thresholds:
+                routing = cascade_routing(outputs.s1_logits, threshold, measure=measure, escalate_unconfident=escalate)
+                add(f"exits@{threshold:g}{suffix}", f"exits{suffix}", routing, {"threshold": threshold, "escalate": escalate})
+    for beta, policy in policies.seenn2:
+        add(f"seenn2@beta={beta:g}", "seenn2", policy.route(outputs.policy_inputs, last), {"beta": beta})
+    if policies.halting:
+        step_features = outputs.step_features()
+        for escalate in (False, True):
+            suffix = "+s2" if escalate else ""
+            for lambda_p, head in policies.halting:
+                add(f"ponder@lambda_p={lambda_p:g}{suffix}", f"ponder{suffix}", ponder_routing(head, step_features, last, escalate),
+                    {"lambda_p": lambda_p, "escalate": escalate, "halting": "first t with lambda_t > 0.5"})
+    if policies.routers:
+        features = outputs.router_features()
+        for router in policies.routers:
+            share = router.target_share
+            add(f"router@share={share:g}", "router", router.route(features, steps, last), {"target_share": share})
+    if policies.exit_routers:
+        features = outputs.exit_router_features()
+        for router in policies.exit_routers:
+            share = router.target_share
+            add(f"router@exits,share={share:g}", "router_exits", router.route(features), {"target_share": share})
     # Random escalation at the rates the learned router reached (or the confidence sweep's, without routers).
-    matched_family = "router" if routers else "confidence"
+    matched_family = "router" if policies.routers else "confidence"
     matched_rates = sorted({round(r.escalation_rate, 3) for r in results if r.family == matched_family} - {0.0, 1.0})
     for index, rate in enumerate(matched_rates):
-        routing = random_routing(n, rate, steps, last, seed=seed + index)
-        results.append(score_routing(f"random@rate={rate:.3f}", "random", routing, outputs, profile, {"rate": rate}))
+        add(f"random@rate={rate:.3f}", "random", random_routing(n, rate, steps, last, seed=seed + index), {"rate": rate})
     s2_energy = results[1].energy_uj
     for result in results:
         result.energy_ratio_vs_s2 = result.energy_uj / s2_energy if s2_energy > 0 else float("nan")
     return results
 
 
+S1_ONLY_FAMILIES = ("system1", "aet_oracle", "seenn1", "exits", "ponder")
+REFERENCE_FAMILIES = ("system1", "system2", "oracle", "aet_oracle")
+
+
 def family_metrics(results: list[StrategyResult]) -> dict[str, dict]:
     """APGR / CPT for every swept family (see :mod:`fastslow.evaluation.metrics`)."""
     by_name = {r.name: r for r in results}
     acc_s1, acc_s2 = by_name["system1"].accuracy, by_name["system2"].accuracy
-    families = sorted({r.family for r in results} - {"system1", "system2", "oracle"})
+    families = sorted({r.family for r in results} - set(REFERENCE_FAMILIES))
     return {
         family: routing_metrics([(r.escalation_rate, r.accuracy) for r in results if r.family == family], acc_s1, acc_s2).to_dict()
         for family in families
@@ -225,7 +359,7 @@ def best_within(results: list[StrategyResult], reference: str = "system2", max_d
     target = next(r for r in results if r.name == reference).accuracy - max_drop
     best: dict[str, StrategyResult] = {}
     for result in results:
-        if result.family in ("system1", "system2", "oracle") or result.accuracy < target:
+        if result.family in REFERENCE_FAMILIES or result.accuracy < target:
             continue
         if result.family not in best or result.energy_uj < best[result.family].energy_uj:
             best[result.family] = result

@@ -13,27 +13,52 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fastslow import _atomic  # noqa: E402
-from fastslow.evaluation.evaluate import StrategyResult  # noqa: E402
+from fastslow.evaluation.evaluate import REFERENCE_FAMILIES, S1_ONLY_FAMILIES, StrategyResult  # noqa: E402
 
 ENERGY_NOTE = (
     "Energy per input in µJ counts arithmetic only (synaptic accumulates from the real spikes, "
     "MACs, neuron updates) under the named hardware profile; memory traffic is not counted."
 )
-_REFERENCE_STYLE = {"system1": ("s", "tab:blue"), "system2": ("*", "tab:red"), "oracle": ("D", "tab:green")}
+_REFERENCE_STYLE = {
+    "system1": ("s", "tab:blue"), "system2": ("*", "tab:red"), "oracle": ("D", "tab:green"), "aet_oracle": ("P", "tab:olive"),
+}
 
 
-def results_table(results: list[StrategyResult], title: str) -> Table:
-    table = Table(title=title, caption=ENERGY_NOTE, caption_justify="left")
+def summary_rows(results: list[StrategyResult]) -> list[tuple[str, StrategyResult]]:
+    """The console's short list: references, then per family its cheapest point that keeps accuracy
+    (within 0.5 pt of System 2; within 0.2 pt of full-T System 1 for System-1-only families) and
+    its most accurate point."""
+    by_name = {r.name: r for r in results}
+    rows = [("reference", r) for r in results if r.family in REFERENCE_FAMILIES]
+    families = [f for f in dict.fromkeys(r.family for r in results) if f not in REFERENCE_FAMILIES]
+    for family in families:
+        points = [r for r in results if r.family == family]
+        s1_only = family in S1_ONLY_FAMILIES
+        floor = by_name["system1"].accuracy - 0.002 if s1_only else by_name["system2"].accuracy - 0.005
+        keeping = [r for r in points if r.accuracy >= floor]
+        if keeping:
+            rows.append((f"cheapest ≥ {'S1−0.2' if s1_only else 'S2−0.5'}pt", min(keeping, key=lambda r: r.energy_uj)))
+        best = max(points, key=lambda r: (r.accuracy, -r.energy_uj))
+        if not keeping or best is not rows[-1][1]:
+            rows.append(("most accurate", best))
+    return rows
+
+
+def results_table(rows: list[tuple[str, StrategyResult]], title: str) -> Table:
+    table = Table(title=title, caption=ENERGY_NOTE + " Every point: report.md / results.json.", caption_justify="left")
     table.add_column("strategy", no_wrap=True)
-    for column in ("acc %", "esc %", "mean T", "µJ/input", "×S2 µJ"):
+    table.add_column("pick", no_wrap=True)
+    for column in ("acc %", "esc %", "T run", "µJ/in", "×S2"):
         table.add_column(column, justify="right", no_wrap=True)
-    for r in results:
-        table.add_row(r.name, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
+    for label, r in rows:
+        table.add_row(r.name, label, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}",
+                      f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
     return table
 
 
 def print_table(results: list[StrategyResult], title: str, console: Console | None = None) -> None:
-    (console or Console()).print(results_table(results, title))
+    console = console or Console()
+    console.print(results_table(summary_rows(results), title))
 
 
 def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> bytes:
@@ -54,6 +79,31 @@ def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> 
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def timesteps_png(results: list[StrategyResult], title: str) -> bytes:
+    """Accuracy against mean timesteps for the policies that answer from System 1 alone."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    for family in dict.fromkeys(r.family for r in results):
+        if family not in S1_ONLY_FAMILIES or family in REFERENCE_FAMILIES:
+            continue
+        points = sorted((r.mean_timesteps, 100 * r.accuracy) for r in results if r.family == family)
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, "-", marker="o", markersize=3.5, linewidth=1.2, label=family)
+    for r in results:
+        if r.family in ("system1", "aet_oracle"):
+            marker, colour = _REFERENCE_STYLE[r.family]
+            ax.plot([r.mean_timesteps], [100 * r.accuracy], marker, color=colour, markersize=9, label=r.name, linestyle="none")
+    ax.set_xlabel("mean System 1 timesteps run per input")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -102,13 +152,15 @@ def report_markdown(payload: dict) -> str:
     best = payload.get("best_within_half_point_of_system2", {})
     if best:
         lines += ["", "Cheapest point per family within 0.5 accuracy points of System 2: " + ", ".join(f"{k}: `{v}`" for k, v in best.items()) + "."]
-    lines += ["", "## Accuracy vs energy", "", "![accuracy vs energy](pareto.png)", ""]
+    lines += ["", "## Accuracy vs energy", "", "![accuracy vs energy](pareto.png)", "",
+              "## System 1 alone: accuracy vs timesteps", "", "![accuracy vs timesteps](timesteps.png)", ""]
     return "\n".join(lines)
 
 
 def write_report(folder: Path, payload: dict, results: list[StrategyResult]) -> None:
-    """Write pareto.png, report.md, then results.json (each atomically)."""
+    """Write pareto.png, timesteps.png, report.md, then results.json (each atomically)."""
     title = f"{payload['dataset']}: accuracy vs energy ({payload['profile']['name']})"
     _atomic.write_bytes(folder / "pareto.png", pareto_png(results, title, payload["profile"]["name"]))
+    _atomic.write_bytes(folder / "timesteps.png", timesteps_png(results, f"{payload['dataset']}: System 1 timesteps"))
     _atomic.write_text(folder / "report.md", report_markdown(payload))
     _atomic.write_json(folder / "results.json", payload)

@@ -80,11 +80,16 @@ def action_rewards(s1_correct: torch.Tensor, s2_correct: torch.Tensor, action_en
 
 
 def oracle_actions(s1_correct: torch.Tensor, s2_correct: torch.Tensor) -> torch.Tensor:
-    """First t (as action t-1) at which System 1 is right; else System 2 if it is right; else T-1."""
+    """First t (as action t-1) from which System 1 stays right up to T; else System 2 if it is right; else T-1.
+
+    "Stays right" rather than "first right": an answer that is right at t by luck and wrong after is
+    not something a policy reading only the input can learn to predict.
+    """
     steps = s1_correct.shape[0]
-    any_right = s1_correct.any(0)
+    stays_right = s1_correct.flip(0).long().cumprod(0).flip(0).bool()  # right at t and every later step
+    any_right = stays_right.any(0)
     order = torch.arange(steps, 0, -1)[:, None]
-    first = (s1_correct.long() * order).argmax(0)
+    first = (stays_right.long() * order).argmax(0)
     fallback = torch.where(s2_correct.bool(), torch.full_like(first, steps), torch.full_like(first, steps - 1))
     return torch.where(any_right, first, fallback)
 
