@@ -4,13 +4,25 @@ TINY_CONFIG = """
 [system1]
 epochs = 2
 timesteps = 3
-hidden = [32]
+hidden = [32, 16]
+exit_heads = [0]
 
 [system2]
 epochs = 2
 
 [router]
 shares = [0.2, 0.4]
+epochs = 40
+exit_shares = [0.2]
+exit_epochs = 40
+
+[seenn2]
+betas = [0.05]
+pretrain_epochs = 20
+rl_epochs = 20
+
+[ponder]
+lambda_ps = [0.5]
 epochs = 40
 
 [confidence]

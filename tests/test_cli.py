@@ -20,9 +20,10 @@ def _accuracies(payload):
 
 
 def test_fit_writes_a_complete_report(fitted_folder):
-    for name in ("results.json", "report.md", "pareto.png", "config.json"):
+    for name in ("results.json", "report.md", "pareto.png", "timesteps.png", "config.json"):
         assert (fitted_folder / name).is_file(), name
-    for name in ("system1.safetensors", "system1.json", "system2.safetensors", "system2.json", "router-share=0.2.safetensors", "manifest.json"):
+    for name in ("system1.safetensors", "system1.json", "system2.safetensors", "system2.json", "router-share=0.2.safetensors",
+                 "router-exits-share=0.2.safetensors", "seenn2-beta=0.05.safetensors", "ponder-lambda_p=0.5.safetensors", "manifest.json"):
         assert (fitted_folder / "checkpoints" / name).is_file(), name
     payload = _results(fitted_folder)
     assert payload["dataset"] == "digits" and payload["seed"] == 0
@@ -31,7 +32,9 @@ def test_fit_writes_a_complete_report(fitted_folder):
     assert {"fastslow", "torch"} <= set(payload["versions"])
     assert payload["config"]["system1"]["timesteps"] == 3
     names = [s["name"] for s in payload["strategies"]]
-    for expected in ("system1", "system2", "oracle", "confidence@0.8", "router@share=0.2", "router@share=0.4"):
+    for expected in ("system1", "system2", "oracle", "aet_oracle", "confidence@0.8", "router@share=0.2", "router@share=0.4",
+                     "seenn1@0.8", "seenn1@0.8+s2", "exits@0.8", "exits@0.8+s2", "seenn2@beta=0.05", "ponder@lambda_p=0.5",
+                     "ponder@lambda_p=0.5+s2", "router@exits,share=0.2"):
         assert expected in names
     assert any(n.startswith("random@rate=") for n in names)
     for strategy in payload["strategies"]:
@@ -39,6 +42,10 @@ def test_fit_writes_a_complete_report(fitted_folder):
         assert strategy["energy_uj"] == pytest.approx(sum(strategy["energy_terms_uj"].values()))
         assert set(strategy["energy_terms_uj"]) == {"s1_synaptic", "s1_dense", "s1_neuron", "policy", "s2"}
     by_name = {s["name"]: s for s in payload["strategies"]}
+    # Exits taken are recorded, and an S1-only policy that stops early is charged less than the full run.
+    assert sum(by_name["seenn1@0.5"]["exits"].values()) == 360
+    assert by_name["seenn1@0.5"]["mean_timesteps"] <= 3
+    assert by_name["seenn1@0.5"]["energy_terms_uj"]["s1_neuron"] <= by_name["system1"]["energy_terms_uj"]["s1_neuron"]
     assert by_name["system2"]["energy_terms_uj"]["s1_synaptic"] == 0 and by_name["system2"]["escalation_rate"] == 1
     assert by_name["system1"]["energy_terms_uj"]["s2"] == 0 and by_name["system1"]["mean_timesteps"] == 3
     report = (fitted_folder / "report.md").read_text()
@@ -67,6 +74,19 @@ def test_other_profile_changes_energy_not_accuracy(fitted_folder, tmp_path):
     s1_before = next(s for s in before["strategies"] if s["name"] == "system1")
     s1_after = next(s for s in after["strategies"] if s["name"] == "system1")
     assert s1_after["energy_uj"] > s1_before["energy_uj"]  # 23.6 pJ vs 0.9 pJ per synaptic op
+
+
+def test_calibrate_writes_its_choice_and_bound(fitted_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_folder, copy)
+    assert main(["calibrate", str(copy), "--max-accuracy-drop", "0.05", "--delta", "0.1", "--quiet"]) == 0
+    payload = json.loads((copy / "calibration.json").read_text())
+    assert "Learn-then-Test" in payload["method"] and payload["calibration_size"] == 180
+    assert payload["max_accuracy_drop"] == 0.05 and payload["delta"] == 0.1
+    assert {"confidence", "seenn1+s2", "router"} <= set(payload["families"])
+    for family, entry in payload["families"].items():
+        if entry["chosen"] is not None:
+            assert entry["chosen"] in entry["certified"] and "held_out_accuracy" in entry and "held_out_energy_uj" in entry
 
 
 def test_same_seed_gives_same_numbers(fitted_folder, tmp_path, tiny_config):
@@ -117,6 +137,16 @@ def test_unknown_dataset_profile_and_bad_config(tmp_path, capsys):
     config.write_text("[system1\n")
     _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
     assert not out.exists()
+
+
+def test_bad_knobs_are_clear_errors(fitted_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "bad.toml"
+    config.write_text("[confidence]\nthresholds = [0.5, 1.5]\n")
+    assert "thresholds" in _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
+    assert "delta" in _fail(capsys, ["calibrate", str(fitted_folder), "--delta", "1.5", "--quiet"])
+    assert "drop" in _fail(capsys, ["calibrate", str(fitted_folder), "--max-accuracy-drop", "0", "--quiet"])
+    assert not (fitted_folder / "calibration.json").exists()
 
 
 def test_broken_checkpoints_are_clear_errors(fitted_folder, tmp_path, capsys):

@@ -25,6 +25,7 @@ from fastslow.data import Dataset, load_dataset
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
 from fastslow.errors import CheckpointError, ConfigError, DataError
 from fastslow.evaluation.evaluate import (
+    REFERENCE_FAMILIES,
     PolicySet,
     StrategyResult,
     SystemOutputs,
@@ -343,21 +344,29 @@ def fit(
     return FitResult(s1, s2, policies, results, payload)
 
 
-def evaluate_folder(
-    folder: str | Path,
-    *,
-    data: str | None = None,
-    profile: str | None = None,
-    console: Console | None = None,
-    show_table: bool = True,
-) -> tuple[list[StrategyResult], dict]:
-    """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
-    console = console or Console()
+@dataclass
+class LoadedFit:
+    """A fit's folder reloaded: its config (with overrides), systems, policies and data splits."""
+
+    folder: Path
+    config: FitConfig
+    profile: EnergyProfile
+    device: torch.device
+    system1: System1
+    system2: nn.Module
+    policies: PolicySet
+    splits: Splits
+
+
+def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None = None) -> LoadedFit:
+    """Reload the checkpoints of a ``fit``/``demo`` folder and its data split (or ``data``)."""
+    import json
+
+    from fastslow.config import load_config
+
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"report folder {folder} does not exist: pass the --out folder of a `fastslow fit` or `fastslow demo` run")
-    from fastslow.config import load_config
-
     config = load_config(folder / "config.json", data=data, profile=profile)
     energy_profile = load_profile(config.profile)
     device = resolve_device(config.device)
@@ -365,8 +374,6 @@ def evaluate_folder(
     manifest_path = ckpt / "manifest.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint file {manifest_path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
-    import json
-
     try:
         manifest = json.loads(manifest_path.read_text())
         knobs = {kind: [float(k) for k in manifest.get(kind, [])] for kind in checkpoint.POLICY_KINDS}
@@ -376,7 +383,6 @@ def evaluate_folder(
         raise CheckpointError("this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module")
     s1 = checkpoint.load_system1(ckpt).to(device)
     s2, _ = checkpoint.load_system2(ckpt)
-    s2 = s2.to(device)
     loaded = {kind: [(k, checkpoint.load_policy(ckpt, kind, k)) for k in values] for kind, values in knobs.items()}
     policies = PolicySet(
         routers=[m for _, m in loaded["router"]],
@@ -391,5 +397,129 @@ def evaluate_folder(
             f"data {config.data!r} has inputs {tuple(splits.dataset.input_shape)} and {splits.dataset.n_classes} classes, "
             f"but the checkpoints expect {tuple(s1.spec.input_shape)} and {s1.spec.n_classes}: pass matching --data"
         )
-    _atomic.write_json(folder / "config.json", config.model_dump())
-    return _evaluate_and_report(folder, config, splits, s1, s2, policies, energy_profile, device, console, show_table)
+    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, splits)
+
+
+def evaluate_folder(
+    folder: str | Path,
+    *,
+    data: str | None = None,
+    profile: str | None = None,
+    console: Console | None = None,
+    show_table: bool = True,
+) -> tuple[list[StrategyResult], dict]:
+    """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
+    fit_ = load_fit(folder, data=data, profile=profile)
+    _atomic.write_json(fit_.folder / "config.json", fit_.config.model_dump())
+    return _evaluate_and_report(fit_.folder, fit_.config, fit_.splits, fit_.system1, fit_.system2, fit_.policies, fit_.profile,
+                                fit_.device, console or Console(), show_table)
+
+
+# Knob order for fixed-sequence testing, safest (most System 2 / most timesteps) first.
+_SAFETY_ORDER = {"threshold": True, "target_share": True, "lambda_p": False, "beta": False}
+
+
+def _safest_first(items: list[tuple[str, str, dict, Routing]]) -> list[tuple[str, str, dict, Routing]]:
+    knob_name = next(k for k in _SAFETY_ORDER if k in items[0][2])
+    return sorted(items, key=lambda item: item[2][knob_name], reverse=_SAFETY_ORDER[knob_name])
+
+
+def calibrate_folder(
+    folder: str | Path,
+    *,
+    max_accuracy_drop: float,
+    delta: float,
+    calibration_fraction: float = 0.5,
+    console: Console | None = None,
+    show_table: bool = True,
+) -> dict:
+    """Choose each policy family's knob with Learn-then-Test so that, with probability ≥ 1 − δ over the
+    calibration split, accuracy is at most ``max_accuracy_drop`` below System 2's; then least energy.
+
+    The fit's test split is divided (stratified, seeded) into a calibration part and a held-out part;
+    the held-out accuracy and energy at the chosen knob are reported. Writes ``calibration.json``.
+    """
+    from fastslow.evaluation.calibration import METHOD, _check, calibrate_knob
+    from fastslow.evaluation.evaluate import enumerate_strategies, routing_predictions
+
+    _check(max_accuracy_drop, delta)
+    if not 0.0 < calibration_fraction < 1.0:
+        raise ConfigError(f"calibration fraction {calibration_fraction} is outside (0, 1): pass e.g. 0.5")
+    fit_ = load_fit(folder)
+    config, splits = fit_.config, fit_.splits
+    s2_macs = sum(count_macs(fit_.system2, tuple(splits.x_test.shape[1:])).values())
+    test = _outputs(fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=2)
+    try:
+        cal_index, held_index = train_test_split(
+            np.arange(len(test.labels)), train_size=calibration_fraction, stratify=test.labels.numpy(), random_state=config.seed
+        )
+    except ValueError as err:
+        raise DataError(f"cannot split the test split for calibration ({err}): use a larger test split") from None
+    parts = {"calibration": test.subset(torch.as_tensor(cal_index)), "held_out": test.subset(torch.as_tensor(held_index))}
+    strategies = {
+        part: enumerate_strategies(outputs, fit_.policies, thresholds=tuple(config.confidence.thresholds),
+                                   measure=config.confidence.measure, temperature=config.confidence.temperature)
+        for part, outputs in parts.items()
+    }
+    held_scores = {
+        name: score_routing(name, family, routing, parts["held_out"], fit_.profile, knob)
+        for name, family, knob, routing in strategies["held_out"]
+    }
+    s2_held = held_scores["system2"]
+    cal = parts["calibration"]
+    s2_right = (cal.s2_logits.argmax(1) == cal.labels).numpy()
+    families: dict[str, dict] = {}
+    for family in dict.fromkeys(f for _, f, _, _ in strategies["calibration"]):
+        if family in REFERENCE_FAMILIES:
+            continue
+        items = _safest_first([item for item in strategies["calibration"] if item[1] == family])
+        losses = np.stack([((routing_predictions(r, cal) != cal.labels).numpy() & s2_right) for _, _, _, r in items], axis=1).astype(float)
+        energies = np.array([float(per_input_energy(r, cal, fit_.profile).mean()) for _, _, _, r in items])
+        result = calibrate_knob(losses, energies, max_accuracy_drop, delta)
+        entry = {"knobs_safest_first": [name for name, _, _, _ in items], "certified": [items[j][0] for j in result.certified],
+                 "pvalues": result.pvalues, "chosen": None, "note": result.note}
+        if result.chosen is not None:
+            name, _, knob, _ = items[result.chosen]
+            held = held_scores[name]
+            entry.update(
+                chosen=name, knob=knob, calibration_energy_uj=float(energies[result.chosen]),
+                held_out_accuracy=held.accuracy, held_out_energy_uj=held.energy_uj,
+                held_out_energy_ratio_vs_s2=held.energy_uj / s2_held.energy_uj,
+                held_out_drop_vs_s2=s2_held.accuracy - held.accuracy,
+            )
+        families[family] = entry
+    payload = {
+        "method": METHOD,
+        "max_accuracy_drop": max_accuracy_drop,
+        "delta": delta,
+        "guarantee": f"with probability >= {1 - delta:g} over the calibration split, accuracy >= System 2's - {max_accuracy_drop:g} for each family's chosen knob",
+        "split_note": f"the test split ({len(test.labels)}) divided {len(cal_index)} calibration / {len(held_index)} held out, stratified, seed {config.seed}",
+        "calibration_size": len(cal_index),
+        "held_out_size": len(held_index),
+        "profile": fit_.profile.name,
+        "system2_held_out_accuracy": s2_held.accuracy,
+        "system2_held_out_energy_uj": s2_held.energy_uj,
+        "families": families,
+    }
+    _atomic.write_json(fit_.folder / "calibration.json", payload)
+    if show_table:
+        _print_calibration(payload, console or Console())
+    return payload
+
+
+def _print_calibration(payload: dict, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Learn-then-Test: drop ≤ {payload['max_accuracy_drop']:g} vs System 2 with prob ≥ {1 - payload['delta']:g} "
+                        f"(n_cal = {payload['calibration_size']})",
+                  caption=f"held out: {payload['held_out_size']} inputs; System 2 {100 * payload['system2_held_out_accuracy']:.2f}%",
+                  caption_justify="left")
+    for column in ("family", "chosen knob", "held-out acc %", "drop (pt)", "µJ/in", "×S2"):
+        table.add_column(column, justify="left" if column in ("family", "chosen knob") else "right", no_wrap=True)
+    for family, entry in payload["families"].items():
+        if entry["chosen"] is None:
+            table.add_row(family, "none certified", "", "", "", "")
+        else:
+            table.add_row(family, entry["chosen"], f"{100 * entry['held_out_accuracy']:.2f}", f"{100 * entry['held_out_drop_vs_s2']:.2f}",
+                          f"{entry['held_out_energy_uj']:.4f}", f"{entry['held_out_energy_ratio_vs_s2']:.3f}")
+    console.print(table)

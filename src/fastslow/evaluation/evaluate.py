@@ -48,6 +48,21 @@ class SystemOutputs:
     s2_macs: int
     policy_inputs: torch.Tensor  # [N, F] what an input-reading policy (SEENN-II) sees
 
+    def subset(self, index: torch.Tensor) -> "SystemOutputs":
+        """The records of the inputs at ``index`` only."""
+        return SystemOutputs(
+            labels=self.labels[index],
+            s1_logits=self.s1_logits[:, :, index],
+            s1_synaptic_ops=self.s1_synaptic_ops[:, :, index],
+            s1_dense_macs=self.s1_dense_macs[:, :, index],
+            s1_neuron_updates=self.s1_neuron_updates,
+            s1_spike_rates=self.s1_spike_rates[:, :, index],
+            exit_layers=self.exit_layers,
+            s2_logits=self.s2_logits[index],
+            s2_macs=self.s2_macs,
+            policy_inputs=self.policy_inputs[index],
+        )
+
     @property
     def timesteps(self) -> int:
         return self.s1_logits.shape[0]
@@ -201,15 +216,20 @@ def per_input_energy(routing: Routing, outputs: SystemOutputs, profile: EnergyPr
     return sum(_op_counts(routing, outputs).energy_terms_uj(profile).values())
 
 
+def routing_predictions(routing: Routing, outputs: SystemOutputs) -> torch.Tensor:
+    """The class each input is answered with [N]: System 2's, or System 1's at its (exit, t)."""
+    n = len(outputs.labels)
+    s1_logits = outputs.s1_logits[(routing.timesteps.long() - 1).clamp(min=0), routing.exit_taken.long(), torch.arange(n)]
+    return torch.where(routing.escalate, outputs.s2_logits.argmax(1), s1_logits.argmax(1))
+
+
 def score_routing(
     name: str, family: str, routing: Routing, outputs: SystemOutputs, profile: EnergyProfile, knob: dict | None = None
 ) -> StrategyResult:
     """Accuracy and per-input energy of ``routing`` over ``outputs`` (energy_ratio filled by the caller)."""
-    n = len(outputs.labels)
     steps = routing.timesteps.long()
     exit_taken = routing.exit_taken.long()
-    s1_logits = outputs.s1_logits[(steps - 1).clamp(min=0), exit_taken, torch.arange(n)]
-    predictions = torch.where(routing.escalate, outputs.s2_logits.argmax(1), s1_logits.argmax(1))
+    predictions = routing_predictions(routing, outputs)
     counts = _op_counts(routing, outputs)
     synaptic, dense, neurons = counts.synaptic_ops, counts.s1_dense_macs, counts.neuron_updates
     terms = {k: float(v.mean()) for k, v in counts.energy_terms_uj(profile).items()}
@@ -268,33 +288,25 @@ def ponder_routing(head: nn.Module, step_features: torch.Tensor, last_exit: int,
     )
 
 
-def evaluate_strategies(
+def enumerate_strategies(
     outputs: SystemOutputs,
-    profile: EnergyProfile,
-    *,
     policies: PolicySet | None = None,
+    *,
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
     measure: ConfidenceMeasure = "max_softmax",
     temperature: float = 1.0,
-    seed: int = 0,
-) -> list[StrategyResult]:
-    """Every reference and every swept policy point, in a stable order.
-
-    Families: references ``system1``, ``system2``, ``oracle``, ``aet_oracle``; ``confidence@θ``;
-    ``seenn1@θ`` (S1 only) and ``seenn1@θ+s2``; ``exits@θ`` and ``exits@θ+s2`` (with exit heads);
-    ``seenn2@beta=β``; ``ponder@lambda_p=λ`` and ``…+s2``; ``router@share=ρ`` (S1 at T or S2) and
-    ``router@exits,share=ρ`` (the whole exit space); ``random@rate=r``.
-    """
+) -> list[tuple[str, str, dict, Routing]]:
+    """(name, family, knob, routing) of every reference and policy point except ``random``."""
     policies = policies or PolicySet()
     n, steps, last = len(outputs.labels), outputs.timesteps, outputs.last_exit
     s1_correct = outputs.s1_final_logits().argmax(1) == outputs.labels
-    results = [
-        score_routing("system1", "system1", Routing.full_system1(n, steps, last), outputs, profile),
-        score_routing("system2", "system2", Routing.system2_only(n), outputs, profile),
-        score_routing("oracle", "oracle", oracle_routing(s1_correct, steps, last), outputs, profile),
-        score_routing("aet_oracle", "aet_oracle", aet_oracle_routing(outputs.s1_logits, outputs.labels), outputs, profile),
+    items: list[tuple[str, str, dict, Routing]] = [
+        ("system1", "system1", {}, Routing.full_system1(n, steps, last)),
+        ("system2", "system2", {}, Routing.system2_only(n)),
+        ("oracle", "oracle", {}, oracle_routing(s1_correct, steps, last)),
+        ("aet_oracle", "aet_oracle", {}, aet_oracle_routing(outputs.s1_logits, outputs.labels)),
     ]
-    add = lambda name, family, routing, knob: results.append(score_routing(name, family, routing, outputs, profile, knob))  # noqa: E731
+    add = lambda name, family, routing, knob: items.append((name, family, knob, routing))  # noqa: E731
     final_logits = outputs.s1_final_logits()
     for threshold in thresholds:
         knob = {"threshold": threshold, "measure": measure}
@@ -328,11 +340,40 @@ def evaluate_strategies(
         for router in policies.exit_routers:
             share = router.target_share
             add(f"router@exits,share={share:g}", "router_exits", router.route(features), {"target_share": share})
+    return items
+
+
+def evaluate_strategies(
+    outputs: SystemOutputs,
+    profile: EnergyProfile,
+    *,
+    policies: PolicySet | None = None,
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
+    measure: ConfidenceMeasure = "max_softmax",
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[StrategyResult]:
+    """Every reference and every swept policy point, in a stable order.
+
+    Families: references ``system1``, ``system2``, ``oracle``, ``aet_oracle``; ``confidence@θ``;
+    ``seenn1@θ`` (S1 only) and ``seenn1@θ+s2``; ``exits@θ`` and ``exits@θ+s2`` (with exit heads);
+    ``seenn2@beta=β``; ``ponder@lambda_p=λ`` and ``…+s2``; ``router@share=ρ`` (S1 at T or S2) and
+    ``router@exits,share=ρ`` (the whole exit space); ``random@rate=r``.
+    """
+    policies = policies or PolicySet()
+    results = [
+        score_routing(name, family, routing, outputs, profile, knob)
+        for name, family, knob, routing in enumerate_strategies(
+            outputs, policies, thresholds=thresholds, measure=measure, temperature=temperature
+        )
+    ]
+    n, steps, last = len(outputs.labels), outputs.timesteps, outputs.last_exit
     # Random escalation at the rates the learned router reached (or the confidence sweep's, without routers).
     matched_family = "router" if policies.routers else "confidence"
     matched_rates = sorted({round(r.escalation_rate, 3) for r in results if r.family == matched_family} - {0.0, 1.0})
     for index, rate in enumerate(matched_rates):
-        add(f"random@rate={rate:.3f}", "random", random_routing(n, rate, steps, last, seed=seed + index), {"rate": rate})
+        routing = random_routing(n, rate, steps, last, seed=seed + index)
+        results.append(score_routing(f"random@rate={rate:.3f}", "random", routing, outputs, profile, {"rate": rate}))
     s2_energy = results[1].energy_uj
     for result in results:
         result.energy_ratio_vs_s2 = result.energy_uj / s2_energy if s2_energy > 0 else float("nan")

@@ -1,0 +1,36 @@
+"""SEENN-II: oracle labels, and REINFORCE improving the reward."""
+
+import torch
+
+from fastslow.policies.seenn2 import action_rewards, oracle_actions, policy_input, train_seenn2
+
+
+def test_oracle_action_is_first_step_from_which_system1_stays_right():
+    s1_correct = torch.tensor([[1, 0, 0], [0, 0, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)  # [T=4, N=3]
+    s2_correct = torch.tensor([True, True, False])
+    # input 0: right at t=1, wrong at 2, right from 3 → action 2 (t = 3); input 1: from 3 on → 2;
+    # input 2: never right, System 2 wrong too → T-1 = 3.
+    assert oracle_actions(s1_correct, s2_correct).tolist() == [2, 2, 3]
+    assert oracle_actions(torch.zeros(4, 1, dtype=torch.bool), torch.tensor([True])).tolist() == [4]
+
+
+def test_rewards_trade_correctness_for_energy():
+    s1_correct = torch.tensor([[False], [True]])
+    energy = torch.tensor([[1.0, 2.0, 20.0]])
+    rewards = action_rewards(s1_correct, torch.tensor([True]), energy, beta=0.1)
+    assert torch.allclose(rewards, torch.tensor([[0 - 0.05, 1 - 0.1, 1 - 1.0]]))
+
+
+def test_reinforce_improves_the_reward():
+    g = torch.Generator().manual_seed(0)
+    n, steps = 600, 4
+    x = torch.rand(n, 1, 6, 6, generator=g)
+    hard = x.mean((1, 2, 3)) > 0.5  # hard inputs need all steps; easy ones are right from t = 1
+    s1_correct = torch.ones(steps, n, dtype=torch.bool)
+    s1_correct[: steps - 1, hard] = False
+    energy = torch.cat([torch.arange(1, steps + 1).float().expand(n, steps), torch.full((n, 1), 40.0)], dim=1)
+    policy, history = train_seenn2(policy_input(x), s1_correct, torch.ones(n, dtype=torch.bool), energy, beta=0.2,
+                                   input_shape=(1, 6, 6), pretrain_epochs=0, rl_epochs=300, lr=2e-2, seed=0)
+    assert history[-1] > history[0] + 0.1
+    routing = policy.route(policy_input(x), last_exit=0)
+    assert routing.timesteps[~hard].float().mean() < routing.timesteps[hard].float().mean()
