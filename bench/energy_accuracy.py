@@ -18,15 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from fastslow import load_config
 from fastslow.evaluation.evaluate import best_within
 from fastslow.pipeline import fit
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import console as wide_console  # noqa: E402
+from _common import default_data  # noqa: E402
 
 
 def _bench_config(data: str, epochs: int | None, seed: int, profile: str, timesteps: int):
@@ -48,13 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cmos45nm")
     parser.add_argument("--out", default=None, help="report folder (default: a temporary folder)")
     args = parser.parse_args(argv)
-    console = Console(width=max(Console().width, 110))
-    data = args.data
+    console = wide_console()
+    data = args.data or default_data(console)
     if data is None:
-        if not (SHARED / "MNIST" / "raw").is_dir():
-            console.print(f"skipped: benchmark data not found at {SHARED / 'MNIST' / 'raw'} (see ../shared/data/README.md)")
-            return 0
-        data = f"mnist:{SHARED}"
+        return 0
     config = _bench_config(data, args.epochs, args.seed, args.profile, args.timesteps)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out) if args.out else Path(scratch)

@@ -19,3 +19,10 @@ def test_energy_accuracy_bench_runs_on_digits(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "system2" in out and "µJ/input" in out and "target (≥ S2 − 0.5 pt" in out
     assert (tmp_path / "results.json").is_file()
+
+
+def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
+    bench = _load("dynamic_timesteps")
+    assert bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "3", "--hidden", "32", "16", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "SEENN-I" in out and "router, all exits" in out and "target S1-only" in out

@@ -1,0 +1,104 @@
+"""Benchmark: stopping System 1 early — full-T System 1, SEENN-I, SEENN-II, pondering, cascade exits,
+and the whole-exit-space router, side by side in one run.
+
+Default data: the MNIST test set in ../shared/data/MNIST/raw, split 8,000 train / 2,000 test
+(stratified, seed 0); skips with a message where it is absent. Not a test: run on demand,
+
+    .venv/bin/python bench/dynamic_timesteps.py [--epochs N] [--timesteps T] [--seed S]
+
+Targets (issue 3): an S1-only policy within 0.2 points of full-T accuracy at ≤ 30% of T on
+average; the whole-space router within 0.3 points of System 2 at ≤ 10% of its energy and with
+≥ 1.3× less energy than the cheapest confidence@ point of equal or better accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+
+from fastslow import load_config
+from fastslow.pipeline import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import console as wide_console  # noqa: E402
+from _common import default_data  # noqa: E402
+
+
+def _cheapest(results, family, floor):
+    points = [r for r in results if r.family == family and r.accuracy >= floor]
+    return min(points, key=lambda r: r.energy_uj) if points else None
+
+
+def _best(results, family):
+    points = [r for r in results if r.family == family]
+    return max(points, key=lambda r: (r.accuracy, -r.energy_uj)) if points else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="default: mnist:../shared/data")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--timesteps", type=int, default=8)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", default="cmos45nm")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    console = wide_console()
+    data = args.data or default_data(console)
+    if data is None:
+        return 0
+    config = load_config(
+        None, data=data, seed=args.seed, profile=args.profile,
+        system1={"hidden": args.hidden, "exit_heads": [0], "timesteps": args.timesteps, "epochs": args.epochs},
+        system2={"epochs": args.epochs, "lr": 3e-3},
+        confidence={"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999]},
+        router={"exit_shares": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]},
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        result = fit(config, Path(args.out) if args.out else Path(scratch), console=console, progress=sys.stdout.isatty(), show_table=False)
+    results = result.results
+    by_name = {r.name: r for r in results}
+    s1, s2 = by_name["system1"], by_name["system2"]
+    rows = [("System 1, full T", "reference", s1), ("System 2", "reference", s2), ("AET oracle", "reference", by_name["aet_oracle"])]
+    for label, family in [("SEENN-I", "seenn1"), ("cascade exits", "exits"), ("pondering", "ponder")]:
+        pick = _cheapest(results, family, s1.accuracy - 0.002)
+        rows.append((label, "cheapest ≥ S1−0.2pt" if pick else "most accurate", pick or _best(results, family)))
+    rows.append(("SEENN-II", "most accurate", _best(results, "seenn2")))
+    for label, family in [("SEENN-I + S2", "seenn1+s2"), ("router, all exits", "router_exits"), ("confidence", "confidence")]:
+        pick = _cheapest(results, family, s2.accuracy - 0.003)
+        rows.append((label, "cheapest ≥ S2−0.3pt" if pick else "most accurate", pick or _best(results, family)))
+    table = Table(title=f"{result.payload['data_note']}; profile {result.payload['profile']['name']}, T = {args.timesteps}, seed {args.seed}")
+    for column in ("policy", "pick", "point", "acc %", "esc %", "mean T", "T share", "µJ/in", "×S2"):
+        table.add_column(column, justify="left" if column in ("policy", "pick", "point") else "right", no_wrap=True)
+    for label, pick, r in rows:
+        if r is None:
+            continue
+        table.add_row(label, pick, r.name, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}",
+                      f"{r.mean_timesteps / args.timesteps:.2f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
+    console.print(table)
+    console.print(f"System 1: {result.payload['systems']['system1']['description']}. Energy counts arithmetic only (no memory traffic).")
+    s1_only = [r for _, _, r in rows[3:6] if r and r.accuracy >= s1.accuracy - 0.002 and r.mean_timesteps <= 0.3 * args.timesteps]
+    console.print("target S1-only (≥ S1 − 0.2 pt at ≤ 30% of T): " + (", ".join(r.name for r in s1_only) if s1_only else "not met"))
+    router = _cheapest(results, "router_exits", s2.accuracy - 0.003)
+    if router is None:
+        console.print("target whole-space router (≥ S2 − 0.3 pt at ≤ 10% of S2 energy): not met (no point within 0.3 pt of S2)")
+    else:
+        rivals = [r for r in results if r.family == "confidence" and r.accuracy >= router.accuracy]
+        rival = min(rivals, key=lambda r: r.energy_uj) if rivals else None
+        gain = rival.energy_uj / router.energy_uj if rival else float("inf")
+        console.print(
+            f"target whole-space router: {router.name} at {router.energy_ratio_vs_s2:.3f}× S2 energy "
+            f"({'met' if router.energy_ratio_vs_s2 <= 0.10 else 'not met'} ≤ 0.10); "
+            f"{gain:.2f}× less energy than {rival.name if rival else 'no confidence point of equal accuracy'} "
+            f"({'met' if gain >= 1.3 else 'not met'} ≥ 1.3×)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
