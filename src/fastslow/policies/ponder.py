@@ -1,44 +1,71 @@
-"""PonderNet halting (Banino et al. 2021) — provisional implementation; see helper's version."""
+"""PonderNet halting (Banino, Balaguer, Blundell 2021) over System 1's timesteps.
+
+A halting head reads System 1's state after each step t and outputs λ_t, the probability of
+halting at t given it has not halted before. The halting distribution is
+p_t = λ_t ∏_{j<t} (1 − λ_j) with λ_T = 1, and the training loss is
+
+    L = Σ_t p_t · L_t(y, ŷ_t)  +  β · KL(p ‖ p_G),   p_G(t) ∝ λ_p (1 − λ_p)^(t−1), t = 1..T
+
+in the paper's direction KL(p ‖ p_G) (a well-known public implementation passes the arguments to
+``nn.KLDivLoss`` so that it computes KL(p_G ‖ p) instead). The prior is truncated at T and
+renormalised. At inference fastslow halts at the first t with λ_t > 0.5 (deterministic), or samples.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 
 def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
-    lam = lambdas.clone()
-    lam[-1] = 1.0
-    survive = torch.cumprod(torch.cat([torch.ones_like(lam[:1]), 1 - lam[:-1]]), dim=0)
-    return lam * survive
+    """p_t = λ_t ∏_{j<t}(1 − λ_j) with λ_T forced to 1, so Σ_t p_t = 1; ``lambdas`` [T, N] → [T, N]."""
+    forced = torch.cat([lambdas[:-1], torch.ones_like(lambdas[-1:])])
+    not_yet = torch.cumprod(torch.cat([torch.ones_like(lambdas[:1]), 1.0 - lambdas[:-1]]), dim=0)
+    return forced * not_yet
 
 
 def geometric_prior(lambda_p: float, steps: int) -> torch.Tensor:
+    """Geometric prior p_G(t) = λ_p (1 − λ_p)^(t−1) over t = 1..T, renormalised to sum to 1 over T steps."""
     t = torch.arange(steps, dtype=torch.float32)
-    prior = lambda_p * (1 - lambda_p) ** t
+    prior = lambda_p * (1.0 - lambda_p) ** t
     return prior / prior.sum()
 
 
-def ponder_loss(lambdas, step_losses, lambda_p: float, kl_weight: float) -> torch.Tensor:
+def kl_to_prior(p: torch.Tensor, lambda_p: float) -> torch.Tensor:
+    """KL(p ‖ p_G) per input [N] for halting distributions ``p`` [T, N]."""
+    prior = geometric_prior(lambda_p, p.shape[0]).to(p)[:, None]
+    return (p * (p.clamp_min(1e-12).log() - prior.log())).sum(0)
+
+
+def ponder_loss(lambdas: torch.Tensor, step_losses: torch.Tensor, lambda_p: float, kl_weight: float) -> torch.Tensor:
+    """Mean over inputs of Σ_t p_t·L_t + β·KL(p ‖ p_G); ``lambdas``, ``step_losses`` [T, N]."""
     p = halting_distribution(lambdas)
-    prior = geometric_prior(lambda_p, lambdas.shape[0]).to(p)[:, None]
-    task = (p * step_losses).sum(0).mean()
-    kl = (p * (p.clamp_min(1e-10).log() - prior.log())).sum(0).mean()
-    return task + kl_weight * kl
+    return ((p * step_losses).sum(0) + kl_weight * kl_to_prior(p, lambda_p)).mean()
 
 
-def halting_step(lambdas, rule: str = "threshold", threshold: float = 0.5, generator=None) -> torch.Tensor:
-    steps = lambdas.shape[0]
+def halting_step(
+    lambdas: torch.Tensor,
+    rule: Literal["threshold", "sample"] = "threshold",
+    threshold: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Step (1..T) at which each input halts [N]: the first λ_t above ``threshold``, or sampled."""
     if rule == "threshold":
         halt = lambdas > threshold
+    elif rule == "sample":
+        halt = torch.rand(lambdas.shape, generator=generator, device=lambdas.device) < lambdas
     else:
-        halt = torch.rand(lambdas.shape, generator=generator) < lambdas
-    halt[-1] = True
-    order = torch.arange(steps, 0, -1)[:, None]
+        raise ValueError(f"unknown halting rule {rule!r}: use 'threshold' or 'sample'")
+    halt = torch.cat([halt[:-1], torch.ones_like(halt[-1:])])
+    order = torch.arange(halt.shape[0], 0, -1, device=halt.device)[:, None]
     return (halt.long() * order).argmax(0) + 1
 
 
 class HaltingHead(nn.Module):
+    """MLP ``features`` [T, N, F] → λ [T, N] in (0, 1); features standardised with stored statistics."""
+
     def __init__(self, n_features: int, hidden: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -49,19 +76,32 @@ class HaltingHead(nn.Module):
         return torch.sigmoid(self.net((features - self.feature_mean) / self.feature_std).squeeze(-1))
 
     def macs(self) -> int:
+        """MACs per step evaluated."""
         return sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
 
 
-def train_halting_head(features, step_losses, lambda_p, kl_weight=0.01, epochs=300, lr=1e-2, seed=0) -> HaltingHead:
+def train_halting_head(
+    features: torch.Tensor,
+    step_losses: torch.Tensor,
+    lambda_p: float,
+    *,
+    kl_weight: float = 0.05,
+    hidden: int = 32,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> HaltingHead:
+    """Fit a halting head on recorded per-step features [T, N, F] and losses [T, N] (System 1 frozen)."""
     torch.manual_seed(seed)
-    head = HaltingHead(features.shape[-1])
+    features = features.float()
+    head = HaltingHead(features.shape[-1], hidden)
     flat = features.reshape(-1, features.shape[-1])
     head.feature_mean.copy_(flat.mean(0))
     head.feature_std.copy_(flat.std(0).clamp_min(1e-6))
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     for _ in range(epochs):
         loss = ponder_loss(head(features), step_losses, lambda_p, kl_weight)
-        opt.zero_grad()
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer.step()
     return head.eval()
