@@ -28,15 +28,23 @@ def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
 
 def geometric_prior(lambda_p: float, steps: int) -> torch.Tensor:
     """Geometric prior p_G(t) = λ_p (1 − λ_p)^(t−1) over t = 1..T, renormalised to sum to 1 over T steps."""
+    if not 0.0 < lambda_p <= 1.0:
+        raise ValueError(f"lambda_p {lambda_p} is outside (0, 1]")
+    if steps < 1:
+        raise ValueError(f"steps {steps} must be at least 1")
     t = torch.arange(steps, dtype=torch.float32)
     prior = lambda_p * (1.0 - lambda_p) ** t
     return prior / prior.sum()
 
 
 def kl_to_prior(p: torch.Tensor, lambda_p: float) -> torch.Tensor:
-    """KL(p ‖ p_G) per input [N] for halting distributions ``p`` [T, N]."""
+    """KL(p ‖ p_G) = Σ_t p_t (log p_t − log p_G(t)) per input [N] for halting distributions ``p`` [T, N].
+
+    Both logs are clamped at 1e-12, so steps with p_t = 0 contribute 0 (not NaN) and a prior that
+    underflows (λ_p near 1, large T) stays finite.
+    """
     prior = geometric_prior(lambda_p, p.shape[0]).to(p)[:, None]
-    return (p * (p.clamp_min(1e-12).log() - prior.log())).sum(0)
+    return (p * (p.clamp_min(1e-12).log() - prior.clamp_min(1e-12).log())).sum(0)
 
 
 def ponder_loss(lambdas: torch.Tensor, step_losses: torch.Tensor, lambda_p: float, kl_weight: float) -> torch.Tensor:
@@ -51,7 +59,11 @@ def halting_step(
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Step (1..T) at which each input halts [N]: the first λ_t above ``threshold``, or sampled."""
+    """Step (1..T) at which each input halts [N], as a LongTensor.
+
+    ``"threshold"``: the first t with λ_t > ``threshold``, else T. ``"sample"``: a Bernoulli(λ_t) draw at
+    each step with ``generator``, halting at the first success (λ_T counts as 1), i.e. a sample of t ~ p.
+    """
     if rule == "threshold":
         halt = lambdas > threshold
     elif rule == "sample":
@@ -73,10 +85,11 @@ class HaltingHead(nn.Module):
         self.register_buffer("feature_std", torch.ones(n_features))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """λ in (0, 1), shape ``features.shape[:-1]`` ([T, N] for [T, N, F])."""
         return torch.sigmoid(self.net((features - self.feature_mean) / self.feature_std).squeeze(-1))
 
     def macs(self) -> int:
-        """MACs per step evaluated."""
+        """MACs per step evaluated (Σ in × out over the Linear layers)."""
         return sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
 
 
@@ -84,14 +97,17 @@ def train_halting_head(
     features: torch.Tensor,
     step_losses: torch.Tensor,
     lambda_p: float,
-    *,
-    kl_weight: float = 0.05,
-    hidden: int = 32,
+    kl_weight: float = 0.01,
     epochs: int = 300,
     lr: float = 1e-2,
     seed: int = 0,
+    hidden: int = 32,
 ) -> HaltingHead:
-    """Fit a halting head on recorded per-step features [T, N, F] and losses [T, N] (System 1 frozen)."""
+    """Fit a halting head on recorded per-step features [T, N, F] and losses [T, N] (System 1 frozen).
+
+    Full-batch Adam on :func:`ponder_loss`; features are standardised with per-feature mean/std over
+    all T·N rows, stored as buffers in the head.
+    """
     torch.manual_seed(seed)
     features = features.float()
     head = HaltingHead(features.shape[-1], hidden)

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from fastslow.spiking.surrogate import SurrogateName, spike_fn
+from fastslow.spiking.surrogate import SurrogateName, spike_fn, surrogate_derivative
 
 ResetMode = Literal["subtract", "zero"]
 
@@ -65,17 +65,57 @@ def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple
     return spikes, LIFState(v=v)
 
 
+class _FusedLIF(torch.autograd.Function):
+    """All T steps of :func:`lif_step` in one autograd node.
+
+    Forward keeps only the pre-reset potentials u_t [T, ...]; backward walks time in reverse and
+    recomputes spikes and surrogate slopes from them, giving the same gradients as autograd through
+    the step loop (reset gradients included) with one saved tensor instead of several per step.
+    """
+
+    @staticmethod
+    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
+        potentials = torch.empty_like(currents)
+        spikes = torch.empty_like(currents)
+        v = v0
+        for t in range(currents.shape[0]):
+            u = params.beta * v + currents[t]
+            spike = (u - params.threshold > 0).to(u.dtype)
+            v = u - spike * params.threshold if params.reset == "subtract" else u * (1.0 - spike)
+            potentials[t] = u
+            spikes[t] = spike
+        ctx.save_for_backward(potentials)
+        ctx.params = params
+        return spikes, v
+
+    @staticmethod
+    def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None):
+        (potentials,) = ctx.saved_tensors
+        p = ctx.params
+        grad_currents = torch.empty_like(potentials)
+        grad_v = torch.zeros_like(potentials[0]) if grad_v_last is None else grad_v_last
+        for t in range(potentials.shape[0] - 1, -1, -1):
+            u = potentials[t]
+            slope = surrogate_derivative(u - p.threshold, p.surrogate, p.slope)
+            if p.reset == "subtract":
+                grad_u = (grad_spikes[t] - p.threshold * grad_v) * slope + grad_v
+            else:
+                spike = (u - p.threshold > 0).to(u.dtype)
+                grad_u = grad_spikes[t] * slope + grad_v * ((1.0 - spike) - u * slope)
+            grad_currents[t] = grad_u
+            grad_v = p.beta * grad_u
+        return grad_currents, grad_v, None
+
+
 def lif_multistep(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams
 ) -> tuple[torch.Tensor, LIFState]:
-    """Run ``lif_step`` over the leading time axis of ``currents`` [T, ...]."""
-    if state is None:
-        state = lif_init(currents[0])
-    spikes = []
-    for current in currents:
-        spike, state = lif_step(current, state, params)
-        spikes.append(spike)
-    return torch.stack(spikes), state
+    """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`."""
+    if params.reset not in ("subtract", "zero"):
+        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+    v0 = lif_init(currents[0]).v if state is None else state.v
+    spikes, v = _FusedLIF.apply(currents, v0, params)
+    return spikes, LIFState(v=v)
 
 
 class LIF(nn.Module):

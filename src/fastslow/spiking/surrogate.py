@@ -59,3 +59,12 @@ def spike_fn(x: torch.Tensor, surrogate: SurrogateName = "fast_sigmoid", slope: 
     except KeyError:
         raise ValueError(f"unknown surrogate {surrogate!r}: use one of {sorted(_SURROGATES)}") from None
     return function.apply(x, slope)
+
+
+def surrogate_derivative(x: torch.Tensor, surrogate: SurrogateName = "fast_sigmoid", slope: float = 25.0) -> torch.Tensor:
+    """The named surrogate's d spike / dx at ``x`` (what :func:`spike_fn`'s backward multiplies by)."""
+    try:
+        function = _SURROGATES[surrogate]
+    except KeyError:
+        raise ValueError(f"unknown surrogate {surrogate!r}: use one of {sorted(_SURROGATES)}") from None
+    return function.derivative(x, slope)

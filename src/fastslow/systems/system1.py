@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_init, lif_step
+from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_init, lif_multistep, lif_step
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -126,6 +126,13 @@ def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
     return (spikes.sum(1) * fanout).flatten(1).sum(1)
 
 
+def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
+    """An :class:`S1Run` whose answer at t is the mean of the step outputs up to t."""
+    steps = step_outputs.shape[0]
+    counts = torch.arange(1, steps + 1, dtype=step_outputs.dtype, device=step_outputs.device).view(steps, 1, 1, 1)
+    return S1Run(step_outputs=step_outputs, logits=step_outputs.cumsum(0) / counts, **records)
+
+
 class System1(nn.Module):
     """Spiking MLP or small conv net; see :class:`System1Spec` and :meth:`run`."""
 
@@ -189,8 +196,18 @@ class System1(nn.Module):
         x: torch.Tensor,
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
+        mode: Literal["multistep", "stepwise"] = "multistep",
     ) -> S1Run:
-        """Simulate ``timesteps`` (default T) steps on a batch ``x`` [B, *input_shape] in [0, 1]."""
+        """Simulate ``timesteps`` (default T) steps on a batch ``x`` [B, *input_shape] in [0, 1].
+
+        ``multistep`` (default) runs each layer over all steps at once: one matmul for every
+        step's input current, then the fused LIF recurrence. ``stepwise`` advances the whole network
+        one step at a time. Both give the same spikes, records and gradients.
+        """
+        if mode == "multistep":
+            return self._run_multistep(x, timesteps, generator)
+        if mode != "stepwise":
+            raise ValueError(f"unknown mode {mode!r}: use 'multistep' or 'stepwise'")
         spec = self.spec
         steps = spec.timesteps if timesteps is None else timesteps
         if tuple(x.shape[1:]) != tuple(spec.input_shape):
@@ -204,8 +221,7 @@ class System1(nn.Module):
         constant_current = None if spiking_input else self.layers[0].op(x)
         layer_states: list[LIFState | None] = [None] * n_layers
         head_states: list[torch.Tensor | None] = [None] * self.n_exits
-        step_outputs, logits, syn_ops, dense, rates = [], [], [], [], []
-        running_sum = None
+        step_outputs, syn_ops, dense, rates = [], [], [], []
         for t in range(steps):
             step_syn = []
             step_rates = []
@@ -240,23 +256,74 @@ class System1(nn.Module):
                     outputs.append(head_spikes * SPIKE_COUNT_SCALE)
                 else:
                     outputs.append(current)
-            out_t = torch.stack(outputs)  # [E, B, C]
-            running_sum = out_t if running_sum is None else running_sum + out_t
-            step_outputs.append(out_t)
-            logits.append(running_sum / (t + 1))
+            step_outputs.append(torch.stack(outputs))  # [E, B, C]
             syn_ops.append(torch.stack(step_syn))
             dense_row = x.new_zeros(self.n_components, batch)
             if not spiking_input:
                 dense_row[0] = float(self.layers[0].dense_macs)
             dense.append(dense_row)
             rates.append(torch.stack(step_rates))
-        return S1Run(
+        return _records(
             step_outputs=torch.stack(step_outputs),
-            logits=torch.stack(logits),
             synaptic_ops=torch.stack(syn_ops, dim=1),
             dense_macs=torch.stack(dense, dim=1),
             neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
             spike_rates=torch.stack(rates, dim=1),
+        )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
+            raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}")
+
+    def _run_multistep(self, x: torch.Tensor, timesteps: int | None, generator: torch.Generator | None) -> S1Run:
+        spec = self.spec
+        steps = spec.timesteps if timesteps is None else timesteps
+        self._check_input(x)
+        batch = x.shape[0]
+        if isinstance(self.layers[0].op, nn.Linear):
+            x = x.flatten(1)
+        spiking_input = is_spiking(spec.encoding)
+        merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [T, B, ...] → [T·B, ...]
+        split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
+        syn, dense, rates, layer_outputs = [], [], [], []
+        if spiking_input:
+            # Drawn step by step so the random stream is exactly the stepwise one.
+            inp = torch.stack([encode_step(x, t, steps, spec.encoding, generator) for t in range(steps)])
+        for index, layer in enumerate(self.layers):
+            if index == 0 and not spiking_input:
+                current = layer.op(x).unsqueeze(0).expand(steps, batch, *layer.out_shape)
+                syn.append(x.new_zeros(steps, batch))
+                dense.append(x.new_full((steps, batch), float(layer.dense_macs)))
+            else:
+                current = split(layer.op(merge(inp)))
+                with torch.no_grad():
+                    syn.append(split(_synaptic_ops(merge(inp), layer.fanout)))
+                dense.append(x.new_zeros(steps, batch))
+            spikes, _ = lif_multistep(current, None, self.lif_params)
+            rates.append(spikes.detach().flatten(2).mean(2))
+            out = split(F.max_pool2d(merge(spikes), 2)) if layer.pool else spikes
+            if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear):
+                out = out.flatten(2)
+            layer_outputs.append(out)
+            inp = out
+        outputs = []
+        for head, h in zip(self.heads, self.exit_layers):
+            source = layer_outputs[h].flatten(2)
+            with torch.no_grad():
+                syn.append(source.sum(2) * head.out_features)
+            dense.append(x.new_zeros(steps, batch))
+            current = head(source)
+            if spec.readout == "spike_count":
+                head_spikes, _ = lif_multistep(current, None, self.lif_params)
+                outputs.append(head_spikes * SPIKE_COUNT_SCALE)
+            else:
+                outputs.append(current)
+        return _records(
+            step_outputs=torch.stack(outputs, dim=1),  # [T, E, B, C]
+            synaptic_ops=torch.stack(syn),
+            dense_macs=torch.stack(dense),
+            neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
+            spike_rates=torch.stack(rates, dim=0),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
