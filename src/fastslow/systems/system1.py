@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,27 @@ def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
     return (spikes.sum(1) * fanout).flatten(1).sum(1)
 
 
+class S1State(NamedTuple):
+    """System 1's state between steps: each layer's and each exit head's membrane, [B, ...] each."""
+
+    layers: tuple[torch.Tensor, ...]
+    heads: tuple[torch.Tensor, ...]
+
+    def select(self, index: torch.Tensor) -> "S1State":
+        """The state of the inputs at ``index`` only (to drop inputs that stopped)."""
+        return S1State(tuple(v[index] for v in self.layers), tuple(v[index] for v in self.heads))
+
+
+@dataclass
+class S1Step:
+    """One step's records for a batch: outputs [E, B, C], ops [K, B], firing rates [H, B]."""
+
+    outputs: torch.Tensor
+    synaptic_ops: torch.Tensor
+    dense_macs: torch.Tensor
+    spike_rates: torch.Tensor
+
+
 def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
     """An :class:`S1Run` whose answer at t is the mean of the step outputs up to t."""
     steps = step_outputs.shape[0]
@@ -184,6 +205,12 @@ class System1(nn.Module):
     def neurons_per_component(self) -> list[int]:
         return [layer.neurons for layer in self.layers] + [self.spec.n_classes] * len(self.heads)
 
+    def exit_component_mask_for_last(self) -> torch.Tensor:
+        """[K] mask of the components an answer from the last exit needs (backbone + its head)."""
+        from fastslow.energy.accounting import exit_component_mask
+
+        return exit_component_mask(self.exit_layers, len(self.layers))[-1].to(self.heads[0].weight)
+
     def stateful_neurons(self) -> int:
         return sum(self.neurons_per_component())
 
@@ -210,66 +237,79 @@ class System1(nn.Module):
             raise ValueError(f"unknown mode {mode!r}: use 'multistep' or 'stepwise'")
         spec = self.spec
         steps = spec.timesteps if timesteps is None else timesteps
-        if tuple(x.shape[1:]) != tuple(spec.input_shape):
-            raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, spec.input_shape))}], got {list(x.shape)}")
-        batch = x.shape[0]
-        n_layers = len(self.layers)
-        if isinstance(self.layers[0].op, nn.Linear):
-            x = x.flatten(1)
-        spiking_input = is_spiking(spec.encoding)
+        self._check_input(x)
+        x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
-        constant_current = None if spiking_input else self.layers[0].op(x)
-        layer_states: list[LIFState | None] = [None] * n_layers
-        head_states: list[torch.Tensor | None] = [None] * self.n_exits
-        step_outputs, syn_ops, dense, rates = [], [], [], []
+        constant_current = None if is_spiking(spec.encoding) else self.layers[0].op(x)
+        state = self.init_state(x.shape[0], x)
+        records: list[S1Step] = []
         for t in range(steps):
-            step_syn = []
-            step_rates = []
-            layer_outputs = []
-            inp = encode_step(x, t, steps, spec.encoding, generator) if spiking_input else None
-            for index, layer in enumerate(self.layers):
-                if index == 0 and constant_current is not None:
-                    current = constant_current
-                else:
-                    current = layer.op(inp)
-                with torch.no_grad():
-                    step_syn.append(_synaptic_ops(inp, layer.fanout) if inp is not None else x.new_zeros(batch))
-                if layer_states[index] is None:
-                    layer_states[index] = lif_init(current)
-                spikes, layer_states[index] = lif_step(current, layer_states[index], self.lif_params)
-                step_rates.append(spikes.detach().flatten(1).mean(1))
-                out = F.max_pool2d(spikes, 2) if layer.pool else spikes
-                if index + 1 < n_layers and isinstance(self.layers[index + 1].op, nn.Linear):
-                    out = out.flatten(1)
-                layer_outputs.append(out)
-                inp = out
-            outputs = []
-            for e, (head, h) in enumerate(zip(self.heads, self.exit_layers)):
-                source = layer_outputs[h].flatten(1)
-                with torch.no_grad():
-                    step_syn.append(source.sum(1) * head.out_features)
-                current = head(source)
-                if spec.readout == "spike_count":
-                    state = LIFState(v=head_states[e]) if head_states[e] is not None else lif_init(current)
-                    head_spikes, state = lif_step(current, state, self.lif_params)
-                    head_states[e] = state.v
-                    outputs.append(head_spikes * SPIKE_COUNT_SCALE)
-                else:
-                    outputs.append(current)
-            step_outputs.append(torch.stack(outputs))  # [E, B, C]
-            syn_ops.append(torch.stack(step_syn))
-            dense_row = x.new_zeros(self.n_components, batch)
-            if not spiking_input:
-                dense_row[0] = float(self.layers[0].dense_macs)
-            dense.append(dense_row)
-            rates.append(torch.stack(step_rates))
+            inp = None if constant_current is not None else encode_step(x, t, steps, spec.encoding, generator)
+            record, state = self.step(inp, state, constant_current)
+            records.append(record)
         return _records(
-            step_outputs=torch.stack(step_outputs),
-            synaptic_ops=torch.stack(syn_ops, dim=1),
-            dense_macs=torch.stack(dense, dim=1),
+            step_outputs=torch.stack([r.outputs for r in records]),
+            synaptic_ops=torch.stack([r.synaptic_ops for r in records], dim=1),
+            dense_macs=torch.stack([r.dense_macs for r in records], dim=1),
             neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
-            spike_rates=torch.stack(rates, dim=1),
+            spike_rates=torch.stack([r.spike_rates for r in records], dim=1),
         )
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs as layer 0 takes them (flattened for an MLP)."""
+        return x.flatten(1) if isinstance(self.layers[0].op, nn.Linear) else x
+
+    def init_state(self, batch: int, like: torch.Tensor) -> S1State:
+        """Resting state for ``batch`` inputs, on ``like``'s device and dtype."""
+        zeros = lambda shape: like.new_zeros(batch, *shape)  # noqa: E731
+        return S1State(
+            layers=tuple(zeros(layer.out_shape) for layer in self.layers),
+            heads=tuple(zeros((self.spec.n_classes,)) for _ in self.heads),
+        )
+
+    def step(
+        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None = None
+    ) -> tuple[S1Step, S1State]:
+        """One timestep for a batch: ``inp`` the encoded layer-0 spikes at this step, or, with direct
+        encoding, ``constant_current`` layer 0's precomputed current (charged as dense MACs)."""
+        n_layers = len(self.layers)
+        batch = state.layers[0].shape[0]
+        like = state.layers[0]
+        synaptic, rates, layer_outputs, layer_states = [], [], [], []
+        for index, layer in enumerate(self.layers):
+            if index == 0 and constant_current is not None:
+                current = constant_current
+                synaptic.append(like.new_zeros(batch))
+            else:
+                current = layer.op(inp)
+                with torch.no_grad():
+                    synaptic.append(_synaptic_ops(inp, layer.fanout))
+            spikes, new_state = lif_step(current, LIFState(state.layers[index]), self.lif_params)
+            layer_states.append(new_state.v)
+            rates.append(spikes.detach().flatten(1).mean(1))
+            out = F.max_pool2d(spikes, 2) if layer.pool else spikes
+            if index + 1 < n_layers and isinstance(self.layers[index + 1].op, nn.Linear):
+                out = out.flatten(1)
+            layer_outputs.append(out)
+            inp = out
+        outputs, head_states = [], []
+        for head, h, head_v in zip(self.heads, self.exit_layers, state.heads):
+            source = layer_outputs[h].flatten(1)
+            with torch.no_grad():
+                synaptic.append(source.sum(1) * head.out_features)
+            current = head(source)
+            if self.spec.readout == "spike_count":
+                head_spikes, new_head = lif_step(current, LIFState(head_v), self.lif_params)
+                head_states.append(new_head.v)
+                outputs.append(head_spikes * SPIKE_COUNT_SCALE)
+            else:
+                head_states.append(head_v)
+                outputs.append(current)
+        dense = like.new_zeros(self.n_components, batch)
+        if constant_current is not None:
+            dense[0] = float(self.layers[0].dense_macs)
+        record = S1Step(outputs=torch.stack(outputs), synaptic_ops=torch.stack(synaptic), dense_macs=dense, spike_rates=torch.stack(rates))
+        return record, S1State(layers=tuple(layer_states), heads=tuple(head_states))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):

@@ -1,0 +1,104 @@
+"""Adaptive inference with compaction: inputs leave the batch when they stop, so wall time falls
+with the mean timesteps; only escalated inputs run through System 2.
+
+The policy is SEENN-I with escalation (``seenn1@θ+s2``): after each step an input whose confidence
+max softmax(S_t/τ) exceeds θ stops and System 1 answers; inputs still unconfident at T go to System
+2. The spike encoder draws for the whole batch every step and keeps the active rows, so every input
+sees exactly the spikes of a full run: answers and energies equal the evaluation's
+``seenn1@θ+s2`` (a test checks this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastslow.energy.accounting import OpCounts
+from fastslow.energy.profile import EnergyProfile, load_profile
+from fastslow.policies.confidence import confidence_policy_macs, confidence_score
+from fastslow.spiking import encode_step, is_spiking
+from fastslow.systems.system1 import System1
+
+
+@dataclass
+class AdaptiveAnswer:
+    """Per input [N]: the class, whether System 2 answered, System 1 timesteps run, µJ spent."""
+
+    predictions: torch.Tensor
+    escalated: torch.Tensor
+    timesteps: torch.Tensor
+    energy_uj: torch.Tensor
+    energy_terms_uj: dict[str, torch.Tensor]
+
+
+class FastSlow:
+    """System 1 + System 2 + SEENN-I stopping and escalation, for inference."""
+
+    def __init__(
+        self,
+        system1: System1,
+        system2: nn.Module,
+        s2_macs: int,
+        *,
+        threshold: float = 0.9,
+        escalate: bool = True,
+        temperature: float = 1.0,
+        profile: EnergyProfile | str = "cmos45nm",
+    ) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold} is outside [0, 1]")
+        self.system1, self.system2, self.s2_macs = system1.eval(), system2.eval(), s2_macs
+        self.threshold, self.escalate, self.temperature = threshold, escalate, temperature
+        self.profile = load_profile(profile) if isinstance(profile, str) else profile
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> AdaptiveAnswer:
+        s1 = self.system1
+        s1._check_input(x)
+        n, steps = x.shape[0], s1.spec.timesteps
+        flat = s1.prepare(x)
+        spiking = is_spiking(s1.spec.encoding)
+        constant = None if spiking else s1.layers[0].op(flat)
+        state = s1.init_state(n, flat)
+        active = torch.arange(n, device=x.device)
+        output_sum = flat.new_zeros(n, s1.spec.n_classes)
+        synaptic = flat.new_zeros(s1.n_components, n)
+        dense = flat.new_zeros(s1.n_components, n)
+        stopped_at = torch.full((n,), steps, dtype=torch.long, device=x.device)
+        answer_sum = flat.new_zeros(n, s1.spec.n_classes)
+        last = s1.n_exits - 1
+        for t in range(steps):
+            inp = encode_step(flat, t, steps, s1.spec.encoding, generator)[active] if spiking else None
+            record, state = s1.step(inp, state, None if constant is None else constant[active])
+            synaptic[:, active] += record.synaptic_ops
+            dense[:, active] += record.dense_macs
+            output_sum[active] += record.outputs[last]
+            confidence = confidence_score(output_sum[active] / self.temperature)
+            stop = confidence > self.threshold
+            if t == steps - 1:
+                stop = torch.ones_like(stop)
+            leaving = active[stop]
+            stopped_at[leaving] = t + 1
+            answer_sum[leaving] = output_sum[leaving]
+            keep = ~stop
+            active, state = active[keep], state.select(keep)
+            if len(active) == 0:
+                break
+        confident = confidence_score(answer_sum / self.temperature) > self.threshold
+        escalated = ~confident & self.escalate
+        predictions = answer_sum.argmax(1)
+        if escalated.any():
+            predictions[escalated] = self.system2(x[escalated]).argmax(1)
+        components = s1.exit_component_mask_for_last()
+        neurons = (torch.tensor(s1.neurons_per_component(), dtype=flat.dtype, device=x.device) * components).sum() * stopped_at.to(flat.dtype)
+        counts = OpCounts(
+            synaptic_ops=(synaptic * components[:, None]).sum(0),
+            s1_dense_macs=(dense * components[:, None]).sum(0),
+            neuron_updates=neurons,
+            policy_macs=stopped_at.to(flat.dtype) * confidence_policy_macs(s1.spec.n_classes),
+            s2_macs=escalated.to(flat.dtype) * self.s2_macs,
+        )
+        terms = counts.energy_terms_uj(self.profile)
+        return AdaptiveAnswer(predictions, escalated, stopped_at, sum(terms.values()), terms)

@@ -1,0 +1,36 @@
+"""Adaptive inference: same answers and energy as the evaluation, fewer steps really simulated."""
+
+import torch
+
+from fastslow.energy import count_macs
+from fastslow.evaluation.evaluate import collect_outputs, score_routing
+from fastslow.pipeline import load_fit
+from fastslow.policies.dynamic import seenn1_routing
+from fastslow.serving import FastSlow
+
+
+def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder):
+    fit = load_fit(fitted_folder)
+    x, y = fit.splits.x_test[:200], fit.splits.y_test[:200]
+    s2_macs = sum(count_macs(fit.system2, tuple(x.shape[1:])).values())
+    outputs = collect_outputs(fit.system1, fit.system2, x, y, s2_macs, batch_size=200, seed=7)
+    for threshold in (0.5, 0.8, 0.95):
+        routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
+        expected = score_routing("seenn1", "seenn1+s2", routing, outputs, fit.profile)
+        server = FastSlow(fit.system1, fit.system2, s2_macs, threshold=threshold, profile=fit.profile)
+        answer = server.predict(x, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(answer.timesteps, routing.timesteps)
+        assert torch.equal(answer.escalated, routing.escalate)
+        assert (answer.predictions == y).float().mean().item() == expected.accuracy
+        assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
+
+
+def test_stopped_inputs_leave_the_batch(fitted_folder):
+    fit = load_fit(fitted_folder)
+    x = fit.splits.x_test[:64]
+    server = FastSlow(fit.system1, fit.system2, 1000, threshold=0.0)  # every input is confident at t = 1
+    calls = []
+    original = fit.system1.step
+    fit.system1.step = lambda inp, state, constant=None: (calls.append(state.layers[0].shape[0]), original(inp, state, constant))[1]
+    answer = server.predict(x, generator=torch.Generator().manual_seed(0))
+    assert calls == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
