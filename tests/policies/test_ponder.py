@@ -103,7 +103,8 @@ def test_kl_term_pulls_mean_halting_step_to_the_prior():
 
 def test_head_learns_to_wait_until_answers_are_right():
     steps, n = 6, 256
-    features = torch.stack([torch.full((n,), float(t)) for t in range(steps)])[..., None] + 0.01 * torch.randn(steps, n, 1)
+    features = torch.stack([torch.full((n,), float(t)) for t in range(steps)])[..., None]
+    features = features + 0.01 * torch.randn(steps, n, 1, generator=torch.Generator().manual_seed(0))
     losses = torch.zeros(steps, n)
     losses[:2] = 4.0  # wrong before t = 3
     head = train_halting_head(features, losses, 0.5, kl_weight=0.01, epochs=400)

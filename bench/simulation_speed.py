@@ -1,0 +1,256 @@
+"""Benchmark: fastslow's System 1 simulation against snnTorch, SpikingJelly and Norse, side by side.
+
+Each library runs in its own process (peers in their own virtual environments under
+.bench-venvs/, created on first use: `pip install --no-deps` of a pinned release plus its real
+needs, with this project's torch made visible through a .pth file, so no other torch build is
+pulled in). Libraries are timed in alternation, round after round, and the table shows medians
+and ratios measured in this one run: (a) an MLP SNN 784-512-512-10 and (b) a conv SNN
+(3×3 convs 1→32→64 on 28×28 with 2×2 pooling), T = 8, direct encoding, batch 128 / 64, 2 threads.
+Also: fastslow's LIF overhead (its inference time over the same convolutions and matmuls alone),
+early-stopping inference with compaction at mean T/4 against the full run, the bytes autograd
+saves for a training step, and a check that every library emits the same spikes for the same
+weights and inputs (reset to zero).
+
+    .venv/bin/python bench/simulation_speed.py [--rounds 10] [--json FILE] [--no-peers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT  # noqa: E402
+from _common import console as wide_console  # noqa: E402
+
+WORKER = Path(__file__).resolve().parent / "_speed_worker.py"
+VENVS = ROOT / ".bench-venvs"
+PEERS = {
+    "snntorch": ["snntorch==1.0.0"],
+    "spikingjelly": ["spikingjelly==2.0.0", "loguru"],
+    "norse": ["norse==1.1.0", "nir", "nirtorch", "h5py"],
+}
+NETWORKS = {"mlp": ((784,), 128), "conv": ((1, 28, 28), 64)}
+
+
+def peer_python(library: str, out) -> str | None:
+    """The peer's venv python, creating the venv on first use; None (after saying why) if it cannot."""
+    venv = VENVS / library
+    python = venv / "bin" / "python"
+    if (venv / ".ready").exists():
+        return str(python)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        base = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
+        own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
+        Path(own, "fastslow-bench-base.pth").write_text(base + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "setuptools", "wheel"], check=True, capture_output=True)
+        # Download first, then install the files: Norse's sdist reports version 0.0.0 when built
+        # outside git, which a `norse==1.1.0` requirement would reject.
+        downloads = venv / "downloads"
+        for command in (
+            [str(python), "-m", "pip", "download", "-q", "--no-deps", "-d", str(downloads), *PEERS[library]],
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *map(str, sorted(downloads.iterdir()))],
+        ):
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("WARNING")]
+                raise RuntimeError(lines[-1] if lines else "pip failed")
+        (venv / ".ready").write_text("ok\n")
+        return str(python)
+    except (subprocess.CalledProcessError, RuntimeError, OSError) as err:
+        out.print(f"[yellow]{library}: could not be installed here ({err}); going on without it[/yellow]")
+        return None
+
+
+class Worker:
+    def __init__(self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int) -> None:
+        self.library = library
+        self.process = subprocess.Popen([python, str(WORKER), str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.send({"library": library, "network": network, "weights": str(weights), "inputs": str(inputs), "iterations": iterations})
+
+    def send(self, message) -> None:
+        self.process.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
+        self.process.stdin.flush()
+
+    def ask(self, command: str) -> dict:
+        self.send(command)
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(self.process.stderr.read().strip().splitlines()[-1:] or ["worker died"])
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            self.send("quit")
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.wait(timeout=30)
+
+
+def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, float, float]:
+    """(full-T ms, early-stopping ms at mean T/4, ratio): half the inputs stop after step 1, a quarter
+    after step 2, a quarter after step 4 (mean 2 of 8), dropping out of the batch as they stop."""
+    from fastslow.spiking import LIFParams
+    from fastslow.systems import System1, System1Spec
+
+    torch.manual_seed(0)
+    lif = LIFParams(beta=0.9, threshold=1.0, reset="zero")
+    if network == "mlp":
+        spec = System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=8, encoding="direct", lif=lif)
+    else:
+        spec = System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=8, encoding="direct", lif=lif)
+    model = System1(spec).eval()
+    x = torch.rand(batch, *spec.input_shape)
+    stop_after = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4))
+
+    def early() -> None:
+        flat = model.prepare(x)
+        constant = model.layers[0].op(flat)
+        state = model.init_state(batch, flat)
+        active = torch.arange(batch)
+        for t in range(spec.timesteps):
+            _, state = model.step(None, state, constant[active])
+            keep = stop_after[active] > t + 1
+            active, state = active[keep], state.select(keep)
+            if len(active) == 0:
+                break
+
+    full_times, early_times = [], []
+    with torch.no_grad():
+        model.run(x)
+        early()
+        for _ in range(rounds):
+            started = time.perf_counter()
+            model.run(x)
+            full_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            early()
+            early_times.append(time.perf_counter() - started)
+    full, fast = 1000 * statistics.median(full_times), 1000 * statistics.median(early_times)
+    return full, fast, fast / full
+
+
+def saved_bytes(network: str, batch: int) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass of one training step, per simulation mode."""
+    from fastslow.spiking import LIFParams
+    from fastslow.systems import System1, System1Spec
+
+    lif = LIFParams(beta=0.9, threshold=1.0, reset="zero")
+    if network == "mlp":
+        spec = System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=8, encoding="direct", lif=lif)
+    else:
+        spec = System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=8, encoding="direct", lif=lif)
+    model = System1(spec)
+    x = torch.rand(batch, *spec.input_shape)
+    result = {}
+    for mode in ("multistep", "stepwise"):
+        seen: dict[int, int] = {}
+
+        def pack(tensor):
+            seen[id(tensor)] = tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.run(x, mode=mode).logits.sum()
+        result[mode] = sum(seen.values())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds per library (median reported)")
+    parser.add_argument("--iterations", type=int, default=3, help="runs averaged inside one round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-scale", type=float, default=1.0, help="scale the batch sizes (tests use a tiny one)")
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--no-peers", action="store_true", help="time fastslow and the matmul floor only")
+    parser.add_argument("--json", default=None, help="also write the table as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = wide_console()
+    libraries = ["fastslow", "fastslow_stepwise", "matmul_floor"] + ([] if args.no_peers else list(PEERS))
+    pythons = {lib: sys.executable for lib in libraries[:3]}
+    for library in libraries[3:]:
+        pythons[library] = peer_python(library, out)
+    report: dict = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for network in args.networks:
+            shape, batch = NETWORKS[network]
+            batch = max(2, int(batch * args.batch_scale))
+            torch.manual_seed(0)
+            sys.path.insert(0, str(WORKER.parent))
+            from _speed_worker import layers_for
+
+            ops = layers_for(network)
+            weights = Path(scratch, f"{network}-weights.pt")
+            torch.save({f"{i}.{k}": v for i, op in enumerate(ops) for k, v in op.state_dict().items()}, weights)
+            inputs = Path(scratch, f"{network}-inputs.pt")
+            torch.save({"x": torch.rand(batch, *shape) * 0.6, "y": torch.randint(0, 10, (batch,))}, inputs)
+            workers = {}
+            for library in libraries:
+                if pythons[library] is None:
+                    continue
+                try:
+                    workers[library] = Worker(pythons[library], library, network, weights, inputs, args.threads, args.iterations)
+                    workers[library].ask("time")  # warm-up
+                except (RuntimeError, OSError, json.JSONDecodeError) as err:
+                    out.print(f"[yellow]{library}: failed to run the {network} network ({err}); going on without it[/yellow]")
+                    workers.pop(library, None)
+            samples = {lib: {"forward_ms": [], "train_ms": []} for lib in workers}
+            for _ in range(args.rounds):
+                for library, worker in workers.items():
+                    measured = worker.ask("time")
+                    for key in ("forward_ms", "train_ms"):
+                        samples[library][key].append(measured[key])
+            spikes = {lib: w.ask("spikes")["spikes"] for lib, w in workers.items() if lib != "matmul_floor"}
+            for worker in workers.values():
+                worker.close()
+            medians = {lib: {k: statistics.median(v) for k, v in s.items()} for lib, s in samples.items()}
+            full, early, ratio = compaction_ratio(network, batch, args.rounds)
+            memory = saved_bytes(network, batch)
+            entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_stepwise"] + list(PEERS)}
+            entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
+            entry["early_stop_T4_ms"], entry["full_T_ms"], entry["early_stop_ratio"] = early, full, ratio
+            entry["saved_bytes_train"] = memory
+            entry["spikes"] = spikes
+            report[network] = entry
+            own = medians["fastslow"]
+            table = Table(title=f"{network}: T = 8, batch {batch}, {args.threads} threads, median of {args.rounds} alternating rounds "
+                                f"(each the mean of {args.iterations} runs)")
+            for column in ("library", "forward ms", "train ms", "forward × fastslow", "train × fastslow", "spikes vs fastslow"):
+                table.add_column(column, justify="left" if column == "library" else "right")
+            for library, m in medians.items():
+                match = "" if library not in spikes else (
+                    "same" if spikes[library] == spikes["fastslow"] else
+                    "differ: " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(spikes[library], spikes["fastslow"])))
+                train = "—" if library == "matmul_floor" else f"{m['train_ms']:.2f}"
+                train_ratio = "—" if library == "matmul_floor" else f"{m['train_ms'] / own['train_ms']:.2f}"
+                table.add_row(library, f"{m['forward_ms']:.2f}", train, f"{m['forward_ms'] / own['forward_ms']:.2f}", train_ratio, match)
+            out.print(table)
+            peers = {lib: medians[lib] for lib in PEERS if lib in medians}
+            if peers:
+                fastest_fwd = min(m["forward_ms"] for m in peers.values())
+                fastest_train = min(m["train_ms"] for m in peers.values())
+                out.print(f"fastslow / fastest peer: forward {own['forward_ms'] / fastest_fwd:.2f}×, train {own['train_ms'] / fastest_train:.2f}× (target ≤ 0.8×)")
+            if "matmul_floor" in medians:
+                out.print(f"LIF overhead: fastslow inference / matmuls alone = {own['forward_ms'] / medians['matmul_floor']['forward_ms']:.2f}× (target ≤ 1.25×)")
+            out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×)")
+            out.print(f"autograd saves for one training step: multistep {memory['multistep'] / 2**20:.1f} MiB, stepwise {memory['stepwise'] / 2**20:.1f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
