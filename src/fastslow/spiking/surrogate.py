@@ -52,19 +52,18 @@ class _ArctanSpike(_SurrogateSpike):
 _SURROGATES = {"fast_sigmoid": _FastSigmoidSpike, "arctan": _ArctanSpike}
 
 
+def _surrogate(name: str) -> type[_SurrogateSpike]:
+    try:
+        return _SURROGATES[name]
+    except KeyError:
+        raise ValueError(f"unknown surrogate {name!r}: use one of {sorted(_SURROGATES)}") from None
+
+
 def spike_fn(x: torch.Tensor, surrogate: SurrogateName = "fast_sigmoid", slope: float = 25.0) -> torch.Tensor:
     """Heaviside step of ``x`` (1.0 where x > 0) with the named surrogate gradient."""
-    try:
-        function = _SURROGATES[surrogate]
-    except KeyError:
-        raise ValueError(f"unknown surrogate {surrogate!r}: use one of {sorted(_SURROGATES)}") from None
-    return function.apply(x, slope)
+    return _surrogate(surrogate).apply(x, slope)
 
 
 def surrogate_derivative(x: torch.Tensor, surrogate: SurrogateName = "fast_sigmoid", slope: float = 25.0) -> torch.Tensor:
     """The named surrogate's d spike / dx at ``x`` (what :func:`spike_fn`'s backward multiplies by)."""
-    try:
-        function = _SURROGATES[surrogate]
-    except KeyError:
-        raise ValueError(f"unknown surrogate {surrogate!r}: use one of {sorted(_SURROGATES)}") from None
-    return function.derivative(x, slope)
+    return _surrogate(surrogate).derivative(x, slope)
