@@ -58,10 +58,10 @@ def peer_python(library: str, out) -> str | None:
         # outside git, which a `norse==1.1.0` requirement would reject.
         downloads = venv / "downloads"
         for command in (
-            [str(python), "-m", "pip", "download", "-q", "--no-deps", "-d", str(downloads), *PEERS[library]],
-            [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *map(str, sorted(downloads.iterdir()))],
-        ):
-            result = subprocess.run(command, capture_output=True, text=True)
+            lambda: [str(python), "-m", "pip", "download", "-q", "--no-deps", "-d", str(downloads), *PEERS[library]],
+            lambda: [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *map(str, sorted(downloads.iterdir()))],
+        ):  # the install line is built only after the download has filled the folder
+            result = subprocess.run(command(), capture_output=True, text=True)
             if result.returncode != 0:
                 lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("WARNING")]
                 raise RuntimeError(lines[-1] if lines else "pip failed")
@@ -116,7 +116,7 @@ def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, floa
 
     def early() -> None:
         flat = model.prepare(x)
-        constant = model.layers[0].op(flat)
+        constant = model.input_current(flat)
         state = model.init_state(batch, flat)
         active = torch.arange(batch)
         for t in range(spec.timesteps):
@@ -179,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = wide_console()
-    libraries = ["fastslow", "fastslow_stepwise", "matmul_floor"] + ([] if args.no_peers else list(PEERS))
-    pythons = {lib: sys.executable for lib in libraries[:3]}
-    for library in libraries[3:]:
+    own = ["fastslow", "fastslow_stepwise", "fastslow_dense", "matmul_floor"]
+    libraries = own + ([] if args.no_peers else list(PEERS))
+    pythons = {lib: sys.executable for lib in own}
+    for library in libraries[len(own):]:
         pythons[library] = peer_python(library, out)
     report: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             medians = {lib: {k: statistics.median(v) for k, v in s.items()} for lib, s in samples.items()}
             full, early, ratio = compaction_ratio(network, batch, args.rounds)
             memory = saved_bytes(network, batch)
-            entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_stepwise"] + list(PEERS)}
+            entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_stepwise", "fastslow_dense"] + list(PEERS)}
             entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
             entry["early_stop_T4_ms"], entry["full_T_ms"], entry["early_stop_ratio"] = early, full, ratio
             entry["saved_bytes_train"] = memory

@@ -60,3 +60,41 @@ def test_multistep_gradients_equal_stepwise():
         grads[mode] = [p.grad.clone() for p in model.parameters()]
     for a, b in zip(grads["multistep"], grads["stepwise"]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["mlp-rate-exits", "mlp-direct", "mlp-latency-count", "conv-rate-zero"])
+def test_time_chunks_give_the_same_run(spec, monkeypatch):
+    # Large layers run a few steps at a time (the state carried across chunks); nothing changes.
+    import fastslow.systems.system1 as system1
+
+    torch.manual_seed(0)
+    model = System1(spec)
+    x = torch.rand(9, *spec.input_shape)
+    whole = model.run(x, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(system1, "MULTISTEP_CHUNK_BYTES", 1)  # one step per chunk
+    chunked = model.run(x, generator=torch.Generator().manual_seed(5))
+    for field in ("step_outputs", "logits", "synaptic_ops", "dense_macs", "spike_rates"):
+        assert torch.equal(getattr(whole, field), getattr(chunked, field)), field
+
+
+def test_inference_pooling_equals_max_pooling():
+    from fastslow.systems.system1 import _pool_spikes
+
+    spikes = (torch.rand(4, 3, 8, 8) < 0.3).float()
+    assert torch.equal(_pool_spikes(spikes), torch.nn.functional.max_pool2d(spikes, 2))
+
+
+def test_lif_slices_give_the_same_spikes_and_gradients(monkeypatch):
+    import fastslow.spiking.lif as lif
+
+    params = LIFParams(beta=0.8, threshold=0.7, reset="subtract", slope=5.0)
+    currents = torch.randn(5, 6, 50, requires_grad=True)
+    spikes, state = lif_multistep(currents, None, params)
+    (spikes.sum() + state.v.sum()).backward()
+    grad = currents.grad.clone()
+    currents.grad = None
+    monkeypatch.setattr(lif, "LIF_SLICE", 64)  # 300 neurons in five slices
+    sliced, sliced_state = lif_multistep(currents, None, params)
+    (sliced.sum() + sliced_state.v.sum()).backward()
+    assert torch.equal(spikes, sliced) and torch.equal(state.v, sliced_state.v)
+    assert torch.allclose(grad, currents.grad, atol=1e-6)

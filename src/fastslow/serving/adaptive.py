@@ -60,7 +60,7 @@ class FastSlow:
         n, steps = x.shape[0], s1.spec.timesteps
         flat = s1.prepare(x)
         spiking = is_spiking(s1.spec.encoding)
-        constant = None if spiking else s1.layers[0].op(flat)
+        constant = None if spiking else s1.input_current(flat)
         state = s1.init_state(n, flat)
         active = torch.arange(n, device=x.device)
         output_sum = flat.new_zeros(n, s1.spec.n_classes)

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from fastslow.spiking.surrogate import SurrogateName, spike_fn, surrogate_derivative
+from fastslow.spiking.surrogate import SurrogateName, _surrogate, spike_fn
 
 ResetMode = Literal["subtract", "zero"]
 
@@ -65,46 +65,83 @@ def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple
     return spikes, LIFState(v=v)
 
 
-class _FusedLIF(torch.autograd.Function):
-    """All T steps of :func:`lif_step` in one autograd node.
+# Per-step maps larger than this (elements) are simulated in slices of this size, each slice over
+# all T steps before the next: the slice's potential and spikes then stay in cache between the
+# element-wise kernels instead of streaming the whole map through memory four times a step.
+LIF_SLICE = 1 << 17
 
-    Forward keeps only the pre-reset potentials u_t [T, ...]; backward walks time in reverse and
-    recomputes spikes and surrogate slopes from them, giving the same gradients as autograd through
-    the step loop (reset gradients included) with one saved tensor instead of several per step.
+
+def _slices(size: int) -> list[slice]:
+    if size <= 2 * LIF_SLICE:
+        return [slice(0, size)]
+    return [slice(start, min(start + LIF_SLICE, size)) for start in range(0, size, LIF_SLICE)]
+
+
+class _FusedLIF(torch.autograd.Function):
+    """All T steps of :func:`lif_step` in one autograd node, on currents [T, ...] seen as [T, M].
+
+    Forward runs four element-wise kernels per step (leak, integrate, fire, reset) into
+    preallocated buffers, slice by slice of the neurons (see :data:`LIF_SLICE`), and keeps only the
+    pre-reset potentials u_t. Backward walks time in reverse over the same slices, recomputing
+    spikes and surrogate slopes from u_t; the gradients equal autograd through the step loop
+    (reset gradients included) up to float rounding, and the spikes equal it bit for bit.
     """
 
     @staticmethod
     def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
-        potentials = torch.empty_like(currents)
-        spikes = torch.empty_like(currents)
-        v = v0
-        for t in range(currents.shape[0]):
-            u = params.beta * v + currents[t]
-            spike = (u - params.threshold > 0).to(u.dtype)
-            v = u - spike * params.threshold if params.reset == "subtract" else u * (1.0 - spike)
-            potentials[t] = u
-            spikes[t] = spike
+        steps = currents.shape[0]
+        flat_currents = currents.reshape(steps, -1)  # a view, also for a constant current expanded over T
+        potentials = torch.empty_like(flat_currents)
+        spikes = torch.empty_like(flat_currents)
+        parts = _slices(flat_currents.shape[1])
+        v_last = None if len(parts) == 1 else torch.empty_like(flat_currents[0])
+        flat_v0 = v0.reshape(-1)
+        for part in parts:
+            v = flat_v0[part]
+            for t in range(steps):
+                u, spike = potentials[t, part], spikes[t, part]
+                # beta·v, then + current: as lif_step rounds it (a fused multiply-add would not).
+                torch.mul(v, params.beta, out=u)
+                u.add_(flat_currents[t, part])
+                torch.gt(u, params.threshold, out=spike)
+                # Both resets multiply u or the threshold by a spike in {0, 1}: exact, as in lif_step.
+                v = torch.addcmul(u, u, spike, value=-1.0) if params.reset == "zero" else torch.add(u, spike, alpha=-params.threshold)
+            if v_last is None:
+                v_last = v
+            else:
+                v_last[part] = v
         ctx.save_for_backward(potentials)
         ctx.params = params
-        return spikes, v
+        ctx.shape = currents.shape
+        return spikes.view(currents.shape), v_last.view(currents.shape[1:])
 
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
-        grad_currents = torch.empty_like(potentials)
-        grad_v = torch.zeros_like(potentials[0]) if grad_v_last is None else grad_v_last
-        for t in range(potentials.shape[0] - 1, -1, -1):
-            u = potentials[t]
-            slope = surrogate_derivative(u - p.threshold, p.surrogate, p.slope)
-            if p.reset == "subtract":
-                grad_u = (grad_spikes[t] - p.threshold * grad_v) * slope + grad_v
-            else:
-                spike = (u - p.threshold > 0).to(u.dtype)
-                grad_u = grad_spikes[t] * slope + grad_v * ((1.0 - spike) - u * slope)
-            grad_currents[t] = grad_u
-            grad_v = p.beta * grad_u
-        return grad_currents, grad_v, None
+        derivative = _surrogate(p.surrogate).derivative
+        steps = potentials.shape[0]
+        grad_spikes = grad_spikes.reshape(steps, -1)
+        flat_grad_v_last = None if grad_v_last is None else grad_v_last.reshape(-1)
+        grad_u = torch.empty_like(potentials)
+        grad_v0 = torch.empty_like(potentials[0])
+        for part in _slices(potentials.shape[1]):
+            grad_v = None if flat_grad_v_last is None else flat_grad_v_last[part]  # w.r.t. v after step t's reset
+            for t in range(steps - 1, -1, -1):
+                u = potentials[t, part]
+                shifted = u - p.threshold
+                slope = derivative(shifted, p.slope)
+                if p.reset == "zero":  # d v_after / d u = (1 − spike) − u·slope
+                    keep = torch.le(shifted, 0.0, out=shifted).addcmul_(u, slope, value=-1.0)
+                else:  # d v_after / d u = 1 − threshold·slope
+                    keep = torch.mul(slope, -p.threshold).add_(1.0)
+                grad = grad_u[t, part]
+                torch.mul(grad_spikes[t, part], slope, out=grad)
+                if grad_v is not None:
+                    grad.addcmul_(keep, grad_v)
+                grad_v = grad * p.beta
+            grad_v0[part] = grad_v
+        return grad_u.view(ctx.shape), grad_v0.view(ctx.shape[1:]), None
 
 
 def lif_multistep(

@@ -14,6 +14,12 @@ import torch
 SurrogateName = Literal["fast_sigmoid", "arctan"]
 
 
+def _heaviside(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 where x > 0 else 0.0, in x's dtype. Writing the comparison straight into a float
+    tensor is several times faster on CPU than comparing to bool and converting."""
+    return torch.gt(x, 0.0, out=torch.empty_like(x) if out is None else out)
+
+
 class _SurrogateSpike(torch.autograd.Function):
     """Heaviside forward; backward multiplies by the subclass's ``derivative(x, slope)``."""
 
@@ -25,7 +31,7 @@ class _SurrogateSpike(torch.autograd.Function):
     def forward(cls, ctx, x: torch.Tensor, slope: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.slope = slope
-        return (x > 0).to(x.dtype)
+        return _heaviside(x)
 
     @classmethod
     def backward(cls, ctx, grad_output: torch.Tensor):
@@ -38,7 +44,7 @@ class _FastSigmoidSpike(_SurrogateSpike):
 
     @staticmethod
     def derivative(x: torch.Tensor, slope: float) -> torch.Tensor:
-        return 1.0 / (slope * x.abs() + 1.0) ** 2
+        return x.abs().mul_(slope).add_(1.0).square_().reciprocal_()
 
 
 class _ArctanSpike(_SurrogateSpike):
@@ -46,7 +52,7 @@ class _ArctanSpike(_SurrogateSpike):
 
     @staticmethod
     def derivative(x: torch.Tensor, slope: float) -> torch.Tensor:
-        return (slope / 2.0) / (1.0 + (math.pi / 2.0 * slope * x) ** 2)
+        return x.mul(math.pi / 2.0 * slope).square_().add_(1.0).reciprocal_().mul_(slope / 2.0)
 
 
 _SURROGATES = {"fast_sigmoid": _FastSigmoidSpike, "arctan": _ArctanSpike}

@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_init, lif_multistep, lif_step
+from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep
+from fastslow.spiking.synapses import EVENT_DENSITY, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
 # rates in [0, 1] is not flat; fixed, not learned, so the rate stays the answer.
 SPIKE_COUNT_SCALE = 10.0
+# Multi-step simulation runs as many timesteps at once as keep its largest layer tensor below this.
+MULTISTEP_CHUNK_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class System1Spec:
     readout: ReadoutName = "membrane"
     lif: LIFParams = field(default_factory=LIFParams)
     exit_heads: tuple[int, ...] = ()
+    # Linear layers fed by inputs with at most this share of non-zeros sum only the active
+    # synapses (event-driven, CPU); 0 makes every layer a dense matmul. Same results either way.
+    event_density: float = EVENT_DENSITY
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -117,6 +123,15 @@ def _dense_macs(op: nn.Module, out_shape: tuple[int, ...]) -> int:
         return op.in_features * op.out_features
     kh, kw = op.kernel_size
     return math.prod(out_shape) * op.in_channels * kh * kw
+
+
+def _pool_spikes(spikes: torch.Tensor) -> torch.Tensor:
+    """2×2 max-pool of spikes in {0, 1}. Without a gradient to carry, "any spike in the window"
+    (mean > 0) gives the same values as the max and is about twice as fast on CPU."""
+    if spikes.requires_grad and torch.is_grad_enabled():
+        return F.max_pool2d(spikes, 2)
+    mean = F.avg_pool2d(spikes, 2)
+    return torch.gt(mean, 0.0, out=mean)
 
 
 def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
@@ -240,7 +255,7 @@ class System1(nn.Module):
         self._check_input(x)
         x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
-        constant_current = None if is_spiking(spec.encoding) else self.layers[0].op(x)
+        constant_current = None if is_spiking(spec.encoding) else self.input_current(x)
         state = self.init_state(x.shape[0], x)
         records: list[S1Step] = []
         for t in range(steps):
@@ -272,44 +287,19 @@ class System1(nn.Module):
     ) -> tuple[S1Step, S1State]:
         """One timestep for a batch: ``inp`` the encoded layer-0 spikes at this step, or, with direct
         encoding, ``constant_current`` layer 0's precomputed current (charged as dense MACs)."""
-        n_layers = len(self.layers)
-        batch = state.layers[0].shape[0]
-        like = state.layers[0]
-        synaptic, rates, layer_outputs, layer_states = [], [], [], []
-        for index, layer in enumerate(self.layers):
-            if index == 0 and constant_current is not None:
-                current = constant_current
-                synaptic.append(like.new_zeros(batch))
-            else:
-                current = layer.op(inp)
-                with torch.no_grad():
-                    synaptic.append(_synaptic_ops(inp, layer.fanout))
-            spikes, new_state = lif_step(current, LIFState(state.layers[index]), self.lif_params)
-            layer_states.append(new_state.v)
-            rates.append(spikes.detach().flatten(1).mean(1))
-            out = F.max_pool2d(spikes, 2) if layer.pool else spikes
-            if index + 1 < n_layers and isinstance(self.layers[index + 1].op, nn.Linear):
-                out = out.flatten(1)
-            layer_outputs.append(out)
-            inp = out
-        outputs, head_states = [], []
-        for head, h, head_v in zip(self.heads, self.exit_layers, state.heads):
-            source = layer_outputs[h].flatten(1)
-            with torch.no_grad():
-                synaptic.append(source.sum(1) * head.out_features)
-            current = head(source)
-            if self.spec.readout == "spike_count":
-                head_spikes, new_head = lif_step(current, LIFState(head_v), self.lif_params)
-                head_states.append(new_head.v)
-                outputs.append(head_spikes * SPIKE_COUNT_SCALE)
-            else:
-                head_states.append(head_v)
-                outputs.append(current)
-        dense = like.new_zeros(self.n_components, batch)
-        if constant_current is not None:
-            dense[0] = float(self.layers[0].dense_macs)
-        record = S1Step(outputs=torch.stack(outputs), synaptic_ops=torch.stack(synaptic), dense_macs=dense, spike_rates=torch.stack(rates))
-        return record, S1State(layers=tuple(layer_states), heads=tuple(head_states))
+        record, state = self._steps(None if inp is None else inp.unsqueeze(0), state, constant_current, 1)
+        return S1Step(outputs=record.outputs[0], synaptic_ops=record.synaptic_ops[:, 0],
+                      dense_macs=record.dense_macs[:, 0], spike_rates=record.spike_rates[:, 0]), state
+
+    def input_current(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps)."""
+        return self._synapses(self.layers[0].op, x)
+
+    def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        """A layer's input current from its input spikes (linear layers event-driven where sparse)."""
+        if isinstance(op, nn.Linear):
+            return spike_linear(inp, op, self.spec.event_density)
+        return op(inp)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
@@ -319,52 +309,76 @@ class System1(nn.Module):
         spec = self.spec
         steps = spec.timesteps if timesteps is None else timesteps
         self._check_input(x)
-        batch = x.shape[0]
-        if isinstance(self.layers[0].op, nn.Linear):
-            x = x.flatten(1)
-        spiking_input = is_spiking(spec.encoding)
-        merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [T, B, ...] → [T·B, ...]
+        x = self.prepare(x)
+        # Direct encoding feeds the same current every step: compute it once.
+        constant_current = None if is_spiking(spec.encoding) else self.input_current(x)
+        state = self.init_state(x.shape[0], x)
+        # Steps run in chunks whose largest layer tensor stays under MULTISTEP_CHUNK_BYTES: a
+        # larger buffer is fresh memory from the OS on every call, and its page faults cost more
+        # than the chunking's extra kernel launches (measured on the conv network).
+        step_bytes = x.shape[0] * max(layer.neurons for layer in self.layers) * x.element_size()
+        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(step_bytes, 1)))
+        records = []
+        for first in range(0, steps, chunk):
+            inp = None
+            if constant_current is None:
+                # Drawn step by step so the random stream is exactly the stepwise one.
+                inp = torch.stack([encode_step(x, t, steps, spec.encoding, generator) for t in range(first, min(first + chunk, steps))])
+            record, state = self._steps(inp, state, constant_current, min(chunk, steps - first))
+            records.append(record)
+        return _records(
+            step_outputs=torch.cat([r.outputs for r in records]),  # [T, E, B, C]
+            synaptic_ops=torch.cat([r.synaptic_ops for r in records], dim=1),
+            dense_macs=torch.cat([r.dense_macs for r in records], dim=1),
+            neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
+            spike_rates=torch.cat([r.spike_rates for r in records], dim=1),
+        )
+
+    def _steps(
+        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int
+    ) -> tuple[S1Step, S1State]:
+        """``steps`` timesteps at once from ``state``: as :meth:`step`, with every tensor led by a
+        time axis (``inp`` [t, B, ...]; the record's outputs [t, E, B, C], the others [K or H, t, B])."""
+        batch = state.layers[0].shape[0]
+        like = state.layers[0]
+        merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
-        syn, dense, rates, layer_outputs = [], [], [], []
-        if spiking_input:
-            # Drawn step by step so the random stream is exactly the stepwise one.
-            inp = torch.stack([encode_step(x, t, steps, spec.encoding, generator) for t in range(steps)])
+        syn, dense, rates, layer_outputs, layer_states = [], [], [], [], []
         for index, layer in enumerate(self.layers):
-            if index == 0 and not spiking_input:
-                current = layer.op(x).unsqueeze(0).expand(steps, batch, *layer.out_shape)
-                syn.append(x.new_zeros(steps, batch))
-                dense.append(x.new_full((steps, batch), float(layer.dense_macs)))
+            if index == 0 and constant_current is not None:
+                current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
+                syn.append(like.new_zeros(steps, batch))
+                dense.append(like.new_full((steps, batch), float(layer.dense_macs)))
             else:
-                current = split(layer.op(merge(inp)))
+                current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
                 with torch.no_grad():
                     syn.append(split(_synaptic_ops(merge(inp), layer.fanout)))
-                dense.append(x.new_zeros(steps, batch))
-            spikes, _ = lif_multistep(current, None, self.lif_params)
+                dense.append(like.new_zeros(steps, batch))
+            spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
+            layer_states.append(new_state.v)
             rates.append(spikes.detach().flatten(2).mean(2))
-            out = split(F.max_pool2d(merge(spikes), 2)) if layer.pool else spikes
+            out = split(_pool_spikes(merge(spikes))) if layer.pool else spikes
             if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear):
                 out = out.flatten(2)
             layer_outputs.append(out)
             inp = out
-        outputs = []
-        for head, h in zip(self.heads, self.exit_layers):
+        outputs, head_states = [], []
+        for head, h, head_v in zip(self.heads, self.exit_layers, state.heads):
             source = layer_outputs[h].flatten(2)
             with torch.no_grad():
                 syn.append(source.sum(2) * head.out_features)
-            dense.append(x.new_zeros(steps, batch))
-            current = head(source)
-            if spec.readout == "spike_count":
-                head_spikes, _ = lif_multistep(current, None, self.lif_params)
+            dense.append(like.new_zeros(steps, batch))
+            current = self._synapses(head, source)
+            if self.spec.readout == "spike_count":
+                head_spikes, new_head = lif_multistep(current, LIFState(head_v), self.lif_params)
+                head_states.append(new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
             else:
+                head_states.append(head_v)
                 outputs.append(current)
-        return _records(
-            step_outputs=torch.stack(outputs, dim=1),  # [T, E, B, C]
-            synaptic_ops=torch.stack(syn),
-            dense_macs=torch.stack(dense),
-            neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
-            spike_rates=torch.stack(rates, dim=0),
-        )
+        record = S1Step(outputs=torch.stack(outputs, dim=1), synaptic_ops=torch.stack(syn),
+                        dense_macs=torch.stack(dense), spike_rates=torch.stack(rates))
+        return record, S1State(layers=tuple(layer_states), heads=tuple(head_states))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final-exit logits after T steps, [B, C] (for use as a plain classifier)."""

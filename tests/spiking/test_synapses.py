@@ -1,0 +1,75 @@
+"""Event-driven synapses: the same currents and gradients as a dense linear layer."""
+
+import torch
+from torch import nn
+
+from fastslow.spiking.synapses import spike_linear
+
+
+def _layer_and_spikes(density: float, rows: int = 64, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
+    torch.manual_seed(seed)
+    return nn.Linear(200, 130), (torch.rand(rows, 200) < density).float()
+
+
+def test_event_path_equals_dense_linear():
+    layer, spikes = _layer_and_spikes(0.03)
+    assert torch.allclose(spike_linear(spikes, layer), layer(spikes), atol=1e-6)
+
+
+def test_mixed_batch_sparse_and_dense_rows():
+    layer, spikes = _layer_and_spikes(0.03)
+    spikes[::3] = (torch.rand(len(spikes[::3]), 200) < 0.5).float()  # every third row is dense
+    assert torch.allclose(spike_linear(spikes, layer), layer(spikes), atol=1e-6)
+
+
+def test_a_sparse_rows_result_does_not_depend_on_its_batch():
+    # What lets a batch shrink as inputs stop early without changing anyone's spikes. (Dense rows
+    # are a BLAS matmul's, whose rounding, as nn.Linear's, may depend on the batch size.)
+    layer, spikes = _layer_and_spikes(0.05, rows=96)
+    spikes[::4] = (torch.rand(len(spikes[::4]), 200) < 0.5).float()
+    sparse = torch.ones(96, dtype=torch.bool)
+    sparse[::4] = False
+    full, part = spike_linear(spikes, layer), spike_linear(spikes[10:40], layer)
+    assert torch.equal(full[10:40][sparse[10:40]], part[sparse[10:40]])
+    assert torch.allclose(full[10:40], part, atol=1e-6)
+    assert torch.equal(full.view(3, 32, 130)[sparse.view(3, 32)], spike_linear(spikes.view(3, 32, 200), layer)[sparse.view(3, 32)])
+
+
+def test_gradients_equal_the_dense_layers():
+    layer, spikes = _layer_and_spikes(0.03)
+    spikes.requires_grad_(True)
+    weights = torch.randn(64, 130)
+    (spike_linear(spikes, layer) * weights).sum().backward()
+    event = (spikes.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+    spikes.grad = None
+    layer.zero_grad()
+    (layer(spikes) * weights).sum().backward()
+    for ours, reference in zip(event, (spikes.grad, layer.weight.grad, layer.bias.grad)):
+        assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_density_zero_is_the_dense_layer_exactly():
+    layer, spikes = _layer_and_spikes(0.03)
+    assert torch.equal(spike_linear(spikes, layer, event_density=0.0), layer(spikes))
+
+
+def test_graded_inputs_are_weighted():
+    layer, spikes = _layer_and_spikes(0.03)
+    graded = spikes * torch.rand_like(spikes) * 3
+    assert torch.allclose(spike_linear(graded, layer), layer(graded), atol=1e-5)
+
+
+def test_narrow_layers_stay_dense():
+    # A 10-wide readout gains nothing from events: finding them costs more than the matmul.
+    torch.manual_seed(0)
+    layer, spikes = nn.Linear(200, 10), (torch.rand(64, 200) < 0.03).float()
+    assert torch.equal(spike_linear(spikes, layer), layer(spikes))
+
+
+def test_a_changed_weight_is_used_at_once():
+    # The transposed weights the event path keeps must follow an optimiser's in-place update.
+    layer, spikes = _layer_and_spikes(0.03)
+    spike_linear(spikes, layer)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    assert torch.allclose(spike_linear(spikes, layer), layer(spikes), atol=1e-6)
