@@ -1,4 +1,4 @@
-"""Command line: ``fastslow demo | fit | evaluate``.
+"""Command line: ``fastslow demo | fit | evaluate | calibrate | continual | search``.
 
 User errors print one line (``error: ...``) and exit with code 2, no traceback.
 """
@@ -46,7 +46,35 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--delta", type=float, default=0.1, help="failure probability of the guarantee (default 0.1)")
     calibrate.add_argument("--calibration-fraction", type=float, default=0.5, help="share of the test split used to calibrate (default 0.5)")
 
-    for p in (demo, fit, evaluate, calibrate):
+    continual = sub.add_parser("continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)")
+    continual.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
+    continual.add_argument("--model", required=True, choices=["diehl-cook", "spikedyn"])
+    continual.add_argument("--out", required=True, help="folder for continual.json and continual.png")
+    continual.add_argument("--bits", type=int, default=32, help="weight precision: 4, 8, 16 or 32 (default 32, float)")
+    continual.add_argument("--neurons", type=int, default=400, help="excitatory neurons (default 400)")
+    continual.add_argument("--tasks", help="classes per task, e.g. '0,1;2,3' (default: one class per task, in order)")
+    continual.add_argument("--samples-per-task", type=int, default=100, help="unlabelled training samples per task (default 100)")
+    continual.add_argument("--test-per-task", type=int, default=100, help="test samples per task (default 100)")
+    continual.add_argument("--presentation-ms", type=float, default=350.0, help="presentation time per sample in ms (default 350)")
+    continual.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
+    continual.add_argument("--seed", type=int, default=0)
+
+    search = sub.add_parser("search", help="choose an STDP System 1 within a memory and energy budget (estimate, train survivors, Pareto)")
+    search.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
+    search.add_argument("--max-memory-kb", type=float, required=True, help="memory budget in KB")
+    search.add_argument("--max-energy-uj", type=float, required=True, help="inference energy budget in µJ per input")
+    search.add_argument("--out", default="search", help="folder for search.json and search.png (default: search)")
+    search.add_argument("--model", default="spikedyn", choices=["diehl-cook", "spikedyn"])
+    search.add_argument("--bits", type=int, nargs="+", default=[4, 8, 16, 32], help="precisions to consider")
+    search.add_argument("--neurons", type=int, nargs="+", default=[25, 50, 100, 200, 400], help="neuron counts to consider")
+    search.add_argument("--presentation-ms", type=float, nargs="+", default=[100.0, 200.0, 350.0], help="presentation times to consider")
+    search.add_argument("--train-samples", type=int, default=200, help="training budget per trained candidate (samples)")
+    search.add_argument("--test-samples", type=int, default=200)
+    search.add_argument("--max-trained", type=int, default=8, help="at most this many candidates within budget are trained")
+    search.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
+    search.add_argument("--seed", type=int, default=0)
+
+    for p in (demo, fit, evaluate, calibrate, continual, search):
         p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     return parser
 
@@ -61,6 +89,21 @@ def _run(args: argparse.Namespace) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=110)
     started = time.perf_counter()
     show = not args.quiet
+    if args.command == "continual":
+        from fastslow.stdp.jobs import continual_job
+
+        continual_job(args.data, args.model, args.out, bits=args.bits, neurons=args.neurons, tasks=args.tasks,
+                      samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, presentation_ms=args.presentation_ms,
+                      seed=args.seed, profile=args.profile, console=console, progress=show, show_table=show)
+        return
+    if args.command == "search":
+        from fastslow.stdp.jobs import search_job
+
+        search_job(args.data, args.max_memory_kb, args.max_energy_uj, args.out, model=args.model, neurons=tuple(args.neurons),
+                   bits=tuple(args.bits), presentation_ms=tuple(args.presentation_ms), train_samples=args.train_samples,
+                   test_samples=args.test_samples, max_trained=args.max_trained, seed=args.seed, profile=args.profile,
+                   console=console, progress=show, show_table=show)
+        return
     if args.command == "demo":
         config = load_config(None, data="digits", seed=args.seed, system1=DEMO_SYSTEM1)
         fit(config, args.out, console=console, progress=show, show_table=show)

@@ -140,12 +140,14 @@ def describe_module(module: nn.Module) -> str:
     return " · ".join(parts)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of what made a result (recorded in every result file)."""
     try:
         own = metadata.version("fastslow")
     except metadata.PackageNotFoundError:
         own = "unknown"
     return {"fastslow": own, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
 
 
 def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int) -> SystemOutputs:
@@ -208,7 +210,7 @@ def _evaluate_and_report(
         "split": {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)},
         "seed": config.seed,
         "profile": profile.summary(),
-        "versions": _versions(),
+        "versions": versions(),
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
         "routers": [

@@ -122,3 +122,24 @@ def memory_bytes(parameters: int, state_neurons: int, profile: EnergyProfile) ->
     return math.ceil(parameters * profile.weight_bits / 8 + state_neurons * profile.state_bits / 8)
 
 
+
+
+def precision_scale(bits: int, profile: EnergyProfile) -> float:
+    """Energy of a b-bit accumulate relative to the profile's: adders scale about linearly with
+    width (Horowitz, ISSCC 2014: 8/16/32-bit integer add 0.03/0.05/0.1 pJ), so b / weight_bits,
+    never above 1 (a narrower weight does not make the profile's own adder dearer)."""
+    return min(1.0, bits / profile.weight_bits)
+
+
+def stdp_energy_uj(counts, profile: EnergyProfile, bits: int) -> dict[str, float]:
+    """Energy terms in µJ per presentation of an STDP network's phase (see
+    :class:`fastslow.stdp.STDPCounts`): synaptic events × E_AC at the weights' precision, neuron
+    updates × E_NEURON, and, while learning, weight and trace updates × E_MAC (one multiply-add
+    each; weight updates at the weights' precision)."""
+    per = counts.per_presentation()
+    scale = precision_scale(bits, profile)
+    return {
+        "synaptic": per["synaptic_events"] * profile.E_AC_pJ * scale / PJ_PER_UJ,
+        "neuron": per["neuron_updates"] * profile.E_NEURON_pJ / PJ_PER_UJ,
+        "learning": (per["weight_updates"] * scale + per["trace_updates"]) * profile.E_MAC_pJ / PJ_PER_UJ,
+    }

@@ -61,6 +61,15 @@ def print_table(results: list[StrategyResult], title: str, console: Console | No
     console.print(results_table(summary_rows(results), title))
 
 
+def figure_png(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (laid out, then closed)."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> bytes:
     """Accuracy against µJ/input: each policy family a curve, references as points."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
@@ -80,11 +89,7 @@ def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> 
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def timesteps_png(results: list[StrategyResult], title: str) -> bytes:
@@ -105,11 +110,7 @@ def timesteps_png(results: list[StrategyResult], title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def report_markdown(payload: dict) -> str:

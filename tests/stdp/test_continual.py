@@ -1,0 +1,59 @@
+"""The continual protocol end to end, and the CLI's checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastslow.cli import main
+from fastslow.data.datasets import load_dataset
+from fastslow.errors import ConfigError
+from fastslow.stdp import STDPSpec
+from fastslow.stdp.continual import parse_tasks, run_continual
+
+
+def test_two_task_toy_runs_end_to_end():
+    data = load_dataset("digits")
+    spec = STDPSpec(model="spikedyn", n_inputs=64, n_neurons=10, presentation_ms=50)
+    result = run_continual(data, spec, [[0], [1]], samples_per_task=4, test_per_task=6)
+    assert len(result.accuracy) == 2 and result.accuracy[0][1] is None
+    assert all(0.0 <= a <= 1.0 for a in (result.accuracy[0][0], *result.accuracy[1]))
+    for phase in result.training_energy_uj:
+        assert phase["synaptic"] > 0 and phase["neuron"] > 0 and phase["learning"] > 0
+    assert all("learning" not in phase for phase in result.inference_energy_uj)
+
+
+def test_cli_writes_continual_json_and_png(tmp_path):
+    out = tmp_path / "run"
+    code = main(["continual", "--data", "digits", "--model", "diehl-cook", "--out", str(out), "--neurons", "8", "--tasks", "0;1",
+                 "--samples-per-task", "3", "--test-per-task", "5", "--presentation-ms", "40", "--bits", "8", "--quiet"])
+    assert code == 0
+    payload = json.loads((out / "continual.json").read_text())
+    assert payload["model"] == "diehl-cook" and payload["tasks"] == [[0], [1]]
+    assert len(payload["accuracy"]) == 2 and len(payload["accuracy"][1]) == 2
+    assert payload["spec"]["bits"] == 8 and payload["config"]["seed"] == 0 and "numpy" in payload["versions"]
+    assert (out / "continual.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bits", "12"], "4, 8, 16, 32"),
+    (["--tasks", "0;;1"], "empty task"),
+    (["--tasks", "0;11"], "outside 0..9"),
+    (["--samples-per-task", "0"], "at least 1"),
+])
+def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys, extra, message):
+    code = main(["continual", "--data", "digits", "--model", "spikedyn", "--out", str(tmp_path / "x"), "--quiet", *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "continual.json").exists()
+
+
+def test_a_task_without_samples_is_an_error(tmp_path):
+    x = np.random.default_rng(0).random((40, 16)).astype(np.float32)
+    y = np.array([0, 1] * 20)
+    path = tmp_path / "two.npz"
+    np.savez(path, X=x, y=y)
+    data = load_dataset(str(path))
+    with pytest.raises(ConfigError, match="empty"):
+        run_continual(data, STDPSpec(n_inputs=16, n_neurons=2, presentation_ms=10), parse_tasks("0;2", 3), samples_per_task=2, test_per_task=2)

@@ -1,0 +1,127 @@
+"""STDP networks: the learning rule's direction and size, competition, thresholds, memory."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fastslow.errors import ConfigError
+from fastslow.stdp import STDPNetwork, STDPSpec, memory_bytes
+from fastslow.stdp.network import SpikeDynRules, membrane_step, stdp_depress, stdp_potentiate
+
+
+def test_stdp_on_a_hand_made_two_neuron_case():
+    # One input → one neuron, w = 0.5. A pre spike while post1 = 0.6 depresses by nu_pre·post1;
+    # a post spike while pre = 0.8 and post2 (before its reset) = 0.5 potentiates by nu_post·pre·post2.
+    weights = np.array([[0.5]], np.float32)
+    depressed = stdp_depress(weights, np.array([0]), np.array([0.6], np.float32), nu_pre=0.0001)
+    assert depressed[0, 0] == pytest.approx(0.5 - 0.0001 * 0.6)
+    potentiated = stdp_potentiate(weights, np.array([0]), np.array([0.8], np.float32), np.array([0.5], np.float32), nu_post=0.01)
+    assert potentiated[0, 0] == pytest.approx(0.5 + 0.01 * 0.8 * 0.5)
+
+
+def test_learning_strengthens_the_inputs_that_drive_the_neuron():
+    # Inputs 0–7 always bright, 8–15 always dark: after learning, the neuron's weight mass moves to 0–7
+    # (potentiation needs a pre trace, which only the bright inputs have).
+    spec = STDPSpec(n_inputs=16, n_neurons=1, presentation_ms=100, constants=_strong(max_rate_hz=400.0))
+    net = STDPNetwork(spec, seed=0)
+    before = net.weights[:8, 0].sum() / net.weights[:, 0].sum()
+    net.learn(np.tile(np.array([1.0] * 8 + [0.0] * 8, np.float32), (20, 1)))
+    after = net.weights[:8, 0].sum() / net.weights[:, 0].sum()
+    assert after > before + 0.3
+
+
+@pytest.mark.parametrize("model", ["diehl-cook", "spikedyn"])
+def test_lateral_inhibition_makes_one_winner(model):
+    spec = STDPSpec(model=model, n_inputs=16, n_neurons=6, presentation_ms=200, constants=_strong())
+    net = STDPNetwork(spec, seed=1)
+    net.weights[:] = 0.2
+    net.weights[:, 3] = 0.3  # neuron 3 is the best match for every input
+    responses, _ = net.respond(np.full((4, 16), 0.8, np.float32))
+    winners = responses.argmax(1)
+    assert (winners == 3).all()
+    others = np.delete(responses, 3, axis=1)
+    assert responses[:, 3].min() > 3 * others.max(1).max()  # the others are nearly silent
+
+
+def test_without_inhibition_the_neurons_fire_alike():
+    spec = STDPSpec(n_inputs=16, n_neurons=6, presentation_ms=200, constants=_strong(w_inh_exc=0.0))
+    net = STDPNetwork(spec, seed=1)
+    net.weights[:] = 0.2
+    net.weights[:, 3] = 0.3
+    responses, _ = net.respond(np.full((4, 16), 0.8, np.float32))
+    assert np.delete(responses, 3, axis=1).min() > 0  # inhibition, not the weights, silenced them above
+
+
+def test_adaptive_threshold_rises_with_firing_and_decays():
+    spec = STDPSpec(n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong())
+    net = STDPNetwork(spec, seed=0)
+    start = net.theta.copy()
+    counts = net.learn(np.full((1, 16), 0.9, np.float32))
+    rise = net.theta - start
+    assert counts.exc_spikes > 0
+    assert rise.max() > 0  # the neuron that fired raised its threshold
+    assert rise.sum() <= 0.05 * counts.exc_spikes + 1e-4  # by at most theta_plus per spike
+    silent = STDPSpec(model="spikedyn", n_inputs=16, n_neurons=3, presentation_ms=100, rest_ms=150)
+    quiet = STDPNetwork(silent, seed=0)
+    theta = quiet.theta.copy()
+    quiet.learn(np.zeros((1, 16), np.float32))  # nothing fires: θ only decays, with SpikeDyn's τ
+    steps_ms = (silent.presentation_ms + silent.rest_ms) * (1 + silent.constants.max_repeats)
+    expected = theta * math.exp(-steps_ms / SpikeDynRules().tau_theta)
+    assert np.allclose(quiet.theta, expected, rtol=1e-4)
+
+
+def test_memory_estimate_matches_a_hand_count():
+    # 784 × 100 weights at 8 bits = 78,400 B; 100 excitatory neurons × (7 float32 states + an int32
+    # label) = 3,200 B; 100 inhibitory × 3 float32 = 1,200 B; 784 pre traces × 4 B = 3,136 B.
+    assert memory_bytes(STDPSpec(n_inputs=784, n_neurons=100, bits=8)) == 78_400 + 3_200 + 1_200 + 3_136
+    # SpikeDyn's direct inhibition has no inhibitory neurons to store.
+    assert memory_bytes(STDPSpec(model="spikedyn", n_inputs=784, n_neurons=100, bits=8)) == 78_400 + 3_200 + 3_136
+
+
+def test_spikedyn_simulates_fewer_neurons():
+    images = np.full((2, 16), 0.8, np.float32)
+    dc = STDPNetwork(STDPSpec(n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=0).respond(images)[1]
+    sd = STDPNetwork(STDPSpec(model="spikedyn", n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=0).respond(images)[1]
+    assert sd.neuron_updates == dc.neuron_updates / 2
+
+
+def test_membrane_holds_during_refractory_period():
+    v = np.array([-60.0], np.float32)
+    refractory = np.array([3.0], np.float32)
+    fired = membrane_step(v, np.array([5.0], np.float32), np.zeros(1, np.float32), refractory, -52.0,
+                          v_rest=-65.0, v_reset=-65.0, tau=100.0, e_exc=0.0, e_inh=-100.0, refractory_ms=5.0, dt=0.5)
+    assert not fired.any() and v[0] == -60.0 and refractory[0] == 2.5
+
+
+@pytest.mark.parametrize("bad", [dict(bits=5), dict(bits=0), dict(model="bindsnet"), dict(n_neurons=0), dict(dt_ms=0.0)])
+def test_bad_specs_are_refused(bad):
+    with pytest.raises(ConfigError):
+        STDPSpec(**bad)
+
+
+def test_empty_or_misshaped_inputs_are_refused():
+    net = STDPNetwork(STDPSpec(n_inputs=4, n_neurons=2, presentation_ms=10), seed=0)
+    with pytest.raises(ConfigError, match="empty"):
+        net.learn(np.zeros((0, 4), np.float32))
+    with pytest.raises(ConfigError, match="values each"):
+        net.respond(np.zeros((3, 5), np.float32))
+    with pytest.raises(ConfigError, match="in \\[0, 1\\]"):
+        net.respond(np.full((3, 4), np.nan, np.float32))
+
+
+def test_same_seed_same_network():
+    images = np.random.default_rng(0).random((3, 16), dtype=np.float32)
+    nets = [STDPNetwork(STDPSpec(model="spikedyn", n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=7) for _ in range(2)]
+    for net in nets:
+        net.learn(images)
+    assert np.array_equal(nets[0].weights, nets[1].weights) and np.array_equal(nets[0].theta, nets[1].theta)
+
+
+def _strong(**changes):
+    """Reference constants with a drive strong enough for 16-input toy networks."""
+    from dataclasses import replace
+
+    from fastslow.stdp import DiehlCookConstants
+
+    return replace(DiehlCookConstants(), **({"column_sum": 6.0} | changes))
