@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     continual.add_argument("--test-per-task", type=int, default=100, help="test samples per task (default 100)")
     continual.add_argument("--presentation-ms", type=float, default=350.0, help="presentation time per sample in ms (default 350)")
     continual.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
+    continual.add_argument("--s2-epochs", type=int, default=10, help="epochs for the System 2 that low-confidence answers escalate to")
     continual.add_argument("--seed", type=int, default=0)
 
     search = sub.add_parser("search", help="choose an STDP System 1 within a memory and energy budget (estimate, train survivors, Pareto)")
@@ -94,7 +95,7 @@ def _run(args: argparse.Namespace) -> None:
 
         continual_job(args.data, args.model, args.out, bits=args.bits, neurons=args.neurons, tasks=args.tasks,
                       samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, presentation_ms=args.presentation_ms,
-                      seed=args.seed, profile=args.profile, console=console, progress=show, show_table=show)
+                      seed=args.seed, profile=args.profile, s2_epochs=args.s2_epochs, console=console, progress=show, show_table=show)
         return
     if args.command == "search":
         from fastslow.stdp.jobs import search_job

@@ -26,13 +26,22 @@ def test_two_task_toy_runs_end_to_end():
 def test_cli_writes_continual_json_and_png(tmp_path):
     out = tmp_path / "run"
     code = main(["continual", "--data", "digits", "--model", "diehl-cook", "--out", str(out), "--neurons", "8", "--tasks", "0;1",
-                 "--samples-per-task", "3", "--test-per-task", "5", "--presentation-ms", "40", "--bits", "8", "--quiet"])
+                 "--samples-per-task", "3", "--test-per-task", "5", "--presentation-ms", "40", "--bits", "8", "--s2-epochs", "1", "--quiet"])
     assert code == 0
     payload = json.loads((out / "continual.json").read_text())
     assert payload["model"] == "diehl-cook" and payload["tasks"] == [[0], [1]]
     assert len(payload["accuracy"]) == 2 and len(payload["accuracy"][1]) == 2
     assert payload["spec"]["bits"] == 8 and payload["config"]["seed"] == 0 and "numpy" in payload["versions"]
     assert (out / "continual.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    by_name = {r["name"]: r for r in results["strategies"]}
+    assert {"system1", "system2", "confidence@0.5"} <= set(by_name)
+    s1, s2 = by_name["system1"], by_name["system2"]
+    assert s1["escalation_rate"] == 0 and s2["escalation_rate"] == 1 and s1["training_energy_uj"] > 0
+    for row in results["strategies"]:  # energy is charged for what ran: S1 always, S2 for the escalated share
+        terms = row["energy_terms_uj"]
+        assert row["energy_uj"] == pytest.approx(sum(terms.values()))
+        assert terms["s2"] == pytest.approx(row["escalation_rate"] * s2["energy_terms_uj"]["s2"])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -31,6 +31,13 @@ class ContinualResult:
     inference_energy_uj: list[dict[str, float]]  # per task: µJ per test input, by term
     counts: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per task: operations per sample / per input
     seconds: float = 0.0
+    network: STDPNetwork | None = None  # after the last task
+    train_index: np.ndarray | None = None  # every task's training samples, in order
+    test_index: np.ndarray | None = None  # every task's test samples
+
+    def training_energy_total_uj(self) -> float:
+        """STDP learning arithmetic over the whole protocol (µJ)."""
+        return float(sum(sum(v for k, v in phase.items() if k != "presentations_per_sample") * phase["samples"] for phase in self.training_energy_uj))
 
     def newest_task_accuracy(self) -> list[float]:
         return [row[i] for i, row in enumerate(self.accuracy)]
@@ -112,11 +119,13 @@ def run_continual(
         # A test input that needed repeats is charged for all its presentations: per input, not per presentation.
         per_input = STDPCounts(**{**tested.__dict__, "presentations": sum(len(test_index[j]) for j in range(i + 1))})
         per_sample = STDPCounts(**{**learned.__dict__, "presentations": len(index)})  # repeats charged to their sample
-        training_energy.append(stdp_energy_uj(per_sample, energy_profile, spec.bits) | {"presentations_per_sample": learned.presentations / len(index)})
+        training_energy.append(stdp_energy_uj(per_sample, energy_profile, spec.bits)
+                               | {"presentations_per_sample": learned.presentations / len(index), "samples": len(index)})
         inference_energy.append({k: v for k, v in stdp_energy_uj(per_input, energy_profile, spec.bits).items() if k != "learning"})
         all_counts.append({"training": per_sample.per_presentation(), "inference": per_input.per_presentation()})
     return ContinualResult(model=spec.model, tasks=tasks, accuracy=accuracy, training_energy_uj=training_energy,
-                           inference_energy_uj=inference_energy, counts=all_counts, seconds=time.perf_counter() - started)
+                           inference_energy_uj=inference_energy, counts=all_counts, seconds=time.perf_counter() - started,
+                           network=network, train_index=np.concatenate(train_index), test_index=np.concatenate(test_index))
 
 
 def continual_png(result: ContinualResult, title: str) -> bytes:

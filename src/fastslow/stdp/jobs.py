@@ -10,26 +10,35 @@ from rich.table import Table
 
 from fastslow import _atomic
 from fastslow.data.datasets import load_dataset
+from fastslow.energy.profile import load_profile
 from fastslow.pipeline import _progress, versions
 from fastslow.stdp.continual import parse_tasks, run_continual, write_continual
-from fastslow.stdp.network import STDPSpec
+from fastslow.stdp.network import STDPSpec, memory_bytes
 from fastslow.stdp.search import candidate_rows, search, search_png
 
 
 def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int = 400, tasks: str | None = None,
                   samples_per_task: int = 100, test_per_task: int = 100, presentation_ms: float = 350.0, seed: int = 0,
-                  profile: str = "cmos45nm", console: Console | None = None, progress: bool = True, show_table: bool = True) -> dict:
+                  profile: str = "cmos45nm", s2_epochs: int = 10, console: Console | None = None, progress: bool = True,
+                  show_table: bool = True) -> dict:
     console = console or Console()
     dataset = load_dataset(data, seed=seed)
     task_list = parse_tasks(tasks, dataset.n_classes)
     spec = STDPSpec(model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms)
     config = {"data": data, "model": model, "bits": bits, "neurons": neurons, "tasks": task_list, "samples_per_task": samples_per_task,
-              "test_per_task": test_per_task, "presentation_ms": presentation_ms, "seed": seed, "profile": profile}
+              "test_per_task": test_per_task, "presentation_ms": presentation_ms, "seed": seed, "profile": profile, "s2_epochs": s2_epochs}
     with _progress(console, progress) as bars:
         bar = bars.add_task(f"{model}: learning {len(task_list)} tasks (no labels)", total=len(task_list) * samples_per_task)
         result = run_continual(dataset, spec, task_list, samples_per_task=samples_per_task, test_per_task=test_per_task, seed=seed,
                                profile=profile, progress=lambda: bars.advance(bar))
     write_continual(out, result, spec, config, versions())
+    strategies = _escalation(dataset, result, s2_epochs, seed, profile)
+    _atomic.write_json(Path(out) / "results.json", {
+        "dataset": dataset.name, "seed": seed, "profile": load_profile(profile).summary(), "versions": versions(), "config": config,
+        "system1": {"kind": "stdp", "spec": spec.to_dict(), "memory_bytes": memory_bytes(spec)},
+        "note": "after the last task, on every task's test samples; System 2 trained with labels on the same training samples",
+        "strategies": strategies,
+    })
     if show_table:
         table = Table(title=f"{model}, {neurons} neurons, {bits}-bit weights: test accuracy (%) on each task after learning each task")
         table.add_column("after task")
@@ -39,12 +48,30 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
         table.add_column("infer µJ/input", justify="right")
         for i, row in enumerate(result.accuracy):
             cells = ["" if a is None else f"{100 * a:.1f}" for a in row]
-            train = sum(v for k, v in result.training_energy_uj[i].items() if k != "presentations_per_sample")
+            train = sum(v for k, v in result.training_energy_uj[i].items() if k not in ("presentations_per_sample", "samples"))
             table.add_row(str(i), *cells, f"{train:.3f}", f"{sum(result.inference_energy_uj[i].values()):.4f}")
         console.print(table)
-        console.print(f"energy: profile {profile}, arithmetic only; per training sample and per test input, repeated presentations included. "
-                      f"continual: {Path(out) / 'continual.json'}, {Path(out) / 'continual.png'} ({result.seconds:.1f} s)")
+        console.print(f"energy: profile {profile}, arithmetic only; per training sample and per test input, repeated presentations included.")
+        escalation = Table(title="After the last task: the STDP System 1 with escalation to System 2 (all tasks' test samples)")
+        for column in ("strategy", "accuracy %", "escalated %", "µJ/input", "× System 2"):
+            escalation.add_column(column, justify="left" if column == "strategy" else "right")
+        for r in strategies:
+            escalation.add_row(r["name"], f"{100 * r['accuracy']:.1f}", f"{100 * r['escalation_rate']:.1f}", f"{r['energy_uj']:.4f}", f"{r['energy_ratio_vs_s2']:.2f}")
+        console.print(escalation)
+        console.print(f"continual: {Path(out) / 'continual.json'}, {Path(out) / 'continual.png'}, {Path(out) / 'results.json'} ({result.seconds:.1f} s)")
     return {"accuracy": result.accuracy}
+
+
+def _escalation(dataset, result, s2_epochs: int, seed: int, profile: str) -> list[dict]:
+    """System 1 alone, System 2 alone, and confidence@θ escalation, after the protocol's last task."""
+    from fastslow.stdp.system import escalation_strategies, train_system2
+
+    x_train = dataset.x_train.reshape(len(dataset.x_train), -1)
+    x_test = dataset.x_test.reshape(len(dataset.x_test), -1)
+    system2, s2_macs = train_system2(x_train[result.train_index], dataset.y_train[result.train_index], dataset.input_shape,
+                                     dataset.n_classes, epochs=s2_epochs, seed=seed)
+    return escalation_strategies(result.network, system2, s2_macs, x_test[result.test_index], dataset.y_test[result.test_index],
+                                 dataset.input_shape, dataset.n_classes, load_profile(profile), result.training_energy_total_uj())
 
 
 def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, model: str = "spikedyn",

@@ -369,24 +369,41 @@ class STDPNetwork:
         """Excitatory spike counts [S, N] for ``images`` [S, inputs], weights and θ frozen, presented in
         parallel batches; an input with fewer than ``min_spikes`` spikes is presented again at a higher
         intensity (as in training). Also returns the operation counts."""
+        responses, counts, _ = self._respond(images, batch_size)
+        return responses, counts
+
+    def respond_per_input(self, images, batch_size: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """As :meth:`respond`, with each input's own operations ([S] arrays: ``synaptic_events``,
+        ``neuron_updates``, ``presentations``), repeats included."""
+        responses, _, per_input = self._respond(images, batch_size)
+        return responses, per_input
+
+    def _respond(self, images, batch_size: int) -> tuple[np.ndarray, STDPCounts, dict[str, np.ndarray]]:
         images = self._check_images(images)
-        responses = np.zeros((len(images), self.spec.n_neurons), np.float32)
+        spec = self.spec
+        responses = np.zeros((len(images), spec.n_neurons), np.float32)
+        per_input = {k: np.zeros(len(images)) for k in ("synaptic_events", "neuron_updates", "presentations")}
         counts = STDPCounts()
         for start in range(0, len(images), batch_size):
             part = images[start:start + batch_size]
             pending = np.arange(len(part))
             intensity = 1.0
-            for _ in range(self.spec.constants.max_repeats + 1):
-                spikes, phase = self._present_frozen(part[pending], intensity)
+            for _ in range(spec.constants.max_repeats + 1):
+                spikes, phase, input_spikes, inh_spikes = self._present_frozen(part[pending], intensity)
                 counts.add(phase)
-                responses[start + pending] = spikes
-                pending = pending[spikes.sum(1) < self.spec.constants.min_spikes]
+                rows = start + pending
+                responses[rows] = spikes
+                per_input["synaptic_events"][rows] += self._synaptic_events(input_spikes, spikes.sum(1), inh_spikes)
+                per_input["neuron_updates"][rows] += spec.steps * (spec.n_neurons + spec.inhibitory_neurons)
+                per_input["presentations"][rows] += 1
+                pending = pending[spikes.sum(1) < spec.constants.min_spikes]
                 if len(pending) == 0:
                     break
                 intensity += 0.5
-        return responses, counts
+        return responses, counts, per_input
 
-    def _present_frozen(self, images: np.ndarray, intensity: float) -> tuple[np.ndarray, STDPCounts]:
+    def _present_frozen(self, images: np.ndarray, intensity: float) -> tuple[np.ndarray, STDPCounts, np.ndarray, np.ndarray]:
+        """One frozen presentation of a batch: (spike counts [B, N], counts, input spikes [B], inhibitory spikes [B])."""
         spec, c = self.spec, self.spec.constants
         dt = spec.dt_ms
         inputs = self._input_spikes(images, intensity)  # [steps, B, inputs]
@@ -399,7 +416,7 @@ class STDPNetwork:
         inh = dict(v_rest=c.v_rest_i, v_reset=c.v_reset_i, tau=c.tau_i, e_exc=c.e_exc, e_inh=c.e_inh_i, refractory_ms=c.refractory_i, dt=dt)
         no_gi = np.zeros_like(ge_i)
         total = np.zeros_like(v)
-        inh_total = 0
+        inh_total = np.zeros(len(images), np.float32)
         for t in range(spec.steps):
             fired = membrane_step(v, ge, gi, ref, threshold, **exc)
             ge *= d_ge
@@ -412,12 +429,14 @@ class STDPNetwork:
                 ge_i *= d_ge
                 ge_i += np.float32(c.w_exc_inh) * fired
                 gi += np.float32(c.w_inh_exc) * (fired_i.sum(1, keepdims=True) - fired_i)
-                inh_total += int(fired_i.sum())
+                inh_total += fired_i.sum(1)
             total += fired
-        counts = STDPCounts(presentations=len(images), input_spikes=float(inputs.sum()), exc_spikes=float(total.sum()), inh_spikes=float(inh_total))
+        input_spikes = inputs.sum((0, 2)).astype(np.float64)
+        counts = STDPCounts(presentations=len(images), input_spikes=float(input_spikes.sum()), exc_spikes=float(total.sum()),
+                            inh_spikes=float(inh_total.sum()))
         counts.synaptic_events = self._synaptic_events(counts.input_spikes, counts.exc_spikes, counts.inh_spikes)
         counts.neuron_updates = float(len(images) * spec.steps * (spec.n_neurons + spec.inhibitory_neurons))
-        return total, counts
+        return total, counts, input_spikes, inh_total.astype(np.float64)
 
     # -- readout ------------------------------------------------------------
     def assign_labels(self, responses: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
