@@ -29,47 +29,16 @@ import torch
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT  # noqa: E402
+from _common import ROOT, peer_python  # noqa: E402
 from _common import console as wide_console  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "_speed_worker.py"
-VENVS = ROOT / ".bench-venvs"
 PEERS = {
     "snntorch": ["snntorch==1.0.0"],
     "spikingjelly": ["spikingjelly==2.0.0", "loguru"],
     "norse": ["norse==1.1.0", "nir", "nirtorch", "h5py"],
 }
 NETWORKS = {"mlp": ((784,), 128), "conv": ((1, 28, 28), 64)}
-
-
-def peer_python(library: str, out) -> str | None:
-    """The peer's venv python, creating the venv on first use; None (after saying why) if it cannot."""
-    venv = VENVS / library
-    python = venv / "bin" / "python"
-    if (venv / ".ready").exists():
-        return str(python)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
-        base = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
-        own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
-        Path(own, "fastslow-bench-base.pth").write_text(base + "\n")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "setuptools", "wheel"], check=True, capture_output=True)
-        # Download first, then install the files: Norse's sdist reports version 0.0.0 when built
-        # outside git, which a `norse==1.1.0` requirement would reject.
-        downloads = venv / "downloads"
-        for command in (
-            lambda: [str(python), "-m", "pip", "download", "-q", "--no-deps", "-d", str(downloads), *PEERS[library]],
-            lambda: [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *map(str, sorted(downloads.iterdir()))],
-        ):  # the install line is built only after the download has filled the folder
-            result = subprocess.run(command(), capture_output=True, text=True)
-            if result.returncode != 0:
-                lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("WARNING")]
-                raise RuntimeError(lines[-1] if lines else "pip failed")
-        (venv / ".ready").write_text("ok\n")
-        return str(python)
-    except (subprocess.CalledProcessError, RuntimeError, OSError) as err:
-        out.print(f"[yellow]{library}: could not be installed here ({err}); going on without it[/yellow]")
-        return None
 
 
 class Worker:
@@ -183,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     libraries = own + ([] if args.no_peers else list(PEERS))
     pythons = {lib: sys.executable for lib in own}
     for library in libraries[len(own):]:
-        pythons[library] = peer_python(library, out)
+        pythons[library] = peer_python(library, PEERS[library], out)
     report: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         for network in args.networks:

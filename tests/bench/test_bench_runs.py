@@ -40,3 +40,29 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     data = json.loads(report.read_text())
     assert data["mlp"]["fastslow"]["forward_ms"] > 0 and data["mlp"]["snntorch"] is None
     assert data["mlp"]["spikes"]["fastslow"] == data["mlp"]["spikes"]["fastslow_stepwise"]
+
+
+def test_continual_bench_runs_tiny_on_digits(capsys, tmp_path):
+    bench = _load("continual")
+    report = tmp_path / "continual.json"
+    assert bench.main(["--data", "digits", "--neurons", "8", "--samples-per-task", "2", "--test-per-task", "4", "--tasks", "0;1",
+                       "--presentation-ms", "20", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "claimed" in out and "spikedyn − weight_decay" in out
+    import json
+
+    data = json.loads(report.read_text())
+    assert set(data["measured_deltas"]) == {"newest", "old", "training", "inference"}
+
+
+def test_stdp_peer_bench_runs_tiny_without_the_peer(capsys, tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    y = np.arange(60) % 10
+    data = tmp_path / "tiny.npz"
+    np.savez(data, X=x, y=y)
+    bench = _load("stdp_peer")
+    assert bench.main(["--data", str(data), "--train", "3", "--test", "5", "--neurons", "4", "--presentation-ms", "10", "--no-peer"]) == 0
+    out = capsys.readouterr().out
+    assert "fastslow (dt 0.5 ms)" in out and "train samples/s" in out

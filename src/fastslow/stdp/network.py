@@ -7,8 +7,8 @@ one-to-one, inhibitory → every other excitatory neuron), in SpikeDyn directly 
 inhibits every other excitatory neuron, no inhibitory neurons to simulate). Learning is
 trace-based STDP on the input weights with column normalisation; no labels are used.
 
-Units: time in ms, potentials in mV, rates in Hz. Euler steps of ``dt_ms`` for the membranes;
-conductances, traces and thresholds decay exactly (they are linear). The state of a batch of
+Units: time in ms, potentials in mV, rates in Hz. Steps of ``dt_ms``: membranes by exponential
+Euler (see :func:`membrane_step`); conductances, traces and thresholds decay exactly. The state of a batch of
 presentations is an explicit :class:`STDPState`; the learned parameters are the weights and the
 thresholds θ of :class:`STDPNetwork`. Arrays are float32 NumPy (see :class:`STDPNetwork` for why). Every spike, neuron update and weight update is counted
 (:class:`STDPCounts`) for the energy model (``fastslow.energy.accounting.stdp_energy_uj``).
@@ -194,11 +194,19 @@ def init_state(spec: STDPSpec, batch: int) -> STDPState:
 
 
 def membrane_step(v, ge, gi, refractory, threshold, *, v_rest, v_reset, tau, e_exc, e_inh, refractory_ms, dt) -> np.ndarray:
-    """One Euler step of conductance-based LIF neurons, in place on ``v`` and ``refractory``.
-    Returns the boolean spikes. A refractory neuron's potential is held."""
+    """One step of conductance-based LIF neurons, in place on ``v`` and ``refractory``; returns the
+    boolean spikes. A refractory neuron's potential is held.
+
+    τ dv/dt = (v_rest − v) + ge (e_exc − v) + gi (e_inh − v) is linear in v for the step's
+    conductances, so it is integrated exactly over the step (exponential Euler): v relaxes toward
+    its equilibrium with time constant τ / (1 + ge + gi). Forward Euler would diverge once many
+    inhibitory spikes land in one step (dt·(1 + ge + gi)/τ > 2, i.e. gi > ~400 at dt 0.5 ms).
+    """
     free = refractory <= 0
-    dv = (v_rest - v) + ge * (e_exc - v) + gi * (e_inh - v)
-    v += dv * (free * np.float32(dt / tau))
+    leak = 1.0 + ge + gi
+    target = (v_rest + ge * e_exc + gi * e_inh) / leak
+    relaxed = target + (v - target) * np.exp(leak * np.float32(-dt / tau))
+    np.copyto(v, relaxed, where=free)
     fired = (v > threshold) & free
     refractory -= dt
     if fired.any():

@@ -292,8 +292,9 @@ class System1(nn.Module):
                       dense_macs=record.dense_macs[:, 0], spike_rates=record.spike_rates[:, 0]), state
 
     def input_current(self, x: torch.Tensor) -> torch.Tensor:
-        """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps)."""
-        return self._synapses(self.layers[0].op, x)
+        """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps;
+        the input is analog, so the layer is a dense matmul, never event-driven)."""
+        return self.layers[0].op(x)
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         """A layer's input current from its input spikes (linear layers event-driven where sparse)."""
