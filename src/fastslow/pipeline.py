@@ -37,8 +37,9 @@ from fastslow.evaluation.evaluate import (
     score_routing,
 )
 from fastslow.evaluation.report import print_table, write_report
-from fastslow.policies import Router, Routing, share_for_energy_budget, train_router
-from fastslow.policies.exit_router import ExitRouter, train_exit_router
+from fastslow.policies import Routing, share_for_energy_budget, train_router
+from fastslow.policies.base import FeatureMLP
+from fastslow.policies.exit_router import train_exit_router
 from fastslow.policies.router import per_input_cross_entropy
 from fastslow.policies.seenn2 import train_seenn2
 from fastslow.systems.system1 import System1, System1Spec
@@ -246,7 +247,7 @@ def train_policies(
     features = val.router_features()
     s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
     s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
-    shares = _router_shares(config, val, profile, Router(features.shape[1], rc.hidden).macs())
+    shares = _router_shares(config, val, profile, FeatureMLP.macs_for(features.shape[1], rc.hidden, 1))
     total = len(shares) + len(rc.exit_shares) + len(sc.betas) + len(pc.lambda_ps)
     task = bars.add_task("policies (router, SEENN-II, ponder)", total=total)
     policies = PolicySet()
@@ -258,7 +259,7 @@ def train_policies(
         bars.advance(task)
     exit_features = val.exit_router_features()
     n_exits = val.s1_logits.shape[1]
-    exit_macs = ExitRouter(exit_features.shape[1], n_exits, val.timesteps, rc.hidden).macs()
+    exit_macs = FeatureMLP.macs_for(exit_features.shape[1], rc.hidden, n_exits * val.timesteps + 1)
     exit_energy = val.action_energies(profile, exit_macs, s2_after_first_step=True)
     exit_losses = val.action_losses()
     for share in rc.exit_shares:
@@ -328,9 +329,6 @@ def fit(
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
         val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=1)
-        features = val.router_features()
-        s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
-        s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
         policies = train_policies(config, val, tuple(dataset.input_shape), profile, bars)
     folder = out / CHECKPOINTS
     checkpoint.save_system1(folder, s1)

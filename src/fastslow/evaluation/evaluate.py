@@ -26,7 +26,7 @@ from fastslow.policies import (
     random_routing,
     router_features,
 )
-from fastslow.policies.confidence import ConfidenceMeasure, confidence_score
+from fastslow.policies.confidence import ConfidenceMeasure
 from fastslow.policies.dynamic import aet_oracle_routing, cascade_routing, seenn1_confidence, seenn1_routing
 from fastslow.policies.exit_router import ExitRouter, action_table, exit_router_features
 from fastslow.policies.seenn2 import TimestepPolicy, policy_input

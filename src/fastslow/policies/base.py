@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -43,3 +44,33 @@ class Routing:
             exit_taken=torch.zeros(n, dtype=torch.long),
             policy_macs=torch.zeros(n),
         )
+
+
+class FeatureMLP(nn.Module):
+    """A learned policy's network: features standardised with statistics stored in the checkpoint,
+    then one hidden ReLU layer. Subclasses give the outputs their meaning."""
+
+    def __init__(self, n_features: int, hidden: int, outputs: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw outputs [..., outputs] for ``features`` [..., F]."""
+        return self.net((features - self.feature_mean) / self.feature_std)
+
+    def fit_standardisation(self, features: torch.Tensor) -> None:
+        """Store the mean and std of ``features`` [..., F] over every leading dimension."""
+        flat = features.reshape(-1, features.shape[-1])
+        self.feature_mean.copy_(flat.mean(0))
+        self.feature_std.copy_(flat.std(0).clamp_min(1e-6))
+
+    def macs(self) -> int:
+        """MACs per evaluation (Σ in × out over the linear layers)."""
+        return sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
+
+    @staticmethod
+    def macs_for(n_features: int, hidden: int, outputs: int) -> int:
+        """What :meth:`macs` will be, before building the network."""
+        return n_features * hidden + hidden * outputs

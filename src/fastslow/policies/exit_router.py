@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from fastslow.policies.base import Routing
+from fastslow.policies.base import FeatureMLP, Routing
 from fastslow.policies.confidence import confidence_score
 
 
@@ -36,22 +35,16 @@ def action_table(n_exits: int, timesteps: int) -> list[tuple[int, int] | None]:
     return [(e, t) for e in range(n_exits) for t in range(1, timesteps + 1)] + [None]
 
 
-class ExitRouter(nn.Module):
+class ExitRouter(FeatureMLP):
     """MLP over :func:`exit_router_features` → logits over :func:`action_table`."""
 
     def __init__(self, n_features: int, n_exits: int, timesteps: int, hidden: int = 32, target_share: float = 0.2) -> None:
-        super().__init__()
+        super().__init__(n_features, hidden, n_exits * timesteps + 1)
         self.n_exits, self.timesteps, self.target_share = n_exits, timesteps, target_share
-        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, n_exits * timesteps + 1))
-        self.register_buffer("feature_mean", torch.zeros(n_features))
-        self.register_buffer("feature_std", torch.ones(n_features))
         self.register_buffer("s2_bias", torch.zeros(()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.feature_mean) / self.feature_std)
-
-    def macs(self) -> int:
-        return sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
+        return self.logits(features)
 
     def actions(self, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -101,8 +94,7 @@ def train_exit_router(
     torch.manual_seed(seed)
     features = features.float()
     router = ExitRouter(features.shape[1], n_exits, timesteps, hidden, target_share)
-    router.feature_mean.copy_(features.mean(0))
-    router.feature_std.copy_(features.std(0).clamp_min(1e-6))
+    router.fit_standardisation(features)
     full_run = action_energy[:, n_exits * timesteps - 1].mean().clamp_min(1e-12)
     cost = action_losses + energy_weight * action_energy / full_run
     optimizer = torch.optim.Adam(router.parameters(), lr=lr, weight_decay=1e-4)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
+
+from fastslow.policies.base import FeatureMLP
 
 
 def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
@@ -75,22 +76,16 @@ def halting_step(
     return (halt.long() * order).argmax(0) + 1
 
 
-class HaltingHead(nn.Module):
-    """MLP ``features`` [T, N, F] → λ [T, N] in (0, 1); features standardised with stored statistics."""
+class HaltingHead(FeatureMLP):
+    """MLP ``features`` [T, N, F] → λ [T, N] in (0, 1); features standardised with stored statistics.
+    Its :meth:`macs` are per step evaluated."""
 
     def __init__(self, n_features: int, hidden: int = 32) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.register_buffer("feature_mean", torch.zeros(n_features))
-        self.register_buffer("feature_std", torch.ones(n_features))
+        super().__init__(n_features, hidden, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """λ in (0, 1), shape ``features.shape[:-1]`` ([T, N] for [T, N, F])."""
-        return torch.sigmoid(self.net((features - self.feature_mean) / self.feature_std).squeeze(-1))
-
-    def macs(self) -> int:
-        """MACs per step evaluated (Σ in × out over the Linear layers)."""
-        return sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
+        return torch.sigmoid(self.logits(features).squeeze(-1))
 
 
 def train_halting_head(
@@ -111,9 +106,7 @@ def train_halting_head(
     torch.manual_seed(seed)
     features = features.float()
     head = HaltingHead(features.shape[-1], hidden)
-    flat = features.reshape(-1, features.shape[-1])
-    head.feature_mean.copy_(flat.mean(0))
-    head.feature_std.copy_(flat.std(0).clamp_min(1e-6))
+    head.fit_standardisation(features)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     for _ in range(epochs):
         loss = ponder_loss(head(features), step_losses, lambda_p, kl_weight)

@@ -19,9 +19,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from fastslow.policies.base import Routing
+from fastslow.policies.base import FeatureMLP, Routing
 from fastslow.policies.confidence import confidence_score
 
 
@@ -55,23 +54,17 @@ def share_for_energy_budget(budget_uj: float, s1_energy_uj: float, s2_energy_uj:
     return float(min(1.0, max(0.0, share)))
 
 
-class Router(nn.Module):
+class Router(FeatureMLP):
     """MLP over standardised :func:`router_features`; escalates when its logit exceeds ``threshold``."""
 
     def __init__(self, n_features: int, hidden: int = 32, target_share: float = 0.2) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.register_buffer("feature_mean", torch.zeros(n_features))
-        self.register_buffer("feature_std", torch.ones(n_features))
+        super().__init__(n_features, hidden, 1)
         self.register_buffer("threshold", torch.zeros(()))
         self.target_share = target_share
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Escalation logit z per input [N]."""
-        return self.net((features - self.feature_mean) / self.feature_std).squeeze(-1)
-
-    def macs(self) -> int:
-        return sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
+        return self.logits(features).squeeze(-1)
 
     def route(self, features: torch.Tensor, timesteps: int, last_exit: int) -> Routing:
         with torch.no_grad():
@@ -118,8 +111,7 @@ def train_router(
     torch.manual_seed(seed)
     features = features.float()
     router = Router(features.shape[1], hidden, target_share)
-    router.feature_mean.copy_(features.mean(0))
-    router.feature_std.copy_(features.std(0).clamp_min(1e-6))
+    router.fit_standardisation(features)
     optimizer = torch.optim.Adam(router.parameters(), lr=lr, weight_decay=1e-4)
     for _ in range(epochs):
         loss = router_loss(router(features), s1_loss, s2_loss, target_share, kl_weight, energy_weight, s2_energy_fraction)

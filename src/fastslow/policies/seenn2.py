@@ -18,9 +18,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from fastslow.policies.base import Routing
+from fastslow.policies.base import FeatureMLP, Routing
 
 POLICY_INPUT_SIDE = 7  # images are average-pooled to at most 7×7 per channel before the policy reads them
 
@@ -38,23 +37,19 @@ def pooling_adds(input_shape: tuple[int, ...]) -> int:
     return math.prod(input_shape) if len(input_shape) == 3 else 0
 
 
-class TimestepPolicy(nn.Module):
+class TimestepPolicy(FeatureMLP):
     """MLP over :func:`policy_input`: logits for actions 0..T-1 (run t = a+1 steps) and T (System 2)."""
 
     def __init__(self, n_features: int, timesteps: int, hidden: int = 32, input_shape: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, timesteps + 1))
-        self.register_buffer("feature_mean", torch.zeros(n_features))
-        self.register_buffer("feature_std", torch.ones(n_features))
+        super().__init__(n_features, hidden, timesteps + 1)
         self.timesteps = timesteps
         self.input_shape = tuple(input_shape)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.feature_mean) / self.feature_std)
+        return self.logits(features)
 
     def macs(self) -> int:
-        linear = sum(m.in_features * m.out_features for m in self.net if isinstance(m, nn.Linear))
-        return linear + pooling_adds(self.input_shape)
+        return super().macs() + pooling_adds(self.input_shape)
 
     def route(self, features: torch.Tensor, last_exit: int) -> Routing:
         """Greedy action per input: System 1 for a+1 steps, or System 2 without running System 1."""
@@ -118,8 +113,7 @@ def train_seenn2(
     features = features.float()
     steps = s1_correct.shape[0]
     policy = TimestepPolicy(features.shape[1], steps, hidden, input_shape)
-    policy.feature_mean.copy_(features.mean(0))
-    policy.feature_std.copy_(features.std(0).clamp_min(1e-6))
+    policy.fit_standardisation(features)
     rewards = action_rewards(s1_correct, s2_correct, action_energy, beta)
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
     targets = oracle_actions(s1_correct, s2_correct)
