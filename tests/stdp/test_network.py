@@ -7,7 +7,7 @@ import pytest
 
 from fastslow.errors import ConfigError
 from fastslow.stdp import STDPNetwork, STDPSpec, memory_bytes
-from fastslow.stdp.network import SpikeDynRules, membrane_step, stdp_depress, stdp_potentiate
+from fastslow.stdp.network import membrane_step, stdp_depress, stdp_potentiate
 
 
 def test_stdp_on_a_hand_made_two_neuron_case():
@@ -65,10 +65,22 @@ def test_adaptive_threshold_rises_with_firing_and_decays():
     silent = STDPSpec(model="spikedyn", n_inputs=16, n_neurons=3, presentation_ms=100, rest_ms=150)
     quiet = STDPNetwork(silent, seed=0)
     theta = quiet.theta.copy()
-    quiet.learn(np.zeros((1, 16), np.float32))  # nothing fires: θ only decays, with SpikeDyn's τ
+    quiet.learn(np.zeros((1, 16), np.float32))  # nothing fires: θ only decays, with τ_θ
     steps_ms = (silent.presentation_ms + silent.rest_ms) * (1 + silent.constants.max_repeats)
-    expected = theta * math.exp(-steps_ms / SpikeDynRules().tau_theta)
+    expected = theta * math.exp(-steps_ms / silent.constants.tau_theta)
     assert np.allclose(quiet.theta, expected, rtol=1e-4)
+
+
+def test_spikedyn_threshold_rises_faster_for_a_dominating_neuron():
+    images = np.full((1, 16), 0.9, np.float32)
+    rises = {}
+    for model in ("diehl-cook", "spikedyn"):
+        net = STDPNetwork(STDPSpec(model=model, n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong()), seed=0)
+        start = net.theta.copy()
+        counts = net.learn(images)
+        rises[model] = (net.theta - start).sum() / counts.exc_spikes
+    assert rises["diehl-cook"] == pytest.approx(0.05, rel=0.01)  # theta_plus per spike
+    assert rises["spikedyn"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
 
 
 def test_memory_estimate_matches_a_hand_count():

@@ -75,15 +75,15 @@ class SpikeDynRules:
     measured by the ablation in bench/continual.py). Each flag turns one mechanism on."""
 
     direct_inhibition: bool = True  # excitatory spikes inhibit the others directly (no inhibitory layer)
-    adaptive_rates: bool = True  # potentiation scales with the neuron's spikes in this presentation
-    adaptive_threshold: bool = True  # θ rises more for a neuron that dominates a presentation, decays faster
+    adaptive_rates: bool = True  # uncommitted neurons (θ near its start) potentiate faster, committed ones slower
+    adaptive_threshold: bool = True  # θ rises more for a neuron that dominates a presentation
     weight_decay: bool = True  # a firing neuron forgets weights from inputs silent in this presentation
     spurious_reduction: bool = True  # no potentiation on a presentation's first spike; no depression once post1 has faded
-    rate_target_spikes: float = 5.0  # potentiation ×(spikes so far / this), clipped to [rate_min, rate_max]
-    rate_min: float = 0.5
-    rate_max: float = 2.0
-    theta_dominance: float = 1.0  # θ_plus ×(1 + this · spikes so far / rate_target_spikes)
-    tau_theta: float = 1e5  # ms: old winners' thresholds relax, so neurons can be recruited again
+    rate_max: float = 2.0  # potentiation × this for a neuron whose θ has not risen yet …
+    rate_min: float = 0.5  # … falling to × this as θ rises: × min + (max − min)·exp(−(θ − θ_init)/theta_commit)
+    theta_commit: float = 2.0  # mV of θ rise (about 40 spikes) that make a neuron "committed"
+    dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
+    theta_dominance: float = 1.0
     decay: float = 0.01  # fraction removed per presentation from silent inputs' weights of firing neurons
     min_post_spikes: int = 2  # potentiate only from a neuron's second spike in a presentation on
     depression_trace_floor: float = 0.05  # skip depression where post1 is below this
@@ -293,8 +293,7 @@ class STDPNetwork:
         f32 = np.float32
         d_ge, d_gi = f32(math.exp(-dt / c.tau_ge)), f32(math.exp(-dt / c.tau_gi))
         d_pre, d_post1, d_post2 = f32(math.exp(-dt / c.tau_pre)), f32(math.exp(-dt / c.tau_post1)), f32(math.exp(-dt / c.tau_post2))
-        tau_theta = r.tau_theta if spec.rule("adaptive_threshold") else c.tau_theta
-        d_theta = f32(math.exp(-dt / tau_theta))
+        d_theta = f32(math.exp(-dt / c.tau_theta))
         direct = spec.uses_direct_inhibition
         adaptive_rates, dominance, spurious = spec.rule("adaptive_rates"), spec.rule("adaptive_threshold"), spec.rule("spurious_reduction")
         exc = dict(v_rest=c.v_rest_e, v_reset=c.v_reset_e, tau=c.tau_e, e_exc=c.e_exc, e_inh=c.e_inh_e, refractory_ms=c.refractory_e, dt=dt)
@@ -341,14 +340,15 @@ class STDPNetwork:
                 winners = np.flatnonzero(fired)
                 rate = c.nu_post
                 if adaptive_rates:
-                    rate = f32(c.nu_post) * np.clip(fired_so_far / f32(r.rate_target_spikes), r.rate_min, r.rate_max)
+                    rise = np.maximum(theta - f32(c.theta_init), 0.0)
+                    rate = f32(c.nu_post) * (r.rate_min + (r.rate_max - r.rate_min) * np.exp(-rise / f32(r.theta_commit)))
                 learn = winners[fired_so_far[winners] >= r.min_post_spikes] if spurious else winners
                 if learn.size:
                     weights[:, learn] = self._store(stdp_potentiate(weights, learn, pre, post2, rate))
                     weight_updates += spec.n_inputs * learn.size
                 plus = f32(c.theta_plus) * fired
                 if dominance:
-                    plus *= 1.0 + f32(r.theta_dominance) * fired_so_far / f32(r.rate_target_spikes)
+                    plus *= 1.0 + f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
                 theta += plus
                 post1[winners] = 1.0
                 post2[winners] = 1.0
@@ -357,7 +357,7 @@ class STDPNetwork:
             block = np.ix_(np.flatnonzero(~inputs.any(0)), np.flatnonzero(fired_so_far))
             weights[block] = self._store(weights[block] * f32(1.0 - r.decay))
             weight_updates += len(block[0]) * block[1].shape[1]
-        theta *= f32(math.exp(-spec.rest_ms / tau_theta))  # the rest period, in closed form
+        theta *= f32(math.exp(-spec.rest_ms / c.tau_theta))  # the rest period, in closed form
         counts.input_spikes = float(inputs.sum())
         counts.exc_spikes = float(exc_spikes)
         counts.inh_spikes = float(inh_spikes)
