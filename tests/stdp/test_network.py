@@ -79,7 +79,7 @@ def test_spikedyn_threshold_rises_faster_for_a_dominating_neuron():
         start = net.theta.copy()
         counts = net.learn(images)
         rises[model] = (net.theta - start).sum() / counts.exc_spikes
-    assert rises["diehl-cook"] == pytest.approx(0.05, rel=0.01)  # theta_plus per spike
+    assert rises["diehl-cook"] == pytest.approx(0.05, rel=0.05)  # theta_plus per spike (less the slow decay)
     assert rises["spikedyn"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
 
 
