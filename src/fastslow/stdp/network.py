@@ -81,7 +81,7 @@ class SpikeDynRules:
     spurious_reduction: bool = True  # no potentiation on a presentation's first spike; no depression once post1 has faded
     rate_max: float = 2.0  # potentiation × this for a neuron whose θ has not risen yet …
     rate_min: float = 0.5  # … falling to × this as θ rises: × min + (max − min)·exp(−(θ − θ_init)/theta_commit)
-    theta_commit: float = 2.0  # mV of θ rise (about 40 spikes) that make a neuron "committed"
+    theta_commit: float = 2.0  # mV of θ rise (0.05 mV per spike) over which a neuron becomes "committed"
     dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
     theta_dominance: float = 1.0
     decay: float = 0.01  # fraction removed per presentation from silent inputs' weights of firing neurons
