@@ -137,7 +137,7 @@ def continual_png(result: ContinualResult, title: str) -> bytes:
 
     from fastslow.evaluation.report import figure_png
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    fig, ax = plt.subplots(figsize=(7.6, 4.4), dpi=150)
     phases = np.arange(1, len(result.tasks) + 1)
     for j, task in enumerate(result.tasks):
         ys = [100 * row[j] if row[j] is not None else np.nan for row in result.accuracy]
@@ -150,7 +150,7 @@ def continual_png(result: ContinualResult, title: str) -> bytes:
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure_png(fig)
 
 

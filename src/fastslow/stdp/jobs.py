@@ -104,13 +104,14 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
     _atomic.write_bytes(Path(out) / "search.png", search_png(candidates, f"model search on {dataset.name}", profile))
     if show_table:
         table = Table(title=f"Candidates within {max_memory_kb:g} KB and {max_energy_uj:g} µJ/input that were trained")
-        for column in ("candidate", "memory KB", "est. µJ/input", "meas. µJ/input", "train µJ/sample", "accuracy %", "Pareto"):
-            table.add_column(column, justify="left" if column == "candidate" else "right")
+        table.add_column("candidate", no_wrap=True)
+        for column in ("memory KB", "est. µJ/input", "meas. µJ/input", "train µJ/sample", "accuracy %", "Pareto", "chosen"):
+            table.add_column(column, justify="right")
         for c in candidates:
             if c.accuracy is None:
                 continue
-            table.add_row(c.name + (" ← chosen" if c.chosen else ""), f"{c.memory_kb:.1f}", f"{c.estimated_inference_uj:.4f}",
-                          f"{c.measured_inference_uj:.4f}", f"{c.measured_training_uj:.3f}", f"{100 * c.accuracy:.1f}", "yes" if c.pareto else "")
+            table.add_row(c.name, f"{c.memory_kb:.1f}", f"{c.estimated_inference_uj:.4f}", f"{c.measured_inference_uj:.4f}",
+                          f"{c.measured_training_uj:.3f}", f"{100 * c.accuracy:.1f}", "yes" if c.pareto else "", "←" if c.chosen else "")
         console.print(table)
         within = sum(c.within_budget for c in candidates)
         console.print(f"{len(candidates)} candidates estimated, {within} within budget; search: {Path(out) / 'search.json'}, {Path(out) / 'search.png'}")
