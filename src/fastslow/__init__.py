@@ -10,7 +10,8 @@ from fastslow.errors import FastslowError
 from fastslow.evaluation import StrategyResult, collect_outputs, evaluate_strategies, routing_metrics
 from fastslow.pipeline import FitResult, evaluate_folder, fit
 from fastslow.policies import Router, Routing, confidence_score, train_router
-from fastslow.spiking import LIF, LIFParams, LIFState, lif_step
+from fastslow.spiking import LIF, LIFParams, LIFState, lif_multistep, lif_step
+from fastslow.stdp import STDPNetwork, STDPSpec
 from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "LIFState",
     "Router",
     "Routing",
+    "STDPNetwork",
+    "STDPSpec",
     "StrategyResult",
     "System1",
     "System1Spec",
@@ -34,6 +37,7 @@ __all__ = [
     "evaluate_folder",
     "evaluate_strategies",
     "fit",
+    "lif_multistep",
     "lif_step",
     "load_config",
     "load_profile",
