@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="default: mnist:../shared/data")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--timesteps", type=int, default=8)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
+    parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp", help="System 1 architecture")
+    parser.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden widths (default: 256 128 for mlp, none for conv)")
+    parser.add_argument("--conv-channels", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default="cmos45nm")
     parser.add_argument("--out", default=None)
@@ -52,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or default_data(console)
     if data is None:
         return 0
+    hidden = args.hidden if args.hidden is not None else ([256, 128] if args.arch == "mlp" else [])
     config = load_config(
         None, data=data, seed=args.seed, profile=args.profile,
-        system1={"hidden": args.hidden, "exit_heads": [0], "timesteps": args.timesteps, "epochs": args.epochs},
+        system1={"arch": args.arch, "hidden": hidden, "conv_channels": args.conv_channels, "exit_heads": [0],
+                 "timesteps": args.timesteps, "epochs": args.epochs},
         system2={"epochs": args.epochs, "lr": 3e-3},
-        confidence={"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999]},
+        confidence={"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999, 0.99999, 0.999999, 0.9999999]},
         router={"exit_shares": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]},
     )
     with tempfile.TemporaryDirectory() as scratch:

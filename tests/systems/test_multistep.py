@@ -98,3 +98,21 @@ def test_lif_slices_give_the_same_spikes_and_gradients(monkeypatch):
     (sliced.sum() + sliced_state.v.sum()).backward()
     assert torch.equal(spikes, sliced) and torch.equal(state.v, sliced_state.v)
     assert torch.allclose(grad, currents.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_inference_lif_gives_the_training_path_bits(monkeypatch, reset):
+    """Without gradients the fused LIF keeps no potential record; spikes and final state are unchanged."""
+    import fastslow.spiking.lif as lif
+
+    params = LIFParams(beta=0.8, threshold=0.7, reset=reset)
+    currents = torch.randn(7, 6, 50) * 1.5
+    v0 = torch.randn(6, 50)
+    v0_before = v0.clone()
+    monkeypatch.setattr(lif, "LIF_SLICE", 64)  # 300 neurons in five slices
+    with torch.no_grad():
+        inferred, inferred_state = lif_multistep(currents, lif.LIFState(v0), params)
+    trained, trained_state = lif_multistep(currents.requires_grad_(), lif.LIFState(v0), params)
+    assert trained.requires_grad and not inferred.requires_grad
+    assert torch.equal(inferred, trained.detach()) and torch.equal(inferred_state.v, trained_state.v.detach())
+    assert torch.equal(v0, v0_before)  # the caller's state is not written to

@@ -151,8 +151,36 @@ def lif_multistep(
     if params.reset not in ("subtract", "zero"):
         raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
     v0 = lif_init(currents[0]).v if state is None else state.v
-    spikes, v = _FusedLIF.apply(currents, v0, params)
+    if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
+        spikes, v = _FusedLIF.apply(currents, v0, params)
+    else:
+        spikes, v = _lif_inference(currents, v0, params)
     return spikes, LIFState(v=v)
+
+
+def _lif_inference(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`_FusedLIF`'s forward without a backward to serve: the potential of each slice lives in
+    one reused buffer instead of a [T, M] record, so only the spikes take fresh memory (fresh
+    buffers cost page faults on CPU). Same operations in the same order: the same bits."""
+    steps = currents.shape[0]
+    flat_currents = currents.reshape(steps, -1)
+    spikes = torch.empty_like(flat_currents)
+    v_last = torch.empty_like(flat_currents[0])
+    flat_v0 = v0.reshape(-1)
+    for part in _slices(flat_currents.shape[1]):
+        v = flat_v0[part]
+        u = v_last[part]  # the running potential, in place; it ends as v after step T
+        for t in range(steps):
+            spike = spikes[t, part]
+            torch.mul(v, params.beta, out=u)
+            u.add_(flat_currents[t, part])
+            torch.gt(u, params.threshold, out=spike)
+            if params.reset == "zero":
+                u.addcmul_(u, spike, value=-1.0)
+            else:
+                u.add_(spike, alpha=-params.threshold)
+            v = u
+    return spikes.view(currents.shape), v_last.view(currents.shape[1:])
 
 
 class LIF(nn.Module):

@@ -98,6 +98,7 @@ class _Layer(nn.Module):
             out = op(torch.zeros(1, *in_shape))
         self.out_shape = tuple(out.shape[1:])
         self.pool = pool
+        self.is_conv = isinstance(op, nn.Conv2d)
         pooled = F.max_pool2d(out, 2) if pool else out
         self.pooled_shape = tuple(pooled.shape[1:])
         self.neurons = math.prod(self.out_shape)
@@ -125,13 +126,28 @@ def _dense_macs(op: nn.Module, out_shape: tuple[int, ...]) -> int:
     return math.prod(out_shape) * op.in_channels * kh * kw
 
 
+def _channels_last(maps: torch.Tensor) -> torch.Tensor:
+    """``maps`` [..., C, H, W] as [..., H, W, C]: a view where they are channels-last in memory, else a copy."""
+    lead = maps.shape[:-3]
+    flat = maps.reshape(-1, *maps.shape[-3:]).contiguous(memory_format=torch.channels_last)
+    return flat.permute(0, 2, 3, 1).reshape(*lead, *maps.shape[-2:], maps.shape[-3])
+
+
+def _channels_first(maps: torch.Tensor) -> torch.Tensor:
+    """[..., H, W, C] seen as [..., C, H, W] (a view, channels-last in memory)."""
+    return maps.movedim(-1, -3)
+
+
 def _pool_spikes(spikes: torch.Tensor) -> torch.Tensor:
-    """2×2 max-pool of spikes in {0, 1}. Without a gradient to carry, "any spike in the window"
-    (mean > 0) gives the same values as the max and is about twice as fast on CPU."""
+    """2×2 max-pool of spikes [N, C, H, W] (odd edges dropped, as ``max_pool2d``). Without a gradient
+    to carry, two element-wise maxima (row pairs, then column pairs) give the same values about five
+    times faster than ``max_pool2d`` on CPU (measured at 128×32×28×28); with one, ``max_pool2d``
+    routes each window's gradient to a single input."""
     if spikes.requires_grad and torch.is_grad_enabled():
         return F.max_pool2d(spikes, 2)
-    mean = F.avg_pool2d(spikes, 2)
-    return torch.gt(mean, 0.0, out=mean)
+    height, width = spikes.shape[-2] // 2 * 2, spikes.shape[-1] // 2 * 2
+    rows = torch.maximum(spikes[..., 0:height:2, :width], spikes[..., 1:height:2, :width])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
@@ -278,7 +294,8 @@ class System1(nn.Module):
         """Resting state for ``batch`` inputs, on ``like``'s device and dtype."""
         zeros = lambda shape: like.new_zeros(batch, *shape)  # noqa: E731
         return S1State(
-            layers=tuple(zeros(layer.out_shape) for layer in self.layers),
+            layers=tuple(_channels_first(zeros((*layer.out_shape[1:], layer.out_shape[0]))) if layer.is_conv else zeros(layer.out_shape)
+                         for layer in self.layers),
             heads=tuple(zeros((self.spec.n_classes,)) for _ in self.heads),
         )
 
@@ -355,9 +372,20 @@ class System1(nn.Module):
                 with torch.no_grad():
                     syn.append(split(_synaptic_ops(merge(inp), layer.fanout)))
                 dense.append(like.new_zeros(steps, batch))
-            spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
-            layer_states.append(new_state.v)
-            rates.append(spikes.detach().flatten(2).mean(2))
+            if layer.is_conv:
+                # Conv maps live channels-last in memory (the convolutions' fastest CPU layout): the LIF
+                # runs on them seen as [.., H, W, C], a view, and the pooling reads them in place.
+                if index == 0 and constant_current is not None:
+                    current = _channels_last(constant_current).unsqueeze(0).expand(steps, -1, -1, -1, -1)
+                else:
+                    current = _channels_last(current)
+                spikes, new_state = lif_multistep(current, LIFState(_channels_last(state.layers[index])), self.lif_params)
+                spikes, new_v = _channels_first(spikes), _channels_first(new_state.v)
+            else:
+                spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
+                new_v = new_state.v
+            layer_states.append(new_v)
+            rates.append(spikes.detach().mean(dim=tuple(range(2, spikes.dim()))))
             out = split(_pool_spikes(merge(spikes))) if layer.pool else spikes
             if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear):
                 out = out.flatten(2)
