@@ -310,8 +310,10 @@ class System1(nn.Module):
 
     def input_current(self, x: torch.Tensor) -> torch.Tensor:
         """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps;
-        the input is analog, so the layer is a dense matmul, never event-driven)."""
-        return self.layers[0].op(x)
+        the input is analog, so the layer is a dense matmul, never event-driven). Conv maps come
+        channels-last in memory, as the simulation reads them; indexing rows keeps that layout."""
+        current = self.layers[0].op(x)
+        return _channels_first(_channels_last(current)) if self.layers[0].is_conv else current
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         """A layer's input current from its input spikes (linear layers event-driven where sparse)."""
