@@ -125,12 +125,12 @@ def policy_config(kind: str, module: nn.Module) -> dict:
 
 def save_policy(folder: Path, kind: str, knob: float, module: nn.Module) -> None:
     prefix, knob_name, _ = POLICY_KINDS[kind]
-    save_module(folder, f"{prefix}{knob:g}", module, {"kind": kind, knob_name: knob, "knob": knob, **policy_config(kind, module)})
+    save_module(folder, f"{prefix}{knob:.10g}", module, {"kind": kind, knob_name: knob, "knob": knob, **policy_config(kind, module)})
 
 
 def load_policy(folder: Path, kind: str, knob: float) -> nn.Module:
     prefix, _, build = POLICY_KINDS[kind]
-    stem = f"{prefix}{knob:g}"
+    stem = f"{prefix}{knob:.10g}"
     config, tensors = _read(folder, stem)
     try:
         module = build(config)

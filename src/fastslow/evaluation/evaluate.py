@@ -310,17 +310,17 @@ def enumerate_strategies(
     final_logits = outputs.s1_final_logits()
     for threshold in thresholds:
         knob = {"threshold": threshold, "measure": measure}
-        add(f"confidence@{threshold:g}", "confidence", confidence_routing(final_logits, threshold, steps, last, measure), knob)
+        add(f"confidence@{threshold:.10g}", "confidence", confidence_routing(final_logits, threshold, steps, last, measure), knob)
     for escalate in (False, True):
         suffix = "+s2" if escalate else ""
         for threshold in thresholds:
             knob = {"threshold": threshold, "measure": measure, "temperature": temperature, "escalate": escalate}
             routing = seenn1_routing(outputs.s1_logits, threshold, temperature=temperature, measure=measure, escalate_unconfident=escalate)
-            add(f"seenn1@{threshold:g}{suffix}", f"seenn1{suffix}", routing, knob)
+            add(f"seenn1@{threshold:.10g}{suffix}", f"seenn1{suffix}", routing, knob)
         if outputs.s1_logits.shape[1] > 1:
             for threshold in thresholds:
                 routing = cascade_routing(outputs.s1_logits, threshold, measure=measure, escalate_unconfident=escalate)
-                add(f"exits@{threshold:g}{suffix}", f"exits{suffix}", routing, {"threshold": threshold, "escalate": escalate})
+                add(f"exits@{threshold:.10g}{suffix}", f"exits{suffix}", routing, {"threshold": threshold, "escalate": escalate})
     for beta, policy in policies.seenn2:
         add(f"seenn2@beta={beta:g}", "seenn2", policy.route(outputs.policy_inputs, last), {"beta": beta})
     if policies.halting:
