@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden widths (default: 256 128 for mlp, none for conv)")
     parser.add_argument("--conv-channels", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", type=float, nargs="*", default=[0.1, 0.2, 0.4], help="µJ per input for budget-driven whole-space routers")
     parser.add_argument("--profile", default="cmos45nm")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                  "timesteps": args.timesteps, "epochs": args.epochs},
         system2={"epochs": args.epochs, "lr": 3e-3},
         confidence={"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999, 0.99999, 0.999999, 0.9999999]},
-        router={"exit_shares": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]},
+        router={"exit_shares": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4], "exit_energy_budgets_uj": args.budgets},
     )
     with tempfile.TemporaryDirectory() as scratch:
         result = fit(config, Path(args.out) if args.out else Path(scratch), console=console, progress=sys.stdout.isatty(), show_table=False)
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r.mean_timesteps / args.timesteps:.2f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
     console.print(table)
     console.print(f"System 1: {result.payload['systems']['system1']['description']}. Energy counts arithmetic only (no memory traffic).")
+    for r in (r for r in results if r.family == "router_exits_budget"):
+        budget = r.knob["energy_budget_uj"]
+        console.print(f"{r.name}: held-out {r.energy_uj:.4f} µJ/input ({100 * (r.energy_uj / budget - 1):+.1f}% of the budget), "
+                      f"{100 * r.accuracy:.2f}%, {100 * r.escalation_rate:.1f}% to System 2, mean T {r.mean_timesteps:.2f}")
     s1_only = [r for _, _, r in rows[3:6] if r and r.accuracy >= s1.accuracy - 0.002 and r.mean_timesteps <= 0.3 * args.timesteps]
     console.print("target S1-only (≥ S1 − 0.2 pt at ≤ 30% of T): " + (", ".join(r.name for r in s1_only) if s1_only else "not met"))
     router = _cheapest(results, "router_exits", s2.accuracy - 0.003)

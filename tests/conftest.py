@@ -14,6 +14,7 @@ epochs = 2
 shares = [0.2, 0.4]
 epochs = 40
 exit_shares = [0.2]
+exit_energy_budgets_uj = [0.05]
 exit_epochs = 40
 
 [seenn2]

@@ -91,6 +91,10 @@ def _build_exit_router(c: dict) -> nn.Module:
     return ExitRouter(int(c["n_features"]), int(c["n_exits"]), int(c["timesteps"]), int(c["hidden"]), float(c["knob"]))
 
 
+def _build_exit_router_budget(c: dict) -> nn.Module:
+    return ExitRouter(int(c["n_features"]), int(c["n_exits"]), int(c["timesteps"]), int(c["hidden"]), 0.0, energy_budget_uj=float(c["knob"]))
+
+
 def _build_seenn2(c: dict) -> nn.Module:
     return TimestepPolicy(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), tuple(c["input_shape"]))
 
@@ -105,6 +109,7 @@ def _build_halting(c: dict) -> nn.Module:
 POLICY_KINDS = {
     "router": ("router-share=", "target_share", _build_router),
     "exit_router": ("router-exits-share=", "target_share", _build_exit_router),
+    "exit_router_budget": ("router-exits-budget=", "energy_budget_uj", _build_exit_router_budget),
     "seenn2": ("seenn2-beta=", "beta", _build_seenn2),
     "ponder": ("ponder-lambda_p=", "lambda_p", _build_halting),
 }
@@ -114,7 +119,7 @@ def policy_config(kind: str, module: nn.Module) -> dict:
     """What rebuilds a trained policy module (sizes read off its first linear layer)."""
     first = next(m for m in module.modules() if isinstance(m, nn.Linear))
     config = {"n_features": first.in_features, "hidden": first.out_features}
-    if kind == "exit_router":
+    if kind in ("exit_router", "exit_router_budget"):
         config.update(n_exits=module.n_exits, timesteps=module.timesteps)
     if kind == "seenn2":
         config.update(timesteps=module.timesteps, input_shape=list(module.input_shape))

@@ -108,6 +108,7 @@ class RouterConfig(_Strict):
     kl_weight: float = Field(10.0, ge=0)
     energy_weight: float = Field(0.0, ge=0)
     exit_shares: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3], description="whole-exit-space router shares of System 2")
+    exit_energy_budgets_uj: list[float] = Field(default_factory=list, description="whole-exit-space routers for these mean µJ per input")
     exit_energy_weight: float = Field(0.1, ge=0, description="λ of the whole-exit-space router")
     exit_epochs: int = Field(400, ge=1)
 
@@ -115,6 +116,8 @@ class RouterConfig(_Strict):
     def _shares_in_range(self) -> "RouterConfig":
         if any(not 0.0 <= s <= 1.0 for s in self.shares + self.exit_shares):
             raise ValueError("router shares must lie in [0, 1]")
+        if any(not b > 0 for b in self.energy_budgets_uj + self.exit_energy_budgets_uj):
+            raise ValueError("router energy budgets must be positive (µJ per input)")
         return self
 
 

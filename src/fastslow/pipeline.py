@@ -231,7 +231,8 @@ def _evaluate_and_report(
 def _policy_items(policies: PolicySet) -> list[tuple[str, float, nn.Module]]:
     return (
         [("router", r.target_share, r) for r in policies.routers]
-        + [("exit_router", r.target_share, r) for r in policies.exit_routers]
+        + [("exit_router", r.target_share, r) for r in policies.exit_routers if r.energy_budget_uj is None and r.target_distribution is None]
+        + [("exit_router_budget", r.energy_budget_uj, r) for r in policies.exit_routers if r.energy_budget_uj is not None]
         + [("seenn2", beta, p) for beta, p in policies.seenn2]
         + [("ponder", lambda_p, h) for lambda_p, h in policies.halting]
     )
@@ -248,7 +249,7 @@ def train_policies(
     s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
     s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
     shares = _router_shares(config, val, profile, FeatureMLP.macs_for(features.shape[1], rc.hidden, 1))
-    total = len(shares) + len(rc.exit_shares) + len(sc.betas) + len(pc.lambda_ps)
+    total = len(shares) + len(rc.exit_shares) + len(rc.exit_energy_budgets_uj) + len(sc.betas) + len(pc.lambda_ps)
     task = bars.add_task("policies (router, SEENN-II, ponder)", total=total)
     policies = PolicySet()
     for share in shares:
@@ -262,9 +263,10 @@ def train_policies(
     exit_macs = FeatureMLP.macs_for(exit_features.shape[1], rc.hidden, n_exits * val.timesteps + 1)
     exit_energy = val.action_energies(profile, exit_macs, s2_after_first_step=True)
     exit_losses = val.action_losses()
-    for share in rc.exit_shares:
+    targets = [(share, None) for share in rc.exit_shares] + [(0.0, budget) for budget in rc.exit_energy_budgets_uj]
+    for share, budget in targets:
         policies.exit_routers.append(
-            train_exit_router(exit_features, exit_losses, exit_energy, n_exits, val.timesteps, share,
+            train_exit_router(exit_features, exit_losses, exit_energy, n_exits, val.timesteps, share, energy_budget_uj=budget,
                               energy_weight=rc.exit_energy_weight, kl_weight=rc.kl_weight, hidden=rc.hidden,
                               epochs=rc.exit_epochs, lr=rc.lr, seed=config.seed)
         )
@@ -386,7 +388,7 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
     loaded = {kind: [(k, checkpoint.load_policy(ckpt, kind, k)) for k in values] for kind, values in knobs.items()}
     policies = PolicySet(
         routers=[m for _, m in loaded["router"]],
-        exit_routers=[m for _, m in loaded["exit_router"]],
+        exit_routers=[m for _, m in loaded["exit_router"] + loaded["exit_router_budget"]],
         seenn2=loaded["seenn2"],
         halting=loaded["ponder"],
     )
@@ -416,7 +418,7 @@ def evaluate_folder(
 
 
 # Knob order for fixed-sequence testing, safest (most System 2 / most timesteps) first.
-_SAFETY_ORDER = {"threshold": True, "target_share": True, "lambda_p": False, "beta": False}
+_SAFETY_ORDER = {"threshold": True, "target_share": True, "energy_budget_uj": True, "lambda_p": False, "beta": False}
 
 
 def _safest_first(items: list[tuple[str, str, dict, Routing]]) -> list[tuple[str, str, dict, Routing]]:
@@ -470,8 +472,8 @@ def calibrate_folder(
     s2_right = (cal.s2_logits.argmax(1) == cal.labels).numpy()
     families: dict[str, dict] = {}
     for family in dict.fromkeys(f for _, f, _, _ in strategies["calibration"]):
-        if family in REFERENCE_FAMILIES:
-            continue
+        if family in REFERENCE_FAMILIES or not any(k in knob for _, f, knob, _ in strategies["calibration"] if f == family for k in _SAFETY_ORDER):
+            continue  # a family without an ordered knob (a router for a target distribution) has nothing to choose
         items = _safest_first([item for item in strategies["calibration"] if item[1] == family])
         losses = np.stack([((routing_predictions(r, cal) != cal.labels).numpy() & s2_right) for _, _, _, r in items], axis=1).astype(float)
         energies = np.array([float(per_input_energy(r, cal, fit_.profile).mean()) for _, _, _, r in items])

@@ -337,9 +337,16 @@ def enumerate_strategies(
             add(f"router@share={share:g}", "router", router.route(features, steps, last), {"target_share": share})
     if policies.exit_routers:
         features = outputs.exit_router_features()
-        for router in policies.exit_routers:
-            share = router.target_share
-            add(f"router@exits,share={share:g}", "router_exits", router.route(features), {"target_share": share})
+        for index, router in enumerate(policies.exit_routers):
+            if router.target_distribution is not None:
+                add(f"router@exits,target#{index}", "router_exits_target", router.route(features),
+                    {"target_distribution": router.target_distribution})
+            elif router.energy_budget_uj is not None:
+                budget = router.energy_budget_uj
+                add(f"router@exits,budget={budget:.10g}uJ", "router_exits_budget", router.route(features), {"energy_budget_uj": budget})
+            else:
+                share = router.target_share
+                add(f"router@exits,share={share:g}", "router_exits", router.route(features), {"target_share": share})
     return items
 
 

@@ -10,8 +10,10 @@ foundation router's loss extended to all actions (π_ia the probability of actio
 System 2's), E_ia its energy (µJ, what actually runs), Ē System 1's mean full-run energy, π̄ the
 mean routing distribution. The target is either a full distribution over actions or, by default,
 only the share ρ of System 2 (then π̄ is collapsed to Bern(share of System 2)). At inference the
-arg-max action is taken after a bias on the System 2 logit, set on the router split so that the
-share of System 2 is ρ.
+arg-max action is taken after biases set on the router split so that held-out routing lands on
+what was asked: a bias on the System 2 logit for a share ρ (exact on the router split) or for an
+energy budget (bisection on the mean µJ per input), one bias per action for a distribution
+(iterative proportional fitting of the arg-max frequencies).
 """
 
 from __future__ import annotations
@@ -38,19 +40,37 @@ def action_table(n_exits: int, timesteps: int) -> list[tuple[int, int] | None]:
 class ExitRouter(FeatureMLP):
     """MLP over :func:`exit_router_features` → logits over :func:`action_table`."""
 
-    def __init__(self, n_features: int, n_exits: int, timesteps: int, hidden: int = 32, target_share: float = 0.2) -> None:
+    def __init__(
+        self, n_features: int, n_exits: int, timesteps: int, hidden: int = 32, target_share: float = 0.2,
+        energy_budget_uj: float | None = None, target_distribution: list[float] | None = None,
+    ) -> None:
         super().__init__(n_features, hidden, n_exits * timesteps + 1)
         self.n_exits, self.timesteps, self.target_share = n_exits, timesteps, target_share
+        self.energy_budget_uj, self.target_distribution = energy_budget_uj, target_distribution
         self.register_buffer("s2_bias", torch.zeros(()))
+        self.register_buffer("action_bias", torch.zeros(n_exits * timesteps + 1))
+        # For an energy budget: each action's logit is lowered by price × its mean energy
+        # (in units of a full System 1 run), a Lagrange multiplier set on the router split.
+        self.register_buffer("energy_price", torch.zeros(()))
+        self.register_buffer("action_cost", torch.zeros(n_exits * timesteps + 1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before these buffers existed route as with zeros in them.
+        for name in ("action_bias", "energy_price", "action_cost"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features)
 
+    def _biased(self, logits: torch.Tensor) -> torch.Tensor:
+        biased = logits + self.action_bias - self.energy_price * self.action_cost
+        biased[:, -1] += self.s2_bias
+        return biased
+
     def actions(self, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            logits = self(features)
-            logits[:, -1] += self.s2_bias
-            return logits.argmax(1)
+            return self._biased(self(features)).argmax(1)
 
     def route(self, features: torch.Tensor) -> Routing:
         """System 1 runs to the chosen (exit, t); for System 2, its first step (the router's input) is paid too."""
@@ -81,6 +101,7 @@ def train_exit_router(
     target_share: float,
     *,
     target_distribution: torch.Tensor | None = None,
+    energy_budget_uj: float | None = None,
     energy_weight: float = 0.5,
     kl_weight: float = 10.0,
     hidden: int = 32,
@@ -88,12 +109,26 @@ def train_exit_router(
     lr: float = 1e-2,
     seed: int = 0,
 ) -> ExitRouter:
-    """Train on one split; ``action_losses``/``action_energy`` [N, A] per input and action (A = E·T + 1)."""
+    """Train on one split; ``action_losses``/``action_energy`` [N, A] per input and action (A = E·T + 1,
+    µJ). Routing lands on ``target_distribution`` (over :func:`action_table`) when given, else on
+    ``energy_budget_uj`` (mean µJ per input) when given, else on ``target_share`` of System 2."""
+    actions = n_exits * timesteps + 1
+    if target_distribution is not None:
+        target_distribution = torch.as_tensor(target_distribution, dtype=torch.float32)
+        if target_distribution.shape != (actions,) or (target_distribution < 0).any() or abs(float(target_distribution.sum()) - 1) > 1e-4:
+            raise ValueError(f"target distribution must be {actions} non-negative shares (one per action of action_table) summing to 1")
+        target_share = float(target_distribution[-1])
+    elif energy_budget_uj is not None:
+        if not energy_budget_uj > 0:
+            raise ValueError(f"energy budget {energy_budget_uj} µJ must be positive")
+        cheapest, s2 = float(action_energy[:, :-1].min(1).values.mean()), float(action_energy[:, -1].mean())
+        target_share = min(1.0, max(0.0, (energy_budget_uj - cheapest) / max(s2 - cheapest, 1e-12)))
     if not 0.0 <= target_share <= 1.0:
         raise ValueError(f"target share {target_share} is outside [0, 1]")
     torch.manual_seed(seed)
     features = features.float()
-    router = ExitRouter(features.shape[1], n_exits, timesteps, hidden, target_share)
+    router = ExitRouter(features.shape[1], n_exits, timesteps, hidden, target_share, energy_budget_uj,
+                        None if target_distribution is None else [float(v) for v in target_distribution])
     router.fit_standardisation(features)
     full_run = action_energy[:, n_exits * timesteps - 1].mean().clamp_min(1e-12)
     cost = action_losses + energy_weight * action_energy / full_run
@@ -111,8 +146,58 @@ def train_exit_router(
         loss.backward()
         optimizer.step()
     router.eval()
-    router.s2_bias.copy_(_calibrate_s2_bias(router, features, target_share))
+    if target_distribution is not None:
+        router.action_bias.copy_(_calibrate_action_biases(router, features, target_distribution))
+    elif energy_budget_uj is not None:
+        router.action_cost.copy_(action_energy.mean(0) / full_run)
+        router.energy_price.copy_(_calibrate_budget(router, features, action_energy, energy_budget_uj))
+    else:
+        router.s2_bias.copy_(_calibrate_s2_bias(router, features, target_share))
     return router
+
+
+def _calibrate_action_biases(router: ExitRouter, features: torch.Tensor, target: torch.Tensor, rounds: int = 400) -> torch.Tensor:
+    """Per-action biases that make the arg-max frequencies on ``features`` match ``target``:
+    multiplicative (log-space) proportional fitting, a step kept only where it lowers the largest
+    error and halved where it does not (arg-max mass moves in jumps)."""
+    with torch.no_grad():
+        logits = router(features)
+        log_target = target.clamp_min(1e-6).log()
+
+        def frequency(bias: torch.Tensor) -> torch.Tensor:
+            return torch.bincount((logits + bias).argmax(1), minlength=len(target)).float() / len(features)
+
+        best = torch.zeros(logits.shape[1])
+        best_frequency = frequency(best)
+        best_error, step = float((best_frequency - target).abs().max()), 0.5
+        for _ in range(rounds):
+            if best_error < 0.005 or step < 1e-4:
+                break
+            candidate = best + step * (log_target - best_frequency.clamp_min(1e-6).log())
+            candidate_frequency = frequency(candidate)
+            error = float((candidate_frequency - target).abs().max())
+            if error < best_error:
+                best, best_frequency, best_error, step = candidate, candidate_frequency, error, step * 1.5
+            else:
+                step /= 2
+        return best
+
+
+def _calibrate_budget(router: ExitRouter, features: torch.Tensor, action_energy: torch.Tensor, budget_uj: float) -> torch.Tensor:
+    """The lowest energy price whose routing spends at most ``budget_uj`` per input on ``features``
+    (bisection: a higher price moves every input to cheaper actions; a negative one buys System 2)."""
+    with torch.no_grad():
+        logits = router(features) + router.action_bias
+        logits[:, -1] += router.s2_bias
+        rows = torch.arange(len(features))
+        spent = lambda price: float(action_energy[rows, (logits - price * router.action_cost).argmax(1)].mean())  # noqa: E731
+        low, high = torch.tensor(-100.0), torch.tensor(100.0)
+        if spent(high) > budget_uj:
+            return high
+        for _ in range(50):
+            middle = (low + high) / 2
+            low, high = (low, middle) if spent(middle) <= budget_uj else (middle, high)
+        return high
 
 
 def _calibrate_s2_bias(router: ExitRouter, features: torch.Tensor, share: float) -> torch.Tensor:
