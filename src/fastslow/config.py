@@ -41,6 +41,7 @@ class System1Config(_Strict):
     readout: Literal["membrane", "spike_count"] = "membrane"
     loss: Literal["tet", "cumulative", "final"] = "tet"
     exit_heads: list[int] = Field(default_factory=list)
+    checkpoint_steps: int = Field(0, ge=0, description="0: BPTT keeps every step; k: recompute k-step segments (less memory)")
     lif: LIFConfig = Field(default_factory=LIFConfig)
     epochs: int = Field(30, ge=1)
     lr: float = Field(3e-3, gt=0)

@@ -112,6 +112,7 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
         readout=c.readout,
         lif=c.lif.params(),
         exit_heads=tuple(c.exit_heads),
+        checkpoint_steps=c.checkpoint_steps,
     )
 
 

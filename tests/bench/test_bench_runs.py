@@ -32,7 +32,7 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     bench = _load("simulation_speed")
     report = tmp_path / "speed.json"
     assert bench.main(["--no-peers", "--rounds", "1", "--iterations", "1", "--batch-scale", "0.05", "--networks", "mlp",
-                       "--json", str(report)]) == 0
+                       "--memory-timesteps", "4", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "LIF overhead" in out and "early stopping with compaction" in out
     import json
@@ -40,6 +40,7 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     data = json.loads(report.read_text())
     assert data["mlp"]["fastslow"]["forward_ms"] > 0 and data["mlp"]["snntorch"] is None
     assert data["mlp"]["spikes"]["fastslow"] == data["mlp"]["spikes"]["fastslow_stepwise"]
+    assert set(data["mlp"]["peak_train_mib"]["T4"]) == {"multistep", "stepwise", "checkpoint_4"}
 
 
 def test_continual_bench_runs_tiny_on_digits(capsys, tmp_path):

@@ -116,3 +116,56 @@ def test_inference_lif_gives_the_training_path_bits(monkeypatch, reset):
     assert trained.requires_grad and not inferred.requires_grad
     assert torch.equal(inferred, trained.detach()) and torch.equal(inferred_state.v, trained_state.v.detach())
     assert torch.equal(v0, v0_before)  # the caller's state is not written to
+
+
+@pytest.mark.parametrize("spec", SPECS[:1] + SPECS[3:], ids=["mlp-rate-exits", "conv-rate-zero"])
+def test_checkpointed_training_gives_the_same_run_and_gradients(spec):
+    """Gradient checkpointing over time changes what autograd keeps, not the spikes or the gradients."""
+    import dataclasses
+
+    runs = []
+    for checkpoint_steps in (0, 2):
+        torch.manual_seed(0)
+        model = System1(dataclasses.replace(spec, checkpoint_steps=checkpoint_steps))
+        x = torch.rand(5, *spec.input_shape)
+        run = model.run(x, generator=torch.Generator().manual_seed(1))
+        run.logits.square().sum().backward()
+        runs.append((run, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (plain, plain_grad), (checkpointed, checkpointed_grad) = runs
+    assert torch.equal(plain.logits.detach(), checkpointed.logits.detach())
+    assert torch.equal(plain.synaptic_ops, checkpointed.synaptic_ops)
+    assert torch.allclose(plain_grad, checkpointed_grad, atol=1e-5)
+
+
+_PEAK = """
+import sys, torch
+from fastslow.systems import System1, System1Spec
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+spec = System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=16,
+                   encoding="direct", checkpoint_steps=int(sys.argv[1]))
+model = System1(spec)
+x = torch.rand(16, 1, 28, 28)
+model.run(x[:2]).logits.sum().backward()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak resident size (VmHWM) to the current one
+before = status("VmRSS:")
+model.run(x).logits.sum().backward()
+print(status("VmHWM:") - before)
+"""
+
+
+def test_checkpointing_lowers_the_peak_memory_of_a_training_step():
+    import os
+    import subprocess
+    import sys
+
+    # A fixed mmap threshold makes glibc map and unmap every tensor over 64 KiB, so the peak resident
+    # size follows the live tensors instead of the heap's history.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    peak = {k: int(subprocess.run([sys.executable, "-c", _PEAK, str(k)], capture_output=True, text=True, check=True, env=env).stdout)
+            for k in (0, 4)}
+    assert peak[4] < 0.6 * peak[0], peak  # KiB; measured 42 against 104 MiB

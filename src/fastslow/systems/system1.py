@@ -18,6 +18,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep
 from fastslow.spiking.synapses import EVENT_DENSITY, spike_linear
@@ -47,6 +48,10 @@ class System1Spec:
     # Linear layers fed by inputs with at most this share of non-zeros sum only the active
     # synapses (event-driven, CPU); 0 makes every layer a dense matmul. Same results either way.
     event_density: float = EVENT_DENSITY
+    # Training memory: 0 keeps every step's activations for BPTT; k > 0 keeps only the state every
+    # k steps and recomputes each k-step segment in the backward pass (gradient checkpointing over
+    # time): the same gradients, activation memory ∝ k instead of T, one more forward pass.
+    checkpoint_steps: int = 0
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -338,14 +343,20 @@ class System1(nn.Module):
         # than the chunking's extra kernel launches (measured on the conv network).
         step_bytes = x.shape[0] * max(layer.neurons for layer in self.layers) * x.element_size()
         chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(step_bytes, 1)))
+        # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
+        # checkpoint; without, the whole run is one segment.
+        segment = spec.checkpoint_steps if spec.checkpoint_steps > 0 and torch.is_grad_enabled() else steps
         records = []
-        for first in range(0, steps, chunk):
+        for first in range(0, steps, segment):
+            count = min(segment, steps - first)
             inp = None
             if constant_current is None:
-                # Drawn step by step so the random stream is exactly the stepwise one.
-                inp = torch.stack([encode_step(x, t, steps, spec.encoding, generator) for t in range(first, min(first + chunk, steps))])
-            record, state = self._steps(inp, state, constant_current, min(chunk, steps - first))
-            records.append(record)
+                # Drawn step by step so the random stream is exactly the stepwise one (and before a
+                # checkpoint, so its recomputation sees the same spikes).
+                inp = torch.stack([encode_step(x, t, steps, spec.encoding, generator) for t in range(first, first + count)])
+            run = self._checkpointed_chunks if segment < steps else self._chunks
+            segment_records, state = run(inp, state, constant_current, count, chunk)
+            records += segment_records
         return _records(
             step_outputs=torch.cat([r.outputs for r in records]),  # [T, E, B, C]
             synaptic_ops=torch.cat([r.synaptic_ops for r in records], dim=1),
@@ -353,6 +364,35 @@ class System1(nn.Module):
             neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
             spike_rates=torch.cat([r.spike_rates for r in records], dim=1),
         )
+
+    def _chunks(
+        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int, chunk: int
+    ) -> tuple[list[S1Step], S1State]:
+        """:meth:`_steps` over ``steps`` steps, ``chunk`` at a time, carrying the state."""
+        records = []
+        for first in range(0, steps, chunk):
+            count = min(chunk, steps - first)
+            record, state = self._steps(None if inp is None else inp[first : first + count], state, constant_current, count)
+            records.append(record)
+        return records, state
+
+    def _checkpointed_chunks(
+        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int, chunk: int
+    ) -> tuple[list[S1Step], S1State]:
+        """:meth:`_chunks` whose activations autograd does not keep: the backward pass runs the
+        segment again from its input state (``torch.utils.checkpoint``, non-reentrant)."""
+        n_layers = len(state.layers)
+
+        def segment(*state_tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            records, new_state = self._chunks(inp, S1State(tuple(state_tensors[:n_layers]), tuple(state_tensors[n_layers:])),
+                                              constant_current, steps, chunk)
+            merged = [torch.cat([r.outputs for r in records]), *(torch.cat([getattr(r, name) for r in records], dim=1)
+                                                                  for name in ("synaptic_ops", "dense_macs", "spike_rates"))]
+            return (*merged, *new_state.layers, *new_state.heads)
+
+        out = checkpoint(segment, *state.layers, *state.heads, use_reentrant=False)
+        record = S1Step(outputs=out[0], synaptic_ops=out[1], dense_macs=out[2], spike_rates=out[3])
+        return [record], S1State(tuple(out[4 : 4 + n_layers]), tuple(out[4 + n_layers :]))
 
     def _steps(
         self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int
