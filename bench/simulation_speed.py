@@ -68,18 +68,26 @@ class Worker:
         self.process.wait(timeout=30)
 
 
+def benchmark_spec(network: str, timesteps: int = 8, checkpoint_steps: int = 0):
+    """fastslow's System 1 for the ``mlp`` or ``conv`` benchmark network (zero reset, direct encoding)."""
+    from fastslow.spiking import LIFParams
+    from fastslow.systems import System1Spec
+
+    lif = LIFParams(beta=0.9, threshold=1.0, reset="zero")
+    if network == "mlp":
+        return System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=timesteps, encoding="direct", lif=lif,
+                           checkpoint_steps=checkpoint_steps)
+    return System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=timesteps,
+                       encoding="direct", lif=lif, checkpoint_steps=checkpoint_steps)
+
+
 def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, float, float]:
     """(full-T ms, early-stopping ms at mean T/4, ratio): half the inputs stop after step 1, a quarter
     after step 2, a quarter after step 4 (mean 2 of 8), dropping out of the batch as they stop."""
-    from fastslow.spiking import LIFParams
-    from fastslow.systems import System1, System1Spec
+    from fastslow.systems import System1
 
     torch.manual_seed(0)
-    lif = LIFParams(beta=0.9, threshold=1.0, reset="zero")
-    if network == "mlp":
-        spec = System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=8, encoding="direct", lif=lif)
-    else:
-        spec = System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=8, encoding="direct", lif=lif)
+    spec = benchmark_spec(network)
     model = System1(spec).eval()
     x = torch.rand(batch, *spec.input_shape)
     stop_after = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4))
@@ -113,17 +121,13 @@ def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, floa
 
 _PEAK_SCRIPT = """
 import sys, torch
-from fastslow.spiking import LIFParams
-from fastslow.systems import System1, System1Spec
+sys.path.insert(0, sys.argv[7])
+from fastslow.systems import System1
+from simulation_speed import benchmark_spec
 network, mode, checkpoint_steps, batch, threads, steps = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-lif = LIFParams(beta=0.9, threshold=1.0, reset="zero")
-if network == "mlp":
-    spec = System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=steps, encoding="direct", lif=lif, checkpoint_steps=checkpoint_steps)
-else:
-    spec = System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=steps,
-                       encoding="direct", lif=lif, checkpoint_steps=checkpoint_steps)
+spec = benchmark_spec(network, steps, checkpoint_steps)
 model = System1(spec)
 x, y = torch.rand(batch, *spec.input_shape) * 0.6, torch.randint(0, 10, (batch,))
 # A two-input step first: module imports and first-call set-up are not the step's memory.
@@ -154,7 +158,8 @@ def peak_training_mib(network: str, batch: int, threads: int, timesteps: tuple[i
         for name, (mode, segment) in modes.items():
             # A fixed mmap threshold makes glibc map and unmap every tensor over 64 KiB, so the peak
             # resident size follows the live tensors instead of the heap's history.
-            done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, network, mode, str(segment), str(batch), str(threads), str(steps)],
+            done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, network, mode, str(segment), str(batch), str(threads), str(steps),
+                                   str(Path(__file__).resolve().parent)],
                                   capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
             result.setdefault(f"T{steps}", {})[name] = round(float(done.stdout.strip().splitlines()[-1]), 1)
     return result

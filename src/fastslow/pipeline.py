@@ -473,8 +473,8 @@ def calibrate_folder(
     s2_right = (cal.s2_logits.argmax(1) == cal.labels).numpy()
     families: dict[str, dict] = {}
     for family in dict.fromkeys(f for _, f, _, _ in strategies["calibration"]):
-        if family in REFERENCE_FAMILIES or not any(k in knob for _, f, knob, _ in strategies["calibration"] if f == family for k in _SAFETY_ORDER):
-            continue  # a family without an ordered knob (a router for a target distribution) has nothing to choose
+        if family in REFERENCE_FAMILIES:
+            continue
         items = _safest_first([item for item in strategies["calibration"] if item[1] == family])
         losses = np.stack([((routing_predictions(r, cal) != cal.labels).numpy() & s2_right) for _, _, _, r in items], axis=1).astype(float)
         energies = np.array([float(per_input_energy(r, cal, fit_.profile).mean()) for _, _, _, r in items])

@@ -63,8 +63,10 @@ class ExitRouter(FeatureMLP):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features)
 
-    def _biased(self, logits: torch.Tensor) -> torch.Tensor:
-        biased = logits + self.action_bias - self.energy_price * self.action_cost
+    def _biased(self, logits: torch.Tensor, energy_price: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` after the biases; ``energy_price`` replaces the stored one (while setting it)."""
+        price = self.energy_price if energy_price is None else energy_price
+        biased = logits + self.action_bias - price * self.action_cost
         biased[:, -1] += self.s2_bias
         return biased
 
@@ -187,10 +189,9 @@ def _calibrate_budget(router: ExitRouter, features: torch.Tensor, action_energy:
     """The lowest energy price whose routing spends at most ``budget_uj`` per input on ``features``
     (bisection: a higher price moves every input to cheaper actions; a negative one buys System 2)."""
     with torch.no_grad():
-        logits = router(features) + router.action_bias
-        logits[:, -1] += router.s2_bias
+        logits = router(features)
         rows = torch.arange(len(features))
-        spent = lambda price: float(action_energy[rows, (logits - price * router.action_cost).argmax(1)].mean())  # noqa: E731
+        spent = lambda price: float(action_energy[rows, router._biased(logits, price).argmax(1)].mean())  # noqa: E731
         low, high = torch.tensor(-100.0), torch.tensor(100.0)
         if spent(high) > budget_uj:
             return high

@@ -77,6 +77,20 @@ def _slices(size: int) -> list[slice]:
     return [slice(start, min(start + LIF_SLICE, size)) for start in range(0, size, LIF_SLICE)]
 
 
+def _slice_step(v: torch.Tensor, current: torch.Tensor, u: torch.Tensor, spike: torch.Tensor, params: LIFParams,
+                in_place: bool) -> torch.Tensor:
+    """One step on a slice of neurons: the pre-reset potential into ``u``, the spikes into ``spike``;
+    returns the potential after the reset (written over ``u`` when ``in_place``)."""
+    # beta·v, then + current: as lif_step rounds it (a fused multiply-add would not).
+    torch.mul(v, params.beta, out=u)
+    u.add_(current)
+    torch.gt(u, params.threshold, out=spike)
+    # Both resets multiply u or the threshold by a spike in {0, 1}: exact, as in lif_step.
+    if params.reset == "zero":
+        return u.addcmul_(u, spike, value=-1.0) if in_place else torch.addcmul(u, u, spike, value=-1.0)
+    return u.add_(spike, alpha=-params.threshold) if in_place else torch.add(u, spike, alpha=-params.threshold)
+
+
 class _FusedLIF(torch.autograd.Function):
     """All T steps of :func:`lif_step` in one autograd node, on currents [T, ...] seen as [T, M].
 
@@ -99,13 +113,7 @@ class _FusedLIF(torch.autograd.Function):
         for part in parts:
             v = flat_v0[part]
             for t in range(steps):
-                u, spike = potentials[t, part], spikes[t, part]
-                # beta·v, then + current: as lif_step rounds it (a fused multiply-add would not).
-                torch.mul(v, params.beta, out=u)
-                u.add_(flat_currents[t, part])
-                torch.gt(u, params.threshold, out=spike)
-                # Both resets multiply u or the threshold by a spike in {0, 1}: exact, as in lif_step.
-                v = torch.addcmul(u, u, spike, value=-1.0) if params.reset == "zero" else torch.add(u, spike, alpha=-params.threshold)
+                v = _slice_step(v, flat_currents[t, part], potentials[t, part], spikes[t, part], params, in_place=False)
             if v_last is None:
                 v_last = v
             else:
@@ -161,7 +169,7 @@ def lif_multistep(
 def _lif_inference(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`_FusedLIF`'s forward without a backward to serve: the potential of each slice lives in
     one reused buffer instead of a [T, M] record, so only the spikes take fresh memory (fresh
-    buffers cost page faults on CPU). Same operations in the same order: the same bits."""
+    buffers cost page faults on CPU). The same :func:`_slice_step`: the same bits."""
     steps = currents.shape[0]
     flat_currents = currents.reshape(steps, -1)
     spikes = torch.empty_like(flat_currents)
@@ -171,15 +179,7 @@ def _lif_inference(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams) 
         v = flat_v0[part]
         u = v_last[part]  # the running potential, in place; it ends as v after step T
         for t in range(steps):
-            spike = spikes[t, part]
-            torch.mul(v, params.beta, out=u)
-            u.add_(flat_currents[t, part])
-            torch.gt(u, params.threshold, out=spike)
-            if params.reset == "zero":
-                u.addcmul_(u, spike, value=-1.0)
-            else:
-                u.add_(spike, alpha=-params.threshold)
-            v = u
+            v = _slice_step(v, flat_currents[t, part], u, spikes[t, part], params, in_place=True)
     return spikes.view(currents.shape), v_last.view(currents.shape[1:])
 
 

@@ -183,6 +183,12 @@ class S1Step:
     spike_rates: torch.Tensor
 
 
+def _merged(records: list[S1Step]) -> S1Step:
+    """Consecutive chunks' records as one, along time."""
+    return S1Step(outputs=torch.cat([r.outputs for r in records]),
+                  **{name: torch.cat([getattr(r, name) for r in records], dim=1) for name in ("synaptic_ops", "dense_macs", "spike_rates")})
+
+
 def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
     """An :class:`S1Run` whose answer at t is the mean of the step outputs up to t."""
     steps = step_outputs.shape[0]
@@ -357,12 +363,13 @@ class System1(nn.Module):
             run = self._checkpointed_chunks if segment < steps else self._chunks
             segment_records, state = run(inp, state, constant_current, count, chunk)
             records += segment_records
+        merged = _merged(records)
         return _records(
-            step_outputs=torch.cat([r.outputs for r in records]),  # [T, E, B, C]
-            synaptic_ops=torch.cat([r.synaptic_ops for r in records], dim=1),
-            dense_macs=torch.cat([r.dense_macs for r in records], dim=1),
+            step_outputs=merged.outputs,  # [T, E, B, C]
+            synaptic_ops=merged.synaptic_ops,
+            dense_macs=merged.dense_macs,
             neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
-            spike_rates=torch.cat([r.spike_rates for r in records], dim=1),
+            spike_rates=merged.spike_rates,
         )
 
     def _chunks(
@@ -386,9 +393,8 @@ class System1(nn.Module):
         def segment(*state_tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
             records, new_state = self._chunks(inp, S1State(tuple(state_tensors[:n_layers]), tuple(state_tensors[n_layers:])),
                                               constant_current, steps, chunk)
-            merged = [torch.cat([r.outputs for r in records]), *(torch.cat([getattr(r, name) for r in records], dim=1)
-                                                                  for name in ("synaptic_ops", "dense_macs", "spike_rates"))]
-            return (*merged, *new_state.layers, *new_state.heads)
+            merged = _merged(records)
+            return (merged.outputs, merged.synaptic_ops, merged.dense_macs, merged.spike_rates, *new_state.layers, *new_state.heads)
 
         out = checkpoint(segment, *state.layers, *state.heads, use_reentrant=False)
         record = S1Step(outputs=out[0], synaptic_ops=out[1], dense_macs=out[2], spike_rates=out[3])
