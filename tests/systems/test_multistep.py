@@ -77,13 +77,6 @@ def test_time_chunks_give_the_same_run(spec, monkeypatch):
         assert torch.equal(getattr(whole, field), getattr(chunked, field)), field
 
 
-def test_inference_pooling_equals_max_pooling():
-    from fastslow.systems.system1 import _pool_spikes
-
-    spikes = (torch.rand(4, 3, 8, 8) < 0.3).float()
-    assert torch.equal(_pool_spikes(spikes), torch.nn.functional.max_pool2d(spikes, 2))
-
-
 def test_lif_slices_give_the_same_spikes_and_gradients(monkeypatch):
     import fastslow.spiking.lif as lif
 
@@ -169,3 +162,38 @@ def test_checkpointing_lowers_the_peak_memory_of_a_training_step():
     peak = {k: int(subprocess.run([sys.executable, "-c", _PEAK, str(k)], capture_output=True, text=True, check=True, env=env).stdout)
             for k in (0, 4)}
     assert peak[4] < 0.6 * peak[0], peak  # KiB; measured 42 against 104 MiB
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("height, width", [(8, 8), (7, 9)])
+def test_pooled_inference_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, width):
+    """The inference kernel that pools spikes in cache gives max_pool2d of the LIF's spikes, their
+    counts and the final state, bit for bit (odd edges dropped, several images per slice)."""
+    import fastslow.spiking.lif as lif
+
+    params = LIFParams(beta=0.8, threshold=0.7, reset=reset)
+    currents = torch.randn(5, 7, height, width, 3) * 1.5  # [T, B, H, W, C]
+    v0 = lif.LIFState(torch.randn(7, height, width, 3))
+    monkeypatch.setattr(lif, "POOLED_SLICE", 2 * height * width * 3)  # two images per slice, the last alone
+    with torch.no_grad():
+        pooled, counts, state = lif.lif_multistep_pooled(currents, v0, params)
+        spikes, reference_state = lif_multistep(currents, v0, params)
+    reference = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    assert torch.equal(pooled.flatten(0, 1), reference)
+    assert torch.equal(counts, spikes.sum(dim=(2, 3, 4)))
+    assert torch.equal(state.v, reference_state.v)
+    with pytest.raises(ValueError, match="no_grad"):
+        lif.lif_multistep_pooled(currents.requires_grad_(), v0, params)
+
+
+def test_conv_inference_records_equal_the_training_path():
+    """A conv System 1 under no_grad (pooled kernel) records what it records with gradients on."""
+    spec = SPECS[3]
+    torch.manual_seed(0)
+    model = System1(spec)
+    x = torch.rand(9, *spec.input_shape)
+    trained = model.run(x, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        inferred = model.run(x, generator=torch.Generator().manual_seed(5))
+    for field in ("step_outputs", "synaptic_ops", "spike_rates"):
+        assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field

@@ -69,6 +69,9 @@ def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple
 # all T steps before the next: the slice's potential and spikes then stay in cache between the
 # element-wise kernels instead of streaming the whole map through memory four times a step.
 LIF_SLICE = 1 << 17
+# The pooled inference kernel (lif_multistep_pooled) runs seven kernels per step on a slice of whole
+# images; larger slices pay its per-kernel dispatch less often (measured on the conv benchmark).
+POOLED_SLICE = 1 << 19
 
 
 def _slices(size: int) -> list[slice]:
@@ -181,6 +184,42 @@ def _lif_inference(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams) 
         for t in range(steps):
             v = _slice_step(v, flat_currents[t, part], u, spikes[t, part], params, in_place=True)
     return spikes.view(currents.shape), v_last.view(currents.shape[1:])
+
+
+def lif_multistep_pooled(
+    currents: torch.Tensor, state: LIFState, params: LIFParams
+) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
+    """Inference only: :func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then
+    2×2 max-pooling of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
+    [T, B, H//2, W//2, C], the spike count of each map [T, B] and the state after step T.
+
+    Same bits as the unpooled path, but the full-size spike maps never reach memory: a few images
+    at a time, each step's spikes land in a small reused buffer (in cache), where they are counted
+    and pooled; writing and re-reading full-size float maps is what the unfused path spends most on.
+    """
+    if torch.is_grad_enabled() and (currents.requires_grad or state.v.requires_grad):
+        raise ValueError("lif_multistep_pooled is for inference: run it under torch.no_grad()")
+    if params.reset not in ("subtract", "zero"):
+        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+    steps, batch, height, width, channels = currents.shape
+    rows, cols = height // 2 * 2, width // 2 * 2
+    group = min(batch, max(1, POOLED_SLICE // (height * width * channels)))  # images per slice
+    pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
+    counts = currents.new_empty(steps, batch)
+    v_last = currents.new_empty(batch, height, width, channels)
+    spike_buffer = currents.new_empty(group, height, width, channels)
+    row_buffer = currents.new_empty(group, height // 2, cols, channels)
+    for first in range(0, batch, group):
+        images = slice(first, min(first + group, batch))
+        size = images.stop - first
+        spikes, row_max = spike_buffer[:size], row_buffer[:size]
+        v, u = state.v[images], v_last[images]  # u: the running potential, in place; it ends as v after step T
+        for t in range(steps):
+            v = _slice_step(v, currents[t, images], u, spikes, params, in_place=True)
+            torch.sum(spikes, dim=(1, 2, 3), out=counts[t, images])
+            torch.maximum(spikes[:, 0:rows:2, :cols], spikes[:, 1:rows:2, :cols], out=row_max)
+            torch.maximum(row_max[:, :, 0::2], row_max[:, :, 1::2], out=pooled[t, images])
+    return pooled, counts, LIFState(v=v_last)
 
 
 class LIF(nn.Module):

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep
+from fastslow.spiking.lif import lif_multistep_pooled
 from fastslow.spiking.synapses import EVENT_DENSITY, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
@@ -141,18 +142,6 @@ def _channels_last(maps: torch.Tensor) -> torch.Tensor:
 def _channels_first(maps: torch.Tensor) -> torch.Tensor:
     """[..., H, W, C] seen as [..., C, H, W] (a view, channels-last in memory)."""
     return maps.movedim(-1, -3)
-
-
-def _pool_spikes(spikes: torch.Tensor) -> torch.Tensor:
-    """2×2 max-pool of spikes [N, C, H, W] (odd edges dropped, as ``max_pool2d``). Without a gradient
-    to carry, two element-wise maxima (row pairs, then column pairs) give the same values about five
-    times faster than ``max_pool2d`` on CPU (measured at 128×32×28×28); with one, ``max_pool2d``
-    routes each window's gradient to a single input."""
-    if spikes.requires_grad and torch.is_grad_enabled():
-        return F.max_pool2d(spikes, 2)
-    height, width = spikes.shape[-2] // 2 * 2, spikes.shape[-1] // 2 * 2
-    rows = torch.maximum(spikes[..., 0:height:2, :width], spikes[..., 1:height:2, :width])
-    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
@@ -347,7 +336,7 @@ class System1(nn.Module):
         # Steps run in chunks whose largest layer tensor stays under MULTISTEP_CHUNK_BYTES: a
         # larger buffer is fresh memory from the OS on every call, and its page faults cost more
         # than the chunking's extra kernel launches (measured on the conv network).
-        step_bytes = x.shape[0] * max(layer.neurons for layer in self.layers) * x.element_size()
+        step_bytes = x.shape[0] * self._largest_step_tensor(constant_current is not None) * x.element_size()
         chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(step_bytes, 1)))
         # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
         # checkpoint; without, the whole run is one segment.
@@ -371,6 +360,18 @@ class System1(nn.Module):
             neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
             spike_rates=merged.spike_rates,
         )
+
+    def _largest_step_tensor(self, constant_first: bool) -> int:
+        """Elements of the largest tensor one step of one input makes in a layer: its current (none
+        for a constant first-layer current) and its spikes (pooled at inference, see
+        :func:`lif_multistep_pooled`)."""
+        inference = not torch.is_grad_enabled()
+        sizes = []
+        for index, layer in enumerate(self.layers):
+            current = 0 if index == 0 and constant_first else layer.neurons
+            spikes = layer.neurons // 4 if inference and layer.is_conv and layer.pool else layer.neurons
+            sizes.append(max(current, spikes))
+        return max(sizes)
 
     def _chunks(
         self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int, chunk: int
@@ -427,14 +428,24 @@ class System1(nn.Module):
                     current = _channels_last(constant_current).unsqueeze(0).expand(steps, -1, -1, -1, -1)
                 else:
                     current = _channels_last(current)
-                spikes, new_state = lif_multistep(current, LIFState(_channels_last(state.layers[index])), self.lif_params)
-                spikes, new_v = _channels_first(spikes), _channels_first(new_state.v)
+                v0 = _channels_last(state.layers[index])
+                if layer.pool and not (torch.is_grad_enabled() and (current.requires_grad or v0.requires_grad)):
+                    # Inference: the LIF counts and pools each step's spikes while they are in cache.
+                    pooled, counts, new_state = lif_multistep_pooled(current, LIFState(v0), self.lif_params)
+                    layer_states.append(_channels_first(new_state.v))
+                    rates.append(counts / layer.neurons)
+                    out = _channels_first(pooled)
+                else:
+                    spikes, new_state = lif_multistep(current, LIFState(v0), self.lif_params)
+                    layer_states.append(_channels_first(new_state.v))
+                    spikes = _channels_first(spikes)
+                    rates.append(spikes.detach().mean(dim=(2, 3, 4)))
+                    out = split(F.max_pool2d(merge(spikes), 2)) if layer.pool else spikes
             else:
                 spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
-                new_v = new_state.v
-            layer_states.append(new_v)
-            rates.append(spikes.detach().mean(dim=tuple(range(2, spikes.dim()))))
-            out = split(_pool_spikes(merge(spikes))) if layer.pool else spikes
+                layer_states.append(new_state.v)
+                rates.append(spikes.detach().mean(dim=2))
+                out = spikes
             if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear):
                 out = out.flatten(2)
             layer_outputs.append(out)
