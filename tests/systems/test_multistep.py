@@ -161,29 +161,39 @@ def test_checkpointing_lowers_the_peak_memory_of_a_training_step():
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     peak = {k: int(subprocess.run([sys.executable, "-c", _PEAK, str(k)], capture_output=True, text=True, check=True, env=env).stdout)
             for k in (0, 4)}
-    assert peak[4] < 0.6 * peak[0], peak  # KiB; measured 42 against 104 MiB
+    assert peak[4] < 0.75 * peak[0], peak  # KiB; measured 40 against 66 MiB
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("height, width", [(8, 8), (7, 9)])
-def test_pooled_inference_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, width):
-    """The inference kernel that pools spikes in cache gives max_pool2d of the LIF's spikes, their
-    counts and the final state, bit for bit (odd edges dropped, several images per slice)."""
+def test_pooled_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, width):
+    """The LIF that pools spikes in cache gives max_pool2d of the LIF's spikes, their counts and the
+    final state bit for bit, and max_pool2d's gradients, with and without gradients (odd edges
+    dropped, several images per slice)."""
     import fastslow.spiking.lif as lif
 
-    params = LIFParams(beta=0.8, threshold=0.7, reset=reset)
-    currents = torch.randn(5, 7, height, width, 3) * 1.5  # [T, B, H, W, C]
-    v0 = lif.LIFState(torch.randn(7, height, width, 3))
+    params = LIFParams(beta=0.8, threshold=0.7, reset=reset, slope=5.0)
+    torch.manual_seed(0)
+    currents = (torch.randn(5, 7, height, width, 3) * 1.5).requires_grad_()  # [T, B, H, W, C]
+    v0 = torch.randn(7, height, width, 3, requires_grad=True)
+    weights = torch.randn(5, 7, height // 2, width // 2, 3)
     monkeypatch.setattr(lif, "POOLED_SLICE", 2 * height * width * 3)  # two images per slice, the last alone
-    with torch.no_grad():
-        pooled, counts, state = lif.lif_multistep_pooled(currents, v0, params)
-        spikes, reference_state = lif_multistep(currents, v0, params)
+    spikes, reference_state = lif_multistep(currents, lif.LIFState(v0), params)
     reference = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-    assert torch.equal(pooled.flatten(0, 1), reference)
-    assert torch.equal(counts, spikes.sum(dim=(2, 3, 4)))
-    assert torch.equal(state.v, reference_state.v)
-    with pytest.raises(ValueError, match="no_grad"):
-        lif.lif_multistep_pooled(currents.requires_grad_(), v0, params)
+    ((reference.unflatten(0, (5, 7)) * weights).sum() + reference_state.v.square().sum()).backward()
+    reference_grads = currents.grad.clone(), v0.grad.clone()
+    currents.grad = v0.grad = None
+    pooled, counts, state = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+    ((pooled * weights).sum() + state.v.square().sum()).backward()
+    assert torch.equal(pooled.detach().flatten(0, 1), reference.detach())
+    assert torch.equal(counts, spikes.detach().sum(dim=(2, 3, 4))) and not counts.requires_grad
+    assert torch.equal(state.v.detach(), reference_state.v.detach())
+    assert torch.allclose(currents.grad, reference_grads[0], atol=1e-6)
+    assert torch.allclose(v0.grad, reference_grads[1], atol=1e-6)
+    with torch.no_grad():
+        inferred, inferred_counts, inferred_state = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+    assert torch.equal(inferred, pooled.detach()) and torch.equal(inferred_counts, counts)
+    assert torch.equal(inferred_state.v, state.v.detach())
 
 
 def test_conv_inference_records_equal_the_training_path():

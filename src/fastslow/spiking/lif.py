@@ -81,17 +81,37 @@ def _slices(size: int) -> list[slice]:
 
 
 def _slice_step(v: torch.Tensor, current: torch.Tensor, u: torch.Tensor, spike: torch.Tensor, params: LIFParams,
-                in_place: bool) -> torch.Tensor:
-    """One step on a slice of neurons: the pre-reset potential into ``u``, the spikes into ``spike``;
-    returns the potential after the reset (written over ``u`` when ``in_place``)."""
+                out: torch.Tensor) -> torch.Tensor:
+    """One step on a slice of neurons: the pre-reset potential into ``u``, the spikes into ``spike``,
+    the potential after the reset into ``out`` (which may be ``u`` itself, or ``v``); returns ``out``."""
     # beta·v, then + current: as lif_step rounds it (a fused multiply-add would not).
     torch.mul(v, params.beta, out=u)
     u.add_(current)
     torch.gt(u, params.threshold, out=spike)
     # Both resets multiply u or the threshold by a spike in {0, 1}: exact, as in lif_step.
     if params.reset == "zero":
-        return u.addcmul_(u, spike, value=-1.0) if in_place else torch.addcmul(u, u, spike, value=-1.0)
-    return u.add_(spike, alpha=-params.threshold) if in_place else torch.add(u, spike, alpha=-params.threshold)
+        return torch.addcmul(u, u, spike, value=-1.0, out=out)
+    return torch.add(u, spike, alpha=-params.threshold, out=out)
+
+
+def _slice_grad(u: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, grad_u: torch.Tensor,
+                grad_v_out: torch.Tensor, params: LIFParams, derivative) -> torch.Tensor:
+    """One step of the LIF backward on a slice: from the pre-reset potential ``u``, the gradient of the
+    step's spikes and ``grad_v`` (w.r.t. the potential after its reset; None after the last step),
+    writes the gradient w.r.t. ``u`` into ``grad_u`` (which may be ``u`` itself: u is read first) and
+    the one w.r.t. the previous step's potential into ``grad_v_out`` (which may be ``grad_v``)."""
+    shifted = u - params.threshold
+    slope = derivative(shifted, params.slope)
+    keep = None
+    if grad_v is not None:
+        if params.reset == "zero":  # d v_after / d u = (1 − spike) − u·slope
+            keep = torch.le(shifted, 0.0, out=shifted).addcmul_(u, slope, value=-1.0)
+        else:  # d v_after / d u = 1 − threshold·slope
+            keep = torch.mul(slope, -params.threshold).add_(1.0)
+    torch.mul(grad_spikes, slope, out=grad_u)
+    if keep is not None:
+        grad_u.addcmul_(keep, grad_v)
+    return torch.mul(grad_u, params.beta, out=grad_v_out)
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -110,17 +130,12 @@ class _FusedLIF(torch.autograd.Function):
         flat_currents = currents.reshape(steps, -1)  # a view, also for a constant current expanded over T
         potentials = torch.empty_like(flat_currents)
         spikes = torch.empty_like(flat_currents)
-        parts = _slices(flat_currents.shape[1])
-        v_last = None if len(parts) == 1 else torch.empty_like(flat_currents[0])
+        v_last = torch.empty_like(flat_currents[0])
         flat_v0 = v0.reshape(-1)
-        for part in parts:
-            v = flat_v0[part]
+        for part in _slices(flat_currents.shape[1]):
+            v, after = flat_v0[part], v_last[part]  # the potential after each step's reset ends as v after step T
             for t in range(steps):
-                v = _slice_step(v, flat_currents[t, part], potentials[t, part], spikes[t, part], params, in_place=False)
-            if v_last is None:
-                v_last = v
-            else:
-                v_last[part] = v
+                v = _slice_step(v, flat_currents[t, part], potentials[t, part], spikes[t, part], params, out=after)
         ctx.save_for_backward(potentials)
         ctx.params = params
         ctx.shape = currents.shape
@@ -134,24 +149,14 @@ class _FusedLIF(torch.autograd.Function):
         steps = potentials.shape[0]
         grad_spikes = grad_spikes.reshape(steps, -1)
         flat_grad_v_last = None if grad_v_last is None else grad_v_last.reshape(-1)
-        grad_u = torch.empty_like(potentials)
+        # Each u_t is read once, walking back in time, so its gradient overwrites it: no fresh [T, M]
+        # buffer (a second backward through this node then fails autograd's in-place check).
+        grad_u = potentials
         grad_v0 = torch.empty_like(potentials[0])
         for part in _slices(potentials.shape[1]):
             grad_v = None if flat_grad_v_last is None else flat_grad_v_last[part]  # w.r.t. v after step t's reset
             for t in range(steps - 1, -1, -1):
-                u = potentials[t, part]
-                shifted = u - p.threshold
-                slope = derivative(shifted, p.slope)
-                if p.reset == "zero":  # d v_after / d u = (1 − spike) − u·slope
-                    keep = torch.le(shifted, 0.0, out=shifted).addcmul_(u, slope, value=-1.0)
-                else:  # d v_after / d u = 1 − threshold·slope
-                    keep = torch.mul(slope, -p.threshold).add_(1.0)
-                grad = grad_u[t, part]
-                torch.mul(grad_spikes[t, part], slope, out=grad)
-                if grad_v is not None:
-                    grad.addcmul_(keep, grad_v)
-                grad_v = grad * p.beta
-            grad_v0[part] = grad_v
+                grad_v = _slice_grad(potentials[t, part], grad_spikes[t, part], grad_v, grad_u[t, part], grad_v0[part], p, derivative)
         return grad_u.view(ctx.shape), grad_v0.view(ctx.shape[1:]), None
 
 
@@ -182,44 +187,123 @@ def _lif_inference(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams) 
         v = flat_v0[part]
         u = v_last[part]  # the running potential, in place; it ends as v after step T
         for t in range(steps):
-            v = _slice_step(v, flat_currents[t, part], u, spikes[t, part], params, in_place=True)
+            v = _slice_step(v, flat_currents[t, part], u, spikes[t, part], params, out=u)
     return spikes.view(currents.shape), v_last.view(currents.shape[1:])
+
+
+def _image_groups(shape: torch.Size) -> tuple[int, list[slice]]:
+    """Slices of whole images [B, H, W, C] of about :data:`POOLED_SLICE` neurons, and their largest size."""
+    batch = shape[0]
+    group = min(batch, max(1, POOLED_SLICE // math.prod(shape[1:])))
+    return group, [slice(first, min(first + group, batch)) for first in range(0, batch, group)]
+
+
+def _pool_into(spikes: torch.Tensor, row_max: torch.Tensor, out: torch.Tensor) -> None:
+    """2×2 max-pool of spike maps [n, H, W, C] into ``out`` [n, H//2, W//2, C] (odd edges dropped):
+    two element-wise maxima, row pairs into ``row_max`` then column pairs."""
+    rows, cols = spikes.shape[1] // 2 * 2, spikes.shape[2] // 2 * 2
+    torch.maximum(spikes[:, 0:rows:2, :cols], spikes[:, 1:rows:2, :cols], out=row_max)
+    torch.maximum(row_max[:, :, 0::2], row_max[:, :, 1::2], out=out)
+
+
+def _unpool_into(grad_pooled: torch.Tensor, spikes: torch.Tensor, grad_spikes: torch.Tensor, rest: torch.Tensor) -> None:
+    """``max_pool2d``'s gradient for {0, 1} spike maps [n, H, W, C], into ``grad_spikes``: each window's
+    gradient goes to its first maximum in row-major order (its first spike, the top-left when none
+    fired), as ``max_pool2d`` routes it. ``rest`` [n, H//2, W//2, C] holds what no earlier position took."""
+    rows, cols = spikes.shape[1] // 2 * 2, spikes.shape[2] // 2 * 2
+    if (rows, cols) != tuple(spikes.shape[1:3]):
+        grad_spikes.zero_()  # the dropped odd edge gets no gradient
+    corners = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    rest.copy_(grad_pooled)
+    for row, col in corners:
+        taken = grad_spikes[:, row:rows:2, col:cols:2]
+        torch.mul(rest, spikes[:, row:rows:2, col:cols:2], out=taken)  # exactly the gradient or 0
+        rest.sub_(taken)
+    grad_spikes[:, 0:rows:2, 0:cols:2].add_(rest)  # windows without a spike
+
+
+def _lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams, potentials: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LIF over [T, B, H, W, C] then 2×2 pooling, a few whole images at a time: (pooled spikes, spike
+    count per map, v after step T). Records the pre-reset potentials into ``potentials`` if given."""
+    steps, batch, height, width, channels = currents.shape
+    group, groups = _image_groups(currents.shape[1:])
+    pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
+    counts = currents.new_empty(steps, batch)
+    v_last = currents.new_empty(batch, height, width, channels)
+    spike_buffer = currents.new_empty(group, height, width, channels)
+    row_buffer = currents.new_empty(group, height // 2, width // 2 * 2, channels)
+    for images in groups:
+        size = images.stop - images.start
+        spikes, row_max = spike_buffer[:size], row_buffer[:size]
+        v, after = v0[images], v_last[images]  # the potential after each step's reset ends as v after step T
+        for t in range(steps):
+            u = after if potentials is None else potentials[t, images]
+            v = _slice_step(v, currents[t, images], u, spikes, params, out=after)
+            torch.sum(spikes, dim=(1, 2, 3), out=counts[t, images])
+            _pool_into(spikes, row_max, pooled[t, images])
+    return pooled, counts, v_last
+
+
+class _FusedLIFPool(torch.autograd.Function):
+    """:class:`_FusedLIF` followed by 2×2 max-pooling of the spikes, over channels-last maps
+    [T, B, H, W, C], a few whole images at a time. Forward keeps the pre-reset potentials (as
+    :class:`_FusedLIF`) and writes only the pooled spikes and each map's spike count; the full-size
+    spike maps live in a small reused buffer, in cache. Backward recomputes them from the
+    potentials and routes each window's gradient as ``max_pool2d`` does, so gradients equal
+    ``max_pool2d`` over :func:`lif_multistep` up to float rounding, and the spikes are the same bits."""
+
+    @staticmethod
+    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
+        potentials = currents.new_empty(currents.shape)
+        pooled, counts, v_last = _lif_pool_forward(currents, v0, params, potentials)
+        ctx.save_for_backward(potentials)
+        ctx.params = params
+        ctx.mark_non_differentiable(counts)
+        return pooled, counts, v_last
+
+    @staticmethod
+    def backward(ctx, grad_pooled: torch.Tensor, grad_counts: torch.Tensor | None, grad_v_last: torch.Tensor | None):
+        (potentials,) = ctx.saved_tensors
+        p = ctx.params
+        derivative = _surrogate(p.surrogate).derivative
+        steps, batch, height, width, channels = potentials.shape
+        group, groups = _image_groups(potentials.shape[1:])
+        grad_u = potentials  # each u_t is read once, then overwritten by its gradient (as in _FusedLIF)
+        grad_v0 = torch.empty_like(potentials[0])
+        spike_buffer = potentials.new_empty(group, height, width, channels)
+        grad_spike_buffer = torch.empty_like(spike_buffer)
+        rest_buffer = potentials.new_empty(group, height // 2, width // 2, channels)
+        for images in groups:
+            size = images.stop - images.start
+            spikes, grad_spikes, rest = spike_buffer[:size], grad_spike_buffer[:size], rest_buffer[:size]
+            grad_v = None if grad_v_last is None else grad_v_last[images]  # w.r.t. v after step t's reset
+            for t in range(steps - 1, -1, -1):
+                u = potentials[t, images]
+                torch.gt(u, p.threshold, out=spikes)
+                _unpool_into(grad_pooled[t, images], spikes, grad_spikes, rest)
+                grad_v = _slice_grad(u, grad_spikes, grad_v, grad_u[t, images], grad_v0[images], p, derivative)
+        return grad_u, grad_v0, None
 
 
 def lif_multistep_pooled(
     currents: torch.Tensor, state: LIFState, params: LIFParams
 ) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
-    """Inference only: :func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then
-    2×2 max-pooling of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
-    [T, B, H//2, W//2, C], the spike count of each map [T, B] and the state after step T.
+    """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
+    of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
+    [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient) and the state after step T.
 
-    Same bits as the unpooled path, but the full-size spike maps never reach memory: a few images
-    at a time, each step's spikes land in a small reused buffer (in cache), where they are counted
-    and pooled; writing and re-reading full-size float maps is what the unfused path spends most on.
-    """
-    if torch.is_grad_enabled() and (currents.requires_grad or state.v.requires_grad):
-        raise ValueError("lif_multistep_pooled is for inference: run it under torch.no_grad()")
+    Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding,
+    but the full-size spike maps never reach memory: a few images at a time, each step's spikes land
+    in a small reused buffer (in cache), where they are counted and pooled; writing and re-reading
+    full-size float maps (and pooling indices) is what the unfused path spends most on."""
     if params.reset not in ("subtract", "zero"):
         raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
-    steps, batch, height, width, channels = currents.shape
-    rows, cols = height // 2 * 2, width // 2 * 2
-    group = min(batch, max(1, POOLED_SLICE // (height * width * channels)))  # images per slice
-    pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
-    counts = currents.new_empty(steps, batch)
-    v_last = currents.new_empty(batch, height, width, channels)
-    spike_buffer = currents.new_empty(group, height, width, channels)
-    row_buffer = currents.new_empty(group, height // 2, cols, channels)
-    for first in range(0, batch, group):
-        images = slice(first, min(first + group, batch))
-        size = images.stop - first
-        spikes, row_max = spike_buffer[:size], row_buffer[:size]
-        v, u = state.v[images], v_last[images]  # u: the running potential, in place; it ends as v after step T
-        for t in range(steps):
-            v = _slice_step(v, currents[t, images], u, spikes, params, in_place=True)
-            torch.sum(spikes, dim=(1, 2, 3), out=counts[t, images])
-            torch.maximum(spikes[:, 0:rows:2, :cols], spikes[:, 1:rows:2, :cols], out=row_max)
-            torch.maximum(row_max[:, :, 0::2], row_max[:, :, 1::2], out=pooled[t, images])
-    return pooled, counts, LIFState(v=v_last)
+    if torch.is_grad_enabled() and (currents.requires_grad or state.v.requires_grad):
+        pooled, counts, v = _FusedLIFPool.apply(currents, state.v, params)
+    else:  # nothing to record for a backward pass: the potential runs in place
+        pooled, counts, v = _lif_pool_forward(currents, state.v, params, None)
+    return pooled, counts, LIFState(v=v)
 
 
 class LIF(nn.Module):

@@ -363,8 +363,8 @@ class System1(nn.Module):
 
     def _largest_step_tensor(self, constant_first: bool) -> int:
         """Elements of the largest tensor one step of one input makes in a layer: its current (none
-        for a constant first-layer current) and its spikes (pooled at inference, see
-        :func:`lif_multistep_pooled`)."""
+        for a constant first-layer current) and its spikes or potentials (at inference a pooled conv
+        layer keeps neither, only its pooled spikes: see :func:`lif_multistep_pooled`)."""
         inference = not torch.is_grad_enabled()
         sizes = []
         for index, layer in enumerate(self.layers):
@@ -429,8 +429,7 @@ class System1(nn.Module):
                 else:
                     current = _channels_last(current)
                 v0 = _channels_last(state.layers[index])
-                if layer.pool and not (torch.is_grad_enabled() and (current.requires_grad or v0.requires_grad)):
-                    # Inference: the LIF counts and pools each step's spikes while they are in cache.
+                if layer.pool:  # the LIF counts and pools each step's spikes while they are in cache
                     pooled, counts, new_state = lif_multistep_pooled(current, LIFState(v0), self.lif_params)
                     layer_states.append(_channels_first(new_state.v))
                     rates.append(counts / layer.neurons)
@@ -440,7 +439,7 @@ class System1(nn.Module):
                     layer_states.append(_channels_first(new_state.v))
                     spikes = _channels_first(spikes)
                     rates.append(spikes.detach().mean(dim=(2, 3, 4)))
-                    out = split(F.max_pool2d(merge(spikes), 2)) if layer.pool else spikes
+                    out = spikes
             else:
                 spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
                 layer_states.append(new_state.v)
