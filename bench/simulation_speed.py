@@ -85,6 +85,7 @@ def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, floa
     """(full-T ms, early-stopping ms at mean T/4, ratio): half the inputs stop after step 1, a quarter
     after step 2, a quarter after step 4 (mean 2 of 8), dropping out of the batch as they stop."""
     from fastslow.systems import System1
+    from fastslow.systems.system1 import select_rows
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
@@ -98,9 +99,9 @@ def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, floa
         state = model.init_state(batch, flat)
         active = torch.arange(batch)
         for t in range(spec.timesteps):
-            _, state = model.step(None, state, constant[active])
+            _, state = model.step(None, state, constant)
             keep = stop_after[active] > t + 1
-            active, state = active[keep], state.select(keep)
+            active, state, constant = active[keep], state.select(keep), select_rows(constant, keep)
             if len(active) == 0:
                 break
 

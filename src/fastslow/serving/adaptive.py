@@ -19,7 +19,7 @@ from fastslow.energy.accounting import OpCounts
 from fastslow.energy.profile import EnergyProfile, load_profile
 from fastslow.policies.confidence import confidence_policy_macs, confidence_score
 from fastslow.spiking import encode_step, is_spiking
-from fastslow.systems.system1 import System1
+from fastslow.systems.system1 import System1, select_rows
 
 
 @dataclass
@@ -71,7 +71,7 @@ class FastSlow:
         last = s1.n_exits - 1
         for t in range(steps):
             inp = encode_step(flat, t, steps, s1.spec.encoding, generator)[active] if spiking else None
-            record, state = s1.step(inp, state, None if constant is None else constant[active])
+            record, state = s1.step(inp, state, constant)
             synaptic[:, active] += record.synaptic_ops
             dense[:, active] += record.dense_macs
             output_sum[active] += record.outputs[last]
@@ -84,6 +84,7 @@ class FastSlow:
             answer_sum[leaving] = output_sum[leaving]
             keep = ~stop
             active, state = active[keep], state.select(keep)
+            constant = None if constant is None else select_rows(constant, keep)
             if len(active) == 0:
                 break
         confident = confidence_score(answer_sum / self.temperature) > self.threshold

@@ -151,6 +151,17 @@ def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
     return (spikes.sum(1) * fanout).flatten(1).sum(1)
 
 
+def select_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[index]`` along dim 0 (``index`` a bool mask or positions), in the memory layout it has:
+    channels-last conv maps are gathered as [B, H, W, C] rows, about six times faster than indexing
+    them as [B, C, H, W]."""
+    if index.dtype == torch.bool:
+        index = index.nonzero().squeeze(1)
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return _channels_first(_channels_last(tensor).index_select(0, index))
+    return tensor.index_select(0, index)
+
+
 class S1State(NamedTuple):
     """System 1's state between steps: each layer's and each exit head's membrane, [B, ...] each."""
 
@@ -159,7 +170,7 @@ class S1State(NamedTuple):
 
     def select(self, index: torch.Tensor) -> "S1State":
         """The state of the inputs at ``index`` only (to drop inputs that stopped)."""
-        return S1State(tuple(v[index] for v in self.layers), tuple(v[index] for v in self.heads))
+        return S1State(tuple(select_rows(v, index) for v in self.layers), tuple(select_rows(v, index) for v in self.heads))
 
 
 @dataclass
