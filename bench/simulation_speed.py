@@ -7,8 +7,8 @@ pulled in). Libraries are timed in alternation, round after round, and the table
 and ratios measured in this one run: (a) an MLP SNN 784-512-512-10 and (b) a conv SNN
 (3×3 convs 1→32→64 on 28×28 with 2×2 pooling), T = 8, direct encoding, batch 128 / 64, 2 threads.
 Also: fastslow's LIF overhead (its inference time over the same convolutions and matmuls alone),
-early-stopping inference with compaction at mean T/4 against the full run, the bytes autograd
-saves for a training step, and a check that every library emits the same spikes for the same
+inference wall time against mean timesteps (early stopping with compaction; the target point is
+mean T/4) and against the share of inputs escalated to System 2, peak training memory, and a check that every library emits the same spikes for the same
 weights and inputs (reset to zero).
 
     .venv/bin/python bench/simulation_speed.py [--rounds 10] [--json FILE] [--no-peers]
@@ -81,19 +81,32 @@ def benchmark_spec(network: str, timesteps: int = 8, checkpoint_steps: int = 0):
                        encoding="direct", lif=lif, checkpoint_steps=checkpoint_steps)
 
 
-def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, float, float]:
-    """(full-T ms, early-stopping ms at mean T/4, ratio): half the inputs stop after step 1, a quarter
-    after step 2, a quarter after step 4 (mean 2 of 8), dropping out of the batch as they stop."""
-    from fastslow.systems import System1
+ESCALATION_RATES = (0.0, 0.1, 0.25, 0.5, 1.0)
+
+
+def wall_time_curves(network: str, batch: int, rounds: int) -> dict:
+    """Inference wall time against mean timesteps and against escalation rate (ms, medians of
+    ``rounds`` alternating rounds).
+
+    Mean timesteps: inputs stop after a given step and leave the batch (their state rows dropped,
+    as serving does), for all stopping at 1, 2, 4 or 8, and for the mixed schedule of mean T/4 (half
+    after step 1, a quarter after 2, a quarter after 4); ratios are to the full multi-step run.
+    Escalation: the full System 1 run, then the default System 2 (LeNet-5) on the escalated share of
+    the batch only; ratios are to escalating every input."""
+    from fastslow.systems import System1, System2Spec, build_system2
     from fastslow.systems.system1 import select_rows
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
     model = System1(spec).eval()
+    system2 = build_system2(System2Spec(input_shape=(1, 28, 28), n_classes=10)).eval()
     x = torch.rand(batch, *spec.input_shape)
-    stop_after = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4))
+    images = x.view(batch, 1, 28, 28)
+    mixed = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4))
+    schedules = {f"all stop at {t}": torch.full((batch,), t) for t in (1, 2, 4, spec.timesteps)}
+    schedules["mixed, mean T/4"] = mixed
 
-    def early() -> None:
+    def early(stop_after: torch.Tensor) -> None:
         flat = model.prepare(x)
         constant = model.input_current(flat)
         state = model.init_state(batch, flat)
@@ -101,23 +114,40 @@ def compaction_ratio(network: str, batch: int, rounds: int) -> tuple[float, floa
         for t in range(spec.timesteps):
             _, state = model.step(None, state, constant)
             keep = stop_after[active] > t + 1
-            active, state, constant = active[keep], state.select(keep), select_rows(constant, keep)
+            if not keep.all():
+                active, state, constant = active[keep], state.select(keep), select_rows(constant, keep)
             if len(active) == 0:
                 break
 
-    full_times, early_times = [], []
-    with torch.no_grad():
+    def cascade(rate: float) -> None:
         model.run(x)
-        early()
+        escalated = round(rate * batch)
+        if escalated:
+            system2(images[:escalated])
+
+    runs = {"full": lambda: model.run(x)}
+    runs.update({name: (lambda stop=stop: early(stop)) for name, stop in schedules.items()})
+    runs.update({f"escalate {rate:g}": (lambda rate=rate: cascade(rate)) for rate in ESCALATION_RATES})
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        for run in runs.values():
+            run()
         for _ in range(rounds):
-            started = time.perf_counter()
-            model.run(x)
-            full_times.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            early()
-            early_times.append(time.perf_counter() - started)
-    full, fast = 1000 * statistics.median(full_times), 1000 * statistics.median(early_times)
-    return full, fast, fast / full
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                times[name].append(1000 * (time.perf_counter() - started))
+    ms = {name: statistics.median(values) for name, values in times.items()}
+    full, all_escalated = ms["full"], ms[f"escalate {ESCALATION_RATES[-1]:g}"]
+    return {
+        "full_T_ms": full,
+        "early_stop_T4_ms": ms["mixed, mean T/4"],
+        "early_stop_ratio": ms["mixed, mean T/4"] / full,
+        "wall_vs_mean_timesteps": [{"schedule": name, "mean_timesteps": float(stop.float().mean()), "ms": ms[name],
+                                    "ratio_to_full": ms[name] / full} for name, stop in schedules.items()],
+        "wall_vs_escalation": [{"escalation_rate": rate, "ms": ms[f"escalate {rate:g}"],
+                                "ratio_to_all_escalated": ms[f"escalate {rate:g}"] / all_escalated} for rate in ESCALATION_RATES],
+    }
 
 
 _PEAK_SCRIPT = """
@@ -218,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             for worker in workers.values():
                 worker.close()
             medians = {lib: {k: statistics.median(v) for k, v in s.items()} for lib, s in samples.items()}
-            full, early, ratio = compaction_ratio(network, batch, args.rounds)
+            curves = wall_time_curves(network, batch, args.rounds)
+            full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
             memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps))
             entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_stepwise", "fastslow_dense"] + list(PEERS)}
             entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
-            entry["early_stop_T4_ms"], entry["full_T_ms"], entry["early_stop_ratio"] = early, full, ratio
+            entry.update(curves)
             entry["peak_train_mib"] = memory
             entry["spikes"] = spikes
             report[network] = entry
@@ -247,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             if "matmul_floor" in medians:
                 out.print(f"LIF overhead: fastslow inference / matmuls alone = {own['forward_ms'] / medians['matmul_floor']['forward_ms']:.2f}× (target ≤ 1.25×)")
             out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×)")
+            out.print("wall time against mean timesteps (inputs leave the batch as they stop; × the full multi-step run): "
+                      + "; ".join(f"{p['schedule']} (mean {p['mean_timesteps']:g}) {p['ms']:.2f} ms = {p['ratio_to_full']:.2f}×"
+                                  for p in curves["wall_vs_mean_timesteps"]))
+            out.print("wall time against escalation rate (full System 1, then LeNet-5 System 2 on the escalated inputs only; "
+                      "× escalating all): " + "; ".join(f"{p['escalation_rate']:.0%} {p['ms']:.2f} ms = {p['ratio_to_all_escalated']:.2f}×"
+                                                       for p in curves["wall_vs_escalation"]))
             out.print("peak memory of one training step (MiB above model and inputs): "
                       + "; ".join(f"{t}: " + ", ".join(f"{mode} {mib:.1f}" for mode, mib in by_mode.items()) for t, by_mode in memory.items()))
     if args.json:
