@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             for worker in workers.values():
                 worker.close()
             medians = {lib: {k: statistics.median(v) for k, v in s.items()} for lib, s in samples.items()}
-            curves = wall_time_curves(network, batch, args.rounds)
+            curves = wall_time_curves(network, batch, 3 * args.rounds)  # short runs: more rounds against the noise
             full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
             memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps))
             entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_stepwise", "fastslow_dense"] + list(PEERS)}

@@ -207,3 +207,53 @@ def test_conv_inference_records_equal_the_training_path():
         inferred = model.run(x, generator=torch.Generator().manual_seed(5))
     for field in ("step_outputs", "synaptic_ops", "spike_rates"):
         assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field
+
+
+def _reference_lif(currents, state, params):
+    """The functional core looped over time: the reference the fast kernels must not depart from."""
+    state = lif_init(currents[0]) if state is None else state
+    spikes = []
+    for current in currents:
+        step_spikes, state = lif_step(current, state, params)
+        spikes.append(step_spikes)
+    return torch.stack(spikes), state
+
+
+def _reference_pooled(currents, state, params):
+    """The functional core, then ``max_pool2d``, on channels-last maps [T, B, H, W, C]."""
+    spikes, new_state = _reference_lif(currents, state, params)
+    pooled = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    return pooled.unflatten(0, spikes.shape[:2]), spikes.detach().sum(dim=(2, 3, 4)), new_state
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_fast_simulation_costs_no_accuracy_on_digits(monkeypatch, arch):
+    """Same seed, same data: System 1 trained with the fast kernels (multi-step, pooled LIF, event-driven
+    synapses) and with the functional core looped over time (dense synapses, max_pool2d) reaches the
+    same test accuracy on digits."""
+    import dataclasses
+
+    import fastslow.systems.system1 as system1
+    from fastslow.data import load_dataset
+    from fastslow.systems.training import system1_loss, train_classifier
+
+    data = load_dataset("digits", seed=0)
+    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    spec = (System1Spec(input_shape=data.input_shape, n_classes=10, hidden=(64,), timesteps=4, encoding="direct")
+            if arch == "mlp" else
+            System1Spec(input_shape=data.input_shape, n_classes=10, arch="conv", conv_channels=(8,), hidden=(), timesteps=4,
+                        encoding="direct"))
+    accuracy = {}
+    for path in ("fast", "reference"):
+        if path == "reference":
+            monkeypatch.setattr(system1, "lif_multistep", _reference_lif)
+            monkeypatch.setattr(system1, "lif_multistep_pooled", _reference_pooled)
+            spec = dataclasses.replace(spec, event_density=0.0)
+        torch.manual_seed(0)
+        model = System1(spec)
+        train_classifier(model, x_train, y_train, system1_loss, epochs=3, lr=3e-3, batch_size=64, seed=0)
+        with torch.no_grad():
+            accuracy[path] = (model.run(x_test).final_logits.argmax(1) == y_test).float().mean().item()
+    assert accuracy["fast"] > 0.85, accuracy
+    assert abs(accuracy["fast"] - accuracy["reference"]) <= 0.01, accuracy  # float rounding may flip a few of 360

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep
-from fastslow.spiking.lif import lif_multistep_pooled
+from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
 from fastslow.spiking.synapses import EVENT_DENSITY, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
