@@ -34,3 +34,29 @@ def test_stopped_inputs_leave_the_batch(fitted_folder):
     fit.system1.step = lambda inp, state, constant=None: (calls.append(state.layers[0].shape[0]), original(inp, state, constant))[1]
     answer = server.predict(x, generator=torch.Generator().manual_seed(0))
     assert calls == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
+
+
+def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
+    """Compaction of channels-last conv state and of the constant input current gives the
+    evaluation's answers, timesteps and energy."""
+    from fastslow.energy.profile import load_profile
+    from fastslow.systems import System1, System1Spec, System2Spec, build_system2
+
+    torch.manual_seed(0)
+    system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4, 6), hidden=(),
+                                  timesteps=4, encoding="direct")).eval()
+    with torch.no_grad():
+        system1.heads[-1].weight.mul_(30.0)  # untrained: sharpen its answers so that some inputs stop early
+    system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
+    x, y = torch.rand(40, 1, 10, 10) * 8, torch.randint(0, 5, (40,))
+    s2_macs = sum(count_macs(system2, (1, 10, 10)).values())
+    profile = load_profile("cmos45nm")
+    outputs = collect_outputs(system1, system2, x, y, s2_macs, batch_size=40, seed=0)
+    for threshold in (0.45, 0.6):
+        routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
+        assert 0 < (routing.timesteps < 4).float().mean() < 1  # some inputs stop early, others run on
+        expected = score_routing("seenn1", "seenn1+s2", routing, outputs, profile)
+        answer = FastSlow(system1, system2, s2_macs, threshold=threshold, profile=profile).predict(x)
+        assert torch.equal(answer.timesteps, routing.timesteps) and torch.equal(answer.escalated, routing.escalate)
+        assert (answer.predictions == y).float().mean().item() == expected.accuracy
+        assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj

@@ -166,29 +166,34 @@ def test_checkpointing_lowers_the_peak_memory_of_a_training_step():
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("height, width", [(8, 8), (7, 9)])
-def test_pooled_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, width):
+@pytest.mark.parametrize("variant", ["per-step currents", "constant current, arctan, v unused"])
+def test_pooled_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, width, variant):
     """The LIF that pools spikes in cache gives max_pool2d of the LIF's spikes, their counts and the
     final state bit for bit, and max_pool2d's gradients, with and without gradients (odd edges
-    dropped, several images per slice)."""
+    dropped, several images per slice; a constant current expanded over T as direct encoding feeds it)."""
     import fastslow.spiking.lif as lif
 
-    params = LIFParams(beta=0.8, threshold=0.7, reset=reset, slope=5.0)
+    constant = variant.startswith("constant")
+    params = LIFParams(beta=0.8, threshold=0.7, reset=reset, surrogate="arctan" if constant else "fast_sigmoid", slope=5.0)
     torch.manual_seed(0)
-    currents = (torch.randn(5, 7, height, width, 3) * 1.5).requires_grad_()  # [T, B, H, W, C]
+    leaf = (torch.randn(7, height, width, 3) if constant else torch.randn(5, 7, height, width, 3)) * 1.5
+    leaf.requires_grad_()
+    currents = leaf.unsqueeze(0).expand(5, -1, -1, -1, -1) if constant else leaf  # [T, B, H, W, C]
     v0 = torch.randn(7, height, width, 3, requires_grad=True)
     weights = torch.randn(5, 7, height // 2, width // 2, 3)
+    v_weight = 0.0 if constant else 1.0
     monkeypatch.setattr(lif, "POOLED_SLICE", 2 * height * width * 3)  # two images per slice, the last alone
     spikes, reference_state = lif_multistep(currents, lif.LIFState(v0), params)
     reference = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-    ((reference.unflatten(0, (5, 7)) * weights).sum() + reference_state.v.square().sum()).backward()
-    reference_grads = currents.grad.clone(), v0.grad.clone()
-    currents.grad = v0.grad = None
+    ((reference.unflatten(0, (5, 7)) * weights).sum() + v_weight * reference_state.v.square().sum()).backward()
+    reference_grads = leaf.grad.clone(), v0.grad.clone()
+    leaf.grad = v0.grad = None
     pooled, counts, state = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
-    ((pooled * weights).sum() + state.v.square().sum()).backward()
+    ((pooled * weights).sum() + v_weight * state.v.square().sum()).backward()
     assert torch.equal(pooled.detach().flatten(0, 1), reference.detach())
     assert torch.equal(counts, spikes.detach().sum(dim=(2, 3, 4))) and not counts.requires_grad
     assert torch.equal(state.v.detach(), reference_state.v.detach())
-    assert torch.allclose(currents.grad, reference_grads[0], atol=1e-6)
+    assert torch.allclose(leaf.grad, reference_grads[0], atol=1e-5)
     assert torch.allclose(v0.grad, reference_grads[1], atol=1e-6)
     with torch.no_grad():
         inferred, inferred_counts, inferred_state = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
@@ -256,4 +261,27 @@ def test_fast_simulation_costs_no_accuracy_on_digits(monkeypatch, arch):
         with torch.no_grad():
             accuracy[path] = (model.run(x_test).final_logits.argmax(1) == y_test).float().mean().item()
     assert accuracy["fast"] > 0.85, accuracy
-    assert abs(accuracy["fast"] - accuracy["reference"]) <= 0.01, accuracy  # float rounding may flip a few of 360
+    assert abs(accuracy["fast"] - accuracy["reference"]) <= 0.02, accuracy  # float rounding may flip a few of 360
+
+
+def test_pooled_lif_rejects_empty_or_misshapen_currents():
+    import fastslow.spiking.lif as lif
+
+    for shape in [(0, 2, 4, 4, 3), (3, 0, 4, 4, 3), (3, 2, 4, 4)]:
+        with pytest.raises(ValueError, match=r"\[T, B, H, W, C\]"):
+            lif.lif_multistep_pooled(torch.zeros(shape), None, LIFParams())
+
+
+@pytest.mark.parametrize("layout", ["channels-last maps", "NCHW maps", "flat rows"])
+def test_select_rows_equals_indexing_and_keeps_the_layout(layout):
+    from fastslow.systems.system1 import select_rows
+
+    tensor = torch.randn(6, 3, 4, 5) if layout != "flat rows" else torch.randn(6, 7)
+    if layout == "channels-last maps":
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    keep = torch.tensor([True, False, True, True, False, True])
+    for index in (keep, keep.nonzero().squeeze(1)):
+        selected = select_rows(tensor, index)
+        assert torch.equal(selected, tensor[keep])
+        if layout == "channels-last maps":
+            assert selected.is_contiguous(memory_format=torch.channels_last)

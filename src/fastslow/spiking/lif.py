@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from fastslow.spiking.surrogate import SurrogateName, _surrogate, spike_fn
 
@@ -69,8 +70,8 @@ def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple
 # all T steps before the next: the slice's potential and spikes then stay in cache between the
 # element-wise kernels instead of streaming the whole map through memory four times a step.
 LIF_SLICE = 1 << 17
-# The pooled inference kernel (lif_multistep_pooled) runs seven kernels per step on a slice of whole
-# images; larger slices pay its per-kernel dispatch less often (measured on the conv benchmark).
+# The pooled LIF (lif_multistep_pooled, forward and backward) runs about seven kernels per step on a
+# slice of whole images; larger slices pay their dispatch less often (measured on the conv benchmark).
 POOLED_SLICE = 1 << 19
 
 
@@ -142,6 +143,7 @@ class _FusedLIF(torch.autograd.Function):
         return spikes.view(currents.shape), v_last.view(currents.shape[1:])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
@@ -263,6 +265,7 @@ class _FusedLIFPool(torch.autograd.Function):
         return pooled, counts, v_last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_pooled: torch.Tensor, grad_counts: torch.Tensor | None, grad_v_last: torch.Tensor | None):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
@@ -287,22 +290,26 @@ class _FusedLIFPool(torch.autograd.Function):
 
 
 def lif_multistep_pooled(
-    currents: torch.Tensor, state: LIFState, params: LIFParams
+    currents: torch.Tensor, state: LIFState | None, params: LIFParams
 ) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
     """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
     of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
     [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient) and the state after step T.
 
-    Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding,
-    but the full-size spike maps never reach memory: a few images at a time, each step's spikes land
-    in a small reused buffer (in cache), where they are counted and pooled; writing and re-reading
-    full-size float maps (and pooling indices) is what the unfused path spends most on."""
+    Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
+    (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
+    map reaches memory: a few images at a time, each step's spikes land in a small reused buffer (in
+    cache), where they are counted and pooled; writing and re-reading full-size float maps (and
+    pooling indices) is what the unfused path spends most on."""
     if params.reset not in ("subtract", "zero"):
         raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
-    if torch.is_grad_enabled() and (currents.requires_grad or state.v.requires_grad):
-        pooled, counts, v = _FusedLIFPool.apply(currents, state.v, params)
+    if currents.dim() != 5 or min(currents.shape[:2]) == 0:
+        raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
+    v0 = lif_init(currents[0]).v if state is None else state.v
+    if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
+        pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)
     else:  # nothing to record for a backward pass: the potential runs in place
-        pooled, counts, v = _lif_pool_forward(currents, state.v, params, None)
+        pooled, counts, v = _lif_pool_forward(currents, v0, params, None)
     return pooled, counts, LIFState(v=v)
 
 
