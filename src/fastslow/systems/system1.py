@@ -169,6 +169,8 @@ class S1State(NamedTuple):
 
     def select(self, index: torch.Tensor) -> "S1State":
         """The state of the inputs at ``index`` only (to drop inputs that stopped)."""
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)  # once for all the state tensors
         return S1State(tuple(select_rows(v, index) for v in self.layers), tuple(select_rows(v, index) for v in self.heads))
 
 
