@@ -75,6 +75,11 @@ LIF_SLICE = 1 << 17
 POOLED_SLICE = 1 << 19
 
 
+def _check_reset(params: LIFParams) -> None:
+    if params.reset not in ("subtract", "zero"):
+        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+
+
 def _slices(size: int) -> list[slice]:
     if size <= 2 * LIF_SLICE:
         return [slice(0, size)]
@@ -127,20 +132,12 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
-        steps = currents.shape[0]
-        flat_currents = currents.reshape(steps, -1)  # a view, also for a constant current expanded over T
-        potentials = torch.empty_like(flat_currents)
-        spikes = torch.empty_like(flat_currents)
-        v_last = torch.empty_like(flat_currents[0])
-        flat_v0 = v0.reshape(-1)
-        for part in _slices(flat_currents.shape[1]):
-            v, after = flat_v0[part], v_last[part]  # the potential after each step's reset ends as v after step T
-            for t in range(steps):
-                v = _slice_step(v, flat_currents[t, part], potentials[t, part], spikes[t, part], params, out=after)
+        potentials = currents.new_empty(currents.shape[0], currents[0].numel())
+        spikes, v_last = _lif_forward(currents, v0, params, potentials)
         ctx.save_for_backward(potentials)
         ctx.params = params
         ctx.shape = currents.shape
-        return spikes.view(currents.shape), v_last.view(currents.shape[1:])
+        return spikes, v_last
 
     @staticmethod
     @once_differentiable
@@ -166,30 +163,31 @@ def lif_multistep(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams
 ) -> tuple[torch.Tensor, LIFState]:
     """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`."""
-    if params.reset not in ("subtract", "zero"):
-        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+    _check_reset(params)
     v0 = lif_init(currents[0]).v if state is None else state.v
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         spikes, v = _FusedLIF.apply(currents, v0, params)
     else:
-        spikes, v = _lif_inference(currents, v0, params)
+        spikes, v = _lif_forward(currents, v0, params, None)
     return spikes, LIFState(v=v)
 
 
-def _lif_inference(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """:class:`_FusedLIF`'s forward without a backward to serve: the potential of each slice lives in
-    one reused buffer instead of a [T, M] record, so only the spikes take fresh memory (fresh
-    buffers cost page faults on CPU). The same :func:`_slice_step`: the same bits."""
+def _lif_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams, potentials: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LIF over currents [T, ...] seen as [T, M], slice by slice: (spikes, v after step T).
+    Records the pre-reset potentials into ``potentials`` [T, M] if given; without (no backward to
+    serve) each slice's potential runs in one reused buffer, so only the spikes take fresh memory
+    (fresh buffers cost page faults on CPU)."""
     steps = currents.shape[0]
-    flat_currents = currents.reshape(steps, -1)
+    flat_currents = currents.reshape(steps, -1)  # a view, also for a constant current expanded over T
     spikes = torch.empty_like(flat_currents)
     v_last = torch.empty_like(flat_currents[0])
     flat_v0 = v0.reshape(-1)
     for part in _slices(flat_currents.shape[1]):
-        v = flat_v0[part]
-        u = v_last[part]  # the running potential, in place; it ends as v after step T
+        v, after = flat_v0[part], v_last[part]  # the potential after each step's reset ends as v after step T
         for t in range(steps):
-            v = _slice_step(v, flat_currents[t, part], u, spikes[t, part], params, out=u)
+            u = after if potentials is None else potentials[t, part]
+            v = _slice_step(v, flat_currents[t, part], u, spikes[t, part], params, out=after)
     return spikes.view(currents.shape), v_last.view(currents.shape[1:])
 
 
@@ -270,7 +268,7 @@ class _FusedLIFPool(torch.autograd.Function):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
         derivative = _surrogate(p.surrogate).derivative
-        steps, batch, height, width, channels = potentials.shape
+        steps, _, height, width, channels = potentials.shape
         group, groups = _image_groups(potentials.shape[1:])
         grad_u = potentials  # each u_t is read once, then overwritten by its gradient (as in _FusedLIF)
         grad_v0 = torch.empty_like(potentials[0])
@@ -301,8 +299,7 @@ def lif_multistep_pooled(
     map reaches memory: a few images at a time, each step's spikes land in a small reused buffer (in
     cache), where they are counted and pooled; writing and re-reading full-size float maps (and
     pooling indices) is what the unfused path spends most on."""
-    if params.reset not in ("subtract", "zero"):
-        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+    _check_reset(params)
     if currents.dim() != 5 or min(currents.shape[:2]) == 0:
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
     v0 = lif_init(currents[0]).v if state is None else state.v

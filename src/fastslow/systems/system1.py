@@ -150,12 +150,16 @@ def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
     return (spikes.sum(1) * fanout).flatten(1).sum(1)
 
 
+def _positions(index: torch.Tensor) -> torch.Tensor:
+    """Row positions from a bool mask or positions."""
+    return index.nonzero().squeeze(1) if index.dtype == torch.bool else index
+
+
 def select_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``tensor[index]`` along dim 0 (``index`` a bool mask or positions), in the memory layout it has:
     channels-last conv maps are gathered as [B, H, W, C] rows, about six times faster than indexing
     them as [B, C, H, W]."""
-    if index.dtype == torch.bool:
-        index = index.nonzero().squeeze(1)
+    index = _positions(index)
     if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
         return _channels_first(_channels_last(tensor).index_select(0, index))
     return tensor.index_select(0, index)
@@ -169,8 +173,7 @@ class S1State(NamedTuple):
 
     def select(self, index: torch.Tensor) -> "S1State":
         """The state of the inputs at ``index`` only (to drop inputs that stopped)."""
-        if index.dtype == torch.bool:
-            index = index.nonzero().squeeze(1)  # once for all the state tensors
+        index = _positions(index)  # once for all the state tensors
         return S1State(tuple(select_rows(v, index) for v in self.layers), tuple(select_rows(v, index) for v in self.heads))
 
 
