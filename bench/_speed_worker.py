@@ -96,18 +96,14 @@ class Plain(nn.Module):
 class Fastslow(nn.Module):
     def __init__(self, network: str, ops: list[nn.Module], mode: str, dense: bool = False) -> None:
         super().__init__()
-        from fastslow.spiking import LIFParams
-        from fastslow.spiking.synapses import EVENT_DENSITY
-        from fastslow.systems import System1, System1Spec
+        import dataclasses
 
-        lif = LIFParams(beta=BETA, threshold=THRESHOLD, reset="zero")
-        density = 0.0 if dense else EVENT_DENSITY  # "fastslow_dense": every synapse a dense matmul
-        if network == "mlp":
-            spec = System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=STEPS, encoding="direct", lif=lif,
-                               event_density=density)
-        else:
-            spec = System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(),
-                               timesteps=STEPS, encoding="direct", lif=lif, event_density=density)
+        from fastslow.systems import System1
+        from simulation_speed import benchmark_spec  # this script's folder is on sys.path
+
+        spec = benchmark_spec(network, STEPS)
+        if dense:  # "fastslow_dense": every synapse a dense matmul
+            spec = dataclasses.replace(spec, event_density=0.0)
         self.model, self.mode = System1(spec), mode
         for layer, op in zip(list(self.model.layers) + [self.model.heads[0]], ops):
             target = layer.op if hasattr(layer, "op") else layer
