@@ -82,7 +82,7 @@ class FastSlow:
             leaving = active[stop]
             stopped_at[leaving] = t + 1
             answer_sum[leaving] = output_sum[leaving]
-            keep = ~stop
+            keep = (~stop).nonzero().squeeze(1)  # positions once, for every tensor that drops the stopped rows
             active, state = active[keep], state.select(keep)
             constant = None if constant is None else select_rows(constant, keep)
             if len(active) == 0:
