@@ -16,6 +16,9 @@ epochs = 40
 exit_shares = [0.2]
 exit_energy_budgets_uj = [0.05]
 exit_epochs = 40
+step_shares = [0.1]
+step_energy_budgets_uj = [0.05]
+step_epochs = 40
 
 [seenn2]
 betas = [0.05]

@@ -23,7 +23,8 @@ def test_fit_writes_a_complete_report(fitted_folder):
     for name in ("results.json", "report.md", "pareto.png", "timesteps.png", "config.json"):
         assert (fitted_folder / name).is_file(), name
     for name in ("system1.safetensors", "system1.json", "system2.safetensors", "system2.json", "router-share=0.2.safetensors",
-                 "router-exits-share=0.2.safetensors", "router-exits-budget=0.05.safetensors", "seenn2-beta=0.05.safetensors", "ponder-lambda_p=0.5.safetensors", "manifest.json"):
+                 "router-exits-share=0.2.safetensors", "router-exits-budget=0.05.safetensors",
+                 "router-steps-share=0.1.safetensors", "router-steps-budget=0.05.safetensors", "seenn2-beta=0.05.safetensors", "ponder-lambda_p=0.5.safetensors", "manifest.json"):
         assert (fitted_folder / "checkpoints" / name).is_file(), name
     payload = _results(fitted_folder)
     assert payload["dataset"] == "digits" and payload["seed"] == 0
@@ -34,7 +35,8 @@ def test_fit_writes_a_complete_report(fitted_folder):
     names = [s["name"] for s in payload["strategies"]]
     for expected in ("system1", "system2", "oracle", "aet_oracle", "confidence@0.8", "router@share=0.2", "router@share=0.4",
                      "seenn1@0.8", "seenn1@0.8+s2", "exits@0.8", "exits@0.8+s2", "seenn2@beta=0.05", "ponder@lambda_p=0.5",
-                     "ponder@lambda_p=0.5+s2", "router@exits,share=0.2", "router@exits,budget=0.05uJ"):
+                     "ponder@lambda_p=0.5+s2", "router@exits,share=0.2", "router@exits,budget=0.05uJ", "router@steps,share=0.1",
+                     "router@steps,budget=0.05uJ"):
         assert expected in names
     assert any(n.startswith("random@rate=") for n in names)
     for strategy in payload["strategies"]:
@@ -49,6 +51,8 @@ def test_fit_writes_a_complete_report(fitted_folder):
     assert by_name["system2"]["energy_terms_uj"]["s1_synaptic"] == 0 and by_name["system2"]["escalation_rate"] == 1
     assert by_name["system1"]["energy_terms_uj"]["s2"] == 0 and by_name["system1"]["mean_timesteps"] == 3
     assert by_name["router@exits,budget=0.05uJ"]["knob"] == {"energy_budget_uj": 0.05}
+    assert by_name["router@steps,budget=0.05uJ"]["knob"] == {"energy_budget_uj": 0.05}
+    assert by_name["router@steps,share=0.1"]["ops_per_input"]["policy_macs"] > 0
     report = (fitted_folder / "report.md").read_text()
     assert "![accuracy vs energy](pareto.png)" in report and "router@share=0.2" in report
     assert (fitted_folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

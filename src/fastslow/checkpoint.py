@@ -14,6 +14,7 @@ from torch import nn
 from fastslow import _atomic
 from fastslow.errors import CheckpointError
 from fastslow.policies.exit_router import ExitRouter
+from fastslow.policies.step_router import StepRouter
 from fastslow.policies.router import Router
 from fastslow.policies.seenn2 import TimestepPolicy
 from fastslow.systems.system1 import System1, System1Spec
@@ -95,6 +96,14 @@ def _build_exit_router_budget(c: dict) -> nn.Module:
     return ExitRouter(int(c["n_features"]), int(c["n_exits"]), int(c["timesteps"]), int(c["hidden"]), 0.0, energy_budget_uj=float(c["knob"]))
 
 
+def _build_step_router(c: dict) -> nn.Module:
+    return StepRouter(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), float(c["knob"]))
+
+
+def _build_step_router_budget(c: dict) -> nn.Module:
+    return StepRouter(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), 0.0, energy_budget_uj=float(c["knob"]))
+
+
 def _build_seenn2(c: dict) -> nn.Module:
     return TimestepPolicy(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), tuple(c["input_shape"]))
 
@@ -110,6 +119,8 @@ POLICY_KINDS = {
     "router": ("router-share=", "target_share", _build_router),
     "exit_router": ("router-exits-share=", "target_share", _build_exit_router),
     "exit_router_budget": ("router-exits-budget=", "energy_budget_uj", _build_exit_router_budget),
+    "step_router": ("router-steps-share=", "target_share", _build_step_router),
+    "step_router_budget": ("router-steps-budget=", "energy_budget_uj", _build_step_router_budget),
     "seenn2": ("seenn2-beta=", "beta", _build_seenn2),
     "ponder": ("ponder-lambda_p=", "lambda_p", _build_halting),
 }
@@ -121,6 +132,8 @@ def policy_config(kind: str, module: nn.Module) -> dict:
     config = {"n_features": first.in_features, "hidden": first.out_features}
     if kind in ("exit_router", "exit_router_budget"):
         config.update(n_exits=module.n_exits, timesteps=module.timesteps)
+    if kind in ("step_router", "step_router_budget"):
+        config.update(timesteps=module.timesteps)
     if kind == "seenn2":
         config.update(timesteps=module.timesteps, input_shape=list(module.input_shape))
     if kind == "router":

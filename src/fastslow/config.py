@@ -112,12 +112,17 @@ class RouterConfig(_Strict):
     exit_energy_budgets_uj: list[float] = Field(default_factory=list, description="whole-exit-space routers for these mean µJ per input")
     exit_energy_weight: float = Field(0.1, ge=0, description="λ of the whole-exit-space router")
     exit_epochs: int = Field(400, ge=1)
+    step_shares: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1], description="sequential router shares of System 2")
+    step_energy_budgets_uj: list[float] = Field(default_factory=list, description="sequential routers for these mean µJ per input")
+    step_energy_weight: float = Field(0.1, ge=0, description="λ of the sequential router")
+    step_kl_weight: float = Field(0.0, ge=0, description="β of the sequential router's share term (0: the share is set by calibration alone)")
+    step_epochs: int = Field(400, ge=1)
 
     @model_validator(mode="after")
     def _shares_in_range(self) -> "RouterConfig":
-        if any(not 0.0 <= s <= 1.0 for s in self.shares + self.exit_shares):
+        if any(not 0.0 <= s <= 1.0 for s in self.shares + self.exit_shares + self.step_shares):
             raise ValueError("router shares must lie in [0, 1]")
-        if any(not b > 0 for b in self.energy_budgets_uj + self.exit_energy_budgets_uj):
+        if any(not b > 0 for b in self.energy_budgets_uj + self.exit_energy_budgets_uj + self.step_energy_budgets_uj):
             raise ValueError("router energy budgets must be positive (µJ per input)")
         return self
 

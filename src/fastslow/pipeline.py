@@ -40,6 +40,7 @@ from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import Routing, share_for_energy_budget, train_router
 from fastslow.policies.base import FeatureMLP
 from fastslow.policies.exit_router import train_exit_router
+from fastslow.policies.step_router import train_step_router
 from fastslow.policies.router import per_input_cross_entropy
 from fastslow.policies.seenn2 import train_seenn2
 from fastslow.systems.system1 import System1, System1Spec
@@ -234,6 +235,8 @@ def _policy_items(policies: PolicySet) -> list[tuple[str, float, nn.Module]]:
         [("router", r.target_share, r) for r in policies.routers]
         + [("exit_router", r.target_share, r) for r in policies.exit_routers if r.energy_budget_uj is None and r.target_distribution is None]
         + [("exit_router_budget", r.energy_budget_uj, r) for r in policies.exit_routers if r.energy_budget_uj is not None]
+        + [("step_router", r.target_share, r) for r in policies.step_routers if r.energy_budget_uj is None and r.target_distribution is None]
+        + [("step_router_budget", r.energy_budget_uj, r) for r in policies.step_routers if r.energy_budget_uj is not None]
         + [("seenn2", beta, p) for beta, p in policies.seenn2]
         + [("ponder", lambda_p, h) for lambda_p, h in policies.halting]
     )
@@ -250,7 +253,8 @@ def train_policies(
     s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
     s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
     shares = _router_shares(config, val, profile, FeatureMLP.macs_for(features.shape[1], rc.hidden, 1))
-    total = len(shares) + len(rc.exit_shares) + len(rc.exit_energy_budgets_uj) + len(sc.betas) + len(pc.lambda_ps)
+    step_targets = [(share, None) for share in rc.step_shares] + [(0.0, budget) for budget in rc.step_energy_budgets_uj]
+    total = len(shares) + len(rc.exit_shares) + len(rc.exit_energy_budgets_uj) + len(step_targets) + len(sc.betas) + len(pc.lambda_ps)
     task = bars.add_task("policies (router, SEENN-II, ponder)", total=total)
     policies = PolicySet()
     for share in shares:
@@ -272,6 +276,17 @@ def train_policies(
                               epochs=rc.exit_epochs, lr=rc.lr, seed=config.seed)
         )
         bars.advance(task)
+    step_losses = val.step_losses()
+    sequential_features = val.step_router_features()
+    stop_energy, escalate_energy = val.step_outcome_energies(profile, FeatureMLP.macs_for(sequential_features.shape[-1], rc.hidden, 3))
+    step_errors, s2_errors = (~val.s1_correct_by_step()).float(), (~val.s2_correct()).float()
+    for share, budget in step_targets:
+        policies.step_routers.append(
+            train_step_router(sequential_features, step_errors, s2_errors, stop_energy, escalate_energy, share, energy_budget_uj=budget,
+                              energy_weight=rc.step_energy_weight, kl_weight=rc.step_kl_weight, hidden=rc.hidden,
+                              epochs=rc.step_epochs, lr=rc.lr, seed=config.seed)
+        )
+        bars.advance(task)
     s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
     seenn2_energy = _seenn2_action_energies(val, profile)
     for beta in sc.betas:
@@ -279,7 +294,7 @@ def train_policies(
                                  hidden=sc.hidden, pretrain_epochs=sc.pretrain_epochs, rl_epochs=sc.rl_epochs, lr=sc.lr, seed=config.seed)
         policies.seenn2.append((beta, policy))
         bars.advance(task)
-    step_features, step_losses = val.step_features(), val.step_losses()
+    step_features = val.step_features()
     for lambda_p in pc.lambda_ps:
         head = train_halting_head(step_features, step_losses, lambda_p, kl_weight=pc.kl_weight, epochs=pc.epochs, lr=pc.lr, seed=config.seed)
         policies.halting.append((lambda_p, head))
@@ -390,6 +405,7 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
     policies = PolicySet(
         routers=[m for _, m in loaded["router"]],
         exit_routers=[m for _, m in loaded["exit_router"] + loaded["exit_router_budget"]],
+        step_routers=[m for _, m in loaded["step_router"] + loaded["step_router_budget"]],
         seenn2=loaded["seenn2"],
         halting=loaded["ponder"],
     )

@@ -30,6 +30,7 @@ from fastslow.policies.confidence import ConfidenceMeasure
 from fastslow.policies.dynamic import aet_oracle_routing, cascade_routing, seenn1_confidence, seenn1_routing
 from fastslow.policies.exit_router import ExitRouter, action_table, exit_router_features
 from fastslow.policies.seenn2 import TimestepPolicy, policy_input
+from fastslow.policies.step_router import StepRouter, step_router_features
 from fastslow.systems.system1 import System1
 
 
@@ -79,6 +80,20 @@ class SystemOutputs:
 
     def exit_router_features(self) -> torch.Tensor:
         return exit_router_features(self.s1_logits, self.s1_spike_rates)
+
+    def step_router_features(self) -> torch.Tensor:
+        return step_router_features(self.s1_logits, self.s1_spike_rates)
+
+    def step_outcome_energies(self, profile: EnergyProfile, policy_macs_per_step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """µJ [T, N] of stopping after t steps at the last exit, and of escalating after t steps
+        (System 1 for t steps, a policy of ``policy_macs_per_step`` MACs read at each, then System 2)."""
+        n, last = len(self.labels), self.last_exit
+        to_s2 = torch.ones(n, dtype=torch.bool)
+        stop, escalate = [], []
+        for t in range(1, self.timesteps + 1):
+            stop.append(per_input_energy(Routing.full_system1(n, t, last, policy_macs=t * policy_macs_per_step), self, profile))
+            escalate.append(per_input_energy(Routing.full_system1(n, t, last, to_s2, t * policy_macs_per_step), self, profile))
+        return torch.stack(stop), torch.stack(escalate)
 
     def step_features(self) -> torch.Tensor:
         """[T, N, 5] per-step state for a halting head: SEENN-I confidences (max-softmax, margin,
@@ -267,6 +282,7 @@ class PolicySet:
 
     routers: list[Router] = field(default_factory=list)
     exit_routers: list[ExitRouter] = field(default_factory=list)
+    step_routers: list[StepRouter] = field(default_factory=list)
     seenn2: list[tuple[float, TimestepPolicy]] = field(default_factory=list)  # (beta, policy)
     halting: list[tuple[float, nn.Module]] = field(default_factory=list)  # (lambda_p, HaltingHead)
 
@@ -347,6 +363,18 @@ def enumerate_strategies(
             else:
                 share = router.target_share
                 add(f"router@exits,share={share:g}", "router_exits", router.route(features), {"target_share": share})
+    if policies.step_routers:
+        features = outputs.step_router_features()
+        for index, router in enumerate(policies.step_routers):
+            routing = router.route(features, last)
+            if router.target_distribution is not None:
+                add(f"router@steps,target#{index}", "router_steps_target", routing, {"target_distribution": router.target_distribution})
+            elif router.energy_budget_uj is not None:
+                budget = router.energy_budget_uj
+                add(f"router@steps,budget={budget:.10g}uJ", "router_steps_budget", routing, {"energy_budget_uj": budget})
+            else:
+                share = router.target_share
+                add(f"router@steps,share={share:g}", "router_steps", routing, {"target_share": share})
     return items
 
 
@@ -365,7 +393,8 @@ def evaluate_strategies(
     Families: references ``system1``, ``system2``, ``oracle``, ``aet_oracle``; ``confidence@θ``;
     ``seenn1@θ`` (S1 only) and ``seenn1@θ+s2``; ``exits@θ`` and ``exits@θ+s2`` (with exit heads);
     ``seenn2@beta=β``; ``ponder@lambda_p=λ`` and ``…+s2``; ``router@share=ρ`` (S1 at T or S2) and
-    ``router@exits,share=ρ`` (the whole exit space); ``random@rate=r``.
+    ``router@exits,share=ρ`` (the whole exit space, one decision after step 1) and
+    ``router@steps,share=ρ`` (a decision after every step); ``random@rate=r``.
     """
     policies = policies or PolicySet()
     results = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -74,3 +75,40 @@ class FeatureMLP(nn.Module):
     def macs_for(n_features: int, hidden: int, outputs: int) -> int:
         """What :meth:`macs` will be, before building the network."""
         return n_features * hidden + hidden * outputs
+
+
+def fit_biases_to_frequencies(
+    frequency: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, rounds: int = 400
+) -> torch.Tensor:
+    """Biases b [K] whose arg-max outcome frequencies ``frequency(b)`` [K] match ``target`` [K]:
+    log-space proportional fitting, a step kept only where it lowers the largest error and halved
+    where it does not (arg-max mass moves in jumps)."""
+    log_target = target.clamp_min(1e-6).log()
+    best = torch.zeros(len(target))
+    best_frequency = frequency(best)
+    best_error, step = float((best_frequency - target).abs().max()), 0.5
+    for _ in range(rounds):
+        if best_error < 0.005 or step < 1e-4:
+            break
+        candidate = best + step * (log_target - best_frequency.clamp_min(1e-6).log())
+        candidate_frequency = frequency(candidate)
+        error = float((candidate_frequency - target).abs().max())
+        if error < best_error:
+            best, best_frequency, best_error, step = candidate, candidate_frequency, error, step * 1.5
+        else:
+            step /= 2
+    return best
+
+
+def share_kl(share: torch.Tensor, target_share: float) -> torch.Tensor:
+    """KL( Bern(share) ‖ Bern(target_share) ): pulls a mean share of System 2 towards the target
+    (both clamped to [1e-6, 1 − 1e-6], so 0 and 1 stay finite)."""
+    share = share.clamp(1e-6, 1 - 1e-6)
+    target_share = min(max(target_share, 1e-6), 1 - 1e-6)
+    return distribution_kl(torch.stack([1 - share, share]), torch.tensor([1 - target_share, target_share]))
+
+
+def distribution_kl(mean_dist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL( mean_dist ‖ target ) over the last dimension; both clamped below at 1e-8 (zeros stay finite)."""
+    mean_dist = mean_dist.clamp_min(1e-8)
+    return (mean_dist * (mean_dist.log() - target.to(mean_dist).clamp_min(1e-8).log())).sum(-1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing
+from fastslow.policies.base import FeatureMLP, Routing, distribution_kl, fit_biases_to_frequencies, share_kl
 from fastslow.policies.confidence import confidence_score
 
 
@@ -89,11 +89,6 @@ class ExitRouter(FeatureMLP):
         )
 
 
-def _kl(mean_dist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    mean_dist = mean_dist.clamp_min(1e-8)
-    return (mean_dist * (mean_dist.log() - target.clamp_min(1e-8).log())).sum()
-
-
 def train_exit_router(
     features: torch.Tensor,
     action_losses: torch.Tensor,
@@ -138,11 +133,7 @@ def train_exit_router(
     for _ in range(epochs):
         probs = F.softmax(router(features), dim=1)
         mean_dist = probs.mean(0)
-        if target_distribution is not None:
-            kl = _kl(mean_dist, target_distribution)
-        else:
-            share = mean_dist[-1:]
-            kl = _kl(torch.cat([1 - share, share]), torch.tensor([1 - target_share, target_share]))
+        kl = distribution_kl(mean_dist, target_distribution) if target_distribution is not None else share_kl(mean_dist[-1], target_share)
         loss = (probs * cost).sum(1).mean() + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -158,31 +149,13 @@ def train_exit_router(
     return router
 
 
-def _calibrate_action_biases(router: ExitRouter, features: torch.Tensor, target: torch.Tensor, rounds: int = 400) -> torch.Tensor:
-    """Per-action biases that make the arg-max frequencies on ``features`` match ``target``:
-    multiplicative (log-space) proportional fitting, a step kept only where it lowers the largest
-    error and halved where it does not (arg-max mass moves in jumps)."""
+def _calibrate_action_biases(router: ExitRouter, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-action biases that make the arg-max frequencies on ``features`` match ``target``."""
     with torch.no_grad():
         logits = router(features)
-        log_target = target.clamp_min(1e-6).log()
-
-        def frequency(bias: torch.Tensor) -> torch.Tensor:
-            return torch.bincount((logits + bias).argmax(1), minlength=len(target)).float() / len(features)
-
-        best = torch.zeros(logits.shape[1])
-        best_frequency = frequency(best)
-        best_error, step = float((best_frequency - target).abs().max()), 0.5
-        for _ in range(rounds):
-            if best_error < 0.005 or step < 1e-4:
-                break
-            candidate = best + step * (log_target - best_frequency.clamp_min(1e-6).log())
-            candidate_frequency = frequency(candidate)
-            error = float((candidate_frequency - target).abs().max())
-            if error < best_error:
-                best, best_frequency, best_error, step = candidate, candidate_frequency, error, step * 1.5
-            else:
-                step /= 2
-        return best
+    return fit_biases_to_frequencies(
+        lambda bias: torch.bincount((logits + bias).argmax(1), minlength=len(target)).float() / len(features), target
+    )
 
 
 def _calibrate_budget(router: ExitRouter, features: torch.Tensor, action_energy: torch.Tensor, budget_uj: float) -> torch.Tensor:

@@ -15,12 +15,11 @@ router's own split, so the share lands on ρ on held-out data up to sampling noi
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing
+from fastslow.policies.base import FeatureMLP, Routing, share_kl
 from fastslow.policies.confidence import confidence_score
 
 
@@ -85,10 +84,7 @@ def router_loss(
     p = torch.sigmoid(logit)
     task = ((1 - p) * s1_loss + p * s2_loss).mean()
     energy = p.mean() * s2_energy_fraction
-    share = p.mean().clamp(1e-6, 1 - 1e-6)
-    rho = min(max(target_share, 1e-6), 1 - 1e-6)
-    kl = share * math.log(1 / rho) + share * share.log() + (1 - share) * (1 - share).log() - (1 - share) * math.log(1 - rho)
-    return task + energy_weight * energy + kl_weight * kl
+    return task + energy_weight * energy + kl_weight * share_kl(p.mean(), target_share)
 
 
 def train_router(
