@@ -25,6 +25,33 @@ def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder):
         assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
 
 
+def test_predict_with_the_sequential_router_matches_its_evaluation(fitted_folder):
+    fit = load_fit(fitted_folder)
+    x, y = fit.splits.x_test[:200], fit.splits.y_test[:200]
+    s2_macs = sum(count_macs(fit.system2, tuple(x.shape[1:])).values())
+    outputs = collect_outputs(fit.system1, fit.system2, x, y, s2_macs, batch_size=200, seed=7)
+    assert len(fit.policies.step_routers) == 2
+    for router in fit.policies.step_routers:
+        routing = router.route(outputs.step_router_features(), outputs.last_exit)
+        assert routing.escalate.any() and (routing.timesteps < fit.system1.spec.timesteps).any()  # a real mix of decisions
+        expected = score_routing("router", "router_steps", routing, outputs, fit.profile)
+        answer = FastSlow(fit.system1, fit.system2, s2_macs, profile=fit.profile, router=router).predict(x, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(answer.timesteps, routing.timesteps)
+        assert torch.equal(answer.escalated, routing.escalate)
+        assert (answer.predictions == y).float().mean().item() == expected.accuracy
+        assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
+
+
+def test_a_router_for_other_timesteps_is_refused(fitted_folder):
+    import pytest
+
+    from fastslow.policies.step_router import StepRouter
+
+    fit = load_fit(fitted_folder)
+    with pytest.raises(ValueError, match="timesteps"):
+        FastSlow(fit.system1, fit.system2, 1000, router=StepRouter(10, fit.system1.spec.timesteps + 1))
+
+
 def test_stopped_inputs_leave_the_batch(fitted_folder):
     fit = load_fit(fitted_folder)
     x = fit.splits.x_test[:64]

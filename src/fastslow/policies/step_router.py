@@ -31,26 +31,35 @@ import torch
 import torch.nn.functional as F
 
 from fastslow.policies.base import FeatureMLP, Routing, fit_biases_to_frequencies, share_kl
-from fastslow.policies.dynamic import seenn1_confidence
+from fastslow.policies.confidence import confidence_score
 
 STOP, CONTINUE, ESCALATE = 0, 1, 2
 INITIAL_BIAS = (0.0, 2.0, -2.0)
 
 
+def step_state_features(
+    mean_logits: torch.Tensor, previous_answer: torch.Tensor | None, t: int, timesteps: int, spike_rates: torch.Tensor
+) -> torch.Tensor:
+    """What the router reads after step ``t`` (1-based) [N, C + 5 + H], from the last exit only (so
+    nothing but System 1's own run is read): the cumulative sum S_t of its outputs, SEENN-I's three
+    confidences of S_t, t/T, whether the answer equals ``previous_answer`` [N] (None at t = 1) and
+    each hidden layer's firing rate ``spike_rates`` [H, N]. ``mean_logits`` [N, C] is the cumulative mean."""
+    summed = mean_logits.float() * t
+    confidences = [confidence_score(summed, m) for m in ("max_softmax", "margin", "neg_entropy")]
+    answer = summed.argmax(-1)
+    same = torch.zeros_like(confidences[0]) if previous_answer is None else (answer == previous_answer).float()
+    progress = torch.full_like(same, t / timesteps)
+    return torch.cat([summed, torch.stack([*confidences, progress, same], dim=-1), spike_rates.float().T], dim=-1)
+
+
 def step_router_features(logits: torch.Tensor, spike_rates: torch.Tensor) -> torch.Tensor:
-    """[T, N, C + 5 + H] per step, from the last exit only (so nothing but System 1's own run is read):
-    the cumulative sum of its logits S_t, SEENN-I's three confidences of S_t, t/T, whether the answer
-    equals the previous step's, and each hidden layer's firing rate at t.
-    ``logits`` [T, E, N, C] cumulative means; ``spike_rates`` [H, T, N]."""
-    final = logits[:, -1].float()
+    """:func:`step_state_features` at every step [T, N, F], from a recorded run's ``logits``
+    [T, E, N, C] (cumulative means) and ``spike_rates`` [H, T, N]."""
+    final = logits[:, -1]
     steps = final.shape[0]
-    summed = final * torch.arange(1, steps + 1, dtype=final.dtype)[:, None, None]
-    confidences = [seenn1_confidence(final, measure=m) for m in ("max_softmax", "margin", "neg_entropy")]
-    answer = final.argmax(-1)
-    same = torch.cat([torch.zeros_like(answer[:1]), (answer[1:] == answer[:-1]).long()]).float()
-    progress = (torch.arange(1, steps + 1, dtype=final.dtype) / steps)[:, None].expand_as(same)
-    rates = spike_rates.float().permute(1, 2, 0)
-    return torch.cat([summed, torch.stack([*confidences, progress, same], dim=-1), rates], dim=-1)
+    return torch.stack([
+        step_state_features(final[t], final[t - 1].argmax(-1) if t else None, t + 1, steps, spike_rates[:, t]) for t in range(steps)
+    ])
 
 
 def _log_choice(step_logits: torch.Tensor) -> torch.Tensor:
@@ -70,9 +79,7 @@ def outcome_probabilities(step_logits: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def decide(step_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Arg-max decisions step by step: (escalate [N] bool, timesteps run [N] in 1..T)."""
-    choice = step_logits.clone()
-    choice[-1, :, CONTINUE] = float("-inf")
-    choice = choice.argmax(-1)  # [T, N]
+    choice = _log_choice(step_logits).argmax(-1)  # [T, N]
     leaves = choice != CONTINUE
     order = torch.arange(leaves.shape[0], 0, -1, device=leaves.device)[:, None]
     first = (leaves.long() * order).argmax(0)  # earliest leaving step (T − 1 always leaves)
@@ -98,6 +105,15 @@ class StepRouter(FeatureMLP):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Raw logits [T, N, 3]."""
         return self.logits(features)
+
+    def choose(self, features: torch.Tensor, t: int) -> torch.Tensor:
+        """The choice after step ``t`` (1-based) [N]: STOP, CONTINUE or ESCALATE, for ``features`` [N, F]
+        of :func:`step_state_features` (what a server calls step by step)."""
+        with torch.no_grad():
+            biased = self(features) + self.step_bias[t - 1]
+            if t == self.timesteps:
+                biased[:, CONTINUE] = float("-inf")
+            return biased.argmax(-1)
 
     def route(self, features: torch.Tensor, last_exit: int) -> Routing:
         """Each input stops or escalates at the first step whose biased arg-max is not 'continue'."""

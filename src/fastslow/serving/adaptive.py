@@ -3,9 +3,10 @@ with the mean timesteps; only escalated inputs run through System 2.
 
 The policy is SEENN-I with escalation (``seenn1@θ+s2``): after each step an input whose confidence
 max softmax(S_t/τ) exceeds θ stops and System 1 answers; inputs still unconfident at T go to System
-2. The spike encoder draws for the whole batch every step and keeps the active rows, so every input
-sees exactly the spikes of a full run: answers and energies equal the evaluation's
-``seenn1@θ+s2`` (a test checks this).
+2. Or it is a trained sequential router (``router@steps``, :class:`~fastslow.policies.step_router.StepRouter`):
+after each step it stops, continues or escalates each input. The spike encoder draws for the whole
+batch every step and keeps the active rows, so every input sees exactly the spikes of a full run:
+answers and energies equal the evaluation's ``seenn1@θ+s2`` or ``router@steps`` (tests check this).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from fastslow.energy.accounting import OpCounts
 from fastslow.energy.profile import EnergyProfile, load_profile
 from fastslow.policies.confidence import confidence_policy_macs, confidence_score
+from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_state_features
 from fastslow.spiking import encode_step, is_spiking
 from fastslow.systems.system1 import System1, select_rows
 
@@ -34,7 +36,7 @@ class AdaptiveAnswer:
 
 
 class FastSlow:
-    """System 1 + System 2 + SEENN-I stopping and escalation, for inference."""
+    """System 1 + System 2 + per-step stopping and escalation (SEENN-I, or ``router``), for inference."""
 
     def __init__(
         self,
@@ -46,12 +48,16 @@ class FastSlow:
         escalate: bool = True,
         temperature: float = 1.0,
         profile: EnergyProfile | str = "cmos45nm",
+        router: StepRouter | None = None,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold} is outside [0, 1]")
         self.system1, self.system2, self.s2_macs = system1.eval(), system2.eval(), s2_macs
         self.threshold, self.escalate, self.temperature = threshold, escalate, temperature
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
+        if router is not None and router.timesteps != system1.spec.timesteps:
+            raise ValueError(f"the router decides over {router.timesteps} timesteps but System 1 runs {system1.spec.timesteps}: train it on this System 1")
+        self.router = None if router is None else router.eval().to(next(system1.parameters()).device)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> AdaptiveAnswer:
@@ -68,6 +74,8 @@ class FastSlow:
         dense = flat.new_zeros(s1.n_components, n)
         stopped_at = torch.full((n,), steps, dtype=torch.long, device=x.device)
         answer_sum = flat.new_zeros(n, s1.spec.n_classes)
+        routed_to_s2 = torch.zeros(n, dtype=torch.bool, device=x.device)
+        previous_answer = None
         last = s1.n_exits - 1
         for t in range(steps):
             inp = encode_step(flat, t, steps, s1.spec.encoding, generator)[active] if spiking else None
@@ -75,10 +83,17 @@ class FastSlow:
             synaptic[:, active] += record.synaptic_ops
             dense[:, active] += record.dense_macs
             output_sum[active] += record.outputs[last]
-            confidence = confidence_score(output_sum[active] / self.temperature)
-            stop = confidence > self.threshold
-            if t == steps - 1:
-                stop = torch.ones_like(stop)
+            if self.router is None:
+                stop = confidence_score(output_sum[active] / self.temperature) > self.threshold
+                if t == steps - 1:
+                    stop = torch.ones_like(stop)
+            else:
+                mean_logits = output_sum[active] / (t + 1)
+                features = step_state_features(mean_logits, previous_answer, t + 1, steps, record.spike_rates)
+                choice = self.router.choose(features, t + 1)
+                stop = choice != CONTINUE
+                routed_to_s2[active[choice == ESCALATE]] = True
+                previous_answer = mean_logits.argmax(-1)[~stop]
             leaving = active[stop]
             stopped_at[leaving] = t + 1
             answer_sum[leaving] = output_sum[leaving]
@@ -87,8 +102,10 @@ class FastSlow:
             constant = None if constant is None else select_rows(constant, keep)
             if len(active) == 0:
                 break
-        confident = confidence_score(answer_sum / self.temperature) > self.threshold
-        escalated = ~confident & self.escalate
+        if self.router is None:
+            escalated = ~(confidence_score(answer_sum / self.temperature) > self.threshold) & self.escalate
+        else:
+            escalated = routed_to_s2
         predictions = answer_sum.argmax(1)
         if escalated.any():
             predictions[escalated] = self.system2(x[escalated]).argmax(1)
@@ -98,7 +115,7 @@ class FastSlow:
             synaptic_ops=(synaptic * components[:, None]).sum(0),
             s1_dense_macs=(dense * components[:, None]).sum(0),
             neuron_updates=neurons,
-            policy_macs=stopped_at.to(flat.dtype) * confidence_policy_macs(s1.spec.n_classes),
+            policy_macs=stopped_at.to(flat.dtype) * (confidence_policy_macs(s1.spec.n_classes) if self.router is None else self.router.macs()),
             s2_macs=escalated.to(flat.dtype) * self.s2_macs,
         )
         terms = counts.energy_terms_uj(self.profile)
