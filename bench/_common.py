@@ -14,7 +14,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def console() -> Console:
-    return Console(width=max(Console().width, 120))
+    return Console(width=max(Console().width, 150))
 
 
 def default_data(out: Console) -> str | None:

@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         cascades = [r for r in results if r.family == "seenn1+s2" and r.accuracy >= router.accuracy]
         if cascades:
             cascade = min(cascades, key=lambda r: r.energy_uj)
-            console.print(f"beside the threshold cascade of equal or better accuracy, {cascade.name} "
-                          f"({100 * cascade.accuracy:.2f}% at {cascade.energy_ratio_vs_s2:.3f}×): {cascade.energy_uj / router.energy_uj:.2f}× less energy")
+            console.print(f"beside the cheapest threshold cascade of equal or better accuracy, {cascade.name} "
+                          f"({100 * cascade.accuracy:.2f}% at {cascade.energy_ratio_vs_s2:.3f}×): the router spends {router.energy_uj / cascade.energy_uj:.2f}× its energy")
     return 0
 
 

@@ -9,7 +9,8 @@ and ratios measured in this one run: (a) an MLP SNN 784-512-512-10 and (b) a con
 Also: fastslow's LIF overhead (its inference time over the same convolutions and matmuls alone),
 inference wall time against mean timesteps (early stopping with compaction; the target point is
 mean T/4) and against the share of inputs escalated to System 2, peak training memory, and a check that every library emits the same spikes for the same
-weights and inputs (reset to zero).
+weights and inputs (reset to zero). `fastslow` uses its compiled CPU kernels where numba is
+installed (the `cpu` extra); `fastslow_torch` is the same network with them off.
 
     .venv/bin/python bench/simulation_speed.py [--rounds 10] [--json FILE] [--no-peers]
 """
@@ -29,6 +30,8 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from fastslow.spiking import _cpu_kernels
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, peer_python  # noqa: E402
 from _common import console as wide_console  # noqa: E402
@@ -45,8 +48,10 @@ NETWORKS = {"mlp": ((784,), 128), "conv": ((1, 28, 28), 64)}
 class Worker:
     def __init__(self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int) -> None:
         self.library = library
+        # "fastslow_torch": fastslow with its compiled CPU kernels turned off (the torch path, side by side)
+        env = {**os.environ, "FASTSLOW_CPU_KERNELS": "0"} if library == "fastslow_torch" else None
         self.process = subprocess.Popen([python, str(WORKER), str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                                        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         self.send({"library": library, "network": network, "weights": str(weights), "inputs": str(inputs), "iterations": iterations})
 
     def send(self, message) -> None:
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = wide_console()
-    own = ["fastslow", "fastslow_stepwise", "fastslow_dense", "matmul_floor"]
+    own = ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense", "matmul_floor"]
     libraries = own + ([] if args.no_peers else list(PEERS))
     pythons = {lib: sys.executable for lib in own}
     for library in libraries[len(own):]:
@@ -249,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             curves = wall_time_curves(network, batch, 3 * args.rounds)  # short runs: more rounds against the noise
             full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
             memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps))
-            entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_stepwise", "fastslow_dense"] + list(PEERS)}
+            entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense"] + list(PEERS)}
+            entry["cpu_kernels"] = _cpu_kernels.cpu_kernels_available()
             entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
             entry.update(curves)
             entry["peak_train_mib"] = memory

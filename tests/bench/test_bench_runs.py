@@ -25,7 +25,7 @@ def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
     bench = _load("dynamic_timesteps")
     assert bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "3", "--hidden", "32", "16", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "SEENN-I" in out and "router, all exits" in out and "target S1-only" in out
+    assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "target S1-only" in out
 
 
 def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):

@@ -285,3 +285,30 @@ def test_select_rows_equals_indexing_and_keeps_the_layout(layout):
         assert torch.equal(selected, tensor[keep])
         if layout == "channels-last maps":
             assert selected.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
+    """The numba LIF + pooling (inference) gives the torch path's pooled spikes, counts and state bit
+    for bit: odd edges, a constant current expanded over T, infinities and NaN included."""
+    pytest.importorskip("numba")
+    import fastslow.spiking.lif as lif
+    from fastslow.spiking import _cpu_kernels
+
+    params = LIFParams(beta=0.85, threshold=0.6, reset=reset)
+    torch.manual_seed(1)
+    varied = torch.randn(6, 5, 9, 7, 4) * 1.5
+    varied[2, 1, 3, 3, 0], varied[3, 2, 0, 0, 1], varied[1, 0, 8, 6, 3] = float("inf"), float("-inf"), float("nan")
+    constant = (torch.randn(5, 9, 7, 4) * 1.5).unsqueeze(0).expand(6, -1, -1, -1, -1)
+    v0 = torch.randn(5, 9, 7, 4)
+    for currents in (varied, constant):
+        with torch.no_grad():
+            assert _cpu_kernels.applies(currents, v0)
+            compiled = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+            monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+            assert not _cpu_kernels.applies(currents, v0)
+            reference = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+            monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+        assert torch.equal(compiled[0], reference[0]) and torch.equal(compiled[1], reference[1])
+        torch.testing.assert_close(compiled[2].v, reference[2].v, rtol=0, atol=0, equal_nan=True)
+    assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path

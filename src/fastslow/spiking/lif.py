@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from fastslow.spiking import _cpu_kernels
 from fastslow.spiking.surrogate import SurrogateName, _surrogate, spike_fn
 
 ResetMode = Literal["subtract", "zero"]
@@ -305,6 +306,8 @@ def lif_multistep_pooled(
     v0 = lif_init(currents[0]).v if state is None else state.v
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)
+    elif _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
+        pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero")
     else:  # nothing to record for a backward pass: the potential runs in place
         pooled, counts, v = _lif_pool_forward(currents, v0, params, None)
     return pooled, counts, LIFState(v=v)
