@@ -26,18 +26,21 @@ def _kernel():
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def lif_pool(currents, v, beta, threshold, reset_zero, pooled, counts):  # pragma: no cover - compiled
-        steps, batch, height, width, channels = currents.shape
+        steps = pooled.shape[0]
+        batch, height, width, channels = v.shape
+        constant = currents.shape[0] == 1  # one current for every step
         pooled_height, pooled_width = height // 2, width // 2
         zero = np.float32(0.0)
         for b in numba.prange(batch):
             for t in range(steps):
+                tc = 0 if constant else t
                 count = 0
                 for h in range(height):
                     for w in range(width):
                         in_window = h < 2 * pooled_height and w < 2 * pooled_width
                         for c in range(channels):
                             u = v[b, h, w, c] * beta
-                            u = u + currents[t, b, h, w, c]
+                            u = u + currents[tc, b, h, w, c]
                             if u > threshold:
                                 count += 1
                                 if in_window:
@@ -77,6 +80,9 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor, beta: float, th
     counts = currents.new_empty(steps, batch)
     v = v0.contiguous().clone()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    # float32 scalars: β·v must round in float32, as torch computes it
-    kernel(currents.contiguous().numpy(), v.numpy(), np.float32(beta), np.float32(threshold), bool(reset_zero), pooled.numpy(), counts.numpy())
+    # A constant current expanded over T (stride 0 in T) is passed once, not copied T times; any other
+    # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
+    # round in float32, as torch computes it.
+    source = currents[:1] if currents.stride(0) == 0 else currents
+    kernel(source.contiguous().numpy(), v.numpy(), np.float32(beta), np.float32(threshold), bool(reset_zero), pooled.numpy(), counts.numpy())
     return pooled, counts, v
