@@ -9,6 +9,13 @@ from fastslow.policies.dynamic import seenn1_routing
 from fastslow.serving import FastSlow
 
 
+def _assert_same_as_evaluated(answer, routing, expected, y):
+    assert torch.equal(answer.timesteps, routing.timesteps)
+    assert torch.equal(answer.escalated, routing.escalate)
+    assert (answer.predictions == y).float().mean().item() == expected.accuracy
+    assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
+
+
 def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder):
     fit = load_fit(fitted_folder)
     x, y = fit.splits.x_test[:200], fit.splits.y_test[:200]
@@ -18,11 +25,7 @@ def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder):
         routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
         expected = score_routing("seenn1", "seenn1+s2", routing, outputs, fit.profile)
         server = FastSlow(fit.system1, fit.system2, s2_macs, threshold=threshold, profile=fit.profile)
-        answer = server.predict(x, generator=torch.Generator().manual_seed(7))
-        assert torch.equal(answer.timesteps, routing.timesteps)
-        assert torch.equal(answer.escalated, routing.escalate)
-        assert (answer.predictions == y).float().mean().item() == expected.accuracy
-        assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
+        _assert_same_as_evaluated(server.predict(x, generator=torch.Generator().manual_seed(7)), routing, expected, y)
 
 
 def test_predict_with_the_sequential_router_matches_its_evaluation(fitted_folder):
@@ -35,11 +38,8 @@ def test_predict_with_the_sequential_router_matches_its_evaluation(fitted_folder
         routing = router.route(outputs.step_router_features(), outputs.last_exit)
         assert routing.escalate.any() and (routing.timesteps < fit.system1.spec.timesteps).any()  # a real mix of decisions
         expected = score_routing("router", "router_steps", routing, outputs, fit.profile)
-        answer = FastSlow(fit.system1, fit.system2, s2_macs, profile=fit.profile, router=router).predict(x, generator=torch.Generator().manual_seed(7))
-        assert torch.equal(answer.timesteps, routing.timesteps)
-        assert torch.equal(answer.escalated, routing.escalate)
-        assert (answer.predictions == y).float().mean().item() == expected.accuracy
-        assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
+        server = FastSlow(fit.system1, fit.system2, s2_macs, profile=fit.profile, router=router)
+        _assert_same_as_evaluated(server.predict(x, generator=torch.Generator().manual_seed(7)), routing, expected, y)
 
 
 def test_a_router_for_other_timesteps_is_refused(fitted_folder):
@@ -83,7 +83,4 @@ def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
         routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
         assert 0 < (routing.timesteps < 4).float().mean() < 1  # some inputs stop early, others run on
         expected = score_routing("seenn1", "seenn1+s2", routing, outputs, profile)
-        answer = FastSlow(system1, system2, s2_macs, threshold=threshold, profile=profile).predict(x)
-        assert torch.equal(answer.timesteps, routing.timesteps) and torch.equal(answer.escalated, routing.escalate)
-        assert (answer.predictions == y).float().mean().item() == expected.accuracy
-        assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
+        _assert_same_as_evaluated(FastSlow(system1, system2, s2_macs, threshold=threshold, profile=profile).predict(x), routing, expected, y)

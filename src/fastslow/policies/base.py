@@ -112,3 +112,24 @@ def distribution_kl(mean_dist: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """KL( mean_dist ‖ target ) over the last dimension; both clamped below at 1e-8 (zeros stay finite)."""
     mean_dist = mean_dist.clamp_min(1e-8)
     return (mean_dist * (mean_dist.log() - target.to(mean_dist).clamp_min(1e-8).log())).sum(-1)
+
+
+def resolve_target(
+    target_share: float, target_distribution, energy_budget_uj: float | None, outcomes: int, outcome_names: str,
+    cheapest_uj: float, s2_uj: float,
+) -> tuple[torch.Tensor | None, float]:
+    """A learned router's target, checked: (the distribution over its ``outcomes`` or None, the share
+    of System 2 it implies). An energy budget becomes the share of System 2 that spends it on top of
+    the cheapest System 1 answer (``cheapest_uj``; ``s2_uj`` the mean µJ of escalating)."""
+    if target_distribution is not None:
+        target_distribution = torch.as_tensor(target_distribution, dtype=torch.float32)
+        if target_distribution.shape != (outcomes,) or (target_distribution < 0).any() or abs(float(target_distribution.sum()) - 1) > 1e-4:
+            raise ValueError(f"target distribution must be {outcomes} non-negative shares ({outcome_names}) summing to 1")
+        target_share = float(target_distribution[-1])
+    elif energy_budget_uj is not None:
+        if not energy_budget_uj > 0:
+            raise ValueError(f"energy budget {energy_budget_uj} µJ must be positive")
+        target_share = min(1.0, max(0.0, (energy_budget_uj - cheapest_uj) / max(s2_uj - cheapest_uj, 1e-12)))
+    if not 0.0 <= target_share <= 1.0:
+        raise ValueError(f"target share {target_share} is outside [0, 1]")
+    return target_distribution, target_share

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, distribution_kl, fit_biases_to_frequencies, share_kl
+from fastslow.policies.base import FeatureMLP, Routing, distribution_kl, fit_biases_to_frequencies, resolve_target, share_kl
 from fastslow.policies.confidence import confidence_score
 
 
@@ -110,18 +110,10 @@ def train_exit_router(
     µJ). Routing lands on ``target_distribution`` (over :func:`action_table`) when given, else on
     ``energy_budget_uj`` (mean µJ per input) when given, else on ``target_share`` of System 2."""
     actions = n_exits * timesteps + 1
-    if target_distribution is not None:
-        target_distribution = torch.as_tensor(target_distribution, dtype=torch.float32)
-        if target_distribution.shape != (actions,) or (target_distribution < 0).any() or abs(float(target_distribution.sum()) - 1) > 1e-4:
-            raise ValueError(f"target distribution must be {actions} non-negative shares (one per action of action_table) summing to 1")
-        target_share = float(target_distribution[-1])
-    elif energy_budget_uj is not None:
-        if not energy_budget_uj > 0:
-            raise ValueError(f"energy budget {energy_budget_uj} µJ must be positive")
-        cheapest, s2 = float(action_energy[:, :-1].min(1).values.mean()), float(action_energy[:, -1].mean())
-        target_share = min(1.0, max(0.0, (energy_budget_uj - cheapest) / max(s2 - cheapest, 1e-12)))
-    if not 0.0 <= target_share <= 1.0:
-        raise ValueError(f"target share {target_share} is outside [0, 1]")
+    target_distribution, target_share = resolve_target(
+        target_share, target_distribution, energy_budget_uj, actions, "one per action of action_table",
+        float(action_energy[:, :-1].min(1).values.mean()), float(action_energy[:, -1].mean()),
+    )
     torch.manual_seed(seed)
     features = features.float()
     router = ExitRouter(features.shape[1], n_exits, timesteps, hidden, target_share, energy_budget_uj,

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, fit_biases_to_frequencies, share_kl
+from fastslow.policies.base import FeatureMLP, Routing, fit_biases_to_frequencies, resolve_target, share_kl
 from fastslow.policies.confidence import confidence_score
 
 STOP, CONTINUE, ESCALATE = 0, 1, 2
@@ -154,24 +154,16 @@ def train_step_router(
     """Train on one split (System 1 and 2 frozen, their outputs recorded).
 
     ``features`` [T, N, F]; ``stop_losses`` [T, N] the loss of System 1's answer after t steps (the
-    pipeline passes the 0/1 error); ``s2_losses`` [N] System 2's; ``stop_energy`` / ``escalate_energy`` [T, N] µJ of stopping / escalating after
-    t steps, the router's own MACs included. Routing lands on ``target_distribution`` (T + 1 shares:
+    pipeline passes the 0/1 error); ``s2_losses`` [N] System 2's; ``stop_energy`` /
+    ``escalate_energy`` [T, N] µJ of stopping / escalating after t steps, the router's MACs included. Routing lands on ``target_distribution`` (T + 1 shares:
     stop at t = 1..T, then System 2) when given, else on ``energy_budget_uj`` (mean µJ per input)
     when given, else on ``target_share`` of System 2.
     """
     steps = features.shape[0]
-    if target_distribution is not None:
-        target_distribution = torch.as_tensor(target_distribution, dtype=torch.float32)
-        if target_distribution.shape != (steps + 1,) or (target_distribution < 0).any() or abs(float(target_distribution.sum()) - 1) > 1e-4:
-            raise ValueError(f"target distribution must be {steps + 1} non-negative shares (stop at t = 1..{steps}, then System 2) summing to 1")
-        target_share = float(target_distribution[-1])
-    elif energy_budget_uj is not None:
-        if not energy_budget_uj > 0:
-            raise ValueError(f"energy budget {energy_budget_uj} µJ must be positive")
-        cheapest, s2 = float(stop_energy[0].mean()), float(escalate_energy[0].mean())
-        target_share = min(1.0, max(0.0, (energy_budget_uj - cheapest) / max(s2 - cheapest, 1e-12)))
-    if not 0.0 <= target_share <= 1.0:
-        raise ValueError(f"target share {target_share} is outside [0, 1]")
+    target_distribution, target_share = resolve_target(
+        target_share, target_distribution, energy_budget_uj, steps + 1, f"stop at t = 1..{steps}, then System 2",
+        float(stop_energy[0].mean()), float(escalate_energy[0].mean()),
+    )
     torch.manual_seed(seed)
     features = features.float()
     router = StepRouter(features.shape[-1], steps, hidden, target_share, energy_budget_uj,
