@@ -70,15 +70,26 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+_TAB20_ORDER = [*range(0, 20, 2), *range(1, 20, 2)]  # the ten strong colours first, then their light twins
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+
+
+def _family_style(index: int) -> tuple[tuple[float, float, float], str]:
+    """A colour and marker for the ``index``-th family: distinct for up to 20 families (the default
+    colour cycle repeats after 10), markers telling them apart in greyscale too."""
+    return plt.get_cmap("tab20").colors[_TAB20_ORDER[index % 20]], _MARKERS[index % len(_MARKERS)]
+
+
 def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> bytes:
     """Accuracy against µJ/input: each policy family a curve, references as points."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
     families = [f for f in dict.fromkeys(r.family for r in results) if f not in _REFERENCE_STYLE]
-    for family in families:
+    for index, family in enumerate(families):
         points = sorted((r.energy_uj, 100 * r.accuracy) for r in results if r.family == family)
         xs, ys = zip(*points)
         style = "--" if family == "random" else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=3.5, linewidth=1.2, label=family)
+        colour, marker = _family_style(index)
+        ax.plot(xs, ys, style, color=colour, marker=marker, markersize=3.5, linewidth=1.2, label=family)
     for r in results:
         if r.family in _REFERENCE_STYLE:
             marker, colour = _REFERENCE_STYLE[r.family]
@@ -88,7 +99,7 @@ def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> 
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
     return figure_png(fig)
 
 
