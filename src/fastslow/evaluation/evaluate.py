@@ -27,7 +27,7 @@ from fastslow.policies import (
     router_features,
 )
 from fastslow.policies.confidence import ConfidenceMeasure
-from fastslow.policies.dynamic import aet_oracle_routing, cascade_routing, seenn1_confidence, seenn1_routing
+from fastslow.policies.dynamic import aet_oracle_routing, cascade_routing, seenn1_routing
 from fastslow.policies.exit_router import ExitRouter, action_table, exit_router_features
 from fastslow.policies.seenn2 import TimestepPolicy, policy_input
 from fastslow.policies.step_router import StepRouter, step_router_features
@@ -96,15 +96,11 @@ class SystemOutputs:
         return torch.stack(stop), torch.stack(escalate)
 
     def step_features(self) -> torch.Tensor:
-        """[T, N, 5] per-step state for a halting head: SEENN-I confidences (max-softmax, margin,
-        1 − H/log C) of the final exit, t/T, and whether the answer equals the previous step's."""
-        final = self.s1_logits[:, -1]
-        steps = final.shape[0]
-        conf = [seenn1_confidence(final, measure=m) for m in ("max_softmax", "margin", "neg_entropy")]
-        answer = final.argmax(-1)
-        same = torch.cat([torch.zeros_like(answer[:1]), (answer[1:] == answer[:-1]).long()]).float()
-        progress = (torch.arange(1, steps + 1, dtype=torch.float32) / steps)[:, None].expand_as(same)
-        return torch.stack([*conf, progress, same], dim=-1)
+        """[T, N, 5] per-step state for a halting head: the step statistics of
+        :func:`~fastslow.policies.step_router.step_state_features` (SEENN-I's max-softmax, margin and
+        1 − H/log C of the last exit, t/T, and whether the answer equals the previous step's)."""
+        classes = self.s1_logits.shape[-1]
+        return self.step_router_features()[..., classes : classes + 5]
 
     def s1_correct_by_step(self) -> torch.Tensor:
         """[T, N] whether the final exit's answer after t steps is right."""

@@ -14,9 +14,9 @@ and it is trained with the foundation router's loss over these outcomes,
     L = 1/N Σ_i Σ_o P_io · (ℓ_io + λ · E_io / Ē)  +  β · KL( Bern(s̄) ‖ Bern(ρ) )
 
 ℓ_io the error of the outcome's answer (0/1: the expected error is then exactly the accuracy given
-up, and it is smooth in the router's probabilities; the cross-entropy trained worse routers), E_io its energy (µJ: System 1 for t steps, the
-router's MACs for t steps, System 2 if escalated), Ē System 1's mean full-run energy and s̄ the mean
-probability of escalating. At inference each step takes the arg-max of the biased logits. The biases
+up, and it is smooth in the router's probabilities; the cross-entropy trained worse routers), E_io
+its energy (µJ: System 1 for t steps, the router's MACs for t steps, System 2 if escalated), Ē
+System 1's mean full-run energy and s̄ the mean probability of escalating. At inference each step takes the arg-max of the biased logits. The biases
 [T, 3] are set on the router split so that held-out routing lands on what was asked: a share ρ of
 System 2 (one bias on escalate, bisection), an energy budget (a price on the energy of continuing and
 of escalating, bisection on mean µJ per input) or a distribution over the T + 1 outcomes (one bias
