@@ -279,7 +279,8 @@ def train_policies(
     step_losses = val.step_losses()
     sequential_features = val.step_router_features()
     stop_energy, escalate_energy = val.step_outcome_energies(profile, FeatureMLP.macs_for(sequential_features.shape[-1], rc.hidden, 3))
-    step_errors, s2_errors = (~val.s1_correct_by_step()).float(), (~val.s2_correct()).float()
+    s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
+    step_errors, s2_errors = (~s1_correct).float(), (~s2_correct).float()
     for share, budget in step_targets:
         policies.step_routers.append(
             train_step_router(sequential_features, step_errors, s2_errors, stop_energy, escalate_energy, share, energy_budget_uj=budget,
@@ -287,7 +288,6 @@ def train_policies(
                               epochs=rc.step_epochs, lr=rc.lr, seed=config.seed)
         )
         bars.advance(task)
-    s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
     seenn2_energy = _seenn2_action_energies(val, profile)
     for beta in sc.betas:
         policy, _ = train_seenn2(val.policy_inputs, s1_correct, s2_correct, seenn2_energy, beta, input_shape=input_shape,
@@ -304,12 +304,8 @@ def train_policies(
 
 def _seenn2_action_energies(val: SystemOutputs, profile: EnergyProfile) -> torch.Tensor:
     """[N, T + 1] µJ: System 1 for t steps at its last exit, then System 2 alone (policy cost excluded: same for all)."""
-    n = len(val.labels)
-    columns = [
-        per_input_energy(Routing.full_system1(n, t, val.last_exit), val, profile) for t in range(1, val.timesteps + 1)
-    ]
-    columns.append(per_input_energy(Routing.system2_only(n), val, profile))
-    return torch.stack(columns, dim=1)
+    s1_steps, _ = val.step_outcome_energies(profile, 0.0)
+    return torch.cat([s1_steps.T, per_input_energy(Routing.system2_only(len(val.labels)), val, profile)[:, None]], dim=1)
 
 
 def fit(

@@ -133,3 +133,16 @@ def resolve_target(
     if not 0.0 <= target_share <= 1.0:
         raise ValueError(f"target share {target_share} is outside [0, 1]")
     return target_distribution, target_share
+
+
+def largest_feasible(feasible: Callable[[float], bool], low: float = -100.0, high: float = 100.0, rounds: int = 50) -> float:
+    """Bisection for the largest x in [low, high] with ``feasible(x)``, for a ``feasible`` that holds
+    below some point and fails above it; ``low`` where nothing is feasible, ``high`` where all is."""
+    if not feasible(low):
+        return low
+    if feasible(high):
+        return high
+    for _ in range(rounds):
+        middle = (low + high) / 2
+        low, high = (middle, high) if feasible(middle) else (low, middle)
+    return low

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, distribution_kl, fit_biases_to_frequencies, resolve_target, share_kl
+from fastslow.policies.base import FeatureMLP, Routing, distribution_kl, fit_biases_to_frequencies, largest_feasible, resolve_target, share_kl
 from fastslow.policies.confidence import confidence_score
 
 
@@ -156,14 +156,8 @@ def _calibrate_budget(router: ExitRouter, features: torch.Tensor, action_energy:
     with torch.no_grad():
         logits = router(features)
         rows = torch.arange(len(features))
-        spent = lambda price: float(action_energy[rows, router._biased(logits, price).argmax(1)].mean())  # noqa: E731
-        low, high = torch.tensor(-100.0), torch.tensor(100.0)
-        if spent(high) > budget_uj:
-            return high
-        for _ in range(50):
-            middle = (low + high) / 2
-            low, high = (low, middle) if spent(middle) <= budget_uj else (middle, high)
-        return high
+        spent = lambda price: float(action_energy[rows, router._biased(logits, torch.tensor(price)).argmax(1)].mean())  # noqa: E731
+        return torch.tensor(-largest_feasible(lambda x: spent(-x) <= budget_uj))  # x = −price: spending grows with x
 
 
 def _calibrate_s2_bias(router: ExitRouter, features: torch.Tensor, share: float) -> torch.Tensor:

@@ -15,7 +15,6 @@ router's own split, so the share lands on ρ on held-out data up to sampling noi
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -25,12 +25,10 @@ per outcome, proportional fitting).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, fit_biases_to_frequencies, resolve_target, share_kl
+from fastslow.policies.base import FeatureMLP, Routing, fit_biases_to_frequencies, largest_feasible, resolve_target, share_kl
 from fastslow.policies.confidence import confidence_score
 
 STOP, CONTINUE, ESCALATE = 0, 1, 2
@@ -190,24 +188,11 @@ def train_step_router(
     return router
 
 
-def _bisect(bias_at: Callable[[float], torch.Tensor], too_high: Callable[[torch.Tensor], bool], rounds: int = 50) -> torch.Tensor:
-    """The bias ``bias_at(x)`` for the largest x in [−100, 100] with ``too_high`` still False (monotone in x)."""
-    low, high = -100.0, 100.0
-    if too_high(bias_at(low)):
-        return bias_at(low)
-    if not too_high(bias_at(high)):
-        return bias_at(high)
-    for _ in range(rounds):
-        middle = (low + high) / 2
-        low, high = (middle, high) if not too_high(bias_at(middle)) else (low, middle)
-    return bias_at(low)
-
-
 def _bias_for_share(router: StepRouter, features: torch.Tensor, share: float) -> torch.Tensor:
     """A bias on every step's escalate logit that sends at most ``share`` of ``features`` to System 2."""
     unit = torch.zeros(router.timesteps, 3)
     unit[:, ESCALATE] = 1.0
-    return _bisect(lambda x: x * unit, lambda bias: float(router.outcome_frequencies(features, bias)[-1]) > share + 1e-9)
+    return largest_feasible(lambda x: float(router.outcome_frequencies(features, x * unit)[-1]) <= share + 1e-9) * unit
 
 
 def _bias_for_budget(
@@ -229,7 +214,7 @@ def _bias_for_budget(
         return float(torch.where(escalate, escalate_energy[steps - 1, rows], stop_energy[steps - 1, rows]).mean())
 
     # x = −price: spending grows with x.
-    return _bisect(lambda x: x * cost, lambda bias: spent(bias) > budget_uj)
+    return largest_feasible(lambda x: spent(x * cost) <= budget_uj) * cost
 
 
 def _bias_for_distribution(router: StepRouter, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
