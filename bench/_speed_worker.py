@@ -94,7 +94,7 @@ class Plain(nn.Module):
 
 
 class Fastslow(nn.Module):
-    def __init__(self, network: str, ops: list[nn.Module], mode: str, dense: bool = False) -> None:
+    def __init__(self, network: str, ops: list[nn.Module], mode: str, dense: bool = False, graphs: bool = False) -> None:
         super().__init__()
         import dataclasses
 
@@ -108,9 +108,17 @@ class Fastslow(nn.Module):
         for layer, op in zip(list(self.model.layers) + [self.model.heads[0]], ops):
             target = layer.op if hasattr(layer, "op") else layer
             target.load_state_dict(op.state_dict())
+        self.graphs = None
+        if graphs:  # "fastslow_graphs" (CUDA): captured on first use, after the worker moved the model
+            from fastslow.systems import GraphedSystem1
+
+            self.graphs = GraphedSystem1(self.model)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        run = self.model.run(x, mode=self.mode)
+        if self.graphs is not None and not torch.is_grad_enabled():  # inference replayed from CUDA graphs
+            run = self.graphs.run(x)
+        else:
+            run = self.model.run(x, mode=self.mode)
         counts = [(run.spike_rates[h] * layer.neurons).sum() for h, layer in enumerate(self.model.layers)]
         return run.step_outputs[:, -1].sum(0), counts
 
@@ -153,7 +161,8 @@ def build(library: str, network: str, weights: dict) -> nn.Module:
     for index, op in enumerate(ops):
         op.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{index}.")})
     if library.startswith("fastslow"):
-        return Fastslow(network, ops, "stepwise" if library.endswith("stepwise") else "multistep", dense=library.endswith("dense"))
+        return Fastslow(network, ops, "stepwise" if library.endswith("stepwise") else "multistep", dense=library.endswith("dense"),
+                        graphs=library.endswith("graphs"))
     if library == "matmul_floor":
         return Floor(network, ops)
     return Plain(library, network, ops)
@@ -162,11 +171,14 @@ def build(library: str, network: str, weights: dict) -> nn.Module:
 def main() -> None:
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
     setup = json.loads(sys.stdin.readline())
+    device = torch.device(setup.get("device", "cpu"))
     weights = torch.load(setup["weights"])
-    model = build(setup["library"], setup["network"], weights)
+    model = build(setup["library"], setup["network"], weights).to(device)
     data = torch.load(setup["inputs"])
-    x, y = data["x"], data["y"]
+    x, y = data["x"].to(device), data["y"].to(device)
     iterations = setup.get("iterations", 3)
+    # GPU work is asynchronous: wait for it before reading the clock
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for line in sys.stdin:
         command = line.strip()
         if command == "spikes":
@@ -175,15 +187,18 @@ def main() -> None:
             print(json.dumps({"spikes": [float(c) for c in counts]}), flush=True)
         elif command == "time":
             with torch.no_grad():
+                sync()
                 started = time.perf_counter()
                 for _ in range(iterations):
                     model(x)
+                sync()
                 forward = (time.perf_counter() - started) / iterations
             started = time.perf_counter()
             for _ in range(iterations):
                 model.zero_grad(set_to_none=True)
                 logits, _ = model(x)
                 F.cross_entropy(logits, y).backward()
+            sync()
             train = (time.perf_counter() - started) / iterations
             print(json.dumps({"forward_ms": 1000 * forward, "train_ms": 1000 * train}), flush=True)
         elif command == "quit":

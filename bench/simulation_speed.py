@@ -9,10 +9,11 @@ and ratios measured in this one run: (a) an MLP SNN 784-512-512-10 and (b) a con
 Also: fastslow's LIF overhead (its inference time over the same convolutions and matmuls alone),
 inference wall time against mean timesteps (early stopping with compaction; the target point is
 mean T/4) and against the share of inputs escalated to System 2, peak training memory, and a check that every library emits the same spikes for the same
-weights and inputs (reset to zero). `fastslow` uses its compiled CPU kernels where numba is
-installed (the `cpu` extra); `fastslow_torch` is the same network with them off.
+weights and inputs (reset to zero). `fastslow` uses its compiled kernels (numba on CPU, from the
+`cpu` extra; Triton on CUDA); `fastslow_torch` is the same network with them off.
 
     .venv/bin/python bench/simulation_speed.py [--rounds 10] [--json FILE] [--no-peers]
+    python bench/simulation_speed.py --device cuda [--peers-here]   # on a GPU: its own table
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from fastslow.spiking import _cpu_kernels
+from fastslow.spiking import _cpu_kernels, _cuda_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, peer_python  # noqa: E402
@@ -46,13 +47,15 @@ NETWORKS = {"mlp": ((784,), 128), "conv": ((1, 28, 28), 64)}
 
 
 class Worker:
-    def __init__(self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int) -> None:
+    def __init__(self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int,
+                 device: str) -> None:
         self.library = library
-        # "fastslow_torch": fastslow with its compiled CPU kernels turned off (the torch path, side by side)
-        env = {**os.environ, "FASTSLOW_CPU_KERNELS": "0"} if library == "fastslow_torch" else None
+        # "fastslow_torch": fastslow with its compiled kernels (CPU and CUDA) turned off: the torch path, side by side
+        env = {**os.environ, "FASTSLOW_CPU_KERNELS": "0", "FASTSLOW_CUDA_KERNELS": "0"} if library == "fastslow_torch" else None
         self.process = subprocess.Popen([python, str(WORKER), str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-        self.send({"library": library, "network": network, "weights": str(weights), "inputs": str(inputs), "iterations": iterations})
+        self.send({"library": library, "network": network, "weights": str(weights), "inputs": str(inputs), "iterations": iterations,
+                   "device": device})
 
     def send(self, message) -> None:
         self.process.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
@@ -73,6 +76,15 @@ class Worker:
         self.process.wait(timeout=30)
 
 
+def peer_here(library: str, out) -> str | None:
+    """This Python, for a peer importable here; None (after saying why) if it is not."""
+    found = subprocess.run([sys.executable, "-c", f"import {library}"], capture_output=True, text=True)
+    if found.returncode != 0:
+        out.print(f"[yellow]{library}: not importable here ({(found.stderr.strip().splitlines() or ['?'])[-1]}); going on without it[/yellow]")
+        return None
+    return sys.executable
+
+
 def benchmark_spec(network: str, timesteps: int = 8, checkpoint_steps: int = 0):
     """fastslow's System 1 for the ``mlp`` or ``conv`` benchmark network (zero reset, direct encoding)."""
     from fastslow.spiking import LIFParams
@@ -89,7 +101,7 @@ def benchmark_spec(network: str, timesteps: int = 8, checkpoint_steps: int = 0):
 ESCALATION_RATES = (0.0, 0.1, 0.25, 0.5, 1.0)
 
 
-def wall_time_curves(network: str, batch: int, rounds: int) -> dict:
+def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu") -> dict:
     """Inference wall time against mean timesteps and against escalation rate (ms, medians of
     ``rounds`` alternating rounds).
 
@@ -103,19 +115,20 @@ def wall_time_curves(network: str, batch: int, rounds: int) -> dict:
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
-    model = System1(spec).eval()
-    system2 = build_system2(System2Spec(input_shape=(1, 28, 28), n_classes=10)).eval()
-    x = torch.rand(batch, *spec.input_shape)
+    model = System1(spec).eval().to(device)
+    system2 = build_system2(System2Spec(input_shape=(1, 28, 28), n_classes=10)).eval().to(device)
+    x = torch.rand(batch, *spec.input_shape, device=device)
     images = x.view(batch, 1, 28, 28)
-    mixed = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4))
-    schedules = {f"all stop at {t}": torch.full((batch,), t) for t in (1, 2, 4, spec.timesteps)}
+    mixed = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4), device=device)
+    schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     schedules["mixed, mean T/4"] = mixed
 
     def early(stop_after: torch.Tensor) -> None:
         flat = model.prepare(x)
         constant = model.input_current(flat)
         state = model.init_state(batch, flat)
-        active = torch.arange(batch)
+        active = torch.arange(batch, device=device)
         for t in range(spec.timesteps):
             _, state = model.step(None, state, constant)
             keep = stop_after[active] > t + 1
@@ -135,8 +148,10 @@ def wall_time_curves(network: str, batch: int, rounds: int) -> dict:
             run()
         for _ in range(rounds):
             for name, run in runs.items():
+                sync()
                 started = time.perf_counter()
                 run()
+                sync()
                 times[name].append(1000 * (time.perf_counter() - started))
     ms = {name: statistics.median(values) for name, values in times.items()}
     full = ms["full"]
@@ -158,12 +173,12 @@ import sys, torch
 sys.path.insert(0, sys.argv[7])
 from fastslow.systems import System1
 from simulation_speed import benchmark_spec
-network, mode, checkpoint_steps, batch, threads, steps = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+network, mode, checkpoint_steps, batch, threads, steps, device = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7]), sys.argv[8]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 spec = benchmark_spec(network, steps, checkpoint_steps)
-model = System1(spec)
-x, y = torch.rand(batch, *spec.input_shape) * 0.6, torch.randint(0, 10, (batch,))
+model = System1(spec).to(device)
+x, y = torch.rand(batch, *spec.input_shape, device=device) * 0.6, torch.randint(0, 10, (batch,), device=device)
 # A two-input step first: module imports and first-call set-up are not the step's memory.
 warm = model.run(x[:2], mode=mode).step_outputs[:, -1]
 torch.nn.functional.cross_entropy(warm.flatten(0, 1), y[:2].repeat(spec.timesteps)).backward()
@@ -173,19 +188,29 @@ def status(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field))
 
-# getrusage's maximum is inherited from the parent across exec; VmHWM is this process's, reset here.
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS:")
+if device == "cuda":  # the allocator's own count of GPU memory
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+else:  # getrusage's maximum is inherited from the parent across exec; VmHWM is this process's, reset here.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS:")
 logits = model.run(x, mode=mode).step_outputs[:, -1]
 torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(spec.timesteps)).backward()
-print((status("VmHWM:") - before) / 1024)
+if device == "cuda":
+    torch.cuda.synchronize()
+    print((torch.cuda.max_memory_allocated() - before) / 2**20)
+else:
+    print((status("VmHWM:") - before) / 1024)
 """
 
 
-def peak_training_mib(network: str, batch: int, threads: int, timesteps: tuple[int, ...] = (8, 32)) -> dict[str, dict[str, float]]:
-    """Peak memory (MiB above the model and inputs) of one training step at each T, each simulation
-    mode in a fresh process: BPTT multi-step, step by step, and gradient checkpointing every 4 steps."""
+def peak_training_mib(network: str, batch: int, threads: int, timesteps: tuple[int, ...] = (8, 32), device: str = "cpu"
+                      ) -> dict[str, dict[str, float]]:
+    """Peak memory (MiB above the model and inputs; on CUDA, GPU memory) of one training step at each
+    T, each simulation mode in a fresh process: BPTT multi-step, step by step, and gradient
+    checkpointing every 4 steps."""
     modes = {"multistep": ("multistep", 0), "stepwise": ("stepwise", 0), "checkpoint_4": ("multistep", 4)}
     result: dict[str, dict[str, float]] = {}
     for steps in timesteps:
@@ -193,7 +218,7 @@ def peak_training_mib(network: str, batch: int, threads: int, timesteps: tuple[i
             # A fixed mmap threshold makes glibc map and unmap every tensor over 64 KiB, so the peak
             # resident size follows the live tensors instead of the heap's history.
             done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, network, mode, str(segment), str(batch), str(threads), str(steps),
-                                   str(Path(__file__).resolve().parent)],
+                                   str(Path(__file__).resolve().parent), device],
                                   capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
             result.setdefault(f"T{steps}", {})[name] = round(float(done.stdout.strip().splitlines()[-1]), 1)
     return result
@@ -209,14 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="time fastslow and the matmul floor only")
     parser.add_argument("--memory-timesteps", type=int, nargs="*", default=[8, 32], help="T at which to measure training peak memory")
     parser.add_argument("--json", default=None, help="also write the table as JSON")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (never both in one table: ratios compare one device)")
+    parser.add_argument("--peers-here", action="store_true",
+                        help="run the peers with this Python (installed beside fastslow, e.g. from carried wheels on a machine "
+                             "without internet) instead of virtual environments of their own")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     out = wide_console()
-    own = ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense", "matmul_floor"]
-    libraries = own + ([] if args.no_peers else list(PEERS))
-    pythons = {lib: sys.executable for lib in own}
-    for library in libraries[len(own):]:
-        pythons[library] = peer_python(library, PEERS[library], out)
+    own_libraries = ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense"] + (
+        ["fastslow_graphs"] if args.device == "cuda" else []) + ["matmul_floor"]
+    libraries = own_libraries + ([] if args.no_peers else list(PEERS))
+    pythons = {lib: sys.executable for lib in own_libraries}
+    for library in libraries[len(own_libraries):]:
+        pythons[library] = peer_here(library, out) if args.peers_here else peer_python(library, PEERS[library], out)
     report: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         for network in args.networks:
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 if pythons[library] is None:
                     continue
                 try:
-                    workers[library] = Worker(pythons[library], library, network, weights, inputs, args.threads, args.iterations)
+                    workers[library] = Worker(pythons[library], library, network, weights, inputs, args.threads, args.iterations, args.device)
                     workers[library].ask("time")  # warm-up
                 except (RuntimeError, OSError, json.JSONDecodeError) as err:
                     out.print(f"[yellow]{library}: failed to run the {network} network ({err}); going on without it[/yellow]")
@@ -251,18 +283,21 @@ def main(argv: list[str] | None = None) -> int:
             for worker in workers.values():
                 worker.close()
             medians = {lib: {k: statistics.median(v) for k, v in s.items()} for lib, s in samples.items()}
-            curves = wall_time_curves(network, batch, 3 * args.rounds)  # short runs: more rounds against the noise
+            curves = wall_time_curves(network, batch, 3 * args.rounds, args.device)  # short runs: more rounds against the noise
             full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
-            memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps))
-            entry = {lib: medians.get(lib) for lib in ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense"] + list(PEERS)}
+            memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps), args.device)
+            entry = {lib: medians.get(lib) for lib in own_libraries[:-1] + list(PEERS)}
+            entry["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
             entry["cpu_kernels"] = _cpu_kernels.cpu_kernels_available()
+            entry["cuda_kernels"] = args.device == "cuda" and _cuda_kernels.cuda_kernels_available()
             entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
             entry.update(curves)
             entry["peak_train_mib"] = memory
             entry["spikes"] = spikes
             report[network] = entry
             own = medians["fastslow"]
-            table = Table(title=f"{network}: T = 8, batch {batch}, {args.threads} threads, median of {args.rounds} alternating rounds "
+            where = entry["device"] if args.device == "cuda" else f"{args.threads} threads"
+            table = Table(title=f"{network}: T = 8, batch {batch}, {where}, median of {args.rounds} alternating rounds "
                                 f"(each the mean of {args.iterations} runs)")
             for column in ("library", "forward ms", "train ms", "forward × fastslow", "train × fastslow", "spikes vs fastslow"):
                 table.add_column(column, justify="left" if column == "library" else "right")
@@ -279,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                 fastest_fwd = min(m["forward_ms"] for m in peers.values())
                 fastest_train = min(m["train_ms"] for m in peers.values())
                 out.print(f"fastslow / fastest peer: forward {own['forward_ms'] / fastest_fwd:.2f}×, train {own['train_ms'] / fastest_train:.2f}× (target ≤ 0.8×)")
+                if "fastslow_graphs" in medians:
+                    out.print(f"fastslow inference replayed from CUDA graphs (GraphedSystem1) / fastest peer: "
+                              f"{medians['fastslow_graphs']['forward_ms'] / fastest_fwd:.2f}×")
             if "matmul_floor" in medians:
                 out.print(f"LIF overhead: fastslow inference / matmuls alone = {own['forward_ms'] / medians['matmul_floor']['forward_ms']:.2f}× (target ≤ 1.25×)")
             out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×)")
@@ -288,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             out.print("wall time against escalation rate (full System 1, then LeNet-5 System 2 on the escalated inputs only; "
                       "× escalating all): " + "; ".join(f"{p['escalation_rate']:.0%} {p['ms']:.2f} ms (S2 {p['system2_ms']:.2f}) = "
                                                        f"{p['ratio_to_all_escalated']:.2f}×" for p in curves["wall_vs_escalation"]))
-            out.print("peak memory of one training step (MiB above model and inputs): "
+            out.print(f"peak {'GPU ' if args.device == 'cuda' else ''}memory of one training step (MiB above model and inputs): "
                       + "; ".join(f"{t}: " + ", ".join(f"{mode} {mib:.1f}" for mode, mib in by_mode.items()) for t, by_mode in memory.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from fastslow.spiking import _cpu_kernels
+from fastslow.spiking import _cpu_kernels, _cuda_kernels
 from fastslow.spiking.surrogate import SurrogateName, _surrogate, spike_fn
 
 ResetMode = Literal["subtract", "zero"]
@@ -133,8 +133,13 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
-        potentials = currents.new_empty(currents.shape[0], currents[0].numel())
-        spikes, v_last = _lif_forward(currents, v0, params, potentials)
+        ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
+        if ctx.fused:
+            spikes, v_last, potentials = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold,
+                                                                   params.reset == "zero", record=True)
+        else:
+            potentials = currents.new_empty(currents.shape[0], currents[0].numel())
+            spikes, v_last = _lif_forward(currents, v0, params, potentials)
         ctx.save_for_backward(potentials)
         ctx.params = params
         ctx.shape = currents.shape
@@ -145,6 +150,10 @@ class _FusedLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
+        if ctx.fused:
+            grad_u, grad_v0 = _cuda_kernels.lif_backward(potentials, grad_spikes, grad_v_last, p.beta, p.threshold, p.reset == "zero",
+                                                         p.surrogate, p.slope)
+            return grad_u.view(ctx.shape), grad_v0.view(ctx.shape[1:]), None
         derivative = _surrogate(p.surrogate).derivative
         steps = potentials.shape[0]
         grad_spikes = grad_spikes.reshape(steps, -1)
@@ -168,6 +177,8 @@ def lif_multistep(
     v0 = lif_init(currents[0]).v if state is None else state.v
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         spikes, v = _FusedLIF.apply(currents, v0, params)
+    elif _cuda_kernels.applies(currents, v0):
+        spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False)
     else:
         spikes, v = _lif_forward(currents, v0, params, None)
     return spikes, LIFState(v=v)
@@ -256,8 +267,13 @@ class _FusedLIFPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
-        potentials = currents.new_empty(currents.shape)
-        pooled, counts, v_last = _lif_pool_forward(currents, v0, params, potentials)
+        ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
+        if ctx.fused:
+            pooled, counts, v_last, potentials = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold,
+                                                                                params.reset == "zero", record=True)
+        else:
+            potentials = currents.new_empty(currents.shape)
+            pooled, counts, v_last = _lif_pool_forward(currents, v0, params, potentials)
         ctx.save_for_backward(potentials)
         ctx.params = params
         ctx.mark_non_differentiable(counts)
@@ -268,6 +284,9 @@ class _FusedLIFPool(torch.autograd.Function):
     def backward(ctx, grad_pooled: torch.Tensor, grad_counts: torch.Tensor | None, grad_v_last: torch.Tensor | None):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
+        if ctx.fused:
+            return (*_cuda_kernels.lif_pool_backward(potentials, grad_pooled, grad_v_last, p.beta, p.threshold, p.reset == "zero",
+                                                     p.surrogate, p.slope), None)
         derivative = _surrogate(p.surrogate).derivative
         steps, _, height, width, channels = potentials.shape
         group, groups = _image_groups(potentials.shape[1:])
@@ -308,6 +327,9 @@ def lif_multistep_pooled(
         pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)
     elif _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
         pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero")
+    elif _cuda_kernels.applies(currents, v0):  # one launch for all steps (Triton)
+        pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
+                                                              record=False)
     else:  # nothing to record for a backward pass: the potential runs in place
         pooled, counts, v = _lif_pool_forward(currents, v0, params, None)
     return pooled, counts, LIFState(v=v)

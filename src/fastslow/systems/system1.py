@@ -189,6 +189,8 @@ class S1Step:
 
 def _merged(records: list[S1Step]) -> S1Step:
     """Consecutive chunks' records as one, along time."""
+    if len(records) == 1:
+        return records[0]
     return S1Step(outputs=torch.cat([r.outputs for r in records]),
                   **{name: torch.cat([getattr(r, name) for r in records], dim=1) for name in ("synaptic_ops", "dense_macs", "spike_rates")})
 
@@ -235,6 +237,9 @@ class System1(nn.Module):
             nn.Linear(math.prod(self.layers[h].pooled_shape), spec.n_classes) for h in exit_points
         )
         self.lif_params = spec.lif
+        # Kept as a buffer (moved with the model, not saved): a run then copies nothing from the host,
+        # which a CUDA graph capture of it would refuse.
+        self.register_buffer("_neuron_counts", torch.tensor(self.neurons_per_component(), dtype=torch.float32), persistent=False)
 
     # -- static facts -------------------------------------------------------
     @property
@@ -297,7 +302,7 @@ class System1(nn.Module):
             step_outputs=torch.stack([r.outputs for r in records]),
             synaptic_ops=torch.stack([r.synaptic_ops for r in records], dim=1),
             dense_macs=torch.stack([r.dense_macs for r in records], dim=1),
-            neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
+            neuron_updates=self._neuron_counts.to(x.dtype),
             spike_rates=torch.stack([r.spike_rates for r in records], dim=1),
         )
 
@@ -351,8 +356,9 @@ class System1(nn.Module):
         # Steps run in chunks whose largest layer tensor stays under MULTISTEP_CHUNK_BYTES: a
         # larger buffer is fresh memory from the OS on every call, and its page faults cost more
         # than the chunking's extra kernel launches (measured on the conv network).
+        # On a GPU the caching allocator reuses its memory, and every chunk is more launches: one chunk.
         step_bytes = x.shape[0] * self._largest_step_tensor(constant_current is not None) * x.element_size()
-        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(step_bytes, 1)))
+        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(step_bytes, 1))) if x.device.type == "cpu" else steps
         # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
         # checkpoint; without, the whole run is one segment.
         segment = spec.checkpoint_steps if spec.checkpoint_steps > 0 and torch.is_grad_enabled() else steps
@@ -372,7 +378,7 @@ class System1(nn.Module):
             step_outputs=merged.outputs,  # [T, E, B, C]
             synaptic_ops=merged.synaptic_ops,
             dense_macs=merged.dense_macs,
-            neuron_updates=torch.tensor(self.neurons_per_component(), dtype=x.dtype, device=x.device),
+            neuron_updates=self._neuron_counts.to(x.dtype),
             spike_rates=merged.spike_rates,
         )
 

@@ -1,0 +1,319 @@
+"""Fused LIF kernels for CUDA (Triton, which CUDA builds of torch ship with), forward and backward.
+
+On a GPU the torch path of :func:`fastslow.spiking.lif.lif_multistep` launches four element-wise
+kernels per step (about seven, pooled), each tiny at the batch sizes System 1 runs: the time goes
+to launches. Here one launch runs all T steps of a layer, each neuron's potential in a register:
+leak, integrate, fire, reset (and, pooled, the 2×2 max-pool and each map's spike count); a second
+launch runs the backward, recomputing spikes and surrogate slopes from the recorded pre-reset
+potentials. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current:
+floating-point contraction is off), so the spikes and potentials are the torch path's bits and the
+gradients equal it up to rounding (tests; on a CPU they run in Triton's interpreter).
+``FASTSLOW_CUDA_KERNELS=0`` turns them off.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without Triton: the torch path runs
+    triton = None
+
+_BLOCK = 512  # neurons per program (unpooled)
+_POOL_BLOCK = 128  # 2×2 windows per program (pooled: four neurons each)
+_SURROGATE_CODES = {"fast_sigmoid": 0, "arctan": 1}
+
+
+if triton is not None:
+
+    @triton.jit
+    def _slope(shifted, slope, ARCTAN: tl.constexpr):
+        """d spike / d u at u − threshold = ``shifted``, as fastslow.spiking.surrogate computes it."""
+        if ARCTAN:
+            scaled = shifted * (slope * 1.5707963267948966)
+            return (1.0 / (scaled * scaled + 1.0)) * (slope / 2.0)
+        scaled = tl.abs(shifted) * slope + 1.0
+        return 1.0 / (scaled * scaled)
+
+    @triton.jit
+    def _advance(v, current, beta, threshold, RESET_ZERO: tl.constexpr):
+        """One LIF step: (pre-reset potential u, spike in {0, 1}, potential after the reset)."""
+        u = v * beta + current  # contraction is off at launch: β·v rounds first, as in lif_step
+        spike = (u > threshold).to(tl.float32)
+        if RESET_ZERO:
+            after = u - u * spike
+        else:
+            after = u - spike * threshold
+        return u, spike, after
+
+    @triton.jit
+    def _retreat(u, grad_spike, grad_v, beta, threshold, slope, use_grad_v, RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr):
+        """One step of the LIF backward: (gradient w.r.t. u, gradient w.r.t. the previous step's potential)."""
+        shifted = u - threshold
+        derivative = _slope(shifted, slope, ARCTAN)
+        if RESET_ZERO:  # d after / d u = (1 − spike) − u·slope
+            keep = (shifted <= 0.0).to(tl.float32) - u * derivative
+        else:  # d after / d u = 1 − threshold·slope
+            keep = 1.0 - derivative * threshold
+        grad_u = grad_spike * derivative + tl.where(use_grad_v, keep * grad_v, 0.0)
+        return grad_u, grad_u * beta
+
+    @triton.jit
+    def _lif_forward_kernel(currents, current_stride, v0, spikes, potentials, v_last, neurons, beta, threshold, STEPS: tl.constexpr,
+                            RESET_ZERO: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < neurons
+        v = tl.load(v0 + offsets, mask=mask, other=0.0)
+        current_at, spike_at, potential_at = currents + offsets, spikes + offsets, potentials + offsets
+        for _ in range(STEPS):
+            u, spike, v = _advance(v, tl.load(current_at, mask=mask, other=0.0), beta, threshold, RESET_ZERO)
+            tl.store(spike_at, spike, mask=mask)
+            if RECORD:
+                tl.store(potential_at, u, mask=mask)
+            current_at += current_stride
+            spike_at += neurons
+            potential_at += neurons
+        tl.store(v_last + offsets, v, mask=mask)
+
+    @triton.jit
+    def _lif_backward_kernel(potentials, grad_spikes, grad_v_last, grad_u, grad_v0, neurons, beta, threshold, slope, STEPS: tl.constexpr,
+                             HAS_GRAD_V_LAST: tl.constexpr, FIRST_WITH_GRAD_V: tl.constexpr, RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr,
+                             BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < neurons
+        if HAS_GRAD_V_LAST:
+            grad_v = tl.load(grad_v_last + offsets, mask=mask, other=0.0)
+        else:
+            grad_v = tl.zeros([BLOCK], dtype=tl.float32)
+        last = (STEPS - 1) * neurons
+        u_at, grad_spike_at, grad_u_at = potentials + last + offsets, grad_spikes + last + offsets, grad_u + last + offsets
+        for reverse in range(STEPS):
+            u = tl.load(u_at, mask=mask, other=0.0)
+            grad_spike = tl.load(grad_spike_at, mask=mask, other=0.0)
+            grad, grad_v = _retreat(u, grad_spike, grad_v, beta, threshold, slope, reverse >= FIRST_WITH_GRAD_V, RESET_ZERO, ARCTAN)
+            tl.store(grad_u_at, grad, mask=mask)  # may overwrite u_at: this program alone reads it
+            u_at -= neurons
+            grad_spike_at -= neurons
+            grad_u_at -= neurons
+        tl.store(grad_v0 + offsets, grad_v, mask=mask)
+
+    @triton.jit
+    def _windows(height, width, channels, BLOCK: tl.constexpr):
+        """This program's 2×2 windows of image ``program_id(0)`` (channels-last [H, W, C]; the last row
+        or column of windows is cut short where H or W is odd): the four neurons' offsets and masks,
+        the pooled element's offset and whether the window is whole (only whole ones are pooled)."""
+        image = tl.program_id(0)
+        window_rows, window_cols = (height + 1) // 2, (width + 1) // 2
+        index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = index < window_rows * window_cols * channels
+        channel = index % channels
+        col = (index // channels) % window_cols
+        row = index // (channels * window_cols)
+        top_left = ((image * height + 2 * row) * width + 2 * col) * channels + channel
+        has_right = inside & (2 * col + 1 < width)
+        has_below = inside & (2 * row + 1 < height)
+        whole = has_right & has_below
+        pooled_at = ((image * (height // 2) + row) * (width // 2) + col) * channels + channel
+        return (top_left, top_left + channels, top_left + width * channels, top_left + (width + 1) * channels,
+                inside, has_right, has_below, whole, pooled_at)
+
+    @triton.jit
+    def _lif_pool_forward_kernel(currents, current_stride, v0, pooled, counts, potentials, v_last, height, width, channels, batch,
+                                 beta, threshold, STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
+        at00, at01, at10, at11, in00, in01, in10, whole, pooled_at = _windows(height, width, channels, BLOCK)
+        neurons = batch * height * width * channels
+        pooled_step = batch * (height // 2) * (width // 2) * channels
+        v00 = tl.load(v0 + at00, mask=in00, other=0.0)
+        v01 = tl.load(v0 + at01, mask=in01, other=0.0)
+        v10 = tl.load(v0 + at10, mask=in10, other=0.0)
+        v11 = tl.load(v0 + at11, mask=whole, other=0.0)
+        count_at = counts + tl.program_id(0)
+        for t in range(STEPS):
+            current_at, potential_at = currents + t * current_stride, potentials + t * neurons
+            u00, s00, v00 = _advance(v00, tl.load(current_at + at00, mask=in00, other=0.0), beta, threshold, RESET_ZERO)
+            u01, s01, v01 = _advance(v01, tl.load(current_at + at01, mask=in01, other=0.0), beta, threshold, RESET_ZERO)
+            u10, s10, v10 = _advance(v10, tl.load(current_at + at10, mask=in10, other=0.0), beta, threshold, RESET_ZERO)
+            u11, s11, v11 = _advance(v11, tl.load(current_at + at11, mask=whole, other=0.0), beta, threshold, RESET_ZERO)
+            if RECORD:
+                tl.store(potential_at + at00, u00, mask=in00)
+                tl.store(potential_at + at01, u01, mask=in01)
+                tl.store(potential_at + at10, u10, mask=in10)
+                tl.store(potential_at + at11, u11, mask=whole)
+            tl.store(pooled + t * pooled_step + pooled_at, tl.maximum(tl.maximum(s00, s01), tl.maximum(s10, s11)), mask=whole)
+            fired = tl.where(in00, s00, 0.0) + tl.where(in01, s01, 0.0) + tl.where(in10, s10, 0.0) + tl.where(whole, s11, 0.0)
+            # Sums of spikes are whole numbers below 2^24: exact in float32 in any order of addition.
+            tl.atomic_add(count_at, tl.sum(fired, axis=0))
+            count_at += batch
+        tl.store(v_last + at00, v00, mask=in00)
+        tl.store(v_last + at01, v01, mask=in01)
+        tl.store(v_last + at10, v10, mask=in10)
+        tl.store(v_last + at11, v11, mask=whole)
+
+    @triton.jit
+    def _lif_pool_backward_kernel(potentials, grad_pooled, grad_v_last, grad_u, grad_v0, height, width, channels, batch,
+                                  beta, threshold, slope, STEPS: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, FIRST_WITH_GRAD_V: tl.constexpr,
+                                  RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr, BLOCK: tl.constexpr):
+        at00, at01, at10, at11, in00, in01, in10, whole, pooled_at = _windows(height, width, channels, BLOCK)
+        neurons = batch * height * width * channels
+        pooled_step = batch * (height // 2) * (width // 2) * channels
+        if HAS_GRAD_V_LAST:
+            g00 = tl.load(grad_v_last + at00, mask=in00, other=0.0)
+            g01 = tl.load(grad_v_last + at01, mask=in01, other=0.0)
+            g10 = tl.load(grad_v_last + at10, mask=in10, other=0.0)
+            g11 = tl.load(grad_v_last + at11, mask=whole, other=0.0)
+        else:
+            g00 = tl.zeros([BLOCK], dtype=tl.float32)
+            g01 = tl.zeros([BLOCK], dtype=tl.float32)
+            g10 = tl.zeros([BLOCK], dtype=tl.float32)
+            g11 = tl.zeros([BLOCK], dtype=tl.float32)
+        for reverse in range(STEPS):
+            t = STEPS - 1 - reverse
+            use_grad_v = reverse >= FIRST_WITH_GRAD_V
+            u_at, grad_at = potentials + t * neurons, grad_u + t * neurons
+            u00 = tl.load(u_at + at00, mask=in00, other=0.0)
+            u01 = tl.load(u_at + at01, mask=in01, other=0.0)
+            u10 = tl.load(u_at + at10, mask=in10, other=0.0)
+            u11 = tl.load(u_at + at11, mask=whole, other=0.0)
+            f00, f01, f10, f11 = u00 > threshold, u01 > threshold, u10 > threshold, u11 > threshold
+            # max_pool2d routes a window's gradient to its first maximum in row-major order: the first
+            # neuron that fired, or the top-left one when none did. Cut-short windows are not pooled.
+            grad = tl.load(grad_pooled + t * pooled_step + pooled_at, mask=whole, other=0.0)
+            none_before_11 = ~(f00 | f01 | f10)
+            gs00 = tl.where(f00 | (none_before_11 & ~f11), grad, 0.0)
+            gs01 = tl.where(f01 & ~f00, grad, 0.0)
+            gs10 = tl.where(f10 & ~(f00 | f01), grad, 0.0)
+            gs11 = tl.where(f11 & none_before_11, grad, 0.0)
+            d00, g00 = _retreat(u00, gs00, g00, beta, threshold, slope, use_grad_v, RESET_ZERO, ARCTAN)
+            d01, g01 = _retreat(u01, gs01, g01, beta, threshold, slope, use_grad_v, RESET_ZERO, ARCTAN)
+            d10, g10 = _retreat(u10, gs10, g10, beta, threshold, slope, use_grad_v, RESET_ZERO, ARCTAN)
+            d11, g11 = _retreat(u11, gs11, g11, beta, threshold, slope, use_grad_v, RESET_ZERO, ARCTAN)
+            # May overwrite the potentials: each neuron's are read by the program that owns its window alone.
+            tl.store(grad_at + at00, d00, mask=in00)
+            tl.store(grad_at + at01, d01, mask=in01)
+            tl.store(grad_at + at10, d10, mask=in10)
+            tl.store(grad_at + at11, d11, mask=whole)
+        tl.store(grad_v0 + at00, g00, mask=in00)
+        tl.store(grad_v0 + at01, g01, mask=in01)
+        tl.store(grad_v0 + at10, g10, mask=in10)
+        tl.store(grad_v0 + at11, g11, mask=whole)
+
+
+def cuda_kernels_available() -> bool:
+    """Whether the fused kernels can run: Triton importable and not turned off by ``FASTSLOW_CUDA_KERNELS=0``."""
+    return triton is not None and os.environ.get("FASTSLOW_CUDA_KERNELS", "1") != "0"
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def applies(currents: torch.Tensor, v0: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: CUDA float32 (any tensors under Triton's
+    interpreter, which tests use on a CPU) with fewer than 2^31 elements (32-bit offsets)."""
+    return (
+        (currents.device.type == "cuda" or _interpreted())
+        and currents.dtype == torch.float32 and v0.dtype == torch.float32
+        and currents.numel() < 2**31 and cuda_kernels_available()
+    )
+
+
+def _per_step(currents: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``currents`` [T, ...] as a tensor whose steps are contiguous, and its stride between steps:
+    a constant current expanded over T (stride 0) is read in place, any other is made contiguous."""
+    if currents.stride(0) == 0 and currents[0].is_contiguous():
+        return currents, 0
+    currents = currents.contiguous()
+    return currents, currents[0].numel()
+
+
+def _launch_options() -> dict:
+    # No fused multiply-add for β·v + current: the torch path rounds the product first.
+    return {} if _interpreted() else {"enable_fp_fusion": False}
+
+
+@lru_cache(maxsize=None)
+def _surrogate_code(name: str) -> int:
+    try:
+        return _SURROGATE_CODES[name]
+    except KeyError:
+        raise ValueError(f"unknown surrogate {name!r}: use one of {sorted(_SURROGATE_CODES)}") from None
+
+
+def lif_forward(currents: torch.Tensor, v0: torch.Tensor, beta: float, threshold: float, reset_zero: bool, record: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The LIF over ``currents`` [T, ...] from ``v0`` [...]: (spikes [T, ...], v after step T, and the
+    pre-reset potentials [T, ...] if ``record``)."""
+    currents, stride = _per_step(currents)
+    steps = currents.shape[0]
+    v0 = v0.contiguous()
+    neurons = v0.numel()
+    spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
+    potentials = torch.empty_like(spikes) if record else spikes  # unread without RECORD
+    v_last = torch.empty_like(v0)
+    if neurons:
+        _lif_forward_kernel[(triton.cdiv(neurons, _BLOCK),)](
+            currents, stride, v0, spikes, potentials, v_last, neurons, float(beta), float(threshold), STEPS=steps,
+            RESET_ZERO=reset_zero, RECORD=record, BLOCK=_BLOCK, **_launch_options())
+    return spikes, v_last, potentials if record else None
+
+
+def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None, beta: float,
+                 threshold: float, reset_zero: bool, surrogate: str, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. the currents [T, ...] (written over ``potentials``) and w.r.t. v0."""
+    steps = potentials.shape[0]
+    neurons = potentials[0].numel()
+    grad_spikes = grad_spikes.contiguous()
+    grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
+    grad_v0 = torch.empty_like(potentials[0])
+    if neurons:
+        _lif_backward_kernel[(triton.cdiv(neurons, _BLOCK),)](
+            potentials, grad_spikes, grad_v0 if grad_v_last is None else grad_v_last, potentials, grad_v0, neurons,
+            float(beta), float(threshold), float(slope), STEPS=steps, HAS_GRAD_V_LAST=grad_v_last is not None, FIRST_WITH_GRAD_V=0 if grad_v_last is not None else 1, RESET_ZERO=reset_zero,
+            ARCTAN=_surrogate_code(surrogate) == 1, BLOCK=_BLOCK, **_launch_options())
+    return potentials, grad_v0
+
+
+def _pool_grid(shape: torch.Size) -> tuple[int, int]:
+    batch, height, width, channels = shape
+    return batch, triton.cdiv(((height + 1) // 2) * ((width + 1) // 2) * channels, _POOL_BLOCK)
+
+
+def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor, beta: float, threshold: float, reset_zero: bool, record: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C], then 2×2
+    max-pooling: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B], v after step T,
+    and the pre-reset potentials [T, B, H, W, C] if ``record``)."""
+    currents, stride = _per_step(currents)
+    steps, batch, height, width, channels = currents.shape
+    v0 = v0.contiguous()
+    pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
+    counts = currents.new_zeros(steps, batch)
+    potentials = currents.new_empty(steps, batch, height, width, channels) if record else pooled  # unread without RECORD
+    v_last = torch.empty_like(v0)
+    if v0.numel():
+        _lif_pool_forward_kernel[_pool_grid(v0.shape)](
+            currents, stride, v0, pooled, counts, potentials, v_last, height, width, channels, batch, float(beta),
+            float(threshold), STEPS=steps, RESET_ZERO=reset_zero, RECORD=record, BLOCK=_POOL_BLOCK, **_launch_options())
+    return pooled, counts, v_last, potentials if record else None
+
+
+def lif_pool_backward(potentials: torch.Tensor, grad_pooled: torch.Tensor, grad_v_last: torch.Tensor | None, beta: float,
+                      threshold: float, reset_zero: bool, surrogate: str, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. the currents [T, B, H, W, C] (written over ``potentials``) and w.r.t. v0,
+    the pooled spikes' gradient routed as ``max_pool2d`` routes it."""
+    steps, batch, height, width, channels = potentials.shape
+    grad_pooled = grad_pooled.contiguous()
+    grad_v_last = None if grad_v_last is None else grad_v_last.contiguous()
+    grad_v0 = torch.empty_like(potentials[0])
+    if grad_v0.numel():
+        _lif_pool_backward_kernel[_pool_grid(grad_v0.shape)](
+            potentials, grad_pooled, grad_v0 if grad_v_last is None else grad_v_last, potentials, grad_v0, height, width, channels,
+            batch, float(beta), float(threshold), float(slope), STEPS=steps, HAS_GRAD_V_LAST=grad_v_last is not None, FIRST_WITH_GRAD_V=0 if grad_v_last is not None else 1,
+            RESET_ZERO=reset_zero, ARCTAN=_surrogate_code(surrogate) == 1, BLOCK=_POOL_BLOCK, **_launch_options())
+    return potentials, grad_v0
+

@@ -1,0 +1,123 @@
+"""The fused CUDA kernels (Triton) against the torch path: on a GPU where there is one, and on the CPU
+in Triton's interpreter (in a subprocess: the interpreter is chosen when the kernels are defined)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastslow.spiking import LIFParams, LIFState, lif_multistep, lif_multistep_pooled
+
+
+@contextmanager
+def _torch_path():
+    os.environ["FASTSLOW_CUDA_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("FASTSLOW_CUDA_KERNELS")
+
+
+def _forward_and_grads(fn, currents, v0, params, weights):
+    """The outputs of ``fn`` and the gradients of a weighted sum of them w.r.t. currents and v0."""
+    currents, v0 = currents.detach().requires_grad_(), v0.detach().requires_grad_()
+    *outputs, state = fn(currents, LIFState(v0), params)
+    differentiable = [outputs[0], state.v] if weights[1] is not None else [outputs[0]]
+    loss = sum((out * w).sum() for out, w in zip(differentiable, weights))
+    return [*outputs, state.v], torch.autograd.grad(loss, (currents, v0))
+
+
+def check_kernels_match_torch_path(device: str) -> None:
+    """Spikes, pooled spikes, counts and potentials equal the torch path bit for bit (infinities and
+    NaN included); gradients equal it up to float rounding: both resets and surrogates, with and
+    without a gradient on the last potential, odd map sizes, T = 1, a constant current over T."""
+    from fastslow.spiking import _cuda_kernels
+
+    generator = torch.Generator().manual_seed(3)
+    rand = lambda *shape: torch.randn(*shape, generator=generator).to(device)  # noqa: E731
+    for reset in ("zero", "subtract"):
+        for surrogate in ("fast_sigmoid", "arctan"):
+            params = LIFParams(beta=0.85, threshold=0.6, reset=reset, surrogate=surrogate, slope=5.0)
+            cases = [(lif_multistep, (6, 5, 37)), (lif_multistep, (1, 3, 8)), (lif_multistep_pooled, (4, 3, 6, 6, 5)),
+                     (lif_multistep_pooled, (5, 2, 7, 5, 3)), (lif_multistep_pooled, (1, 2, 4, 4, 2))]
+            for fn, shape in cases:
+                currents, v0 = rand(*shape) * 1.5 + 0.2, rand(*shape[1:])
+                assert _cuda_kernels.applies(currents, v0)
+                out_shape = fn(currents, LIFState(v0), params)[0].shape
+                for weights in ((rand(*out_shape), rand(*shape[1:])), (rand(*out_shape), None)):
+                    fused, fused_grads = _forward_and_grads(fn, currents, v0, params, weights)
+                    with _torch_path():
+                        assert not _cuda_kernels.applies(currents, v0)
+                        reference, reference_grads = _forward_and_grads(fn, currents, v0, params, weights)
+                    for a, b in zip(fused, reference):
+                        assert torch.equal(a, b), (fn.__name__, shape, reset, surrogate)
+                    for a, b in zip(fused_grads, reference_grads):
+                        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+                # Inference (no potential record), with infinities and NaN, and a constant current over T.
+                special = currents.clone()
+                special.view(-1)[[1, 7, 11]] = torch.tensor([float("inf"), float("-inf"), float("nan")], device=device)
+                for inputs in (special, currents[:1].expand_as(currents)):
+                    with torch.no_grad():
+                        fused = fn(inputs, LIFState(v0), params)
+                        with _torch_path():
+                            reference = fn(inputs, LIFState(v0), params)
+                    for a, b in zip(fused[:-1] + (fused[-1].v,), reference[:-1] + (reference[-1].v,)):
+                        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def check_system1_matches_torch_path(device: str) -> None:
+    """A conv System 1 trained and run with the kernels: the same logits and spike rates as the torch
+    path, bit for bit, and the same parameter gradients up to float rounding."""
+    from fastslow.spiking import LIFParams as Params
+    from fastslow.systems import System1, System1Spec
+
+    spec = System1Spec(input_shape=(1, 12, 12), n_classes=4, arch="conv", conv_channels=(4, 6), hidden=(16,), timesteps=3,
+                       encoding="direct", lif=Params(beta=0.9, threshold=0.5, reset="zero"))
+    torch.manual_seed(0)
+    model = System1(spec).to(device)
+    x, y = torch.rand(5, 1, 12, 12, device=device), torch.tensor([0, 1, 2, 3, 1], device=device)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model.run(x)
+        torch.nn.functional.cross_entropy(out.final_logits, y).backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    fused, fused_grads = run()
+    with _torch_path():
+        reference, reference_grads = run()
+    assert torch.equal(fused.step_outputs, reference.step_outputs) and torch.equal(fused.spike_rates, reference.spike_rates)
+    for a, b in zip(fused_grads, reference_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_kernels_match_the_torch_path_on_gpu():
+    check_kernels_match_torch_path("cuda")
+    check_system1_matches_torch_path("cuda")
+
+
+def test_cuda_kernels_match_the_torch_path_in_triton_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_cuda_kernels as t; "
+              "t.check_kernels_match_torch_path('cpu'); t.check_system1_matches_torch_path('cpu')")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FASTSLOW_CPU_KERNELS": "0"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_kernels_stay_off_where_they_do_not_apply(monkeypatch):
+    from fastslow.spiking import _cuda_kernels
+
+    currents, v0 = torch.rand(2, 3, 4), torch.rand(3, 4)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not _cuda_kernels.applies(currents, v0)  # a CPU tensor
+    assert not _cuda_kernels.applies(currents.double(), v0.double())
+    monkeypatch.setenv("FASTSLOW_CUDA_KERNELS", "0")
+    assert not _cuda_kernels.cuda_kernels_available()
