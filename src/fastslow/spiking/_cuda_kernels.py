@@ -14,7 +14,6 @@ gradients equal it up to rounding (tests; on a CPU they run in Triton's interpre
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 import torch
 
@@ -156,8 +155,9 @@ if triton is not None:
 
     @triton.jit
     def _lif_pool_backward_kernel(potentials, grad_pooled, grad_v_last, grad_u, grad_v0, height, width, channels, batch,
-                                  beta, threshold, slope, STEPS: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr, FIRST_WITH_GRAD_V: tl.constexpr,
-                                  RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr, BLOCK: tl.constexpr):
+                                  beta, threshold, slope, STEPS: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr,
+                                  FIRST_WITH_GRAD_V: tl.constexpr, RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr,
+                                  BLOCK: tl.constexpr):
         at00, at01, at10, at11, in00, in01, in10, whole, pooled_at = _windows(height, width, channels, BLOCK)
         neurons = batch * height * width * channels
         pooled_step = batch * (height // 2) * (width // 2) * channels
@@ -236,12 +236,13 @@ def _launch_options() -> dict:
     return {} if _interpreted() else {"enable_fp_fusion": False}
 
 
-@lru_cache(maxsize=None)
-def _surrogate_code(name: str) -> int:
-    try:
-        return _SURROGATE_CODES[name]
-    except KeyError:
-        raise ValueError(f"unknown surrogate {name!r}: use one of {sorted(_SURROGATE_CODES)}") from None
+def _backward_flags(grad_v_last: torch.Tensor | None, reset_zero: bool, surrogate: str) -> dict:
+    """The backward kernels' compile-time switches."""
+    if surrogate not in _SURROGATE_CODES:
+        raise ValueError(f"unknown surrogate {surrogate!r}: use one of {sorted(_SURROGATE_CODES)}")
+    has_grad_v_last = grad_v_last is not None
+    return {"HAS_GRAD_V_LAST": has_grad_v_last, "FIRST_WITH_GRAD_V": 0 if has_grad_v_last else 1, "RESET_ZERO": reset_zero,
+            "ARCTAN": _SURROGATE_CODES[surrogate] == 1}
 
 
 def lif_forward(currents: torch.Tensor, v0: torch.Tensor, beta: float, threshold: float, reset_zero: bool, record: bool
@@ -273,8 +274,8 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor, grad_v_las
     if neurons:
         _lif_backward_kernel[(triton.cdiv(neurons, _BLOCK),)](
             potentials, grad_spikes, grad_v0 if grad_v_last is None else grad_v_last, potentials, grad_v0, neurons,
-            float(beta), float(threshold), float(slope), STEPS=steps, HAS_GRAD_V_LAST=grad_v_last is not None, FIRST_WITH_GRAD_V=0 if grad_v_last is not None else 1, RESET_ZERO=reset_zero,
-            ARCTAN=_surrogate_code(surrogate) == 1, BLOCK=_BLOCK, **_launch_options())
+            float(beta), float(threshold), float(slope), STEPS=steps, **_backward_flags(grad_v_last, reset_zero, surrogate),
+            BLOCK=_BLOCK, **_launch_options())
     return potentials, grad_v0
 
 
@@ -313,7 +314,7 @@ def lif_pool_backward(potentials: torch.Tensor, grad_pooled: torch.Tensor, grad_
     if grad_v0.numel():
         _lif_pool_backward_kernel[_pool_grid(grad_v0.shape)](
             potentials, grad_pooled, grad_v0 if grad_v_last is None else grad_v_last, potentials, grad_v0, height, width, channels,
-            batch, float(beta), float(threshold), float(slope), STEPS=steps, HAS_GRAD_V_LAST=grad_v_last is not None, FIRST_WITH_GRAD_V=0 if grad_v_last is not None else 1,
-            RESET_ZERO=reset_zero, ARCTAN=_surrogate_code(surrogate) == 1, BLOCK=_POOL_BLOCK, **_launch_options())
+            batch, float(beta), float(threshold), float(slope), STEPS=steps, **_backward_flags(grad_v_last, reset_zero, surrogate),
+            BLOCK=_POOL_BLOCK, **_launch_options())
     return potentials, grad_v0
 
