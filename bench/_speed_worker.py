@@ -115,7 +115,7 @@ class Fastslow(nn.Module):
             self.graphs = GraphedSystem1(self.model)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if self.graphs is not None and not torch.is_grad_enabled():  # inference replayed from CUDA graphs
+        if self.graphs is not None:  # replayed from CUDA graphs (training: forward and backward)
             run = self.graphs.run(x)
         else:
             run = self.model.run(x, mode=self.mode)

@@ -42,3 +42,31 @@ def test_graphs_refuse_cpu_inputs_and_random_encodings():
     rate = System1(System1Spec(input_shape=(20,), n_classes=3, hidden=(8,), timesteps=2, encoding="rate"))
     with pytest.raises(ValueError, match="deterministic encoding"):
         GraphedSystem1(rate)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("arch", sorted(SPECS))
+def test_replayed_training_step_equals_the_eager_one(arch):
+    """Forward and backward replayed: the same records, and the parameters' gradients of two
+    consecutive steps (an SGD update between them, seen by the replay) equal the eager ones."""
+    torch.manual_seed(0)
+    model = System1(SPECS[arch]).cuda()
+    graphed = GraphedSystem1(model)
+    x = torch.rand(6, *SPECS[arch].input_shape, device="cuda")
+    y = torch.randint(0, SPECS[arch].n_classes, (6,), device="cuda")
+
+    def step(run):
+        model.zero_grad(set_to_none=True)
+        out = run(x)
+        torch.nn.functional.cross_entropy(out.final_logits, y).backward()
+        return out.step_outputs.detach().clone(), out.spike_rates.clone(), [p.grad.clone() for p in model.parameters()]
+
+    for _ in range(2):
+        replayed = step(graphed.run)
+        eager = step(model.run)
+        assert torch.equal(replayed[0], eager[0]) and torch.equal(replayed[1], eager[1])
+        for a, b in zip(replayed[2], eager[2]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(0.1 * p.grad)

@@ -143,11 +143,12 @@ def _channels_first(maps: torch.Tensor) -> torch.Tensor:
     return maps.movedim(-1, -3)
 
 
-def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor) -> torch.Tensor:
-    """Per-sample accumulate ops caused by ``spikes`` [B, ...] through a layer with ``fanout``."""
+def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample accumulate ops caused by ``spikes`` [B, ...] through a layer with ``fanout``
+    (written into ``out`` [B] if given)."""
     if fanout.dim() == 0:
-        return spikes.flatten(1).sum(1) * fanout
-    return (spikes.sum(1) * fanout).flatten(1).sum(1)
+        return torch.mul(spikes.flatten(1).sum(1), fanout, out=out)
+    return torch.sum((spikes.sum(1) * fanout).flatten(1), 1, out=out)
 
 
 def _positions(index: torch.Tensor) -> torch.Tensor:
@@ -431,17 +432,20 @@ class System1(nn.Module):
         like = state.layers[0]
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
-        syn, dense, rates, layer_outputs, layer_states = [], [], [], [], []
+        # Records are written in place, a row per component or layer: on a GPU each small kernel
+        # costs a launch, and stacking per-layer records would cost one more per record.
+        syn = like.new_zeros(self.n_components, steps, batch)
+        dense = like.new_zeros(self.n_components, steps, batch)
+        rates = like.new_empty(len(self.layers), steps, batch)
+        layer_outputs, layer_states = [], []
         for index, layer in enumerate(self.layers):
             if index == 0 and constant_current is not None:
                 current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
-                syn.append(like.new_zeros(steps, batch))
-                dense.append(like.new_full((steps, batch), float(layer.dense_macs)))
+                dense[0].fill_(float(layer.dense_macs))
             else:
                 current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
                 with torch.no_grad():
-                    syn.append(split(_synaptic_ops(merge(inp), layer.fanout)))
-                dense.append(like.new_zeros(steps, batch))
+                    _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
             if layer.is_conv:
                 # Conv maps live channels-last in memory (the convolutions' fastest CPU layout): the LIF
                 # runs on them seen as [.., H, W, C], a view, and the pooling reads them in place.
@@ -453,29 +457,28 @@ class System1(nn.Module):
                 if layer.pool:  # the LIF counts and pools each step's spikes while they are in cache
                     pooled, counts, new_state = lif_multistep_pooled(current, LIFState(v0), self.lif_params)
                     layer_states.append(_channels_first(new_state.v))
-                    rates.append(counts / layer.neurons)
+                    torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
                 else:
                     spikes, new_state = lif_multistep(current, LIFState(v0), self.lif_params)
                     layer_states.append(_channels_first(new_state.v))
                     spikes = _channels_first(spikes)
-                    rates.append(spikes.detach().mean(dim=(2, 3, 4)))
+                    torch.mean(spikes.detach(), dim=(2, 3, 4), out=rates[index])
                     out = spikes
             else:
                 spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
                 layer_states.append(new_state.v)
-                rates.append(spikes.detach().mean(dim=2))
+                torch.mean(spikes.detach(), dim=2, out=rates[index])
                 out = spikes
             if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear):
                 out = out.flatten(2)
             layer_outputs.append(out)
             inp = out
         outputs, head_states = [], []
-        for head, h, head_v in zip(self.heads, self.exit_layers, state.heads):
+        for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, state.heads)):
             source = layer_outputs[h].flatten(2)
             with torch.no_grad():
-                syn.append(source.sum(2) * head.out_features)
-            dense.append(like.new_zeros(steps, batch))
+                torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             current = self._synapses(head, source)
             if self.spec.readout == "spike_count":
                 head_spikes, new_head = lif_multistep(current, LIFState(head_v), self.lif_params)
@@ -484,8 +487,8 @@ class System1(nn.Module):
             else:
                 head_states.append(head_v)
                 outputs.append(current)
-        record = S1Step(outputs=torch.stack(outputs, dim=1), synaptic_ops=torch.stack(syn),
-                        dense_macs=torch.stack(dense), spike_rates=torch.stack(rates))
+        stacked = outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
+        record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
         return record, S1State(layers=tuple(layer_states), heads=tuple(head_states))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
