@@ -34,11 +34,13 @@ class GraphedSystem1:
     """``model.run(x)`` on CUDA, captured once per input shape and mode (up to ``max_shapes``,
     least recently used dropped) and replayed. Without gradients it is inference; with them (the
     model's parameters requiring grad) the backward pass is a graph too, and ``loss.backward()``
-    accumulates the parameters' gradients as usual. In training the returned records live in the
-    graph's memory: the next call overwrites them, so take the loss's backward first (as a training
-    loop does). Deterministic encodings only (a rate code draws random spikes). The graphs read the
-    parameters in place: optimiser updates are seen; after moving the model or replacing a
-    parameter tensor, call :meth:`clear`."""
+    fills the parameters' ``.grad`` as usual. In training the returned records live in the graph's
+    memory: the next call overwrites them, so take the loss's backward first (as a training loop
+    does); and the gradients a backward leaves in ``.grad`` may share the graph's memory too, so
+    zero them with ``set_to_none=True`` (the optimisers' default) before each step and do not
+    accumulate over several backward passes. Deterministic encodings only (a rate code draws random
+    spikes). The graphs read the parameters in place: optimiser updates are seen; after moving the
+    model or replacing a parameter tensor, call :meth:`clear`."""
 
     def __init__(self, model: System1, max_shapes: int = 8) -> None:
         if model.spec.encoding == "rate":
