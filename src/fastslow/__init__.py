@@ -12,13 +12,14 @@ from fastslow.pipeline import FitResult, evaluate_folder, fit
 from fastslow.policies import Router, Routing, confidence_score, train_router
 from fastslow.spiking import LIF, LIFParams, LIFState, lif_multistep, lif_step
 from fastslow.stdp import STDPNetwork, STDPSpec
-from fastslow.systems import System1, System1Spec, System2Spec, build_system2
+from fastslow.systems import GraphedSystem1, System1, System1Spec, System2Spec, build_system2
 
 __all__ = [
     "EnergyProfile",
     "FastslowError",
     "FitConfig",
     "FitResult",
+    "GraphedSystem1",
     "LIF",
     "LIFParams",
     "LIFState",
