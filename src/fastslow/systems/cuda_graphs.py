@@ -67,7 +67,7 @@ class GraphedSystem1:
             step_outputs, logits, synaptic_ops, dense_macs, spike_rates = self._graphs[key](x)
             # The counts carry no gradient (the graph's autograd node marks every output differentiable).
             return S1Run(step_outputs, logits, synaptic_ops.detach(), dense_macs.detach(),
-                         neuron_updates=self.model._neuron_counts.to(x.dtype), spike_rates=spike_rates.detach())
+                         neuron_updates=self.model._neuron_counts.to(x.dtype, copy=True), spike_rates=spike_rates.detach())
         graph, static_input, static_run = self._graphs[key]
         static_input.copy_(x)
         graph.replay()

@@ -239,7 +239,7 @@ class System1(nn.Module):
         )
         self.lif_params = spec.lif
         # Kept as a buffer (moved with the model, not saved): a run then copies nothing from the host,
-        # which a CUDA graph capture of it would refuse.
+        # which a CUDA graph capture of it would refuse. Runs hand out copies, never the buffer.
         self.register_buffer("_neuron_counts", torch.tensor(self.neurons_per_component(), dtype=torch.float32), persistent=False)
 
     # -- static facts -------------------------------------------------------
@@ -303,7 +303,7 @@ class System1(nn.Module):
             step_outputs=torch.stack([r.outputs for r in records]),
             synaptic_ops=torch.stack([r.synaptic_ops for r in records], dim=1),
             dense_macs=torch.stack([r.dense_macs for r in records], dim=1),
-            neuron_updates=self._neuron_counts.to(x.dtype),
+            neuron_updates=self._neuron_counts.to(x.dtype, copy=True),
             spike_rates=torch.stack([r.spike_rates for r in records], dim=1),
         )
 
@@ -379,7 +379,7 @@ class System1(nn.Module):
             step_outputs=merged.outputs,  # [T, E, B, C]
             synaptic_ops=merged.synaptic_ops,
             dense_macs=merged.dense_macs,
-            neuron_updates=self._neuron_counts.to(x.dtype),
+            neuron_updates=self._neuron_counts.to(x.dtype, copy=True),
             spike_rates=merged.spike_rates,
         )
 
