@@ -17,11 +17,15 @@ from fastslow.spiking import LIFParams, LIFState, lif_multistep, lif_multistep_p
 
 @contextmanager
 def _torch_path():
+    before = os.environ.get("FASTSLOW_CUDA_KERNELS")
     os.environ["FASTSLOW_CUDA_KERNELS"] = "0"
     try:
         yield
     finally:
-        os.environ.pop("FASTSLOW_CUDA_KERNELS")
+        if before is None:
+            os.environ.pop("FASTSLOW_CUDA_KERNELS")
+        else:
+            os.environ["FASTSLOW_CUDA_KERNELS"] = before
 
 
 def _forward_and_grads(fn, currents, v0, params, weights):
@@ -107,7 +111,7 @@ def test_cuda_kernels_match_the_torch_path_in_triton_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_cuda_kernels as t; "
               "t.check_kernels_match_torch_path('cpu'); t.check_system1_matches_torch_path('cpu')")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "FASTSLOW_CPU_KERNELS": "0"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FASTSLOW_CUDA_KERNELS": "interpret", "FASTSLOW_CPU_KERNELS": "0"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -116,8 +120,10 @@ def test_kernels_stay_off_where_they_do_not_apply(monkeypatch):
     from fastslow.spiking import _cuda_kernels
 
     currents, v0 = torch.rand(2, 3, 4), torch.rand(3, 4)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("FASTSLOW_CUDA_KERNELS", raising=False)
     assert not _cuda_kernels.applies(currents, v0)  # a CPU tensor
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # someone interpreting their own Triton code
+    assert not _cuda_kernels.applies(currents, v0)
     assert not _cuda_kernels.applies(currents.double(), v0.double())
     monkeypatch.setenv("FASTSLOW_CUDA_KERNELS", "0")
     assert not _cuda_kernels.cuda_kernels_available()

@@ -209,12 +209,15 @@ def cuda_kernels_available() -> bool:
 
 
 def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Tests run the kernels on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``), when
+    asked to by ``FASTSLOW_CUDA_KERNELS=interpret``: someone interpreting their own Triton code
+    keeps fastslow's CPU paths."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and os.environ.get("FASTSLOW_CUDA_KERNELS") == "interpret"
 
 
 def applies(currents: torch.Tensor, v0: torch.Tensor) -> bool:
-    """Whether the kernels can take these tensors: CUDA float32 (any tensors under Triton's
-    interpreter, which tests use on a CPU) with fewer than 2^31 elements (32-bit offsets)."""
+    """Whether the kernels can take these tensors: CUDA float32 (CPU tensors too in the tests'
+    interpreter mode) with fewer than 2^31 elements (32-bit offsets)."""
     return (
         (currents.device.type == "cuda" or _interpreted())
         and currents.dtype == torch.float32 and v0.dtype == torch.float32
@@ -233,7 +236,7 @@ def _per_step(currents: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def _launch_options() -> dict:
     # No fused multiply-add for β·v + current: the torch path rounds the product first.
-    return {} if _interpreted() else {"enable_fp_fusion": False}
+    return {} if os.environ.get("TRITON_INTERPRET", "0") == "1" else {"enable_fp_fusion": False}
 
 
 def _backward_flags(grad_v_last: torch.Tensor | None, reset_zero: bool, surrogate: str) -> dict:
