@@ -300,6 +300,18 @@ def ponder_routing(head: nn.Module, step_features: torch.Tensor, last_exit: int,
     )
 
 
+def _whole_space_router_label(space: str, index: int, router: ExitRouter | StepRouter) -> tuple[str, str, dict]:
+    """Strategy name, family and knob of a whole-exit-space router (``space``: "exits" for the
+    one-shot router, "steps" for the sequential one), by the target it was calibrated to."""
+    if router.target_distribution is not None:
+        return f"router@{space},target#{index}", f"router_{space}_target", {"target_distribution": router.target_distribution}
+    if router.energy_budget_uj is not None:
+        budget = router.energy_budget_uj
+        return f"router@{space},budget={budget:.10g}uJ", f"router_{space}_budget", {"energy_budget_uj": budget}
+    share = router.target_share
+    return f"router@{space},share={share:g}", f"router_{space}", {"target_share": share}
+
+
 def enumerate_strategies(
     outputs: SystemOutputs,
     policies: PolicySet | None = None,
@@ -350,27 +362,13 @@ def enumerate_strategies(
     if policies.exit_routers:
         features = outputs.exit_router_features()
         for index, router in enumerate(policies.exit_routers):
-            if router.target_distribution is not None:
-                add(f"router@exits,target#{index}", "router_exits_target", router.route(features),
-                    {"target_distribution": router.target_distribution})
-            elif router.energy_budget_uj is not None:
-                budget = router.energy_budget_uj
-                add(f"router@exits,budget={budget:.10g}uJ", "router_exits_budget", router.route(features), {"energy_budget_uj": budget})
-            else:
-                share = router.target_share
-                add(f"router@exits,share={share:g}", "router_exits", router.route(features), {"target_share": share})
+            name, family, knob = _whole_space_router_label("exits", index, router)
+            add(name, family, router.route(features), knob)
     if policies.step_routers:
         features = outputs.step_router_features()
         for index, router in enumerate(policies.step_routers):
-            routing = router.route(features, last)
-            if router.target_distribution is not None:
-                add(f"router@steps,target#{index}", "router_steps_target", routing, {"target_distribution": router.target_distribution})
-            elif router.energy_budget_uj is not None:
-                budget = router.energy_budget_uj
-                add(f"router@steps,budget={budget:.10g}uJ", "router_steps_budget", routing, {"energy_budget_uj": budget})
-            else:
-                share = router.target_share
-                add(f"router@steps,share={share:g}", "router_steps", routing, {"target_share": share})
+            name, family, knob = _whole_space_router_label("steps", index, router)
+            add(name, family, router.route(features, last), knob)
     return items
 
 

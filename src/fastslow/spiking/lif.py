@@ -54,16 +54,20 @@ def lif_init(like: torch.Tensor) -> LIFState:
     return LIFState(v=torch.zeros_like(like))
 
 
+def _check_reset(params: LIFParams) -> None:
+    if params.reset not in ("subtract", "zero"):
+        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+
+
 def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple[torch.Tensor, LIFState]:
     """One LIF timestep. Returns (spikes in {0,1}, new state); shapes follow ``current``."""
+    _check_reset(params)
     v = params.beta * state.v + current
     spikes = spike_fn(v - params.threshold, params.surrogate, params.slope)
     if params.reset == "subtract":
         v = v - spikes * params.threshold
-    elif params.reset == "zero":
-        v = v * (1.0 - spikes)
     else:
-        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+        v = v * (1.0 - spikes)
     return spikes, LIFState(v=v)
 
 
@@ -74,11 +78,6 @@ LIF_SLICE = 1 << 17
 # The pooled LIF (lif_multistep_pooled, forward and backward) runs about seven kernels per step on a
 # slice of whole images; larger slices pay their dispatch less often (measured on the conv benchmark).
 POOLED_SLICE = 1 << 19
-
-
-def _check_reset(params: LIFParams) -> None:
-    if params.reset not in ("subtract", "zero"):
-        raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
 
 
 def _slices(size: int) -> list[slice]:
