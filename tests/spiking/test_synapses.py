@@ -3,7 +3,9 @@
 import torch
 from torch import nn
 
-from fastslow.spiking.synapses import spike_linear
+import pytest
+
+from fastslow.spiking.synapses import conv_channels_last, spike_linear
 
 
 def _layer_and_spikes(density: float, rows: int = 64, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
@@ -73,3 +75,17 @@ def test_a_changed_weight_is_used_at_once():
     with torch.no_grad():
         layer.weight.mul_(2.0)
     assert torch.allclose(spike_linear(spikes, layer), layer(spikes), atol=1e-6)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_conv_channels_last_is_the_convolution_in_channels_last_memory(in_channels):
+    """One-channel inputs take the im2col matmul on CPU; values and gradients are the convolution's."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(in_channels, 5, 3, padding=1)
+    maps = torch.rand(4, in_channels, 9, 7, requires_grad=True)
+    out = conv_channels_last(maps, conv)
+    reference = conv(maps)
+    assert out.shape == reference.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), (maps, conv.weight, conv.bias))
+    torch.testing.assert_close(grads, torch.autograd.grad(reference.square().sum(), (maps, conv.weight, conv.bias)))

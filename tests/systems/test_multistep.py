@@ -301,10 +301,12 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     varied[2, 1, 3, 3, 0], varied[3, 2, 0, 0, 1], varied[1, 0, 8, 6, 3] = float("inf"), float("-inf"), float("nan")
     constant = (torch.randn(5, 9, 7, 4) * 1.5).unsqueeze(0).expand(6, -1, -1, -1, -1)
     v0 = torch.randn(5, 9, 7, 4)
+    v0_before = v0.clone()
     for currents in (varied, constant):
         with torch.no_grad():
             assert _cpu_kernels.applies(currents, v0)
             compiled = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+            assert torch.equal(v0, v0_before)  # the caller's state is read, never written
             monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
             assert not _cpu_kernels.applies(currents, v0)
             reference = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)

@@ -33,6 +33,30 @@ def test_direct_encoding_matches_a_plain_step_loop():
         assert torch.allclose(run.logits[t, 0], total / (t + 1), atol=1e-6)
 
 
+def test_conv_network_matches_a_plain_nchw_step_loop():
+    """Conv layers run channels-last (the head reads their spikes with reordered weight columns):
+    the answers and synaptic ops are a plain NCHW loop's, with fan-out counted per input spike."""
+    torch.manual_seed(0)
+    spec = System1Spec(input_shape=(1, 10, 10), n_classes=3, arch="conv", conv_channels=(4, 6), hidden=(), timesteps=3,
+                       encoding="direct", lif=LIFParams(beta=0.9, threshold=0.3))
+    model = System1(spec).eval()
+    x = torch.rand(2, 1, 10, 10)
+    with torch.no_grad():
+        run = model.run(x)
+        conv0, conv1, head = model.layers[0].op, model.layers[1].op, model.heads[0]
+        v0, v1 = lif_init(torch.zeros(2, 4, 10, 10)), lif_init(torch.zeros(2, 6, 5, 5))
+        total, layer1_ops = torch.zeros(2, 3), []
+        fanout = torch.nn.functional.conv_transpose2d(torch.ones(1, 1, 5, 5), torch.ones(1, 1, 3, 3), padding=1)[0, 0] * 6
+        for t in range(3):
+            spikes0, v0 = lif_step(conv0(x), v0, spec.lif)
+            pooled0 = torch.nn.functional.max_pool2d(spikes0, 2)
+            layer1_ops.append((pooled0 * fanout).sum((1, 2, 3)))
+            spikes1, v1 = lif_step(conv1(pooled0), v1, spec.lif)
+            total = total + head(torch.nn.functional.max_pool2d(spikes1, 2).flatten(1))
+            assert torch.allclose(run.logits[t, 0], total / (t + 1), atol=1e-5)
+    assert torch.equal(run.synaptic_ops[1], torch.stack(layer1_ops))
+
+
 def test_conv_system1_runs_on_images():
     spec = System1Spec(input_shape=(1, 12, 12), n_classes=4, arch="conv", conv_channels=(4, 8), hidden=(16,), timesteps=2)
     model = System1(spec)

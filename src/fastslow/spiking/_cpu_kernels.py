@@ -1,9 +1,9 @@
 """Compiled CPU kernels (numba, the optional extra ``fastslow[cpu]``) for inference without gradients.
 
 The torch path of :func:`fastslow.spiking.lif.lif_multistep_pooled` runs about seven element-wise
-kernels per step, each a full pass over memory. Here one loop does leak, integrate, fire, reset,
-count and 2×2 pooling per neuron, an image per thread, all T steps while its potential stays in
-cache. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current; no
+kernels per step, each a full pass over memory. Here one compiled loop does leak, integrate, fire,
+reset and count over a pair of rows, then their 2×2 pooling, an image per thread, all T steps while
+its potential stays in cache; the loops are vectorised over the channels. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current; no
 fused multiply-add), so the spikes, counts and potentials are the torch path's bits (a test checks).
 Compiled on first use (about 3 s) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
 """
@@ -25,31 +25,47 @@ def _kernel():
         return None
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def lif_pool(currents, v, beta, threshold, reset_zero, pooled, counts):  # pragma: no cover - compiled
+    def lif_pool(currents, v_in, beta, threshold, reset_zero, pooled, counts, v):  # pragma: no cover - compiled
         steps = pooled.shape[0]
         batch, height, width, channels = v.shape
         constant = currents.shape[0] == 1  # one current for every step
         pooled_height, pooled_width = height // 2, width // 2
-        zero = np.float32(0.0)
+        row = width * channels
+        size = height * row
+        one, zero = np.float32(1.0), np.float32(0.0)
+        # Loops run over contiguous slices with indices from 0, so LLVM vectorises them: offset
+        # indices it cannot prove non-negative get wrap-around checks that stop it.
         for b in numba.prange(batch):
+            potentials = v[b].reshape(size)
+            potentials[:] = v_in[b].reshape(size)  # copied by the image's thread, into its cache
+            spikes = np.empty(2 * row, np.float32)  # a pair of rows: one pooling window high
             for t in range(steps):
-                tc = 0 if constant else t
+                image_currents = currents[0 if constant else t, b].reshape(size)
+                image_pooled = pooled[t, b].reshape(pooled_height * pooled_width * channels)
                 count = 0
-                for h in range(height):
-                    for w in range(width):
-                        in_window = h < 2 * pooled_height and w < 2 * pooled_width
-                        for c in range(channels):
-                            u = v[b, h, w, c] * beta
-                            u = u + currents[tc, b, h, w, c]
-                            if u > threshold:
-                                count += 1
-                                if in_window:
-                                    pooled[t, b, h // 2, w // 2, c] = 1.0
-                                v[b, h, w, c] = u - u if reset_zero else u - threshold
-                            elif reset_zero:
-                                v[b, h, w, c] = u - u * zero  # as torch's u − u·spike: NaN from ±inf
-                            else:
-                                v[b, h, w, c] = u
+                for first_row in range(0, height, 2):
+                    rows = min(2, height - first_row)
+                    cells = potentials[first_row * row : (first_row + rows) * row]
+                    inputs = image_currents[first_row * row : (first_row + rows) * row]
+                    for i in range(rows * row):
+                        u = cells[i] * beta
+                        u = u + inputs[i]
+                        fired = u > threshold
+                        spike = one if fired else zero
+                        count += np.int32(fired)
+                        spikes[i] = spike
+                        # Both resets are lif_step's products with the 0/1 spike, bit for bit.
+                        cells[i] = u - u * spike if reset_zero else u - threshold * spike
+                    if rows == 2:  # an odd last row or column is simulated but not pooled, as max_pool2d drops it
+                        out_row = image_pooled[(first_row // 2) * pooled_width * channels : (first_row // 2 + 1) * pooled_width * channels]
+                        for pw in range(pooled_width):
+                            left = 2 * pw * channels
+                            top_left, top_right = spikes[left : left + channels], spikes[left + channels : left + 2 * channels]
+                            bottom_left = spikes[row + left : row + left + channels]
+                            bottom_right = spikes[row + left + channels : row + left + 2 * channels]
+                            out = out_row[pw * channels : (pw + 1) * channels]
+                            for c in range(channels):
+                                out[c] = max(max(top_left[c], top_right[c]), max(bottom_left[c], bottom_right[c]))
                 counts[t, b] = count
 
     return numba, lif_pool
@@ -76,13 +92,14 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor, beta: float, th
     v after step T), on as many threads as torch uses."""
     numba, kernel = _kernel()
     steps, batch, height, width, channels = currents.shape
-    pooled = currents.new_zeros(steps, batch, height // 2, width // 2, channels)
+    pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
-    v = v0.contiguous().clone()
+    v = torch.empty_like(v0, memory_format=torch.contiguous_format)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     # A constant current expanded over T (stride 0 in T) is passed once, not copied T times; any other
     # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
     # round in float32, as torch computes it.
     source = currents[:1] if currents.stride(0) == 0 else currents
-    kernel(source.contiguous().numpy(), v.numpy(), np.float32(beta), np.float32(threshold), bool(reset_zero), pooled.numpy(), counts.numpy())
+    kernel(source.contiguous().numpy(), v0.contiguous().numpy(), np.float32(beta), np.float32(threshold), bool(reset_zero),
+           pooled.numpy(), counts.numpy(), v.numpy())
     return pooled, counts, v

@@ -1,4 +1,5 @@
-"""Synapses driven by spike events: a linear layer that only touches the weights of inputs that fired.
+"""Synapses: a linear layer driven by spike events (it only touches the weights of inputs that
+fired), and convolutions whose currents come channels-last in memory, as the LIF reads them.
 
 A spiking layer's input is mostly zeros. On CPU, summing the weight rows of an input's active
 synapses (``F.embedding_bag``: one accumulate per event and fan-out, as neuromorphic hardware does)
@@ -99,3 +100,24 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
         out = out.index_put((event_rows,), events)
         out = out.index_put((dense_rows,), F.linear(flat[dense_rows], layer.weight, layer.bias))
     return out.view(*inputs.shape[:-1], layer.out_features)
+
+
+def conv_channels_last(maps: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
+    """``layer`` applied to ``maps`` [N, C, H, W] → [N, C_out, H', W'], channels-last in memory.
+
+    A one-channel input is ambiguous in layout (NCHW and NHWC are the same bytes), so torch runs
+    its NCHW convolution, about ten times slower on CPU than the channels-last one, and the result
+    would need a copy to channels-last. On CPU it is computed as one matmul of the k×k shifted
+    views (im2col) instead, which also gives channels-last output and the same bits as the NCHW
+    convolution on the benchmark networks."""
+    plain = layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+    if layer.in_channels != 1 or maps.device.type != "cpu" or not plain:
+        return layer(maps.contiguous(memory_format=torch.channels_last))
+    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    padded = F.pad(maps[:, 0], (pw, pw, ph, ph))
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    columns = torch.stack([padded[:, i : i + height, j : j + width] for i in range(kh) for j in range(kw)], dim=-1)
+    weight = layer.weight.view(layer.out_channels, kh * kw).t()
+    flat = columns.view(-1, kh * kw)
+    out = torch.mm(flat, weight) if layer.bias is None else torch.addmm(layer.bias, flat, weight)
+    return out.view(maps.shape[0], height, width, layer.out_channels).permute(0, 3, 1, 2)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
-from fastslow.spiking.synapses import EVENT_DENSITY, spike_linear
+from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -112,7 +112,8 @@ class _Layer(nn.Module):
 
 
 def _fanout_map(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
-    """Synapses leaving each input neuron (channel-independent map [H, W], or scalar for linear)."""
+    """Synapses leaving each input neuron: a scalar for a linear layer; for a convolution, one per
+    input neuron in channels-last order [H·W·C_in] (the layout the spikes have in memory)."""
     if isinstance(op, nn.Linear):
         return torch.tensor(float(op.out_features))
     if isinstance(op, nn.Conv2d):
@@ -120,7 +121,7 @@ def _fanout_map(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, 
             raise ValueError("fan-out counting supports stride-1, undilated, ungrouped convolutions")
         kernel = torch.ones(1, 1, *op.kernel_size)
         reached = F.conv_transpose2d(torch.ones(1, 1, *out_shape[1:]), kernel, padding=op.padding)
-        return reached[0, 0] * op.out_channels
+        return (reached[0, 0, :, :, None] * op.out_channels).expand(*reached.shape[2:], in_shape[0]).flatten()
     raise TypeError(f"unsupported synaptic op {type(op).__name__}")
 
 
@@ -143,12 +144,18 @@ def _channels_first(maps: torch.Tensor) -> torch.Tensor:
     return maps.movedim(-1, -3)
 
 
+def _channels_last_columns(weight: torch.Tensor, maps_shape: tuple[int, ...]) -> torch.Tensor:
+    """A linear layer's ``weight`` [out, C·H·W] for inputs flattened channels-last ([out, H·W·C])."""
+    return weight.unflatten(1, maps_shape).permute(0, 2, 3, 1).flatten(1)
+
+
 def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample accumulate ops caused by ``spikes`` [B, ...] through a layer with ``fanout``
     (written into ``out`` [B] if given)."""
     if fanout.dim() == 0:
         return torch.mul(spikes.flatten(1).sum(1), fanout, out=out)
-    return torch.sum((spikes.sum(1) * fanout).flatten(1), 1, out=out)
+    # Conv maps [B, C, H, W]: one matrix-vector product over their channels-last bytes.
+    return torch.mv(_channels_last(spikes).reshape(spikes.shape[0], -1), fanout, out=out)
 
 
 def _positions(index: torch.Tensor) -> torch.Tensor:
@@ -333,14 +340,14 @@ class System1(nn.Module):
         """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps;
         the input is analog, so the layer is a dense matmul, never event-driven). Conv maps come
         channels-last in memory, as the simulation reads them; indexing rows keeps that layout."""
-        current = self.layers[0].op(x)
-        return _channels_first(_channels_last(current)) if self.layers[0].is_conv else current
+        return self._synapses(self.layers[0].op, x)
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
-        """A layer's input current from its input spikes (linear layers event-driven where sparse)."""
+        """A layer's input current from its input spikes (linear layers event-driven where sparse;
+        conv maps channels-last in memory)."""
         if isinstance(op, nn.Linear):
             return spike_linear(inp, op, self.spec.event_density)
-        return op(inp)
+        return conv_channels_last(inp, op)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
@@ -476,10 +483,17 @@ class System1(nn.Module):
             inp = out
         outputs, head_states = [], []
         for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, state.heads)):
-            source = layer_outputs[h].flatten(2)
+            if self.layers[h].is_conv:
+                # Conv spikes stay channels-last in memory: the head reads them flattened in that
+                # order with its weight's columns reordered to match (a small copy of the weight,
+                # instead of a copy of every step's spike maps into [C, H, W] order).
+                source = _channels_last(layer_outputs[h]).flatten(2)
+                current = F.linear(source, _channels_last_columns(head.weight, self.layers[h].pooled_shape), head.bias)
+            else:
+                source = layer_outputs[h].flatten(2)
+                current = self._synapses(head, source)
             with torch.no_grad():
                 torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
-            current = self._synapses(head, source)
             if self.spec.readout == "spike_count":
                 head_spikes, new_head = lif_multistep(current, LIFState(head_v), self.lif_params)
                 head_states.append(new_head.v)
