@@ -124,8 +124,9 @@ class Fastslow(nn.Module):
 
 
 class Floor(nn.Module):
-    """The same convolutions (channels-last, their fastest CPU layout) and matmuls, on fixed binary
-    inputs of the shapes the network feeds them, without any neuron: the floor."""
+    """The same convolutions (channels-last, their fastest CPU layout, computed as fastslow computes
+    them) and matmuls, on fixed binary inputs of the shapes the network feeds them, without any
+    neuron: the floor."""
 
     def __init__(self, network: str, ops: list[nn.Module]) -> None:
         super().__init__()
@@ -149,8 +150,12 @@ class Floor(nn.Module):
         return self.inputs[x.shape[0]]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        cl = (lambda t: t.contiguous(memory_format=torch.channels_last)) if self.network == "conv" else (lambda t: t)
-        current = self.ops[0](cl(x))
+        if self.network == "conv":  # as fastslow computes it (a one-channel input's NCHW convolution is far slower)
+            from fastslow.spiking.synapses import conv_channels_last
+
+            current = conv_channels_last(x, self.ops[0])
+        else:
+            current = self.ops[0](x)
         for op, spikes in zip(self.ops[1:], self._inputs(x)):
             current = op(spikes)
         return current.unflatten(0, (STEPS, x.shape[0])).sum(0), []

@@ -224,11 +224,11 @@ def _reference_lif(currents, state, params):
     return torch.stack(spikes), state
 
 
-def _reference_pooled(currents, state, params):
+def _reference_pooled(currents, state, params, final_state=True):
     """The functional core, then ``max_pool2d``, on channels-last maps [T, B, H, W, C]."""
     spikes, new_state = _reference_lif(currents, state, params)
     pooled = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-    return pooled.unflatten(0, spikes.shape[:2]), spikes.detach().sum(dim=(2, 3, 4)), new_state
+    return pooled.unflatten(0, spikes.shape[:2]), spikes.detach().sum(dim=(2, 3, 4)), new_state if final_state else None
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
@@ -313,4 +313,11 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
             monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
         assert torch.equal(compiled[0], reference[0]) and torch.equal(compiled[1], reference[1])
         torch.testing.assert_close(compiled[2].v, reference[2].v, rtol=0, atol=0, equal_nan=True)
+    # From rest (no state), and without writing the final state: the same spikes and counts.
+    with torch.no_grad():
+        from_rest = lif.lif_multistep_pooled(varied, None, params, final_state=False)
+        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+        reference = lif.lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params)
+        monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+    assert torch.equal(from_rest[0], reference[0]) and torch.equal(from_rest[1], reference[1]) and from_rest[2] is None
     assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path

@@ -25,9 +25,9 @@ def _kernel():
         return None
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def lif_pool(currents, v_in, beta, threshold, reset_zero, pooled, counts, v):  # pragma: no cover - compiled
+    def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state):  # pragma: no cover - compiled
         steps = pooled.shape[0]
-        batch, height, width, channels = v.shape
+        batch, height, width, channels = currents.shape[1:]
         constant = currents.shape[0] == 1  # one current for every step
         pooled_height, pooled_width = height // 2, width // 2
         row = width * channels
@@ -36,8 +36,13 @@ def _kernel():
         # Loops run over contiguous slices with indices from 0, so LLVM vectorises them: offset
         # indices it cannot prove non-negative get wrap-around checks that stop it.
         for b in numba.prange(batch):
-            potentials = v[b].reshape(size)
-            potentials[:] = v_in[b].reshape(size)  # copied by the image's thread, into its cache
+            # The image's potentials, in the output state or (when nobody reads it) in scratch memory
+            # that never leaves the cache; started by the image's own thread, from rest or v_in.
+            potentials = v[b].reshape(size) if keep_state else np.empty(size, np.float32)
+            if from_rest:
+                potentials[:] = np.float32(0.0)
+            else:
+                potentials[:] = v_in[b].reshape(size)
             spikes = np.empty(2 * row, np.float32)  # a pair of rows: one pooling window high
             for t in range(steps):
                 image_currents = currents[0 if constant else t, b].reshape(size)
@@ -76,8 +81,9 @@ def cpu_kernels_available() -> bool:
     return os.environ.get("FASTSLOW_CPU_KERNELS", "1") != "0" and _kernel() is not None
 
 
-def applies(currents: torch.Tensor, v0: torch.Tensor) -> bool:
-    """Whether :func:`lif_pool_inference` can take these tensors (CPU float32, no gradient)."""
+def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
+    """Whether :func:`lif_pool_inference` can take these tensors (CPU float32, no gradient; v0 None: at rest)."""
+    v0 = currents if v0 is None else v0
     return (
         currents.device.type == "cpu" and currents.dtype == torch.float32 and v0.dtype == torch.float32
         and not (torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad))
@@ -85,21 +91,24 @@ def applies(currents: torch.Tensor, v0: torch.Tensor) -> bool:
     )
 
 
-def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor, beta: float, threshold: float, reset_zero: bool
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C], then 2×2
-    max-pooling of the spikes: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B],
-    v after step T), on as many threads as torch uses."""
+def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
+                       keep_state: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
+    rest), then 2×2 max-pooling of the spikes: (pooled spikes [T, B, H//2, W//2, C], spike count per
+    map [T, B], v after step T or None without ``keep_state``), on as many threads as torch uses.
+    Starting at rest and dropping the final state spare the pass over memory that each costs."""
     numba, kernel = _kernel()
     steps, batch, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
-    v = torch.empty_like(v0, memory_format=torch.contiguous_format)
+    placeholder = currents.new_empty(1, 1, 1, 1)  # typed stand-in for an absent v0 or output state
+    v = currents.new_empty(batch, height, width, channels) if keep_state else placeholder
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     # A constant current expanded over T (stride 0 in T) is passed once, not copied T times; any other
     # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
     # round in float32, as torch computes it.
     source = currents[:1] if currents.stride(0) == 0 else currents
-    kernel(source.contiguous().numpy(), v0.contiguous().numpy(), np.float32(beta), np.float32(threshold), bool(reset_zero),
-           pooled.numpy(), counts.numpy(), v.numpy())
-    return pooled, counts, v
+    start = placeholder if v0 is None else v0.contiguous()
+    kernel(source.contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
+           pooled.numpy(), counts.numpy(), v.numpy(), keep_state)
+    return pooled, counts, v if keep_state else None

@@ -307,11 +307,13 @@ class _FusedLIFPool(torch.autograd.Function):
 
 
 def lif_multistep_pooled(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams
-) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
+    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, LIFState | None]:
     """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
     of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
-    [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient) and the state after step T.
+    [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient) and the state after step T
+    (``state`` None: from rest; ``final_state=False`` returns None instead, which spares compiled CPU
+    inference writing it).
 
     Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
     (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
@@ -321,17 +323,20 @@ def lif_multistep_pooled(
     _check_reset(params)
     if currents.dim() != 5 or min(currents.shape[:2]) == 0:
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
-    v0 = lif_init(currents[0]).v if state is None else state.v
+    v0 = None if state is None else state.v
+    if _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
+        pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero",
+                                                            keep_state=final_state)
+        return pooled, counts, None if v is None else LIFState(v=v)
+    v0 = lif_init(currents[0]).v if v0 is None else v0
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)
-    elif _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
-        pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero")
     elif _cuda_kernels.applies(currents, v0):  # one launch for all steps (Triton)
         pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
                                                               record=False)
     else:  # nothing to record for a backward pass: the potential runs in place
         pooled, counts, v = _lif_pool_forward(currents, v0, params, None)
-    return pooled, counts, LIFState(v=v)
+    return pooled, counts, LIFState(v=v) if final_state else None
 
 
 class LIF(nn.Module):

@@ -28,7 +28,7 @@ ReadoutName = Literal["membrane", "spike_count"]
 # rates in [0, 1] is not flat; fixed, not learned, so the rate stays the answer.
 SPIKE_COUNT_SCALE = 10.0
 # Multi-step simulation runs as many timesteps at once as keep its largest layer tensor below this.
-MULTISTEP_CHUNK_BYTES = 16 * 2**20
+MULTISTEP_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,6 @@ class System1(nn.Module):
         x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
         constant_current = None if is_spiking(spec.encoding) else self.input_current(x)
-        state = self.init_state(x.shape[0], x)
         # Steps run in chunks whose largest layer tensor stays under MULTISTEP_CHUNK_BYTES: a
         # larger buffer is fresh memory from the OS on every call, and its page faults cost more
         # than the chunking's extra kernel launches (measured on the conv network).
@@ -370,6 +369,9 @@ class System1(nn.Module):
         # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
         # checkpoint; without, the whole run is one segment.
         segment = spec.checkpoint_steps if spec.checkpoint_steps > 0 and torch.is_grad_enabled() else steps
+        # A checkpoint takes state tensors; otherwise the run starts from rest (None: no zero maps to
+        # write and read) and nobody reads its final state.
+        state = self.init_state(x.shape[0], x) if segment < steps else None
         records = []
         for first in range(0, steps, segment):
             count = min(segment, steps - first)
@@ -378,8 +380,10 @@ class System1(nn.Module):
                 # Drawn step by step so the random stream is exactly the stepwise one (and before a
                 # checkpoint, so its recomputation sees the same spikes).
                 inp = torch.stack([encode_step(x, t, steps, spec.encoding, generator) for t in range(first, first + count)])
-            run = self._checkpointed_chunks if segment < steps else self._chunks
-            segment_records, state = run(inp, state, constant_current, count, chunk)
+            if segment < steps:
+                segment_records, state = self._checkpointed_chunks(inp, state, constant_current, count, chunk)
+            else:
+                segment_records, _ = self._chunks(inp, state, constant_current, count, chunk, keep_final_state=False)
             records += segment_records
         merged = _merged(records)
         return _records(
@@ -403,13 +407,15 @@ class System1(nn.Module):
         return max(sizes)
 
     def _chunks(
-        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int, chunk: int
-    ) -> tuple[list[S1Step], S1State]:
+        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int, chunk: int,
+        keep_final_state: bool = True,
+    ) -> tuple[list[S1Step], S1State | None]:
         """:meth:`_steps` over ``steps`` steps, ``chunk`` at a time, carrying the state."""
         records = []
         for first in range(0, steps, chunk):
             count = min(chunk, steps - first)
-            record, state = self._steps(None if inp is None else inp[first : first + count], state, constant_current, count)
+            keep = keep_final_state or first + count < steps
+            record, state = self._steps(None if inp is None else inp[first : first + count], state, constant_current, count, keep)
             records.append(record)
         return records, state
 
@@ -431,12 +437,14 @@ class System1(nn.Module):
         return [record], S1State(tuple(out[4 : 4 + n_layers]), tuple(out[4 + n_layers :]))
 
     def _steps(
-        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None, steps: int
-    ) -> tuple[S1Step, S1State]:
-        """``steps`` timesteps at once from ``state``: as :meth:`step`, with every tensor led by a
-        time axis (``inp`` [t, B, ...]; the record's outputs [t, E, B, C], the others [K or H, t, B])."""
-        batch = state.layers[0].shape[0]
-        like = state.layers[0]
+        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int,
+        keep_state: bool = True,
+    ) -> tuple[S1Step, S1State | None]:
+        """``steps`` timesteps at once from ``state`` (None: at rest): as :meth:`step`, with every tensor
+        led by a time axis (``inp`` [t, B, ...]; the record's outputs [t, E, B, C], the others
+        [K or H, t, B]). Without ``keep_state`` the new state is None (its layers may skip writing it)."""
+        like = constant_current if inp is None else inp[0]
+        batch = like.shape[0]
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
         # Records are written in place, a row per component or layer: on a GPU each small kernel
@@ -460,20 +468,20 @@ class System1(nn.Module):
                     current = _channels_last(constant_current).unsqueeze(0).expand(steps, -1, -1, -1, -1)
                 else:
                     current = _channels_last(current)
-                v0 = _channels_last(state.layers[index])
+                v0 = None if state is None else LIFState(_channels_last(state.layers[index]))
                 if layer.pool:  # the LIF counts and pools each step's spikes while they are in cache
-                    pooled, counts, new_state = lif_multistep_pooled(current, LIFState(v0), self.lif_params)
-                    layer_states.append(_channels_first(new_state.v))
+                    pooled, counts, new_state = lif_multistep_pooled(current, v0, self.lif_params, final_state=keep_state)
+                    layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = lif_multistep(current, LIFState(v0), self.lif_params)
+                    spikes, new_state = lif_multistep(current, v0, self.lif_params)
                     layer_states.append(_channels_first(new_state.v))
                     spikes = _channels_first(spikes)
                     torch.mean(spikes.detach(), dim=(2, 3, 4), out=rates[index])
                     out = spikes
             else:
-                spikes, new_state = lif_multistep(current, LIFState(state.layers[index]), self.lif_params)
+                spikes, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params)
                 layer_states.append(new_state.v)
                 torch.mean(spikes.detach(), dim=2, out=rates[index])
                 out = spikes
@@ -482,7 +490,8 @@ class System1(nn.Module):
             layer_outputs.append(out)
             inp = out
         outputs, head_states = [], []
-        for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, state.heads)):
+        head_vs = [None] * len(self.heads) if state is None else state.heads
+        for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, head_vs)):
             if self.layers[h].is_conv:
                 # Conv spikes stay channels-last in memory: the head reads them flattened in that
                 # order with its weight's columns reordered to match (a small copy of the weight,
@@ -495,15 +504,15 @@ class System1(nn.Module):
             with torch.no_grad():
                 torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
-                head_spikes, new_head = lif_multistep(current, LIFState(head_v), self.lif_params)
+                head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params)
                 head_states.append(new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
-            else:
-                head_states.append(head_v)
+            else:  # a non-leaking integrator read out step by step: its state never changes
+                head_states.append(like.new_zeros(batch, self.spec.n_classes) if head_v is None else head_v)
                 outputs.append(current)
         stacked = outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
         record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
-        return record, S1State(layers=tuple(layer_states), heads=tuple(head_states))
+        return record, S1State(layers=tuple(layer_states), heads=tuple(head_states)) if keep_state else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final-exit logits after T steps, [B, C] (for use as a plain classifier)."""
