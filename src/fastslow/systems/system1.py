@@ -508,11 +508,14 @@ class System1(nn.Module):
                 head_states.append(new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
             else:  # a non-leaking integrator read out step by step: its state never changes
-                head_states.append(like.new_zeros(batch, self.spec.n_classes) if head_v is None else head_v)
+                head_states.append(head_v)
                 outputs.append(current)
         stacked = outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
         record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
-        return record, S1State(layers=tuple(layer_states), heads=tuple(head_states)) if keep_state else None
+        if not keep_state:
+            return record, None
+        heads = tuple(like.new_zeros(batch, self.spec.n_classes) if v is None else v for v in head_states)
+        return record, S1State(layers=tuple(layer_states), heads=heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final-exit logits after T steps, [B, C] (for use as a plain classifier)."""
