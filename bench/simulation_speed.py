@@ -333,8 +333,27 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"peak {'GPU ' if args.device == 'cuda' else ''}memory of one training step (MiB above model and inputs): "
                       + "; ".join(f"{t}: " + ", ".join(f"{mode} {mib:.1f}" for mode, mib in by_mode.items()) for t, by_mode in memory.items()))
     if args.json:
+        report["meta"] = run_record(args)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def run_record(args: argparse.Namespace) -> dict:
+    """What made the table: the options, the fixed set-up, the seed, and versions (fastslow's commit too)."""
+    from importlib import metadata
+
+    from fastslow.pipeline import versions
+
+    found = versions()
+    for name in ("numba", "triton"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    found["fastslow_commit"] = commit or "unknown"
+    return {"config": {**vars(args), "timesteps": 8, "batches": {name: batch for name, (_, batch) in NETWORKS.items()}},
+            "seed": 0, "peers_pinned": PEERS, "versions": found}
 
 
 if __name__ == "__main__":

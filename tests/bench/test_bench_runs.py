@@ -41,6 +41,7 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     assert data["mlp"]["fastslow"]["forward_ms"] > 0 and data["mlp"]["snntorch"] is None
     assert data["mlp"]["spikes"]["fastslow"] == data["mlp"]["spikes"]["fastslow_stepwise"]
     assert set(data["mlp"]["peak_train_mib"]["T4"]) == {"multistep", "stepwise", "checkpoint_4"}
+    assert data["meta"]["seed"] == 0 and data["meta"]["config"]["rounds"] == 1 and "torch" in data["meta"]["versions"]
     curve = {p["schedule"]: p["mean_timesteps"] for p in data["mlp"]["wall_vs_mean_timesteps"]}
     assert [curve[f"all stop at {t}"] for t in (1, 2, 4, 8)] == [1.0, 2.0, 4.0, 8.0] and "mixed, mean T/4" in curve
     assert "wall time against escalation rate" in out
