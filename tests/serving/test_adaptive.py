@@ -1,5 +1,6 @@
 """Adaptive inference: same answers and energy as the evaluation, fewer steps really simulated."""
 
+import pytest
 import torch
 
 from fastslow.energy import count_macs
@@ -10,13 +11,14 @@ from fastslow.serving import FastSlow
 
 
 def _assert_same_as_evaluated(answer, routing, expected, y):
-    assert torch.equal(answer.timesteps, routing.timesteps)
-    assert torch.equal(answer.escalated, routing.escalate)
-    assert (answer.predictions == y).float().mean().item() == expected.accuracy
+    assert torch.equal(answer.timesteps.cpu(), routing.timesteps)
+    assert torch.equal(answer.escalated.cpu(), routing.escalate)
+    assert (answer.predictions.cpu() == y).float().mean().item() == expected.accuracy
     assert abs(answer.energy_uj.mean().item() - expected.energy_uj) < 1e-9 + 1e-6 * expected.energy_uj
 
 
-def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder):
+@pytest.mark.parametrize("compaction", [True, False])
+def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder, compaction):
     fit = load_fit(fitted_folder)
     x, y = fit.splits.x_test[:200], fit.splits.y_test[:200]
     s2_macs = sum(count_macs(fit.system2, tuple(x.shape[1:])).values())
@@ -24,11 +26,12 @@ def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder):
     for threshold in (0.5, 0.8, 0.95):
         routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
         expected = score_routing("seenn1", "seenn1+s2", routing, outputs, fit.profile)
-        server = FastSlow(fit.system1, fit.system2, s2_macs, threshold=threshold, profile=fit.profile)
+        server = FastSlow(fit.system1, fit.system2, s2_macs, threshold=threshold, profile=fit.profile, compaction=compaction)
         _assert_same_as_evaluated(server.predict(x, generator=torch.Generator().manual_seed(7)), routing, expected, y)
 
 
-def test_predict_with_the_sequential_router_matches_its_evaluation(fitted_folder):
+@pytest.mark.parametrize("compaction", [True, False])
+def test_predict_with_the_sequential_router_matches_its_evaluation(fitted_folder, compaction):
     fit = load_fit(fitted_folder)
     x, y = fit.splits.x_test[:200], fit.splits.y_test[:200]
     s2_macs = sum(count_macs(fit.system2, tuple(x.shape[1:])).values())
@@ -38,13 +41,11 @@ def test_predict_with_the_sequential_router_matches_its_evaluation(fitted_folder
         routing = router.route(outputs.step_router_features(), outputs.last_exit)
         assert routing.escalate.any() and (routing.timesteps < fit.system1.spec.timesteps).any()  # a real mix of decisions
         expected = score_routing("router", "router_steps", routing, outputs, fit.profile)
-        server = FastSlow(fit.system1, fit.system2, s2_macs, profile=fit.profile, router=router)
+        server = FastSlow(fit.system1, fit.system2, s2_macs, profile=fit.profile, router=router, compaction=compaction)
         _assert_same_as_evaluated(server.predict(x, generator=torch.Generator().manual_seed(7)), routing, expected, y)
 
 
 def test_a_router_for_other_timesteps_is_refused(fitted_folder):
-    import pytest
-
     from fastslow.policies.step_router import StepRouter
 
     fit = load_fit(fitted_folder)
@@ -61,6 +62,20 @@ def test_stopped_inputs_leave_the_batch(fitted_folder):
     fit.system1.step = lambda inp, state, constant=None: (calls.append(state.layers[0].shape[0]), original(inp, state, constant))[1]
     answer = server.predict(x, generator=torch.Generator().manual_seed(0))
     assert calls == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
+
+
+def test_without_compaction_one_run_of_all_steps_answers(fitted_folder):
+    """The GPU default: System 1 runs all T steps at once, never step by step; the stops are read after."""
+    fit = load_fit(fitted_folder)
+    x = fit.splits.x_test[:64]
+    server = FastSlow(fit.system1, fit.system2, 1000, threshold=0.0, compaction=False)
+    runs = []
+    original_run, original_step = fit.system1.run, fit.system1.step
+    fit.system1.run = lambda inp, *args, **kwargs: (runs.append(inp.shape[0]), original_run(inp, *args, **kwargs))[1]
+    fit.system1.step = lambda *args: pytest.fail("stepped")
+    answer = server.predict(x, generator=torch.Generator().manual_seed(0))
+    fit.system1.run, fit.system1.step = original_run, original_step
+    assert runs == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
 
 
 def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
@@ -83,4 +98,22 @@ def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
         routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
         assert 0 < (routing.timesteps < 4).float().mean() < 1  # some inputs stop early, others run on
         expected = score_routing("seenn1", "seenn1+s2", routing, outputs, profile)
-        _assert_same_as_evaluated(FastSlow(system1, system2, s2_macs, threshold=threshold, profile=profile).predict(x), routing, expected, y)
+        for compaction in (True, False):
+            server = FastSlow(system1, system2, s2_macs, threshold=threshold, profile=profile, compaction=compaction)
+            _assert_same_as_evaluated(server.predict(x), routing, expected, y)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_on_a_gpu_predict_reads_the_stops_from_one_run_and_matches_the_evaluation(fitted_folder):
+    """The GPU default (no compaction): the evaluation's answers, timesteps and energy on the same device."""
+    fit = load_fit(fitted_folder)
+    system1, system2 = fit.system1.cuda(), fit.system2.cuda()
+    x, y = fit.splits.x_test[:200], fit.splits.y_test[:200]
+    s2_macs = sum(count_macs(system2, tuple(x.shape[1:])).values())
+    outputs = collect_outputs(system1, system2, x, y, s2_macs, batch_size=200, seed=7, device="cuda")
+    routing = seenn1_routing(outputs.s1_logits, 0.8, escalate_unconfident=True)
+    expected = score_routing("seenn1", "seenn1+s2", routing, outputs, fit.profile)
+    server = FastSlow(system1, system2, s2_macs, threshold=0.8, profile=fit.profile)
+    answer = server.predict(x.cuda(), generator=torch.Generator(device="cuda").manual_seed(7))
+    assert server.compaction is None and answer.predictions.is_cuda
+    _assert_same_as_evaluated(answer, routing, expected, y)
