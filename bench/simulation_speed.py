@@ -139,14 +139,20 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
             if len(active) == 0:
                 break
 
-    def from_records(stop_after: torch.Tensor) -> None:
+    def from_records(run_all, stop_after: torch.Tensor) -> None:
         # Serving's GPU default: all T steps at once, then each input's charges up to its stop.
-        run = model.run(x)
+        run = run_all(x)
         s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, stop_after, torch.zeros_like(stop_after))
 
     runs = {"full": lambda: model.run(x)}
     runs.update({name: (lambda stop=stop: early(stop)) for name, stop in schedules.items()})
-    runs["records"] = lambda: from_records(mixed)
+    runs["records"] = lambda: from_records(model.run, mixed)
+    if torch.device(device).type == "cuda":  # and with the run replayed from a CUDA graph (serving's cuda_graphs=True)
+        from fastslow.systems import GraphedSystem1
+
+        graphed = GraphedSystem1(model)
+        runs["full, graphs"] = lambda: graphed.run(x)
+        runs["records, graphs"] = lambda: from_records(graphed.run, mixed)
     # System 2 on the escalated rows alone, timed apart from System 1 (whose time does not depend on
     # the rate) so that System 1's noise does not swamp the difference.
     runs.update({f"escalate {rate:g}": (lambda rate=rate: system2(images[: round(rate * batch)])) for rate in ESCALATION_RATES if rate > 0})
@@ -171,6 +177,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
         "early_stop_ratio": ms["mixed, mean T/4"] / full,
         "from_records_ms": ms["records"],
         "from_records_ratio": ms["records"] / full,
+        **({"full_T_graphs_ms": ms["full, graphs"], "from_records_graphs_ms": ms["records, graphs"]} if "full, graphs" in ms else {}),
         "wall_vs_mean_timesteps": [{"schedule": name, "mean_timesteps": float(stop.float().mean()), "ms": ms[name],
                                     "ratio_to_full": ms[name] / full} for name, stop in schedules.items()],
         "wall_vs_escalation": [{"escalation_rate": rate, "system2_ms": cascade[rate] - full, "ms": cascade[rate],
@@ -336,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×)")
             out.print(f"all T steps at once, stops read from the records (serving's GPU default): {curves['from_records_ms']:.2f} ms = "
                       f"{curves['from_records_ratio']:.2f}× the full run")
+            if "full_T_graphs_ms" in curves:
+                out.print(f"the same with the run replayed from a CUDA graph: {curves['from_records_graphs_ms']:.2f} ms = "
+                          f"{curves['from_records_graphs_ms'] / full:.2f}× the eager full run, "
+                          f"{curves['from_records_graphs_ms'] / curves['full_T_graphs_ms']:.2f}× the graphed full run ({curves['full_T_graphs_ms']:.2f} ms)")
             out.print("wall time against mean timesteps (inputs leave the batch as they stop; × the full multi-step run): "
                       + "; ".join(f"{p['schedule']} (mean {p['mean_timesteps']:g}) {p['ms']:.2f} ms = {p['ratio_to_full']:.2f}×"
                                   for p in curves["wall_vs_mean_timesteps"]))

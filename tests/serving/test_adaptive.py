@@ -78,19 +78,25 @@ def test_without_compaction_one_run_of_all_steps_answers(fitted_folder):
     assert runs == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
 
 
-def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
-    """Compaction of channels-last conv state and of the constant input current gives the
-    evaluation's answers, timesteps and energy."""
-    from fastslow.energy.profile import load_profile
+def _conv_direct_systems():
+    """An untrained conv System 1 (direct encoding) whose sharpened answers stop some inputs early, a System 2, data."""
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     torch.manual_seed(0)
     system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4, 6), hidden=(),
                                   timesteps=4, encoding="direct")).eval()
     with torch.no_grad():
-        system1.heads[-1].weight.mul_(30.0)  # untrained: sharpen its answers so that some inputs stop early
+        system1.heads[-1].weight.mul_(30.0)
     system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
-    x, y = torch.rand(40, 1, 10, 10) * 8, torch.randint(0, 5, (40,))
+    return system1, system2, torch.rand(40, 1, 10, 10) * 8, torch.randint(0, 5, (40,))
+
+
+def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
+    """Compaction of channels-last conv state and of the constant input current gives the
+    evaluation's answers, timesteps and energy."""
+    from fastslow.energy.profile import load_profile
+
+    system1, system2, x, y = _conv_direct_systems()
     s2_macs = sum(count_macs(system2, (1, 10, 10)).values())
     profile = load_profile("cmos45nm")
     outputs = collect_outputs(system1, system2, x, y, s2_macs, batch_size=40, seed=0)
@@ -117,3 +123,26 @@ def test_on_a_gpu_predict_reads_the_stops_from_one_run_and_matches_the_evaluatio
     answer = server.predict(x.cuda(), generator=torch.Generator(device="cuda").manual_seed(7))
     assert server.compaction is None and answer.predictions.is_cuda
     _assert_same_as_evaluated(answer, routing, expected, y)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_on_a_gpu_the_run_replayed_from_a_cuda_graph_gives_the_evaluated_answers():
+    from fastslow.energy.profile import load_profile
+
+    system1, system2, x, y = _conv_direct_systems()
+    system1, system2 = system1.cuda(), system2.cuda()
+    s2_macs = sum(count_macs(system2, (1, 10, 10)).values())
+    outputs = collect_outputs(system1, system2, x, y, s2_macs, batch_size=40, device="cuda")
+    routing = seenn1_routing(outputs.s1_logits, 0.6, escalate_unconfident=True)
+    expected = score_routing("seenn1", "seenn1+s2", routing, outputs, load_profile("cmos45nm"))
+    server = FastSlow(system1, system2, s2_macs, threshold=0.6, cuda_graphs=True)
+    for _ in range(2):  # captured, then replayed
+        _assert_same_as_evaluated(server.predict(x.cuda()), routing, expected, y)
+
+
+def test_cuda_graphs_refuse_a_rate_code():
+    from fastslow.systems import System1, System1Spec
+
+    system1 = System1(System1Spec(input_shape=(4,), n_classes=2, encoding="rate"))
+    with pytest.raises(ValueError, match="deterministic encoding"):
+        FastSlow(system1, torch.nn.Linear(4, 2), 8, cuda_graphs=True)

@@ -29,6 +29,7 @@ from fastslow.policies.confidence import confidence_policy_macs, confidence_scor
 from fastslow.policies.dynamic import seenn1_routing
 from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_router_features, step_state_features
 from fastslow.spiking import encode_step, is_spiking
+from fastslow.systems.cuda_graphs import GraphedSystem1
 from fastslow.systems.system1 import System1, select_rows
 
 
@@ -58,9 +59,12 @@ class FastSlow:
         profile: EnergyProfile | str = "cmos45nm",
         router: StepRouter | None = None,
         compaction: bool | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         """``compaction``: step with stopped inputs leaving the batch (True), or run all T steps at
-        once and read the stops from the records (False); None picks compaction on a CPU only."""
+        once and read the stops from the records (False); None picks compaction on a CPU only.
+        ``cuda_graphs``: without compaction on a GPU, replay that run from a CUDA graph per batch
+        shape (:class:`~fastslow.systems.GraphedSystem1`; deterministic encodings only)."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold} is outside [0, 1]")
         self.system1, self.system2, self.s2_macs = system1.eval(), system2.eval(), s2_macs
@@ -70,6 +74,7 @@ class FastSlow:
             raise ValueError(f"the router decides over {router.timesteps} timesteps but System 1 runs {system1.spec.timesteps}: train it on this System 1")
         self.router = None if router is None else router.eval().to(next(system1.parameters()).device)
         self.compaction = compaction
+        self._graphed = GraphedSystem1(system1) if cuda_graphs else None
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> AdaptiveAnswer:
@@ -81,7 +86,7 @@ class FastSlow:
     def _predict_from_records(self, x: torch.Tensor, generator: torch.Generator | None) -> AdaptiveAnswer:
         """All T steps at once; each input's stop and escalation read from the records (the evaluation's rules)."""
         s1 = self.system1
-        run = s1.run(x, generator=generator)
+        run = self._graphed.run(x) if self._graphed is not None and x.is_cuda else s1.run(x, generator=generator)
         if self.router is None:
             routing = seenn1_routing(run.logits, self.threshold, temperature=self.temperature, escalate_unconfident=self.escalate)
         else:
