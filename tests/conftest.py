@@ -50,5 +50,6 @@ def fitted_folder(tmp_path_factory):
     config = root / "tiny.toml"
     config.write_text(TINY_CONFIG)
     out = root / "run"
-    assert main(["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"]) == 0
+    # On the CPU wherever it runs: the tests that read it feed CPU tensors (a GPU test moves it itself).
+    assert main(["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--device", "cpu", "--quiet"]) == 0
     return out
