@@ -37,8 +37,11 @@ def test_a_sparse_rows_result_does_not_depend_on_its_batch():
     assert torch.equal(full.view(3, 32, 130)[sparse.view(3, 32)], spike_linear(spikes.view(3, 32, 200), layer)[sparse.view(3, 32)])
 
 
-def test_gradients_equal_the_dense_layers():
+@pytest.mark.parametrize("mixed", [False, True])
+def test_gradients_equal_the_dense_layers(mixed):
     layer, spikes = _layer_and_spikes(0.03)
+    if mixed:  # every third row dense: both parts in one node
+        spikes[::3] = (torch.rand(len(spikes[::3]), 200) < 0.5).float()
     spikes.requires_grad_(True)
     weights = torch.randn(64, 130)
     (spike_linear(spikes, layer) * weights).sum().backward()

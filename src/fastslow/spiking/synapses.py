@@ -35,27 +35,39 @@ def _fanout_rows(layer: nn.Linear) -> torch.Tensor:
 
 
 class _EventLinear(torch.autograd.Function):
-    """y = x·Wᵀ + b summed over the events (non-zeros) of x [N, in].
+    """y = x·Wᵀ + b for x [N, in]: summed over the events (non-zeros) of the rows ``event_rows``
+    (None: every row), a dense matmul for the rows ``dense_rows`` (None: none).
 
-    ``fanout_rows`` is Wᵀ; ``rows``/``cols`` are x's non-zeros in row-major order and ``offsets``
-    where each row's events start. Backward: the input gradient is the dense g·W (every input
-    needs one); the weight gradient sums, for each input, the output gradients of the rows where
-    it fired (the same events regrouped by input), instead of a dense gᵀ·x.
+    ``fanout_rows`` is Wᵀ; ``rows``/``cols`` are the event rows' non-zeros in row-major order (rows
+    numbered in x) and ``offsets`` where each event row's events start. Both parts are written
+    into one output, with no autograd node per part, so neither pass copies the whole [N, out].
+    Backward: the input gradient is the dense g·W (every input needs one); the weight gradient
+    sums, for each input, the output gradients of the event rows where it fired (the same events
+    regrouped by input), plus the dense rows' gᵀ·x.
     """
 
     @staticmethod
-    def forward(ctx, inputs, weight, bias, fanout_rows, rows, cols, offsets):
+    def forward(ctx, inputs, weight, bias, fanout_rows, rows, cols, offsets, event_rows, dense_rows):
         values = inputs[rows, cols]
-        out = F.embedding_bag(cols, fanout_rows, offsets, mode="sum", per_sample_weights=values)
+        events = F.embedding_bag(cols, fanout_rows, offsets, mode="sum", per_sample_weights=values)
         if bias is not None:
-            out += bias
-        ctx.save_for_backward(weight, rows, cols, values)
+            events += bias
+        dense_inputs = None
+        if dense_rows is None:
+            out = events
+        else:
+            dense_inputs = inputs[dense_rows]
+            out = inputs.new_empty(inputs.shape[0], weight.shape[0])
+            out.index_copy_(0, event_rows, events)
+            out.index_copy_(0, dense_rows, F.linear(dense_inputs, weight, bias))
+        ctx.save_for_backward(weight, rows, cols, values, dense_rows, dense_inputs)
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        weight, rows, cols, values = ctx.saved_tensors
+        weight, rows, cols, values, dense_rows, dense_inputs = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # embedding_bag reads it as a table of rows
         grad_inputs = grad_out @ weight if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
@@ -63,8 +75,10 @@ class _EventLinear(torch.autograd.Function):
             per_input = torch.bincount(cols, minlength=weight.shape[1])
             grad_weight = F.embedding_bag(rows[by_input], grad_out, _offsets(per_input), mode="sum",
                                           per_sample_weights=values[by_input]).t()
+            if dense_rows is not None:
+                grad_weight = grad_weight + grad_out[dense_rows].t() @ dense_inputs
         grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_inputs, grad_weight, grad_bias, None, None, None, None
+        return grad_inputs, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def _offsets(counts: torch.Tensor) -> torch.Tensor:
@@ -90,15 +104,12 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
     if n_sparse == 0:
         return F.linear(inputs, layer.weight, layer.bias)
     if n_sparse == flat.shape[0]:
-        out = _EventLinear.apply(flat, layer.weight, layer.bias, _fanout_rows(layer), rows, cols, _offsets(counts))
+        out = _EventLinear.apply(flat, layer.weight, layer.bias, _fanout_rows(layer), rows, cols, _offsets(counts), None, None)
     else:
         event_rows, dense_rows = sparse.nonzero().squeeze(1), (~sparse).nonzero().squeeze(1)
         keep = sparse[rows]
-        renumber = sparse.cumsum(0) - 1  # a sparse row's index among the sparse rows
-        events = _EventLinear.apply(flat[event_rows], layer.weight, layer.bias, _fanout_rows(layer), renumber[rows[keep]], cols[keep], _offsets(counts[event_rows]))
-        out = flat.new_empty(flat.shape[0], layer.out_features)
-        out = out.index_put((event_rows,), events)
-        out = out.index_put((dense_rows,), F.linear(flat[dense_rows], layer.weight, layer.bias))
+        out = _EventLinear.apply(flat, layer.weight, layer.bias, _fanout_rows(layer), rows[keep], cols[keep], _offsets(counts[event_rows]),
+                                 event_rows, dense_rows)
     return out.view(*inputs.shape[:-1], layer.out_features)
 
 
