@@ -129,7 +129,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     def early(stop_after: torch.Tensor) -> None:
         flat = model.prepare(x)
         constant = model.input_current(flat)
-        state = model.init_state(batch, flat)
+        state = None  # at rest
         active = torch.arange(batch, device=device)
         for t in range(spec.timesteps):
             _, state = model.step(None, state, constant)

@@ -59,7 +59,7 @@ def test_stopped_inputs_leave_the_batch(fitted_folder):
     server = FastSlow(fit.system1, fit.system2, 1000, threshold=0.0)  # every input is confident at t = 1
     calls = []
     original = fit.system1.step
-    fit.system1.step = lambda inp, state, constant=None: (calls.append(state.layers[0].shape[0]), original(inp, state, constant))[1]
+    fit.system1.step = lambda inp, state, constant=None: (calls.append((constant if inp is None else inp).shape[0]), original(inp, state, constant))[1]
     answer = server.predict(x, generator=torch.Generator().manual_seed(0))
     assert calls == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
 

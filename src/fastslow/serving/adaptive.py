@@ -109,7 +109,7 @@ class FastSlow:
         flat = s1.prepare(x)
         spiking = is_spiking(s1.spec.encoding)
         constant = None if spiking else s1.input_current(flat)
-        state = s1.init_state(n, flat)
+        state = None  # at rest
         active = torch.arange(n, device=x.device)
         output_sum = flat.new_zeros(n, s1.spec.n_classes)
         synaptic = flat.new_zeros(s1.n_components, n)

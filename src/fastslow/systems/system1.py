@@ -300,7 +300,7 @@ class System1(nn.Module):
         x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
         constant_current = None if is_spiking(spec.encoding) else self.input_current(x)
-        state = self.init_state(x.shape[0], x)
+        state = None  # at rest
         records: list[S1Step] = []
         for t in range(steps):
             inp = None if constant_current is not None else encode_step(x, t, steps, spec.encoding, generator)
@@ -328,10 +328,11 @@ class System1(nn.Module):
         )
 
     def step(
-        self, inp: torch.Tensor | None, state: S1State, constant_current: torch.Tensor | None = None
+        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None = None
     ) -> tuple[S1Step, S1State]:
-        """One timestep for a batch: ``inp`` the encoded layer-0 spikes at this step, or, with direct
-        encoding, ``constant_current`` layer 0's precomputed current (charged as dense MACs)."""
+        """One timestep for a batch from ``state`` (None: at rest, as :meth:`init_state` but without
+        writing and reading zero maps): ``inp`` the encoded layer-0 spikes at this step, or, with
+        direct encoding, ``constant_current`` layer 0's precomputed current (charged as dense MACs)."""
         record, state = self._steps(None if inp is None else inp.unsqueeze(0), state, constant_current, 1)
         return S1Step(outputs=record.outputs[0], synaptic_ops=record.synaptic_ops[:, 0],
                       dense_macs=record.dense_macs[:, 0], spike_rates=record.spike_rates[:, 0]), state
