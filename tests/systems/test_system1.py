@@ -34,26 +34,31 @@ def test_direct_encoding_matches_a_plain_step_loop():
 
 
 def test_conv_network_matches_a_plain_nchw_step_loop():
-    """Conv layers run channels-last (the head reads their spikes with reordered weight columns):
-    the answers and synaptic ops are a plain NCHW loop's, with fan-out counted per input spike."""
+    """Conv layers run channels-last (heads read their spikes with reordered weight columns): every
+    exit's answers and the synaptic ops are a plain NCHW loop's, with fan-out counted per input
+    spike; exits on both conv layers and on a hidden linear layer after them."""
     torch.manual_seed(0)
-    spec = System1Spec(input_shape=(1, 10, 10), n_classes=3, arch="conv", conv_channels=(4, 6), hidden=(), timesteps=3,
-                       encoding="direct", lif=LIFParams(beta=0.9, threshold=0.3))
+    spec = System1Spec(input_shape=(1, 10, 10), n_classes=3, arch="conv", conv_channels=(4, 6), hidden=(5,), timesteps=3,
+                       encoding="direct", exit_heads=(0, 1), lif=LIFParams(beta=0.9, threshold=0.3))
     model = System1(spec).eval()
     x = torch.rand(2, 1, 10, 10)
+    pool = torch.nn.functional.max_pool2d
     with torch.no_grad():
         run = model.run(x)
-        conv0, conv1, head = model.layers[0].op, model.layers[1].op, model.heads[0]
-        v0, v1 = lif_init(torch.zeros(2, 4, 10, 10)), lif_init(torch.zeros(2, 6, 5, 5))
-        total, layer1_ops = torch.zeros(2, 3), []
+        assert torch.equal(run.logits, model.run(x, mode="stepwise").logits)
+        conv0, conv1, hidden = (layer.op for layer in model.layers)
+        v0, v1, v2 = lif_init(torch.zeros(2, 4, 10, 10)), lif_init(torch.zeros(2, 6, 5, 5)), lif_init(torch.zeros(2, 5))
+        totals, layer1_ops = torch.zeros(3, 2, 3), []
         fanout = torch.nn.functional.conv_transpose2d(torch.ones(1, 1, 5, 5), torch.ones(1, 1, 3, 3), padding=1)[0, 0] * 6
         for t in range(3):
             spikes0, v0 = lif_step(conv0(x), v0, spec.lif)
-            pooled0 = torch.nn.functional.max_pool2d(spikes0, 2)
+            pooled0 = pool(spikes0, 2)
             layer1_ops.append((pooled0 * fanout).sum((1, 2, 3)))
             spikes1, v1 = lif_step(conv1(pooled0), v1, spec.lif)
-            total = total + head(torch.nn.functional.max_pool2d(spikes1, 2).flatten(1))
-            assert torch.allclose(run.logits[t, 0], total / (t + 1), atol=1e-5)
+            pooled1 = pool(spikes1, 2).flatten(1)
+            spikes2, v2 = lif_step(hidden(pooled1), v2, spec.lif)
+            totals = totals + torch.stack([model.heads[0](pooled0.flatten(1)), model.heads[1](pooled1), model.heads[2](spikes2)])
+            torch.testing.assert_close(run.logits[t], totals / (t + 1), rtol=1e-5, atol=1e-5)
     assert torch.equal(run.synaptic_ops[1], torch.stack(layer1_ops))
 
 

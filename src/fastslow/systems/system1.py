@@ -486,10 +486,8 @@ class System1(nn.Module):
                 layer_states.append(new_state.v)
                 torch.mean(spikes.detach(), dim=2, out=rates[index])
                 out = spikes
-            if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear):
-                out = out.flatten(2)
             layer_outputs.append(out)
-            inp = out
+            inp = out.flatten(2) if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear) else out
         outputs, head_states = [], []
         head_vs = [None] * len(self.heads) if state is None else state.heads
         for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, head_vs)):
