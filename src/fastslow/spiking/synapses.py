@@ -4,9 +4,11 @@ fired), and convolutions whose currents come channels-last in memory, as the LIF
 A spiking layer's input is mostly zeros. On CPU, summing the weight rows of an input's active
 synapses (``F.embedding_bag``: one accumulate per event and fan-out, as neuromorphic hardware does)
 beats a dense matmul once fewer than about one input in ten is active; above that, or on a GPU,
-the dense matmul wins. :func:`spike_linear` chooses per input row, so an input's result never
-depends on which other inputs share its batch (a multi-step call, T single-step calls and a
-batch that shrinks as inputs stop early all give the same bits).
+the dense matmul wins. :func:`spike_linear` chooses per input row, so whether a row is summed
+over its events never depends on which other inputs share its batch, and a sparse row's result is
+the same bits in a multi-step call, T single-step calls or a batch that shrinks as inputs stop
+early. A dense row is a BLAS matmul's, as ``nn.Linear``'s, whose rounding may depend on the
+number of rows (differences of the order of 1e-7).
 """
 
 from __future__ import annotations
@@ -119,8 +121,8 @@ def conv_channels_last(maps: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
     A one-channel input is ambiguous in layout (NCHW and NHWC are the same bytes), so torch runs
     its NCHW convolution, about ten times slower on CPU than the channels-last one, and the result
     would need a copy to channels-last. On CPU it is computed as one matmul of the k×k shifted
-    views (im2col) instead, which also gives channels-last output and the same bits as the NCHW
-    convolution on the benchmark networks."""
+    views (im2col) instead, which also gives channels-last output: the convolution's values up to
+    float rounding (on the benchmark networks every spike count still equals the peers')."""
     plain = layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
     if layer.in_channels != 1 or maps.device.type != "cpu" or not plain:
         return layer(maps.contiguous(memory_format=torch.channels_last))

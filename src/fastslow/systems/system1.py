@@ -341,7 +341,8 @@ class System1(nn.Module):
         """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps;
         the input is analog, so the layer is a dense matmul, never event-driven). Conv maps come
         channels-last in memory, as the simulation reads them; indexing rows keeps that layout."""
-        return self._synapses(self.layers[0].op, x)
+        layer = self.layers[0]
+        return conv_channels_last(x, layer.op) if layer.is_conv else layer.op(x)
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         """A layer's input current from its input spikes (linear layers event-driven where sparse;
