@@ -224,11 +224,15 @@ def _reference_lif(currents, state, params):
     return torch.stack(spikes), state
 
 
-def _reference_pooled(currents, state, params, final_state=True):
+def _reference_pooled(currents, state, params, final_state=True, next_synaptic_ops=None):
     """The functional core, then ``max_pool2d``, on channels-last maps [T, B, H, W, C]."""
     spikes, new_state = _reference_lif(currents, state, params)
     pooled = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-    return pooled.unflatten(0, spikes.shape[:2]), spikes.detach().sum(dim=(2, 3, 4)), new_state if final_state else None
+    pooled = pooled.unflatten(0, spikes.shape[:2])
+    if next_synaptic_ops is not None:
+        fanout, out = next_synaptic_ops
+        out.copy_((pooled.detach().sum(-1).flatten(2) * fanout).sum(-1))
+    return pooled, spikes.detach().sum(dim=(2, 3, 4)), new_state if final_state else None
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
@@ -313,11 +317,18 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
             monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
         assert torch.equal(compiled[0], reference[0]) and torch.equal(compiled[1], reference[1])
         torch.testing.assert_close(compiled[2].v, reference[2].v, rtol=0, atol=0, equal_nan=True)
-    # From rest (no state), and without writing the final state: the same spikes and counts.
+    # From rest (no state), and without writing the final state: the same spikes and counts; the
+    # next layer's synaptic ops (Σ fan-out × pooled spike) summed in the kernel equal the torch path's.
+    fanout = torch.arange(1.0, 4 * 3 + 1)  # one per pooled position of the 9×7 maps (4×3)
+    ops = {}
     with torch.no_grad():
-        from_rest = lif.lif_multistep_pooled(varied, None, params, final_state=False)
+        ops["compiled"] = torch.zeros(6, 5)
+        from_rest = lif.lif_multistep_pooled(varied, None, params, final_state=False, next_synaptic_ops=(fanout, ops["compiled"]))
         monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
-        reference = lif.lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params)
+        ops["torch"] = torch.zeros(6, 5)
+        reference = lif.lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params, next_synaptic_ops=(fanout, ops["torch"]))
         monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
     assert torch.equal(from_rest[0], reference[0]) and torch.equal(from_rest[1], reference[1]) and from_rest[2] is None
+    expected = (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
+    assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 0
     assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path

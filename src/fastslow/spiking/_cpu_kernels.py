@@ -25,7 +25,7 @@ def _kernel():
         return None
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state):  # pragma: no cover - compiled
+    def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state, fanout, fanned):  # pragma: no cover - compiled
         steps = pooled.shape[0]
         batch, height, width, channels = currents.shape[1:]
         constant = currents.shape[0] == 1  # one current for every step
@@ -33,6 +33,7 @@ def _kernel():
         row = width * channels
         size = height * row
         one, zero = np.float32(1.0), np.float32(0.0)
+        fan = fanout.shape[0] > 0  # also sum fan-out × pooled spikes (the next layer's synaptic ops)
         # Loops run over contiguous slices with indices from 0, so LLVM vectorises them: offset
         # indices it cannot prove non-negative get wrap-around checks that stop it.
         for b in numba.prange(batch):
@@ -48,6 +49,7 @@ def _kernel():
                 image_currents = currents[0 if constant else t, b].reshape(size)
                 image_pooled = pooled[t, b].reshape(pooled_height * pooled_width * channels)
                 count = 0
+                fanned_ops = 0.0  # float64: integer sums stay exact
                 for first_row in range(0, height, 2):
                     rows = min(2, height - first_row)
                     cells = potentials[first_row * row : (first_row + rows) * row]
@@ -69,9 +71,16 @@ def _kernel():
                             bottom_left = spikes[row + left : row + left + channels]
                             bottom_right = spikes[row + left + channels : row + left + 2 * channels]
                             out = out_row[pw * channels : (pw + 1) * channels]
+                            window = 0
                             for c in range(channels):
-                                out[c] = max(max(top_left[c], top_right[c]), max(bottom_left[c], bottom_right[c]))
+                                pooled_spike = max(max(top_left[c], top_right[c]), max(bottom_left[c], bottom_right[c]))
+                                out[c] = pooled_spike
+                                window += np.int32(pooled_spike > zero)
+                            if fan:
+                                fanned_ops += fanout[(first_row // 2) * pooled_width + pw] * window
                 counts[t, b] = count
+                if fan:
+                    fanned[t, b] = fanned_ops
 
     return numba, lif_pool
 
@@ -92,17 +101,22 @@ def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
 
 
 def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
-                       keep_state: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       keep_state: bool = True, next_fanout: torch.Tensor | None = None, next_ops: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
     rest), then 2×2 max-pooling of the spikes: (pooled spikes [T, B, H//2, W//2, C], spike count per
     map [T, B], v after step T or None without ``keep_state``), on as many threads as torch uses.
-    Starting at rest and dropping the final state spare the pass over memory that each costs."""
+    Starting at rest and dropping the final state spare the pass over memory that each costs.
+    With ``next_fanout`` [H//2 · W//2] (synapses leaving each pooled position, per channel) it also
+    writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache."""
     numba, kernel = _kernel()
     steps, batch, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
     placeholder = currents.new_empty(1, 1, 1, 1)  # typed stand-in for an absent v0 or output state
     v = currents.new_empty(batch, height, width, channels) if keep_state else placeholder
+    fanout = np.zeros(0) if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()
+    fanned = placeholder[0, 0] if next_ops is None else next_ops
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     # A constant current expanded over T (stride 0 in T) is passed once, not copied T times; any other
     # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
@@ -110,5 +124,5 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     source = currents[:1] if currents.stride(0) == 0 else currents
     start = placeholder if v0 is None else v0.contiguous()
     kernel(source.contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           pooled.numpy(), counts.numpy(), v.numpy(), keep_state)
+           pooled.numpy(), counts.numpy(), v.numpy(), keep_state, fanout, fanned.numpy())
     return pooled, counts, v if keep_state else None

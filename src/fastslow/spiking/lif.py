@@ -307,13 +307,17 @@ class _FusedLIFPool(torch.autograd.Function):
 
 
 def lif_multistep_pooled(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True
+    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
+    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LIFState | None]:
     """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
     of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
     [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient) and the state after step T
     (``state`` None: from rest; ``final_state=False`` returns None instead, which spares compiled CPU
-    inference writing it).
+    inference writing it). ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the
+    same for every channel; out [T, B]): also write into out the synaptic operations the pooled
+    spikes cause in the next layer, Σ fan-out × spike (no gradient; compiled CPU inference sums them
+    while the spikes are in cache).
 
     Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
     (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
@@ -325,8 +329,9 @@ def lif_multistep_pooled(
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
     v0 = None if state is None else state.v
     if _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
+        next_fanout, next_ops = (None, None) if next_synaptic_ops is None else next_synaptic_ops
         pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                            keep_state=final_state)
+                                                            keep_state=final_state, next_fanout=next_fanout, next_ops=next_ops)
         return pooled, counts, None if v is None else LIFState(v=v)
     v0 = lif_init(currents[0]).v if v0 is None else v0
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
@@ -336,6 +341,11 @@ def lif_multistep_pooled(
                                                               record=False)
     else:  # nothing to record for a backward pass: the potential runs in place
         pooled, counts, v = _lif_pool_forward(currents, v0, params, None)
+    if next_synaptic_ops is not None:
+        next_fanout, next_ops = next_synaptic_ops
+        with torch.no_grad():
+            per_position = pooled.detach().sum(-1).flatten(2)  # [T, B, positions]
+            torch.matmul(per_position, next_fanout.to(per_position.dtype), out=next_ops)
     return pooled, counts, LIFState(v=v) if final_state else None
 
 

@@ -108,6 +108,9 @@ class _Layer(nn.Module):
         self.pooled_shape = tuple(pooled.shape[1:])
         self.neurons = math.prod(self.out_shape)
         self.register_buffer("fanout", _fanout_map(op, in_shape, self.out_shape), persistent=False)
+        # A convolution's fan-out per input position [H·W] (the same for every input channel).
+        self.register_buffer("position_fanout", self.fanout.view(-1, in_shape[0])[:, 0].contiguous() if self.is_conv else self.fanout,
+                             persistent=False)
         self.dense_macs = _dense_macs(op, self.out_shape)
 
 
@@ -455,14 +458,17 @@ class System1(nn.Module):
         dense = like.new_zeros(self.n_components, steps, batch)
         rates = like.new_empty(len(self.layers), steps, batch)
         layer_outputs, layer_states = [], []
+        counted = False  # whether the layer before already counted this layer's synaptic ops
         for index, layer in enumerate(self.layers):
             if index == 0 and constant_current is not None:
                 current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
                 dense[0].fill_(float(layer.dense_macs))
             else:
                 current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
-                with torch.no_grad():
-                    _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
+                if not counted:
+                    with torch.no_grad():
+                        _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
+            count_next = False
             if layer.is_conv:
                 # Conv maps live channels-last in memory (the convolutions' fastest CPU layout): the LIF
                 # runs on them seen as [.., H, W, C], a view, and the pooling reads them in place.
@@ -471,8 +477,12 @@ class System1(nn.Module):
                 else:
                     current = _channels_last(current)
                 v0 = None if state is None else LIFState(_channels_last(state.layers[index]))
-                if layer.pool:  # the LIF counts and pools each step's spikes while they are in cache
-                    pooled, counts, new_state = lif_multistep_pooled(current, v0, self.lif_params, final_state=keep_state)
+                following = self.layers[index + 1] if index + 1 < len(self.layers) else None
+                count_next = layer.pool and following is not None and following.is_conv
+                if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
+                    pooled, counts, new_state = lif_multistep_pooled(
+                        current, v0, self.lif_params, final_state=keep_state,
+                        next_synaptic_ops=(following.position_fanout, syn[index + 1]) if count_next else None)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
@@ -487,6 +497,7 @@ class System1(nn.Module):
                 layer_states.append(new_state.v)
                 torch.mean(spikes.detach(), dim=2, out=rates[index])
                 out = spikes
+            counted = count_next
             layer_outputs.append(out)
             inp = out.flatten(2) if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear) else out
         outputs, head_states = [], []
