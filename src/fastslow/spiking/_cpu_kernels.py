@@ -3,8 +3,9 @@
 The torch path of :func:`fastslow.spiking.lif.lif_multistep_pooled` runs about seven element-wise
 kernels per step, each a full pass over memory. Here one compiled loop does leak, integrate, fire,
 reset and count over a pair of rows, then their 2×2 pooling, an image per thread, all T steps while
-its potential stays in cache; the loops are vectorised over the channels. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current; no
-fused multiply-add), so the spikes, counts and potentials are the torch path's bits (a test checks).
+its potential stays in cache; the loops are vectorised over the channels. Same arithmetic as
+:func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current; no fused multiply-add), so the
+spikes, counts and potentials are the torch path's bits (a test checks).
 Compiled on first use (about 3 s) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
 """
 

@@ -108,15 +108,12 @@ class _Layer(nn.Module):
         self.pooled_shape = tuple(pooled.shape[1:])
         self.neurons = math.prod(self.out_shape)
         self.register_buffer("fanout", _fanout_map(op, in_shape, self.out_shape), persistent=False)
-        # A convolution's fan-out per input position [H·W] (the same for every input channel).
-        self.register_buffer("position_fanout", self.fanout.view(-1, in_shape[0])[:, 0].contiguous() if self.is_conv else self.fanout,
-                             persistent=False)
         self.dense_macs = _dense_macs(op, self.out_shape)
 
 
 def _fanout_map(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> torch.Tensor:
     """Synapses leaving each input neuron: a scalar for a linear layer; for a convolution, one per
-    input neuron in channels-last order [H·W·C_in] (the layout the spikes have in memory)."""
+    input position [H·W] (the same for every input channel)."""
     if isinstance(op, nn.Linear):
         return torch.tensor(float(op.out_features))
     if isinstance(op, nn.Conv2d):
@@ -124,7 +121,7 @@ def _fanout_map(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, 
             raise ValueError("fan-out counting supports stride-1, undilated, ungrouped convolutions")
         kernel = torch.ones(1, 1, *op.kernel_size)
         reached = F.conv_transpose2d(torch.ones(1, 1, *out_shape[1:]), kernel, padding=op.padding)
-        return (reached[0, 0, :, :, None] * op.out_channels).expand(*reached.shape[2:], in_shape[0]).flatten()
+        return (reached[0, 0] * op.out_channels).flatten()
     raise TypeError(f"unsupported synaptic op {type(op).__name__}")
 
 
@@ -157,8 +154,8 @@ def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor, out: torch.Tensor 
     (written into ``out`` [B] if given)."""
     if fanout.dim() == 0:
         return torch.mul(spikes.flatten(1).sum(1), fanout, out=out)
-    # Conv maps [B, C, H, W]: one matrix-vector product over their channels-last bytes.
-    return torch.mv(_channels_last(spikes).reshape(spikes.shape[0], -1), fanout, out=out)
+    # Conv maps [B, C, H, W]: spikes per position (summed over the channels, contiguous in memory) · fan-out.
+    return torch.mv(_channels_last(spikes).sum(-1).flatten(1), fanout, out=out)
 
 
 def _positions(index: torch.Tensor) -> torch.Tensor:
@@ -482,7 +479,7 @@ class System1(nn.Module):
                 if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
                     pooled, counts, new_state = lif_multistep_pooled(
                         current, v0, self.lif_params, final_state=keep_state,
-                        next_synaptic_ops=(following.position_fanout, syn[index + 1]) if count_next else None)
+                        next_synaptic_ops=(following.fanout, syn[index + 1]) if count_next else None)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
