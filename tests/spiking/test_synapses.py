@@ -92,3 +92,29 @@ def test_conv_channels_last_is_the_convolution_in_channels_last_memory(in_channe
     torch.testing.assert_close(out, reference)
     grads = torch.autograd.grad(out.square().sum(), (maps, conv.weight, conv.bias))
     torch.testing.assert_close(grads, torch.autograd.grad(reference.square().sum(), (maps, conv.weight, conv.bias)))
+
+
+def test_compiled_inference_equals_the_autograd_event_path(monkeypatch):
+    """Without gradients on CPU, the numba event sum gives the autograd path's currents: the same bits
+    for spikes (sparse rows summed in the same order, dense rows the same matmul), and a sparse row's
+    result still does not depend on its batch."""
+    pytest.importorskip("numba")
+    from fastslow.spiking import _cpu_kernels
+
+    layer, spikes = _layer_and_spikes(0.05, rows=96)
+    spikes[::4] = (torch.rand(len(spikes[::4]), 200) < 0.5).float()  # a quarter of the rows dense
+    graded = spikes * torch.rand_like(spikes) * 3
+    with torch.no_grad():
+        assert _cpu_kernels.cpu_kernels_available()
+        compiled = [spike_linear(inputs, layer) for inputs in (spikes, graded, spikes[1::4], spikes[::4])]
+        part = spike_linear(spikes[10:40], layer)
+        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+        reference = [spike_linear(inputs, layer) for inputs in (spikes, graded, spikes[1::4], spikes[::4])]
+    for index, (ours, theirs) in enumerate(zip(compiled, reference)):
+        if index == 1:  # graded values: each event's product rounds as embedding_bag's may not
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-5)
+        else:
+            assert torch.equal(ours, theirs), index
+    sparse = torch.ones(96, dtype=torch.bool)
+    sparse[::4] = False
+    assert torch.equal(compiled[0][10:40][sparse[10:40]], part[sparse[10:40]])

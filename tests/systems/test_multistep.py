@@ -214,14 +214,17 @@ def test_conv_inference_records_equal_the_training_path():
         assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field
 
 
-def _reference_lif(currents, state, params):
+def _reference_lif(currents, state, params, final_state=True, counts=None):
     """The functional core looped over time: the reference the fast kernels must not depart from."""
     state = lif_init(currents[0]) if state is None else state
     spikes = []
     for current in currents:
         step_spikes, state = lif_step(current, state, params)
         spikes.append(step_spikes)
-    return torch.stack(spikes), state
+    spikes = torch.stack(spikes)
+    if counts is not None:
+        counts.copy_(spikes.detach().flatten(2).sum(2))
+    return spikes, state if final_state else None
 
 
 def _reference_pooled(currents, state, params, final_state=True, next_synaptic_ops=None):
@@ -332,3 +335,36 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     expected = (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
     assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 0
     assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
+    """The numba LIF for flat layers (inference) gives the torch path's spikes, spike counts and state
+    bit for bit: a constant current expanded over T, infinities and NaN, from rest and without the
+    final state included."""
+    pytest.importorskip("numba")
+    import fastslow.spiking.lif as lif
+    from fastslow.spiking import _cpu_kernels
+
+    params = LIFParams(beta=0.85, threshold=0.6, reset=reset)
+    torch.manual_seed(2)
+    varied = torch.randn(6, 5, 33) * 1.5
+    varied[2, 1, 3], varied[3, 2, 0], varied[1, 0, 32] = float("inf"), float("-inf"), float("nan")
+    constant = (torch.randn(5, 33) * 1.5).unsqueeze(0).expand(6, -1, -1)
+    v0 = torch.randn(5, 33)
+    v0_before = v0.clone()
+    for currents in (varied, constant):
+        for state in (lif.LIFState(v0), None):
+            counts = {"compiled": torch.zeros(6, 5), "torch": torch.zeros(6, 5)}
+            with torch.no_grad():
+                assert _cpu_kernels.applies(currents, v0)
+                compiled = lif.lif_multistep(currents, state, params, counts=counts["compiled"])
+                unkept = lif.lif_multistep(currents, state, params, final_state=False)
+                assert torch.equal(v0, v0_before)  # the caller's state is read, never written
+                monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+                reference = lif.lif_multistep(currents, state, params, counts=counts["torch"])
+                monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+            assert torch.equal(compiled[0], reference[0]) and torch.equal(unkept[0], reference[0]) and unkept[1] is None
+            torch.testing.assert_close(compiled[1].v, reference[1].v, rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(counts["compiled"], counts["torch"])
+            assert torch.equal(counts["torch"], reference[0].sum(-1)) and counts["torch"].sum() > 0

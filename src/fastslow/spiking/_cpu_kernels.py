@@ -83,7 +83,56 @@ def _kernel():
                 if fan:
                     fanned[t, b] = fanned_ops
 
-    return numba, lif_pool
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state):  # pragma: no cover - compiled
+        steps, batch, neurons = spikes.shape
+        constant = currents.shape[0] == 1
+        one, zero = np.float32(1.0), np.float32(0.0)
+        for b in numba.prange(batch):
+            potentials = v[b] if keep_state else np.empty(neurons, np.float32)
+            if from_rest:
+                potentials[:] = zero
+            else:
+                potentials[:] = v_in[b]
+            for t in range(steps):
+                inputs = currents[0 if constant else t, b]
+                out = spikes[t, b]
+                count = 0
+                for i in range(neurons):
+                    u = potentials[i] * beta
+                    u = u + inputs[i]
+                    fired = u > threshold
+                    spike = one if fired else zero
+                    count += np.int32(fired)
+                    out[i] = spike
+                    potentials[i] = u - u * spike if reset_zero else u - threshold * spike
+                counts[t, b] = count
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
+        rows, width = inputs.shape
+        has_bias = bias.shape[0] > 0
+        for r in numba.prange(rows):
+            row = inputs[r]
+            events = 0
+            for i in range(width):
+                events += np.int32(row[i] != 0)
+            dense[r] = events > max_events
+            if dense[r]:
+                continue
+            acc = out[r]
+            acc[:] = np.float32(0.0)
+            for i in range(width):
+                value = row[i]
+                if value != 0:
+                    weights = fanout_rows[i]
+                    for j in range(acc.shape[0]):
+                        acc[j] += value * weights[j]
+            if has_bias:
+                for j in range(acc.shape[0]):
+                    acc[j] += bias[j]
+
+    return numba, lif_pool, lif_dense, event_linear
 
 
 def cpu_kernels_available() -> bool:
@@ -92,7 +141,8 @@ def cpu_kernels_available() -> bool:
 
 
 def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
-    """Whether :func:`lif_pool_inference` can take these tensors (CPU float32, no gradient; v0 None: at rest)."""
+    """Whether :func:`lif_inference` and :func:`lif_pool_inference` can take these tensors (CPU float32,
+    no gradient; v0 None: at rest)."""
     v0 = currents if v0 is None else v0
     return (
         currents.device.type == "cpu" and currents.dtype == torch.float32 and v0.dtype == torch.float32
@@ -110,7 +160,7 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     Starting at rest and dropping the final state spare the pass over memory that each costs.
     With ``next_fanout`` [H//2 · W//2] (synapses leaving each pooled position, per channel) it also
     writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache."""
-    numba, kernel = _kernel()
+    numba, kernel, _, _ = _kernel()
     steps, batch, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
@@ -118,7 +168,7 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     v = currents.new_empty(batch, height, width, channels) if keep_state else placeholder
     fanout = np.zeros(0) if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()
     fanned = placeholder[0, 0] if next_ops is None else next_ops
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _threads(numba)
     # A constant current expanded over T (stride 0 in T) is passed once, not copied T times; any other
     # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
     # round in float32, as torch computes it.
@@ -127,3 +177,42 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     kernel(source.contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
            pooled.numpy(), counts.numpy(), v.numpy(), keep_state, fanout, fanned.numpy())
     return pooled, counts, v if keep_state else None
+
+
+def _threads(numba) -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
+                  keep_state: bool = True, counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LIF over ``currents`` [T, B, N] (a constant current may come expanded over T, stride 0)
+    from ``v0`` [B, N] (None: at rest): (spikes [T, B, N], v after step T or None without
+    ``keep_state``); each row's spike count per step goes into ``counts`` [T, B] (contiguous float32)
+    if given. One compiled pass per input row over all T steps, the row's potential in cache,
+    instead of four kernels per step."""
+    numba, _, kernel, _ = _kernel()
+    steps, batch, neurons = currents.shape
+    spikes = currents.new_empty(steps, batch, neurons)
+    counts = currents.new_empty(steps, batch) if counts is None else counts
+    placeholder = currents.new_empty(1, 1)
+    v = currents.new_empty(batch, neurons) if keep_state else placeholder
+    _threads(numba)
+    source = currents[:1] if currents.stride(0) == 0 else currents
+    start = placeholder if v0 is None else v0.contiguous()
+    kernel(source.contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
+           spikes.numpy(), counts.numpy(), v.numpy(), keep_state)
+    return spikes, v if keep_state else None
+
+
+def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias: torch.Tensor | None, max_events: float,
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x·W + b for ``inputs`` [R, in] (contiguous float32) summed over each row's events (non-zeros),
+    for the rows with at most ``max_events`` of them: (out [R, out], dense [R] bool). The rows marked
+    dense are left unwritten, for the caller's matmul. ``fanout_rows`` is Wᵀ [in, out]."""
+    numba, _, _, kernel = _kernel()
+    out = inputs.new_empty(inputs.shape[0], fanout_rows.shape[1])
+    dense = torch.empty(inputs.shape[0], dtype=torch.bool)
+    _threads(numba)
+    kernel(inputs.numpy(), fanout_rows.numpy(), np.zeros(0, np.float32) if bias is None else bias.detach().numpy(),
+           float(max_events), out.numpy(), dense.numpy())
+    return out, dense

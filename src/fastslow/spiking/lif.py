@@ -169,10 +169,20 @@ class _FusedLIF(torch.autograd.Function):
 
 
 def lif_multistep(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams
-) -> tuple[torch.Tensor, LIFState]:
-    """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`."""
+    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, LIFState | None]:
+    """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`.
+
+    ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
+    (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous): also write each
+    input's spike count per step there, the spikes of currents [T, B, ...] summed over the rest."""
     _check_reset(params)
+    if currents.dim() == 3 and _cpu_kernels.applies(currents, None if state is None else state.v):
+        # one compiled pass per input over all steps instead of four kernels per step (numba)
+        spikes, v = _cpu_kernels.lif_inference(currents, None if state is None else state.v, params.beta, params.threshold,
+                                               params.reset == "zero", keep_state=final_state, counts=counts)
+        return spikes, None if v is None else LIFState(v=v)
     v0 = lif_init(currents[0]).v if state is None else state.v
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         spikes, v = _FusedLIF.apply(currents, v0, params)
@@ -180,7 +190,10 @@ def lif_multistep(
         spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False)
     else:
         spikes, v = _lif_forward(currents, v0, params, None)
-    return spikes, LIFState(v=v)
+    if counts is not None:
+        with torch.no_grad():
+            torch.sum(spikes.detach().flatten(2), dim=2, out=counts)
+    return spikes, LIFState(v=v) if final_state else None
 
 
 def _lif_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams, potentials: torch.Tensor | None

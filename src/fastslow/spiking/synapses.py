@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastslow.spiking import _cpu_kernels
+
 EVENT_DENSITY = 0.1  # largest share of non-zero inputs in a row for which the event path is used
 # Finding the events costs a pass over the input whatever the layer's width; it pays only when
 # each event fans out to many neurons (measured on a 2-core CPU: a 10-wide readout never gains).
@@ -99,6 +101,17 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
     if event_density <= 0 or inputs.device.type != "cpu" or inputs.numel() == 0 or layer.out_features < MIN_EVENT_FANOUT:
         return F.linear(inputs, layer.weight, layer.bias)
     flat = inputs.reshape(-1, inputs.shape[-1])
+    parameters = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
+    if (flat.dtype == torch.float32 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (flat, *parameters)))
+            and _cpu_kernels.cpu_kernels_available()):
+        # Inference: one compiled pass per row counts its events and sums their fan-out rows (numba).
+        out, dense = _cpu_kernels.event_linear_inference(flat.contiguous(), _fanout_rows(layer), layer.bias, event_density * flat.shape[1])
+        dense_rows = dense.nonzero().squeeze(1)
+        if len(dense_rows) == len(flat):
+            return F.linear(inputs, layer.weight, layer.bias)
+        if len(dense_rows):
+            out.index_copy_(0, dense_rows, F.linear(flat[dense_rows], layer.weight, layer.bias))
+        return out.view(*inputs.shape[:-1], layer.out_features)
     rows, cols = flat.detach().nonzero(as_tuple=True)  # row-major: each row's events in column order
     counts = torch.bincount(rows, minlength=flat.shape[0])
     sparse = counts <= event_density * flat.shape[1]

@@ -484,16 +484,15 @@ class System1(nn.Module):
                     torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = lif_multistep(current, v0, self.lif_params)
-                    layer_states.append(_channels_first(new_state.v))
-                    spikes = _channels_first(spikes)
-                    torch.mean(spikes.detach(), dim=(2, 3, 4), out=rates[index])
-                    out = spikes
+                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, counts=rates[index])
+                    layer_states.append(None if new_state is None else _channels_first(new_state.v))
+                    out = _channels_first(spikes)
             else:
-                spikes, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params)
-                layer_states.append(new_state.v)
-                torch.mean(spikes.detach(), dim=2, out=rates[index])
-                out = spikes
+                out, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
+                                               final_state=keep_state, counts=rates[index])
+                layer_states.append(None if new_state is None else new_state.v)
+            if not (layer.is_conv and layer.pool):
+                rates[index].div_(layer.neurons)
             counted = count_next
             layer_outputs.append(out)
             inp = out.flatten(2) if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear) else out
@@ -512,8 +511,9 @@ class System1(nn.Module):
             with torch.no_grad():
                 torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
-                head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params)
-                head_states.append(new_head.v)
+                head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
+                                                      final_state=keep_state)
+                head_states.append(None if new_head is None else new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
             else:  # a non-leaking integrator read out step by step: its state never changes
                 head_states.append(head_v)
