@@ -105,15 +105,15 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     """Inference wall time against mean timesteps and against escalation rate (ms, medians of
     ``rounds`` alternating rounds).
 
-    Mean timesteps: inputs stop after a given step and leave the batch (their state rows dropped,
-    as serving does on a CPU), for all stopping at 1, 2, 4 or 8, and for the mixed schedule of mean
-    T/4 (half after step 1, a quarter after 2, a quarter after 4); ratios are to the full multi-step
-    run. Also the mixed schedule read from one full run's records, as serving does on a GPU.
+    Mean timesteps: inputs stop after a given step and leave the batch (their state rows dropped),
+    System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does on a CPU, for all stopping at
+    1, 2, 4 or 8, and for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
+    quarter after 4); ratios are to the full multi-step run. Also the mixed schedule read from one full run's records, as serving does on a GPU.
     Escalation: the full System 1 run plus the default System 2 (LeNet-5) on the escalated share of
     the batch only (each timed on its own); ratios are to escalating every input."""
     from fastslow.energy.accounting import s1_op_counts
     from fastslow.systems import System1, System2Spec, build_system2
-    from fastslow.systems.system1 import select_rows
+    from fastslow.systems.system1 import doubling_chunks, select_rows
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
@@ -127,17 +127,20 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     schedules["mixed, mean T/4"] = mixed
 
     def early(stop_after: torch.Tensor) -> None:
+        # As serving advances on a CPU: chunks of 1, 1, 2, 4 steps; stopped inputs leave between chunks.
         flat = model.prepare(x)
         constant = model.input_current(flat)
         state = None  # at rest
         active = torch.arange(batch, device=device)
-        for t in range(spec.timesteps):
-            _, state = model.step(None, state, constant)
-            keep = stop_after[active] > t + 1
-            if not keep.all():
-                active, state, constant = active[keep], state.select(keep), select_rows(constant, keep)
-            if len(active) == 0:
+        done = 0
+        for count in doubling_chunks(spec.timesteps):
+            _, state = model.advance(None, state, constant, count, keep_state=done + count < spec.timesteps)
+            done += count
+            keep = (stop_after[active] > done).nonzero().squeeze(1)
+            if len(keep) == 0:
                 break
+            if len(keep) < len(active):
+                active, state, constant = active[keep], state.select(keep), select_rows(constant, keep)
 
     def from_records(run_all, stop_after: torch.Tensor) -> None:
         # Serving's GPU default: all T steps at once, then each input's charges up to its stop.

@@ -58,10 +58,11 @@ def test_stopped_inputs_leave_the_batch(fitted_folder):
     x = fit.splits.x_test[:64]
     server = FastSlow(fit.system1, fit.system2, 1000, threshold=0.0)  # every input is confident at t = 1
     calls = []
-    original = fit.system1.step
-    fit.system1.step = lambda inp, state, constant=None: (calls.append((constant if inp is None else inp).shape[0]), original(inp, state, constant))[1]
+    original = fit.system1.advance
+    fit.system1.advance = lambda inp, state, constant, count, **kw: (calls.append(((constant if inp is None else inp[0]).shape[0], count)),
+                                                                    original(inp, state, constant, count, **kw))[1]
     answer = server.predict(x, generator=torch.Generator().manual_seed(0))
-    assert calls == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
+    assert calls == [(64, 1)] and (answer.timesteps == 1).all() and not answer.escalated.any()
 
 
 def test_without_compaction_one_run_of_all_steps_answers(fitted_folder):
@@ -107,6 +108,27 @@ def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
         for compaction in (True, False):
             server = FastSlow(system1, system2, s2_macs, threshold=threshold, profile=profile, compaction=compaction)
             _assert_same_as_evaluated(server.predict(x), routing, expected, y)
+
+
+def test_compaction_advances_in_doubling_chunks_of_the_inputs_still_running():
+    """Chunks of 1, 1, 2, … steps, each over exactly the inputs that had not stopped before it."""
+    from fastslow.systems.system1 import doubling_chunks
+
+    assert doubling_chunks(8) == [1, 1, 2, 4] and doubling_chunks(6) == [1, 1, 2, 2] and doubling_chunks(1) == [1]
+    system1, system2, x, y = _conv_direct_systems()
+    outputs = collect_outputs(system1, system2, x, y, 1000, batch_size=40, seed=0)
+    routing = seenn1_routing(outputs.s1_logits, 0.45, escalate_unconfident=True)
+    calls = []
+    original = system1.advance
+    system1.advance = lambda inp, state, constant, count, **kw: (calls.append((constant.shape[0], count)),
+                                                                 original(inp, state, constant, count, **kw))[1]
+    FastSlow(system1, system2, 1000, threshold=0.45, compaction=True).predict(x)
+    done, expected = 0, []
+    for count in doubling_chunks(4):
+        if (routing.timesteps > done).any():
+            expected.append((int((routing.timesteps > done).sum()), count))
+        done += count
+    assert calls == expected and len(expected) == 3 and expected[0][0] > expected[-1][0]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

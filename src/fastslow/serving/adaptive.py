@@ -30,7 +30,7 @@ from fastslow.policies.dynamic import seenn1_routing
 from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_router_features, step_state_features
 from fastslow.spiking import encode_step, is_spiking
 from fastslow.systems.cuda_graphs import GraphedSystem1
-from fastslow.systems.system1 import System1, select_rows
+from fastslow.systems.system1 import System1, doubling_chunks, select_rows
 
 
 @dataclass
@@ -103,7 +103,9 @@ class FastSlow:
         return AdaptiveAnswer(predictions, routing.escalate, steps, sum(terms.values()), terms)
 
     def _predict_compacted(self, x: torch.Tensor, generator: torch.Generator | None) -> AdaptiveAnswer:
-        """Step by step; inputs that stop leave the batch."""
+        """Chunks of 1, 1, 2, 4, … steps (:func:`~fastslow.systems.system1.doubling_chunks`), each in one
+        multi-step call; each input's stop is decided step by step from the chunk's records, and the
+        inputs that stopped leave the batch before the next chunk."""
         s1 = self.system1
         n, steps = x.shape[0], s1.spec.timesteps
         flat = s1.prepare(x)
@@ -119,31 +121,41 @@ class FastSlow:
         routed_to_s2 = torch.zeros(n, dtype=torch.bool, device=x.device)
         previous_answer = None
         last = s1.n_exits - 1
-        for t in range(steps):
-            inp = encode_step(flat, t, steps, s1.spec.encoding, generator)[active] if spiking else None
-            record, state = s1.step(inp, state, constant)
-            synaptic[:, active] += record.synaptic_ops
-            dense[:, active] += record.dense_macs
-            output_sum[active] += record.outputs[last]
-            if self.router is None:
-                stop = confidence_score(output_sum[active] / self.temperature) > self.threshold
-                if t == steps - 1:
-                    stop = torch.ones_like(stop)
-            else:
-                mean_logits = output_sum[active] / (t + 1)
-                features = step_state_features(mean_logits, previous_answer, t + 1, steps, record.spike_rates)
-                choice = self.router.choose(features, t + 1)
-                stop = choice != CONTINUE
-                routed_to_s2[active[choice == ESCALATE]] = True
-                previous_answer = mean_logits.argmax(-1)[~stop]
-            leaving = active[stop]
-            stopped_at[leaving] = t + 1
-            answer_sum[leaving] = output_sum[leaving]
-            keep = (~stop).nonzero().squeeze(1)  # positions once, for every tensor that drops the stopped rows
-            active, state = active[keep], state.select(keep)
-            constant = None if constant is None else select_rows(constant, keep)
-            if len(active) == 0:
+        first = 0
+        for count in doubling_chunks(steps):
+            # The encoder draws for the whole batch every step, as a full run does.
+            inp = torch.stack([encode_step(flat, t, steps, s1.spec.encoding, generator)[active] for t in range(first, first + count)]) if spiking else None
+            record, state = s1.advance(inp, state, constant, count, keep_state=first + count < steps)
+            running = torch.arange(len(active), device=x.device)  # rows of the chunk whose input has not stopped
+            for offset in range(count):
+                t = first + offset
+                ids = active[running]
+                synaptic[:, ids] += record.synaptic_ops[:, offset, running]
+                dense[:, ids] += record.dense_macs[:, offset, running]
+                output_sum[ids] += record.outputs[offset, last, running]
+                if self.router is None:
+                    stop = confidence_score(output_sum[ids] / self.temperature) > self.threshold
+                    if t == steps - 1:
+                        stop = torch.ones_like(stop)
+                else:
+                    mean_logits = output_sum[ids] / (t + 1)
+                    features = step_state_features(mean_logits, previous_answer, t + 1, steps, record.spike_rates[:, offset, running])
+                    choice = self.router.choose(features, t + 1)
+                    stop = choice != CONTINUE
+                    routed_to_s2[ids[choice == ESCALATE]] = True
+                    previous_answer = mean_logits.argmax(-1)[~stop]
+                leaving = ids[stop]
+                stopped_at[leaving] = t + 1
+                answer_sum[leaving] = output_sum[leaving]
+                running = running[~stop]
+                if len(running) == 0:
+                    break
+            first += count
+            if len(running) == 0:
                 break
+            if len(running) < len(active):  # the stopped inputs leave the batch
+                active, state = active[running], state.select(running)
+                constant = None if constant is None else select_rows(constant, running)
         if self.router is None:
             escalated = ~(confidence_score(answer_sum / self.temperature) > self.threshold) & self.escalate
         else:

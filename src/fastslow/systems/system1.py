@@ -31,6 +31,18 @@ SPIKE_COUNT_SCALE = 10.0
 MULTISTEP_CHUNK_BYTES = 32 * 2**20
 
 
+def doubling_chunks(timesteps: int) -> list[int]:
+    """Step counts 1, 1, 2, 4, … (each as many steps as ran before it, the last cut to end at
+    ``timesteps``): how inference with early stopping advances System 1 on a CPU. Inputs leave the
+    batch between chunks; an input that stops inside a chunk has run at most as many extra steps as
+    it needed, while the number of calls grows with log T instead of T."""
+    chunks, done = [], 0
+    while done < timesteps:
+        chunks.append(min(max(done, 1), timesteps - done))
+        done += chunks[-1]
+    return chunks
+
+
 @dataclass(frozen=True)
 class System1Spec:
     """Everything needed to rebuild a System 1 (stored beside its weights)."""
@@ -333,7 +345,7 @@ class System1(nn.Module):
         """One timestep for a batch from ``state`` (None: at rest, as :meth:`init_state` but without
         writing and reading zero maps): ``inp`` the encoded layer-0 spikes at this step, or, with
         direct encoding, ``constant_current`` layer 0's precomputed current (charged as dense MACs)."""
-        record, state = self._steps(None if inp is None else inp.unsqueeze(0), state, constant_current, 1)
+        record, state = self.advance(None if inp is None else inp.unsqueeze(0), state, constant_current, 1)
         return S1Step(outputs=record.outputs[0], synaptic_ops=record.synaptic_ops[:, 0],
                       dense_macs=record.dense_macs[:, 0], spike_rates=record.spike_rates[:, 0]), state
 
@@ -412,12 +424,12 @@ class System1(nn.Module):
         self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int, chunk: int,
         keep_final_state: bool = True,
     ) -> tuple[list[S1Step], S1State | None]:
-        """:meth:`_steps` over ``steps`` steps, ``chunk`` at a time, carrying the state."""
+        """:meth:`advance` over ``steps`` steps, ``chunk`` at a time, carrying the state."""
         records = []
         for first in range(0, steps, chunk):
             count = min(chunk, steps - first)
             keep = keep_final_state or first + count < steps
-            record, state = self._steps(None if inp is None else inp[first : first + count], state, constant_current, count, keep)
+            record, state = self.advance(None if inp is None else inp[first : first + count], state, constant_current, count, keep)
             records.append(record)
         return records, state
 
@@ -438,13 +450,14 @@ class System1(nn.Module):
         record = S1Step(outputs=out[0], synaptic_ops=out[1], dense_macs=out[2], spike_rates=out[3])
         return [record], S1State(tuple(out[4 : 4 + n_layers]), tuple(out[4 + n_layers :]))
 
-    def _steps(
+    def advance(
         self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int,
         keep_state: bool = True,
     ) -> tuple[S1Step, S1State | None]:
-        """``steps`` timesteps at once from ``state`` (None: at rest): as :meth:`step`, with every tensor
-        led by a time axis (``inp`` [t, B, ...]; the record's outputs [t, E, B, C], the others
-        [K or H, t, B]). Without ``keep_state`` the new state is None (its layers may skip writing it)."""
+        """``steps`` timesteps at once from ``state`` (None: at rest), each layer over all of them in one
+        call: as :meth:`step`, with every tensor led by a time axis (``inp`` [t, B, ...]; the record's
+        outputs [t, E, B, C], the others [K or H, t, B]). Without ``keep_state`` the new state is None
+        (its layers may skip writing it)."""
         like = constant_current if inp is None else inp[0]
         batch = like.shape[0]
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
