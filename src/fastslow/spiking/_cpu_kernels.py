@@ -1,18 +1,23 @@
 """Compiled CPU kernels (numba, the optional extra ``fastslow[cpu]``) for inference without gradients.
 
-The torch path of :func:`fastslow.spiking.lif.lif_multistep_pooled` runs about seven element-wise
-kernels per step, each a full pass over memory. Here one compiled loop does leak, integrate, fire,
-reset and count over a pair of rows, then their 2×2 pooling, an image per thread, all T steps while
-its potential stays in cache; the loops are vectorised over the channels. Same arithmetic as
-:func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current; no fused multiply-add), so the
-spikes, counts and potentials are the torch path's bits (a test checks).
-Compiled on first use (about 3 s) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
+- LIF: the torch path runs four element-wise kernels per step (seven with 2×2 pooling), each a full
+  pass over memory. Here one compiled loop per input does leak, integrate, fire, reset and count
+  (and pools a pair of rows at a time), all T steps while its potential stays in cache, vectorised
+  over the neurons or channels. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v
+  rounded, then + current; no fused multiply-add), so spikes, counts and potentials are the torch
+  path's bits (tests check).
+- Event-driven linear synapses: the fan-out rows of each input row's events summed in one pass
+  per row (the same order, and bits, as the autograd path's ``embedding_bag``); rows too dense for
+  events are left to the caller's matmul.
+
+Compiled on first use (a few seconds) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
 """
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -132,7 +137,7 @@ def _kernel():
                 for j in range(acc.shape[0]):
                     acc[j] += bias[j]
 
-    return numba, lif_pool, lif_dense, event_linear
+    return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear)
 
 
 def cpu_kernels_available() -> bool:
@@ -160,7 +165,8 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     Starting at rest and dropping the final state spare the pass over memory that each costs.
     With ``next_fanout`` [H//2 · W//2] (synapses leaving each pooled position, per channel) it also
     writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache."""
-    numba, kernel, _, _ = _kernel()
+    kernels = _kernel()
+    numba, kernel = kernels.numba, kernels.lif_pool
     steps, batch, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
@@ -190,7 +196,8 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     ``keep_state``); each row's spike count per step goes into ``counts`` [T, B] (contiguous float32)
     if given. One compiled pass per input row over all T steps, the row's potential in cache,
     instead of four kernels per step."""
-    numba, _, kernel, _ = _kernel()
+    kernels = _kernel()
+    numba, kernel = kernels.numba, kernels.lif_dense
     steps, batch, neurons = currents.shape
     spikes = currents.new_empty(steps, batch, neurons)
     counts = currents.new_empty(steps, batch) if counts is None else counts
@@ -209,7 +216,8 @@ def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias
     """x·W + b for ``inputs`` [R, in] (contiguous float32) summed over each row's events (non-zeros),
     for the rows with at most ``max_events`` of them: (out [R, out], dense [R] bool). The rows marked
     dense are left unwritten, for the caller's matmul. ``fanout_rows`` is Wᵀ [in, out]."""
-    numba, _, _, kernel = _kernel()
+    kernels = _kernel()
+    numba, kernel = kernels.numba, kernels.event_linear
     out = inputs.new_empty(inputs.shape[0], fanout_rows.shape[1])
     dense = torch.empty(inputs.shape[0], dtype=torch.bool)
     _threads(numba)
