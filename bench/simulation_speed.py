@@ -107,8 +107,10 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
 
     Mean timesteps: inputs stop after a given step and leave the batch (their state rows dropped),
     System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does on a CPU, for all stopping at
-    1, 2, 4 or 8, and for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
-    quarter after 4); ratios are to the full multi-step run. Also the mixed schedule read from one full run's records, as serving does on a GPU.
+    1, 2, 4 or 8, for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
+    quarter after 4) and for one of about the same mean off the chunks' ends (a third each after
+    steps 1, 2 and 3); ratios are to the full multi-step run. Also the mixed schedule read from one
+    full run's records, as serving does on a GPU.
     Escalation: the full System 1 run plus the default System 2 (LeNet-5) on the escalated share of
     the batch only (each timed on its own); ratios are to escalating every input."""
     from fastslow.energy.accounting import s1_op_counts
@@ -125,6 +127,9 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     schedules["mixed, mean T/4"] = mixed
+    # Stops inside a chunk (after step 3, in the chunk of steps 3–4) pay for the chunk's rest.
+    schedules["off chunk ends, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
+                                                         device=device)
 
     def early(stop_after: torch.Tensor) -> None:
         # As serving advances on a CPU: chunks of 1, 1, 2, 4 steps; stopped inputs leave between chunks.

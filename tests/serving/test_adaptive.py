@@ -79,13 +79,13 @@ def test_without_compaction_one_run_of_all_steps_answers(fitted_folder):
     assert runs == [64] and (answer.timesteps == 1).all() and not answer.escalated.any()
 
 
-def _conv_direct_systems():
+def _conv_direct_systems(timesteps=4):
     """An untrained conv System 1 (direct encoding) whose sharpened answers stop some inputs early, a System 2, data."""
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     torch.manual_seed(0)
     system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4, 6), hidden=(),
-                                  timesteps=4, encoding="direct")).eval()
+                                  timesteps=timesteps, encoding="direct")).eval()
     with torch.no_grad():
         system1.heads[-1].weight.mul_(30.0)
     system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
@@ -168,3 +168,41 @@ def test_cuda_graphs_refuse_a_rate_code():
     system1 = System1(System1Spec(input_shape=(4,), n_classes=2, encoding="rate"))
     with pytest.raises(ValueError, match="deterministic encoding"):
         FastSlow(system1, torch.nn.Linear(4, 2), 8, cuda_graphs=True)
+
+
+@pytest.mark.parametrize("policy", ["SEENN-I, rate-encoded MLP", "router, direct-encoded conv"])
+def test_compaction_equals_the_records_when_inputs_stop_inside_a_chunk(policy):
+    """T = 6 advances in chunks of 1, 1, 2, 2 steps; inputs that stop after step 3 or 5 (inside a
+    chunk) get the answers, escalations, timesteps and µJ read from one full run's records (which
+    the tests above hold equal to the evaluation's): the stop is decided at the right step of the
+    chunk, the router sees the previous answers of the right inputs, a rate code draws the same spikes."""
+    from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter
+    from fastslow.systems import System1, System1Spec, System2Spec, build_system2
+
+    if policy.startswith("SEENN"):
+        torch.manual_seed(1)
+        system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, hidden=(32,), timesteps=6, encoding="rate")).eval()
+        with torch.no_grad():
+            system1.heads[-1].weight.mul_(8.0)
+        system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
+        x = torch.rand(60, 1, 10, 10)
+        options = {"threshold": 0.6}
+    else:
+        system1, system2, x, _ = _conv_direct_systems(timesteps=6)
+        torch.manual_seed(2)
+        router = StepRouter(5 + 5 + len(system1.layers), 6)
+        with torch.no_grad():  # untrained, biased so that inputs stop after steps 2 to 6 and some escalate
+            router.net[-1].bias.zero_()
+            router.step_bias[:, CONTINUE] = 1.0
+            router.step_bias[:, ESCALATE] = 0.5
+        options = {"router": router}
+    answers = {}
+    for compaction in (True, False):
+        server = FastSlow(system1, system2, 1000, compaction=compaction, **options)
+        answers[compaction] = server.predict(x, generator=torch.Generator().manual_seed(3))
+    inside = answers[True].timesteps
+    assert ((inside == 3) | (inside == 5)).any() and len(inside.unique()) >= 3, inside
+    assert policy.startswith("SEENN") or answers[True].escalated.any()
+    for field in ("predictions", "escalated", "timesteps"):
+        assert torch.equal(getattr(answers[True], field), getattr(answers[False], field)), field
+    torch.testing.assert_close(answers[True].energy_uj, answers[False].energy_uj, rtol=1e-6, atol=0)

@@ -214,7 +214,7 @@ def test_conv_inference_records_equal_the_training_path():
         assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field
 
 
-def _reference_lif(currents, state, params, final_state=True, counts=None):
+def _reference_lif(currents, state, params, final_state=True, rates=None):
     """The functional core looped over time: the reference the fast kernels must not depart from."""
     state = lif_init(currents[0]) if state is None else state
     spikes = []
@@ -222,8 +222,8 @@ def _reference_lif(currents, state, params, final_state=True, counts=None):
         step_spikes, state = lif_step(current, state, params)
         spikes.append(step_spikes)
     spikes = torch.stack(spikes)
-    if counts is not None:
-        counts.copy_(spikes.detach().flatten(2).sum(2))
+    if rates is not None:
+        rates.copy_(spikes.detach().flatten(2).mean(2))
     return spikes, state if final_state else None
 
 
@@ -339,7 +339,7 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
-    """The numba LIF for flat layers (inference) gives the torch path's spikes, spike counts and state
+    """The numba LIF for flat layers (inference) gives the torch path's spikes, firing rates and state
     bit for bit: a constant current expanded over T, infinities and NaN, from rest and without the
     final state included."""
     pytest.importorskip("numba")
@@ -355,16 +355,20 @@ def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
     v0_before = v0.clone()
     for currents in (varied, constant):
         for state in (lif.LIFState(v0), None):
-            counts = {"compiled": torch.zeros(6, 5), "torch": torch.zeros(6, 5)}
+            rates = {"compiled": torch.zeros(6, 5), "torch": torch.zeros(6, 5)}
             with torch.no_grad():
                 assert _cpu_kernels.applies(currents, v0)
-                compiled = lif.lif_multistep(currents, state, params, counts=counts["compiled"])
+                compiled = lif.lif_multistep(currents, state, params, rates=rates["compiled"])
                 unkept = lif.lif_multistep(currents, state, params, final_state=False)
                 assert torch.equal(v0, v0_before)  # the caller's state is read, never written
                 monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
-                reference = lif.lif_multistep(currents, state, params, counts=counts["torch"])
+                reference = lif.lif_multistep(currents, state, params, rates=rates["torch"])
                 monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
             assert torch.equal(compiled[0], reference[0]) and torch.equal(unkept[0], reference[0]) and unkept[1] is None
             torch.testing.assert_close(compiled[1].v, reference[1].v, rtol=0, atol=0, equal_nan=True)
-            assert torch.equal(counts["compiled"], counts["torch"])
-            assert torch.equal(counts["torch"], reference[0].sum(-1)) and counts["torch"].sum() > 0
+            assert torch.equal(rates["compiled"], rates["torch"])
+            assert torch.equal(rates["torch"], reference[0].mean(-1)) and rates["torch"].sum() > 0
+    with torch.no_grad(), pytest.raises(ValueError, match=r"\[T, B\]"):  # the compiled loop checks no bounds: the wrapper does
+        lif.lif_multistep(varied, None, params, rates=torch.zeros(5, 6))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"\[B, N\]"):
+        lif.lif_multistep(varied, lif.LIFState(v0[:1]), params)

@@ -7,8 +7,8 @@
   rounded, then + current; no fused multiply-add), so spikes, counts and potentials are the torch
   path's bits (tests check).
 - Event-driven linear synapses: the fan-out rows of each input row's events summed in one pass
-  per row (the same order, and bits, as the autograd path's ``embedding_bag``); rows too dense for
-  events are left to the caller's matmul.
+  per row (the same order as the autograd path's ``embedding_bag``: the same bits for 0/1 spikes;
+  graded inputs may round differently); rows too dense for events are left to the caller's matmul.
 
 Compiled on first use (a few seconds) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
 """
@@ -199,19 +199,24 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     kernels = _kernel()
     numba, kernel = kernels.numba, kernels.lif_dense
     steps, batch, neurons = currents.shape
+    # The compiled loop checks no bounds: misshapen buffers would be read or written past their end.
+    if v0 is not None and tuple(v0.shape) != (batch, neurons):
+        raise ValueError(f"the state must be [B, N] = {[batch, neurons]}, got {list(v0.shape)}")
+    if counts is not None and (tuple(counts.shape) != (steps, batch) or not counts.is_contiguous() or counts.dtype != torch.float32):
+        raise ValueError(f"counts must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(counts.shape)} {counts.dtype}")
     spikes = currents.new_empty(steps, batch, neurons)
     counts = currents.new_empty(steps, batch) if counts is None else counts
     placeholder = currents.new_empty(1, 1)
     v = currents.new_empty(batch, neurons) if keep_state else placeholder
     _threads(numba)
     source = currents[:1] if currents.stride(0) == 0 else currents
-    start = placeholder if v0 is None else v0.contiguous()
-    kernel(source.contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
+    start = placeholder if v0 is None else v0.detach().contiguous()
+    kernel(source.detach().contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
            spikes.numpy(), counts.numpy(), v.numpy(), keep_state)
     return spikes, v if keep_state else None
 
 
-def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias: torch.Tensor | None, max_events: float,
+def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias: torch.Tensor | None, max_events: int,
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """x·W + b for ``inputs`` [R, in] (contiguous float32) summed over each row's events (non-zeros),
     for the rows with at most ``max_events`` of them: (out [R, out], dense [R] bool). The rows marked
@@ -221,6 +226,6 @@ def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias
     out = inputs.new_empty(inputs.shape[0], fanout_rows.shape[1])
     dense = torch.empty(inputs.shape[0], dtype=torch.bool)
     _threads(numba)
-    kernel(inputs.numpy(), fanout_rows.numpy(), np.zeros(0, np.float32) if bias is None else bias.detach().numpy(),
-           float(max_events), out.numpy(), dense.numpy())
+    kernel(inputs.detach().numpy(), fanout_rows.numpy(), np.zeros(0, np.float32) if bias is None else bias.detach().numpy(),
+           int(max_events), out.numpy(), dense.numpy())
     return out, dense

@@ -170,18 +170,22 @@ class _FusedLIF(torch.autograd.Function):
 
 def lif_multistep(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    counts: torch.Tensor | None = None,
+    rates: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LIFState | None]:
     """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`.
 
     ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
-    (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous): also write each
-    input's spike count per step there, the spikes of currents [T, B, ...] summed over the rest."""
+    (compiled CPU inference then never writes it). ``rates`` [T, B] (contiguous): also write there
+    each input's firing rate per step, the share of its neurons (of currents [T, B, ...]) that spiked."""
     _check_reset(params)
+    if rates is not None and tuple(rates.shape) != tuple(currents.shape[:2]):
+        raise ValueError(f"rates must be [T, B] = {list(currents.shape[:2])}, got {list(rates.shape)}")
     if currents.dim() == 3 and _cpu_kernels.applies(currents, None if state is None else state.v):
         # one compiled pass per input over all steps instead of four kernels per step (numba)
         spikes, v = _cpu_kernels.lif_inference(currents, None if state is None else state.v, params.beta, params.threshold,
-                                               params.reset == "zero", keep_state=final_state, counts=counts)
+                                               params.reset == "zero", keep_state=final_state, counts=rates)
+        if rates is not None:
+            rates.div_(currents.shape[2])
         return spikes, None if v is None else LIFState(v=v)
     v0 = lif_init(currents[0]).v if state is None else state.v
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
@@ -190,9 +194,9 @@ def lif_multistep(
         spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False)
     else:
         spikes, v = _lif_forward(currents, v0, params, None)
-    if counts is not None:
+    if rates is not None:
         with torch.no_grad():
-            torch.sum(spikes.detach().flatten(2), dim=2, out=counts)
+            torch.mean(spikes.detach().flatten(2), dim=2, out=rates)
     return spikes, LIFState(v=v) if final_state else None
 
 

@@ -13,6 +13,7 @@ number of rows (differences of the order of 1e-7).
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -97,15 +98,19 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
     On CPU, for a layer at least :data:`MIN_EVENT_FANOUT` wide, each row with at most
     ``event_density`` non-zeros (a share) takes the event path and the other rows one dense
     matmul; otherwise (another device, a narrow layer, ``event_density`` 0) all rows are dense.
+    The event path is ``embedding_bag`` (an autograd node) where a gradient is needed, and a
+    compiled per-row sum (numba) in inference.
     """
     if event_density <= 0 or inputs.device.type != "cpu" or inputs.numel() == 0 or layer.out_features < MIN_EVENT_FANOUT:
         return F.linear(inputs, layer.weight, layer.bias)
     flat = inputs.reshape(-1, inputs.shape[-1])
+    max_events = math.floor(event_density * flat.shape[1])  # one integer cutoff for both paths
     parameters = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
     if (flat.dtype == torch.float32 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (flat, *parameters)))
             and _cpu_kernels.cpu_kernels_available()):
-        # Inference: one compiled pass per row counts its events and sums their fan-out rows (numba).
-        out, dense = _cpu_kernels.event_linear_inference(flat.contiguous(), _fanout_rows(layer), layer.bias, event_density * flat.shape[1])
+        # Inference: one compiled pass per row counts its events and sums their fan-out rows (numba;
+        # the same order, so the same bits for spikes, as the embedding_bag below).
+        out, dense = _cpu_kernels.event_linear_inference(flat.contiguous(), _fanout_rows(layer), layer.bias, max_events)
         dense_rows = dense.nonzero().squeeze(1)
         if len(dense_rows) == len(flat):
             return F.linear(inputs, layer.weight, layer.bias)
@@ -114,7 +119,7 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
         return out.view(*inputs.shape[:-1], layer.out_features)
     rows, cols = flat.detach().nonzero(as_tuple=True)  # row-major: each row's events in column order
     counts = torch.bincount(rows, minlength=flat.shape[0])
-    sparse = counts <= event_density * flat.shape[1]
+    sparse = counts <= max_events
     n_sparse = int(sparse.sum())
     if n_sparse == 0:
         return F.linear(inputs, layer.weight, layer.bias)

@@ -497,15 +497,13 @@ class System1(nn.Module):
                     torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, counts=rates[index])
+                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, rates=rates[index])
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(spikes)
             else:
                 out, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
-                                               final_state=keep_state, counts=rates[index])
+                                               final_state=keep_state, rates=rates[index])
                 layer_states.append(None if new_state is None else new_state.v)
-            if not (layer.is_conv and layer.pool):
-                rates[index].div_(layer.neurons)
             counted = count_next
             layer_outputs.append(out)
             inp = out.flatten(2) if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear) else out
