@@ -30,6 +30,23 @@ def _kernel():
     except ImportError:
         return None
 
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def lif_span(cells, inputs, spikes, beta, threshold, reset_zero):  # pragma: no cover - compiled
+        """One step of the neurons ``cells`` (potentials, updated in place) under ``inputs``, their
+        spikes into ``spikes``; returns the spike count. Branch-free, so the loop vectorises."""
+        one, zero = np.float32(1.0), np.float32(0.0)
+        count = 0
+        for i in range(cells.shape[0]):
+            u = cells[i] * beta
+            u = u + inputs[i]
+            fired = u > threshold
+            spike = one if fired else zero
+            count += np.int32(fired)
+            spikes[i] = spike
+            # Both resets are lif_step's products with the 0/1 spike, bit for bit.
+            cells[i] = u - u * spike if reset_zero else u - threshold * spike
+        return count
+
     @numba.njit(parallel=True, cache=True, nogil=True)
     def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state, fanout, fanned):  # pragma: no cover - compiled
         steps = pooled.shape[0]
@@ -38,7 +55,7 @@ def _kernel():
         pooled_height, pooled_width = height // 2, width // 2
         row = width * channels
         size = height * row
-        one, zero = np.float32(1.0), np.float32(0.0)
+        zero = np.float32(0.0)
         fan = fanout.shape[0] > 0  # also sum fan-out × pooled spikes (the next layer's synaptic ops)
         # Loops run over contiguous slices with indices from 0, so LLVM vectorises them: offset
         # indices it cannot prove non-negative get wrap-around checks that stop it.
@@ -60,15 +77,7 @@ def _kernel():
                     rows = min(2, height - first_row)
                     cells = potentials[first_row * row : (first_row + rows) * row]
                     inputs = image_currents[first_row * row : (first_row + rows) * row]
-                    for i in range(rows * row):
-                        u = cells[i] * beta
-                        u = u + inputs[i]
-                        fired = u > threshold
-                        spike = one if fired else zero
-                        count += np.int32(fired)
-                        spikes[i] = spike
-                        # Both resets are lif_step's products with the 0/1 spike, bit for bit.
-                        cells[i] = u - u * spike if reset_zero else u - threshold * spike
+                    count += lif_span(cells, inputs, spikes[: rows * row], beta, threshold, reset_zero)
                     if rows == 2:  # an odd last row or column is simulated but not pooled, as max_pool2d drops it
                         out_row = image_pooled[(first_row // 2) * pooled_width * channels : (first_row // 2 + 1) * pooled_width * channels]
                         for pw in range(pooled_width):
@@ -92,26 +101,14 @@ def _kernel():
     def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state):  # pragma: no cover - compiled
         steps, batch, neurons = spikes.shape
         constant = currents.shape[0] == 1
-        one, zero = np.float32(1.0), np.float32(0.0)
         for b in numba.prange(batch):
             potentials = v[b] if keep_state else np.empty(neurons, np.float32)
             if from_rest:
-                potentials[:] = zero
+                potentials[:] = np.float32(0.0)
             else:
                 potentials[:] = v_in[b]
             for t in range(steps):
-                inputs = currents[0 if constant else t, b]
-                out = spikes[t, b]
-                count = 0
-                for i in range(neurons):
-                    u = potentials[i] * beta
-                    u = u + inputs[i]
-                    fired = u > threshold
-                    spike = one if fired else zero
-                    count += np.int32(fired)
-                    out[i] = spike
-                    potentials[i] = u - u * spike if reset_zero else u - threshold * spike
-                counts[t, b] = count
+                counts[t, b] = lif_span(potentials, currents[0 if constant else t, b], spikes[t, b], beta, threshold, reset_zero)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
