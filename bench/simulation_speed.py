@@ -105,8 +105,8 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     """Inference wall time against mean timesteps and against escalation rate (ms, medians of
     ``rounds`` alternating rounds).
 
-    Mean timesteps: inputs stop after a given step and leave the batch (their state rows dropped),
-    System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does on a CPU, for all stopping at
+    Mean timesteps: inputs stop after a given step and leave the batch (the others advance their own
+    rows of the state, in place), System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does on a CPU, for all stopping at
     1, 2, 4 or 8, for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
     quarter after 4) and for one of about the same mean off the chunks' ends (a third each after
     steps 1, 2 and 3); ratios are to the full multi-step run. Also the mixed schedule read from one
@@ -115,7 +115,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     the batch only (each timed on its own); ratios are to escalating every input."""
     from fastslow.energy.accounting import s1_op_counts
     from fastslow.systems import System1, System2Spec, build_system2
-    from fastslow.systems.system1 import doubling_chunks, select_rows
+    from fastslow.systems.system1 import doubling_chunks
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
@@ -139,13 +139,12 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
         active = torch.arange(batch, device=device)
         done = 0
         for count in doubling_chunks(spec.timesteps):
-            _, state = model.advance(None, state, constant, count, keep_state=done + count < spec.timesteps)
+            rows = None if len(active) == batch else active
+            _, state = model.advance(None, state, constant, count, keep_state=done + count < spec.timesteps, rows=rows)
             done += count
-            keep = (stop_after[active] > done).nonzero().squeeze(1)
-            if len(keep) == 0:
+            active = active[stop_after[active] > done]
+            if len(active) == 0:
                 break
-            if len(keep) < len(active):
-                active, state, constant = active[keep], state.select(keep), select_rows(constant, keep)
 
     def from_records(run_all, stop_after: torch.Tensor) -> None:
         # Serving's GPU default: all T steps at once, then each input's charges up to its stop.

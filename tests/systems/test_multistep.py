@@ -214,8 +214,9 @@ def test_conv_inference_records_equal_the_training_path():
         assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field
 
 
-def _reference_lif(currents, state, params, final_state=True, rates=None):
+def _reference_lif(currents, state, params, final_state=True, rates=None, rows=None):
     """The functional core looped over time: the reference the fast kernels must not depart from."""
+    assert rows is None  # full runs only
     state = lif_init(currents[0]) if state is None else state
     spikes = []
     for current in currents:
@@ -227,8 +228,9 @@ def _reference_lif(currents, state, params, final_state=True, rates=None):
     return spikes, state if final_state else None
 
 
-def _reference_pooled(currents, state, params, final_state=True, next_synaptic_ops=None):
+def _reference_pooled(currents, state, params, final_state=True, next_synaptic_ops=None, rows=None):
     """The functional core, then ``max_pool2d``, on channels-last maps [T, B, H, W, C]."""
+    assert rows is None
     spikes, new_state = _reference_lif(currents, state, params)
     pooled = torch.nn.functional.max_pool2d(spikes.flatten(0, 1).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
     pooled = pooled.unflatten(0, spikes.shape[:2])
@@ -279,19 +281,34 @@ def test_pooled_lif_rejects_empty_or_misshapen_currents():
             lif.lif_multistep_pooled(torch.zeros(shape), None, LIFParams())
 
 
-@pytest.mark.parametrize("layout", ["channels-last maps", "NCHW maps", "flat rows"])
-def test_select_rows_equals_indexing_and_keeps_the_layout(layout):
-    from fastslow.systems.system1 import select_rows
-
-    tensor = torch.randn(6, 3, 4, 5) if layout != "flat rows" else torch.randn(6, 7)
-    if layout == "channels-last maps":
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-    keep = torch.tensor([True, False, True, True, False, True])
-    for index in (keep, keep.nonzero().squeeze(1)):
-        selected = select_rows(tensor, index)
-        assert torch.equal(selected, tensor[keep])
-        if layout == "channels-last maps":
-            assert selected.is_contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, kernels):
+    """``advance(..., rows=)`` (what serving does once inputs stopped) gives those inputs the records
+    and state of advancing them alone from their own state, bit for bit, and leaves the other rows'
+    state untouched."""
+    if kernels == "torch":
+        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+    spec = (System1Spec(input_shape=(12,), n_classes=4, hidden=(20, 16), timesteps=4, encoding="direct", readout="spike_count")
+            if arch == "mlp" else
+            System1Spec(input_shape=(1, 8, 8), n_classes=4, arch="conv", conv_channels=(3, 5), hidden=(), timesteps=4, encoding="direct"))
+    torch.manual_seed(0)
+    model = System1(spec).eval()
+    x = torch.rand(7, *spec.input_shape) * 3
+    rows = torch.tensor([5, 1, 2])
+    with torch.no_grad():
+        constant = model.input_current(model.prepare(x))
+        _, state = model.advance(None, None, constant, 1)
+        before = [t.clone() for t in (*state.layers, *state.heads)]
+        alone_state = type(state)(tuple(t[rows] for t in state.layers), tuple(t[rows] for t in state.heads))
+        alone, alone_next = model.advance(None, alone_state, constant[rows], 2)
+        record, advanced = model.advance(None, state, constant, 2, rows=rows)
+    for field in ("outputs", "synaptic_ops", "dense_macs", "spike_rates"):
+        assert torch.equal(getattr(record, field), getattr(alone, field)), field
+    others = torch.tensor([0, 3, 4, 6])
+    for new, old, separate in zip((*advanced.layers, *advanced.heads), before, (*alone_next.layers, *alone_next.heads)):
+        assert torch.equal(new[rows], separate) and torch.equal(new[others], old[others])
+    assert record.spike_rates.sum() > 0
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])

@@ -48,10 +48,12 @@ def _kernel():
         return count
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state, fanout, fanned):  # pragma: no cover - compiled
-        steps = pooled.shape[0]
-        batch, height, width, channels = currents.shape[1:]
+    def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state, fanout, fanned, state_rows,
+                 currents_by_row):  # pragma: no cover - compiled
+        steps, batch = pooled.shape[:2]
+        height, width, channels = currents.shape[2:]
         constant = currents.shape[0] == 1  # one current for every step
+        in_place = state_rows.shape[0] > 0  # advance those rows of v_in where they are
         pooled_height, pooled_width = height // 2, width // 2
         row = width * channels
         size = height * row
@@ -60,16 +62,21 @@ def _kernel():
         # Loops run over contiguous slices with indices from 0, so LLVM vectorises them: offset
         # indices it cannot prove non-negative get wrap-around checks that stop it.
         for b in numba.prange(batch):
-            # The image's potentials, in the output state or (when nobody reads it) in scratch memory
-            # that never leaves the cache; started by the image's own thread, from rest or v_in.
-            potentials = v[b].reshape(size) if keep_state else np.empty(size, np.float32)
-            if from_rest:
-                potentials[:] = np.float32(0.0)
+            state_row = np.int64(state_rows[b]) if in_place else np.int64(b)  # one integer type (prange's index is unsigned)
+            # The image's potentials: in place in v_in, in the output state, or (when nobody reads
+            # it) in scratch memory that never leaves the cache; started by the image's own thread.
+            if in_place:
+                potentials = v_in[state_row].reshape(size)
             else:
-                potentials[:] = v_in[b].reshape(size)
+                potentials = v[b].reshape(size) if keep_state else np.empty(size, np.float32)
+                if from_rest:
+                    potentials[:] = np.float32(0.0)
+                else:
+                    potentials[:] = v_in[b].reshape(size)
+            current_row = state_row if currents_by_row else np.int64(b)
             spikes = np.empty(2 * row, np.float32)  # a pair of rows: one pooling window high
             for t in range(steps):
-                image_currents = currents[0 if constant else t, b].reshape(size)
+                image_currents = currents[0 if constant else t, current_row].reshape(size)
                 image_pooled = pooled[t, b].reshape(pooled_height * pooled_width * channels)
                 count = 0
                 fanned_ops = 0.0  # float64: integer sums stay exact
@@ -98,17 +105,25 @@ def _kernel():
                     fanned[t, b] = fanned_ops
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state):  # pragma: no cover - compiled
+    def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state, state_rows,
+                  currents_by_row):  # pragma: no cover - compiled
         steps, batch, neurons = spikes.shape
         constant = currents.shape[0] == 1
+        in_place = state_rows.shape[0] > 0
         for b in numba.prange(batch):
-            potentials = v[b] if keep_state else np.empty(neurons, np.float32)
-            if from_rest:
-                potentials[:] = np.float32(0.0)
+            state_row = np.int64(state_rows[b]) if in_place else np.int64(b)  # one integer type (prange's index is unsigned)
+            if in_place:
+                potentials = v_in[state_row]
             else:
-                potentials[:] = v_in[b]
+                potentials = v[b] if keep_state else np.empty(neurons, np.float32)
+                if from_rest:
+                    potentials[:] = np.float32(0.0)
+                else:
+                    potentials[:] = v_in[b]
+            current_row = state_row if currents_by_row else np.int64(b)
             for t in range(steps):
-                counts[t, b] = lif_span(potentials, currents[0 if constant else t, b], spikes[t, b], beta, threshold, reset_zero)
+                counts[t, b] = lif_span(potentials, currents[0 if constant else t, current_row], spikes[t, b], beta, threshold,
+                                        reset_zero)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
@@ -153,22 +168,41 @@ def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
     )
 
 
+def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor | None) -> tuple[int, np.ndarray, bool]:
+    """(inputs advanced, the state rows as the kernel takes them, whether the currents are indexed by
+    them too: a constant current, stride 0 in T, holds every row of the state)."""
+    if rows is None:
+        return currents.shape[1], np.zeros(0, np.int64), False
+    if v0 is None or not v0.is_contiguous():
+        raise ValueError("advancing rows in place needs the state, contiguous")
+    by_row = currents.stride(0) == 0
+    if len(rows) == 0 or (not by_row and currents.shape[1] != len(rows)):
+        raise ValueError(f"{len(rows)} rows to advance, but currents for {currents.shape[1]} inputs")
+    # The compiled loop checks no bounds: a row outside the state would be written past its end.
+    if int(rows.min()) < 0 or int(rows.max()) >= v0.shape[0] or (by_row and currents.shape[1] != v0.shape[0]):
+        raise ValueError(f"rows must index the state's {v0.shape[0]} inputs (and a constant current's)")
+    return len(rows), rows.to("cpu", torch.int64).contiguous().numpy(), by_row
+
+
 def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
                        keep_state: bool = True, next_fanout: torch.Tensor | None = None, next_ops: torch.Tensor | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
     rest), then 2×2 max-pooling of the spikes: (pooled spikes [T, B, H//2, W//2, C], spike count per
     map [T, B], v after step T or None without ``keep_state``), on as many threads as torch uses.
     Starting at rest and dropping the final state spare the pass over memory that each costs.
     With ``next_fanout`` [H//2 · W//2] (synapses leaving each pooled position, per channel) it also
-    writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache."""
+    writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache.
+    With ``rows`` [n]: advances only those rows of ``v0``, in place (returned as the state); the
+    outputs hold the n rows in order, and so do the currents unless constant (stride 0 in T)."""
     kernels = _kernel()
     numba, kernel = kernels.numba, kernels.lif_pool
-    steps, batch, height, width, channels = currents.shape
+    batch, row_index, by_row = _rows_of(currents, v0, rows)
+    steps, _, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
     placeholder = currents.new_empty(1, 1, 1, 1)  # typed stand-in for an absent v0 or output state
-    v = currents.new_empty(batch, height, width, channels) if keep_state else placeholder
+    v = currents.new_empty(batch, height, width, channels) if keep_state and rows is None else placeholder
     fanout = np.zeros(0) if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()
     fanned = placeholder[0, 0] if next_ops is None else next_ops
     _threads(numba)
@@ -176,9 +210,11 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
     # round in float32, as torch computes it.
     source = currents[:1] if currents.stride(0) == 0 else currents
-    start = placeholder if v0 is None else v0.contiguous()
-    kernel(source.contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           pooled.numpy(), counts.numpy(), v.numpy(), keep_state, fanout, fanned.numpy())
+    start = placeholder if v0 is None else v0.detach().contiguous()
+    kernel(source.detach().contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
+           pooled.numpy(), counts.numpy(), v.numpy(), keep_state, fanout, fanned.numpy(), row_index, by_row)
+    if rows is not None:
+        return pooled, counts, v0
     return pooled, counts, v if keep_state else None
 
 
@@ -187,29 +223,34 @@ def _threads(numba) -> None:
 
 
 def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
-                  keep_state: bool = True, counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  keep_state: bool = True, counts: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LIF over ``currents`` [T, B, N] (a constant current may come expanded over T, stride 0)
     from ``v0`` [B, N] (None: at rest): (spikes [T, B, N], v after step T or None without
     ``keep_state``); each row's spike count per step goes into ``counts`` [T, B] (contiguous float32)
     if given. One compiled pass per input row over all T steps, the row's potential in cache,
-    instead of four kernels per step."""
+    instead of four kernels per step. ``rows``: as :func:`lif_pool_inference`."""
     kernels = _kernel()
     numba, kernel = kernels.numba, kernels.lif_dense
-    steps, batch, neurons = currents.shape
+    batch, row_index, by_row = _rows_of(currents, v0, rows)
+    steps, _, neurons = currents.shape
     # The compiled loop checks no bounds: misshapen buffers would be read or written past their end.
-    if v0 is not None and tuple(v0.shape) != (batch, neurons):
-        raise ValueError(f"the state must be [B, N] = {[batch, neurons]}, got {list(v0.shape)}")
+    state_rows = batch if rows is None else v0.shape[0]
+    if v0 is not None and tuple(v0.shape) != (state_rows, neurons):
+        raise ValueError(f"the state must be [B, N] = {[state_rows, neurons]}, got {list(v0.shape)}")
     if counts is not None and (tuple(counts.shape) != (steps, batch) or not counts.is_contiguous() or counts.dtype != torch.float32):
         raise ValueError(f"counts must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(counts.shape)} {counts.dtype}")
     spikes = currents.new_empty(steps, batch, neurons)
     counts = currents.new_empty(steps, batch) if counts is None else counts
     placeholder = currents.new_empty(1, 1)
-    v = currents.new_empty(batch, neurons) if keep_state else placeholder
+    v = currents.new_empty(batch, neurons) if keep_state and rows is None else placeholder
     _threads(numba)
     source = currents[:1] if currents.stride(0) == 0 else currents
     start = placeholder if v0 is None else v0.detach().contiguous()
     kernel(source.detach().contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           spikes.numpy(), counts.numpy(), v.numpy(), keep_state)
+           spikes.numpy(), counts.numpy(), v.numpy(), keep_state, row_index, by_row)
+    if rows is not None:
+        return spikes, v0
     return spikes, v if keep_state else None
 
 

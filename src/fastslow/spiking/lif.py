@@ -168,25 +168,47 @@ class _FusedLIF(torch.autograd.Function):
         return grad_u.view(ctx.shape), grad_v0.view(ctx.shape[1:]), None
 
 
+def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.Tensor | None) -> int:
+    """How many inputs a call advances: ``rows`` of ``state`` (None: every input of ``currents``)."""
+    if rows is None:
+        return currents.shape[1]
+    if state is None or torch.is_grad_enabled() and (currents.requires_grad or state.v.requires_grad):
+        raise ValueError("rows advance a given state in place, in inference only")
+    return len(rows)
+
+
+def _gathered(currents: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The currents of ``rows``: a constant current (stride 0 in T) holds every row of the state."""
+    return currents[:, rows] if currents.stride(0) == 0 else currents
+
+
 def lif_multistep(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    rates: torch.Tensor | None = None,
+    rates: torch.Tensor | None = None, rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LIFState | None]:
     """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`.
 
     ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
     (compiled CPU inference then never writes it). ``rates`` [T, B] (contiguous): also write there
-    each input's firing rate per step, the share of its neurons (of currents [T, B, ...]) that spiked."""
+    each input's firing rate per step, the share of its neurons (of currents [T, B, ...]) that spiked.
+    ``rows`` [n] (inference): advance only those inputs of ``state``, updating it in place (the
+    state returned); ``currents`` and the outputs hold the n inputs in order, except a constant
+    current expanded over T (stride 0 in T), which holds all of the state's."""
     _check_reset(params)
-    if rates is not None and tuple(rates.shape) != tuple(currents.shape[:2]):
-        raise ValueError(f"rates must be [T, B] = {list(currents.shape[:2])}, got {list(rates.shape)}")
+    batch = _advanced_rows(currents, state, rows)
+    if rates is not None and tuple(rates.shape) != (currents.shape[0], batch):
+        raise ValueError(f"rates must be [T, B] = {[currents.shape[0], batch]}, got {list(rates.shape)}")
     if currents.dim() == 3 and _cpu_kernels.applies(currents, None if state is None else state.v):
         # one compiled pass per input over all steps instead of four kernels per step (numba)
         spikes, v = _cpu_kernels.lif_inference(currents, None if state is None else state.v, params.beta, params.threshold,
-                                               params.reset == "zero", keep_state=final_state, counts=rates)
+                                               params.reset == "zero", keep_state=final_state, counts=rates, rows=rows)
         if rates is not None:
             rates.div_(currents.shape[2])
         return spikes, None if v is None else LIFState(v=v)
+    if rows is not None:
+        spikes, advanced = lif_multistep(_gathered(currents, rows), LIFState(state.v[rows]), params, rates=rates)
+        state.v.index_copy_(0, rows, advanced.v)
+        return spikes, state
     v0 = lif_init(currents[0]).v if state is None else state.v
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         spikes, v = _FusedLIF.apply(currents, v0, params)
@@ -325,7 +347,7 @@ class _FusedLIFPool(torch.autograd.Function):
 
 def lif_multistep_pooled(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
+    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None, rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LIFState | None]:
     """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
     of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
@@ -334,7 +356,7 @@ def lif_multistep_pooled(
     inference writing it). ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the
     same for every channel; out [T, B]): also write into out the synaptic operations the pooled
     spikes cause in the next layer, Σ fan-out × spike (no gradient; compiled CPU inference sums them
-    while the spikes are in cache).
+    while the spikes are in cache). ``rows``: as :func:`lif_multistep` (the state updated in place).
 
     Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
     (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
@@ -344,12 +366,19 @@ def lif_multistep_pooled(
     _check_reset(params)
     if currents.dim() != 5 or min(currents.shape[:2]) == 0:
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
+    _advanced_rows(currents, state, rows)
     v0 = None if state is None else state.v
     if _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
         next_fanout, next_ops = (None, None) if next_synaptic_ops is None else next_synaptic_ops
         pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                            keep_state=final_state, next_fanout=next_fanout, next_ops=next_ops)
+                                                            keep_state=final_state, next_fanout=next_fanout, next_ops=next_ops,
+                                                            rows=rows)
         return pooled, counts, None if v is None else LIFState(v=v)
+    if rows is not None:
+        pooled, counts, advanced = lif_multistep_pooled(_gathered(currents, rows), LIFState(v0[rows]), params,
+                                                        next_synaptic_ops=next_synaptic_ops)
+        v0.index_copy_(0, rows, advanced.v)
+        return pooled, counts, state
     v0 = lif_init(currents[0]).v if v0 is None else v0
     if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
         pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)

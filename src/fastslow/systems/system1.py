@@ -151,6 +151,12 @@ def _channels_last(maps: torch.Tensor) -> torch.Tensor:
     return flat.permute(0, 2, 3, 1).reshape(*lead, *maps.shape[-2:], maps.shape[-3])
 
 
+def _over_time(constant: torch.Tensor, steps: int) -> torch.Tensor:
+    """``constant`` [B, ...] seen as [steps, B, ...] without a copy: stride 0 in time, also for one
+    step (what marks a current as constant for the LIF kernels)."""
+    return constant.as_strided((steps, *constant.shape), (0, *constant.stride()))
+
+
 def _channels_first(maps: torch.Tensor) -> torch.Tensor:
     """[..., H, W, C] seen as [..., C, H, W] (a view, channels-last in memory)."""
     return maps.movedim(-1, -3)
@@ -170,31 +176,11 @@ def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor, out: torch.Tensor 
     return torch.mv(_channels_last(spikes).sum(-1).flatten(1), fanout, out=out)
 
 
-def _positions(index: torch.Tensor) -> torch.Tensor:
-    """Row positions from a bool mask or positions."""
-    return index.nonzero().squeeze(1) if index.dtype == torch.bool else index
-
-
-def select_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``tensor[index]`` along dim 0 (``index`` a bool mask or positions), in the memory layout it has:
-    channels-last conv maps are gathered as [B, H, W, C] rows, about six times faster than indexing
-    them as [B, C, H, W]."""
-    index = _positions(index)
-    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        return _channels_first(_channels_last(tensor).index_select(0, index))
-    return tensor.index_select(0, index)
-
-
 class S1State(NamedTuple):
     """System 1's state between steps: each layer's and each exit head's membrane, [B, ...] each."""
 
     layers: tuple[torch.Tensor, ...]
     heads: tuple[torch.Tensor, ...]
-
-    def select(self, index: torch.Tensor) -> "S1State":
-        """The state of the inputs at ``index`` only (to drop inputs that stopped)."""
-        index = _positions(index)  # once for all the state tensors
-        return S1State(tuple(select_rows(v, index) for v in self.layers), tuple(select_rows(v, index) for v in self.heads))
 
 
 @dataclass
@@ -452,14 +438,18 @@ class System1(nn.Module):
 
     def advance(
         self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int,
-        keep_state: bool = True,
+        keep_state: bool = True, rows: torch.Tensor | None = None,
     ) -> tuple[S1Step, S1State | None]:
         """``steps`` timesteps at once from ``state`` (None: at rest), each layer over all of them in one
         call: as :meth:`step`, with every tensor led by a time axis (``inp`` [t, B, ...]; the record's
         outputs [t, E, B, C], the others [K or H, t, B]). Without ``keep_state`` the new state is None
-        (its layers may skip writing it)."""
+        (its layers may skip writing it).
+
+        ``rows`` [n] (inference): advance only those inputs of ``state`` and ``constant_current``,
+        updating ``state`` in place, so that inputs that stopped can leave without copying anyone's
+        state; ``inp`` and the record hold the n inputs in order."""
         like = constant_current if inp is None else inp[0]
-        batch = like.shape[0]
+        batch = like.shape[0] if rows is None else len(rows)
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
         # Records are written in place, a row per component or layer: on a GPU each small kernel
@@ -471,7 +461,7 @@ class System1(nn.Module):
         counted = False  # whether the layer before already counted this layer's synaptic ops
         for index, layer in enumerate(self.layers):
             if index == 0 and constant_current is not None:
-                current = constant_current.unsqueeze(0).expand(steps, *constant_current.shape)
+                current = _over_time(constant_current, steps)
                 dense[0].fill_(float(layer.dense_macs))
             else:
                 current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
@@ -483,7 +473,7 @@ class System1(nn.Module):
                 # Conv maps live channels-last in memory (the convolutions' fastest CPU layout): the LIF
                 # runs on them seen as [.., H, W, C], a view, and the pooling reads them in place.
                 if index == 0 and constant_current is not None:
-                    current = _channels_last(constant_current).unsqueeze(0).expand(steps, -1, -1, -1, -1)
+                    current = _over_time(_channels_last(constant_current), steps)
                 else:
                     current = _channels_last(current)
                 v0 = None if state is None else LIFState(_channels_last(state.layers[index]))
@@ -492,17 +482,18 @@ class System1(nn.Module):
                 if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
                     pooled, counts, new_state = lif_multistep_pooled(
                         current, v0, self.lif_params, final_state=keep_state,
-                        next_synaptic_ops=(following.fanout, syn[index + 1]) if count_next else None)
+                        next_synaptic_ops=(following.fanout, syn[index + 1]) if count_next else None, rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     torch.div(counts, layer.neurons, out=rates[index])
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, rates=rates[index])
+                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, rates=rates[index],
+                                                      rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(spikes)
             else:
                 out, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
-                                               final_state=keep_state, rates=rates[index])
+                                               final_state=keep_state, rates=rates[index], rows=rows)
                 layer_states.append(None if new_state is None else new_state.v)
             counted = count_next
             layer_outputs.append(out)
@@ -523,7 +514,7 @@ class System1(nn.Module):
                 torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
                 head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
-                                                      final_state=keep_state)
+                                                      final_state=keep_state, rows=rows)
                 head_states.append(None if new_head is None else new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
             else:  # a non-leaking integrator read out step by step: its state never changes
