@@ -118,3 +118,6 @@ def test_compiled_inference_equals_the_autograd_event_path(monkeypatch):
     sparse = torch.ones(96, dtype=torch.bool)
     sparse[::4] = False
     assert torch.equal(compiled[0][10:40][sparse[10:40]], part[sparse[10:40]])
+    readout = nn.Linear(200, 10)  # narrow: events in inference too (the autograd path keeps it dense)
+    with torch.no_grad():
+        torch.testing.assert_close(spike_linear(spikes, readout), readout(spikes), rtol=1e-5, atol=1e-5)

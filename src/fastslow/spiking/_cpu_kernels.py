@@ -128,25 +128,30 @@ def _kernel():
     @numba.njit(parallel=True, cache=True, nogil=True)
     def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
         rows, width = inputs.shape
+        outs = out.shape[1]
         has_bias = bias.shape[0] > 0
         for r in numba.prange(rows):
             row = inputs[r]
+            # The row's events (non-zero columns, in order), listed without a branch: every column
+            # is stored and only a non-zero one advances the count (a branch per column mispredicts).
+            found = np.empty(width, np.int32)
             events = 0
             for i in range(width):
+                found[events] = i
                 events += np.int32(row[i] != 0)
             dense[r] = events > max_events
-            if dense[r]:
+            if events > max_events:
                 continue
             acc = out[r]
             acc[:] = np.float32(0.0)
-            for i in range(width):
-                value = row[i]
-                if value != 0:
-                    weights = fanout_rows[i]
-                    for j in range(acc.shape[0]):
-                        acc[j] += value * weights[j]
+            for k in range(events):
+                column = found[k]
+                value = row[column]
+                weights = fanout_rows[column]
+                for j in range(outs):
+                    acc[j] += value * weights[j]
             if has_bias:
-                for j in range(acc.shape[0]):
+                for j in range(outs):
                     acc[j] += bias[j]
 
     return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear)
