@@ -283,32 +283,40 @@ def test_pooled_lif_rejects_empty_or_misshapen_currents():
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 @pytest.mark.parametrize("kernels", ["compiled", "torch"])
-def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, kernels):
+@pytest.mark.parametrize("steps", [1, 2])
+def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, kernels, steps):
     """``advance(..., rows=)`` (what serving does once inputs stopped) gives those inputs the records
-    and state of advancing them alone from their own state, bit for bit, and leaves the other rows'
-    state untouched."""
+    and state of advancing them alone from their own state, bit for bit, writes that state into the
+    caller's tensors (keep_state or not), and leaves the other rows untouched."""
     if kernels == "torch":
         monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
     spec = (System1Spec(input_shape=(12,), n_classes=4, hidden=(20, 16), timesteps=4, encoding="direct", readout="spike_count")
             if arch == "mlp" else
-            System1Spec(input_shape=(1, 8, 8), n_classes=4, arch="conv", conv_channels=(3, 5), hidden=(), timesteps=4, encoding="direct"))
+            System1Spec(input_shape=(1, 8, 8), n_classes=4, arch="conv", conv_channels=(3, 5), hidden=(), timesteps=4, encoding="direct",
+                        readout="spike_count"))
     torch.manual_seed(0)
     model = System1(spec).eval()
     x = torch.rand(7, *spec.input_shape) * 3
     rows = torch.tensor([5, 1, 2])
+    others = torch.tensor([0, 3, 4, 6])
     with torch.no_grad():
         constant = model.input_current(model.prepare(x))
-        _, state = model.advance(None, None, constant, 1)
-        before = [t.clone() for t in (*state.layers, *state.heads)]
-        alone_state = type(state)(tuple(t[rows] for t in state.layers), tuple(t[rows] for t in state.heads))
-        alone, alone_next = model.advance(None, alone_state, constant[rows], 2)
-        record, advanced = model.advance(None, state, constant, 2, rows=rows)
-    for field in ("outputs", "synaptic_ops", "dense_macs", "spike_rates"):
-        assert torch.equal(getattr(record, field), getattr(alone, field)), field
-    others = torch.tensor([0, 3, 4, 6])
-    for new, old, separate in zip((*advanced.layers, *advanced.heads), before, (*alone_next.layers, *alone_next.heads)):
-        assert torch.equal(new[rows], separate) and torch.equal(new[others], old[others])
-    assert record.spike_rates.sum() > 0
+        for keep_state in (True, False):
+            _, state = model.advance(None, None, constant, 1)
+            tensors = (*state.layers, *state.heads)
+            before = [t.clone() for t in tensors]
+            alone_state = type(state)(tuple(t[rows] for t in state.layers), tuple(t[rows] for t in state.heads))
+            alone, alone_next = model.advance(None, alone_state, constant[rows], steps)
+            record, advanced = model.advance(None, state, constant, steps, keep_state=keep_state, rows=rows)
+            for field in ("outputs", "synaptic_ops", "dense_macs", "spike_rates"):
+                assert torch.equal(getattr(record, field), getattr(alone, field)), field
+            assert all(new.data_ptr() == old.data_ptr() for new, old in zip((*advanced.layers, *advanced.heads), tensors))
+            for written, old, separate in zip(tensors, before, (*alone_next.layers, *alone_next.heads)):
+                assert torch.equal(written[rows], separate) and torch.equal(written[others], old[others])
+            assert record.spike_rates.sum() > 0 and not torch.equal(tensors[0][rows], before[0][rows])
+        for bad in (torch.tensor([1, 1]), torch.tensor([0, 7]), torch.tensor([True, False] * 3 + [True])):
+            with pytest.raises(ValueError, match="rows"):
+                model.advance(None, state, constant, 1, rows=bad)
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])

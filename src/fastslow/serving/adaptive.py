@@ -11,8 +11,9 @@ answers and energies equal the evaluation's ``seenn1@θ+s2`` or ``router@steps``
 On a CPU, System 1 advances in chunks of 1, 1, 2, 4, … steps, each one multi-step call (a call
 costs a fixed ~0.3 ms of dispatch, as much as a small batch's arithmetic); each input's stop is
 decided step by step from the chunk's records, and the inputs that stopped leave the batch before
-the next chunk (the others advance their own rows of the state, in place: nothing is copied). An input that stops inside a chunk is simulated to the chunk's end, never charged
-for it. On a GPU, batches of a few hundred inputs are bound by kernel launches, not arithmetic:
+the next chunk (the others advance their own rows of the state, in place: with the compiled CPU
+kernels nobody's state is copied). An input that stops inside a chunk is simulated to the chunk's
+end, never charged for it. On a GPU, batches of a few hundred inputs are bound by kernel launches, not arithmetic:
 stepping with compaction was 3.3–3.8× slower than one multi-step run of all T steps (an H100 and
 an H200, one step per call). There the server runs all T steps at once and reads each input's
 stop from the records, as the evaluation does: the same answers, timesteps and energies (energy
@@ -131,7 +132,7 @@ class FastSlow:
             # The encoder draws for the whole batch every step, as a full run does.
             inp = torch.stack([encode_step(flat, t, steps, s1.spec.encoding, generator)[active] for t in range(first, first + count)]) if spiking else None
             # Once some inputs have left, only the others advance: their rows of the state (updated in
-            # place) and of the constant current; nobody's state is copied.
+            # place) and of the constant current.
             rows = None if len(active) == n else active
             record, state = s1.advance(inp, state, constant, count, keep_state=first + count < steps, rows=rows)
             running = torch.arange(len(active), device=x.device)  # rows of the chunk whose input has not stopped

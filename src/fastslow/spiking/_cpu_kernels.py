@@ -180,6 +180,8 @@ def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor
         return currents.shape[1], np.zeros(0, np.int64), False
     if v0 is None or not v0.is_contiguous():
         raise ValueError("advancing rows in place needs the state, contiguous")
+    if rows.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"rows must be integer positions, got {rows.dtype}")
     by_row = currents.stride(0) == 0
     if len(rows) == 0 or (not by_row and currents.shape[1] != len(rows)):
         raise ValueError(f"{len(rows)} rows to advance, but currents for {currents.shape[1]} inputs")
@@ -198,8 +200,9 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     Starting at rest and dropping the final state spare the pass over memory that each costs.
     With ``next_fanout`` [H//2 · W//2] (synapses leaving each pooled position, per channel) it also
     writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache.
-    With ``rows`` [n]: advances only those rows of ``v0``, in place (returned as the state); the
-    outputs hold the n rows in order, and so do the currents unless constant (stride 0 in T)."""
+    With ``rows`` [n] (distinct): advances only those rows of ``v0``, in place (returned as the state
+    whatever ``keep_state``); the outputs hold the n rows in order, and so do the currents unless
+    constant (stride 0 in T)."""
     kernels = _kernel()
     numba, kernel = kernels.numba, kernels.lif_pool
     batch, row_index, by_row = _rows_of(currents, v0, rows)

@@ -172,14 +172,21 @@ def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.T
     """How many inputs a call advances: ``rows`` of ``state`` (None: every input of ``currents``)."""
     if rows is None:
         return currents.shape[1]
-    if state is None or torch.is_grad_enabled() and (currents.requires_grad or state.v.requires_grad):
-        raise ValueError("rows advance a given state in place, in inference only")
+    # Compiled kernels write the state through numpy, which autograd's version counter never sees.
+    if state is None or state.v.requires_grad or torch.is_grad_enabled() and currents.requires_grad:
+        raise ValueError("rows advance a given state in place, in inference only (a state without gradient)")
+    if rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1 or len(rows) == 0:
+        raise ValueError(f"rows must be a non-empty 1-D tensor of distinct integer positions, got {rows.dtype} {list(rows.shape)}")
     return len(rows)
 
 
 def _gathered(currents: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The currents of ``rows``: a constant current (stride 0 in T) holds every row of the state."""
-    return currents[:, rows] if currents.stride(0) == 0 else currents
+    """The currents of ``rows``: a constant current (stride 0 in T) holds every row of the state
+    (gathered once, still constant over T)."""
+    if currents.stride(0) != 0:
+        return currents
+    rows_only = currents[0].index_select(0, rows)
+    return rows_only.as_strided((currents.shape[0], *rows_only.shape), (0, *rows_only.stride()))
 
 
 def lif_multistep(
@@ -191,9 +198,10 @@ def lif_multistep(
     ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
     (compiled CPU inference then never writes it). ``rates`` [T, B] (contiguous): also write there
     each input's firing rate per step, the share of its neurons (of currents [T, B, ...]) that spiked.
-    ``rows`` [n] (inference): advance only those inputs of ``state``, updating it in place (the
-    state returned); ``currents`` and the outputs hold the n inputs in order, except a constant
-    current expanded over T (stride 0 in T), which holds all of the state's."""
+    ``rows`` [n] (inference; distinct positions): advance only those inputs of ``state``, updating it
+    in place and returning it whatever ``final_state``; ``currents`` and the outputs hold the n
+    inputs in order, except a constant current expanded over T (stride 0 in T), which holds all of
+    the state's."""
     _check_reset(params)
     batch = _advanced_rows(currents, state, rows)
     if rates is not None and tuple(rates.shape) != (currents.shape[0], batch):

@@ -22,10 +22,9 @@ from torch import nn
 from fastslow.spiking import _cpu_kernels
 
 EVENT_DENSITY = 0.1  # largest share of non-zero inputs in a row for which the event path is used
-# With embedding_bag (training), finding the events costs a pass over the input whatever the layer's
-# width; it pays only when each event fans out to many neurons (measured on a 2-core CPU: a 10-wide
-# readout never gains). The compiled inference path lists a row's events in one branch-free pass and
-# beats the matmul even there (41 against 85 µs for a 128 × 512 → 10 readout at 8% active).
+# Finding the events costs a pass over the input whatever the layer's width; it pays only when
+# each event fans out to many neurons (measured on a 2-core CPU with embedding_bag: a 10-wide
+# readout never gains). Inference keeps the same rule so that it gives training's spikes.
 MIN_EVENT_FANOUT = 128
 
 
@@ -97,22 +96,20 @@ def _offsets(counts: torch.Tensor) -> torch.Tensor:
 def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = EVENT_DENSITY) -> torch.Tensor:
     """``layer`` applied to ``inputs`` [..., in] → [..., out].
 
-    On CPU, each row with at most ``event_density`` non-zeros (a share) takes the event path and the
-    other rows one dense matmul; otherwise (another device, ``event_density`` 0) all rows are dense.
-    The event path is a compiled per-row sum (numba) in inference, any width; where a gradient is
-    needed it is ``embedding_bag`` (an autograd node), for layers at least :data:`MIN_EVENT_FANOUT`
-    wide only.
+    On CPU, for a layer at least :data:`MIN_EVENT_FANOUT` wide, each row with at most
+    ``event_density`` non-zeros (a share) takes the event path and the other rows one dense
+    matmul; otherwise (another device, a narrow layer, ``event_density`` 0) all rows are dense.
+    The event path is ``embedding_bag`` (an autograd node) where a gradient is needed, and a
+    compiled per-row sum (numba) in inference: the same rows take it either way, so training and
+    inference give the same spikes.
     """
-    if event_density <= 0 or inputs.device.type != "cpu" or inputs.numel() == 0:
+    if event_density <= 0 or inputs.device.type != "cpu" or inputs.numel() == 0 or layer.out_features < MIN_EVENT_FANOUT:
         return F.linear(inputs, layer.weight, layer.bias)
     flat = inputs.reshape(-1, inputs.shape[-1])
     max_events = math.floor(event_density * flat.shape[1])  # one integer cutoff for both paths
     parameters = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
-    compiled = (flat.dtype == torch.float32 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (flat, *parameters)))
-                and _cpu_kernels.cpu_kernels_available())
-    if not compiled and layer.out_features < MIN_EVENT_FANOUT:
-        return F.linear(inputs, layer.weight, layer.bias)
-    if compiled:
+    if (flat.dtype == torch.float32 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (flat, *parameters)))
+            and _cpu_kernels.cpu_kernels_available()):
         # Inference: one compiled pass per row counts its events and sums their fan-out rows (numba;
         # the same order, so the same bits for spikes, as the embedding_bag below).
         out, dense = _cpu_kernels.event_linear_inference(flat.contiguous(), _fanout_rows(layer), layer.bias, max_events)

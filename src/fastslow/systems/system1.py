@@ -154,6 +154,8 @@ def _channels_last(maps: torch.Tensor) -> torch.Tensor:
 def _over_time(constant: torch.Tensor, steps: int) -> torch.Tensor:
     """``constant`` [B, ...] seen as [steps, B, ...] without a copy: stride 0 in time, also for one
     step (what marks a current as constant for the LIF kernels)."""
+    if steps > 1:  # expand's backward sums over time; as_strided's would build a storage-sized buffer
+        return constant.unsqueeze(0).expand(steps, *constant.shape)
     return constant.as_strided((steps, *constant.shape), (0, *constant.stride()))
 
 
@@ -349,6 +351,19 @@ class System1(nn.Module):
             return spike_linear(inp, op, self.spec.event_density)
         return conv_channels_last(inp, op)
 
+    def _check_rows(self, rows: torch.Tensor, state: S1State | None) -> None:
+        """``rows`` must name distinct inputs of ``state``, whose tensors the kernels can write in place."""
+        if state is None:
+            raise ValueError("rows advance a given state: start from rest with rows=None")
+        size = state.layers[0].shape[0]
+        if rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1 or len(rows) == 0:
+            raise ValueError(f"rows must be a non-empty 1-D tensor of integer positions, got {rows.dtype} {list(rows.shape)}")
+        if int(rows.min()) < 0 or int(rows.max()) >= size or len(torch.unique(rows)) != len(rows):
+            raise ValueError(f"rows must be distinct positions among the state's {size} inputs")
+        for layer, v in zip(self.layers, state.layers):
+            if layer.is_conv and not v.is_contiguous(memory_format=torch.channels_last):
+                raise ValueError("a conv layer's state must be channels-last in memory (as advance returns it) to advance rows in place")
+
     def _check_input(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
             raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}")
@@ -445,11 +460,15 @@ class System1(nn.Module):
         outputs [t, E, B, C], the others [K or H, t, B]). Without ``keep_state`` the new state is None
         (its layers may skip writing it).
 
-        ``rows`` [n] (inference): advance only those inputs of ``state`` and ``constant_current``,
-        updating ``state`` in place, so that inputs that stopped can leave without copying anyone's
-        state; ``inp`` and the record hold the n inputs in order."""
+        ``rows`` [n] (inference; distinct positions): advance only those inputs of ``state`` and
+        ``constant_current``, updating ``state`` in place (and returning it, ``keep_state`` or not), so
+        that inputs that stopped can leave without copying anyone's state; ``inp`` and the record
+        hold the n inputs in order. The state must be one :meth:`advance` returned (conv maps
+        channels-last in memory)."""
         like = constant_current if inp is None else inp[0]
         batch = like.shape[0] if rows is None else len(rows)
+        if rows is not None:
+            self._check_rows(rows, state)
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
         # Records are written in place, a row per component or layer: on a GPU each small kernel
@@ -522,7 +541,7 @@ class System1(nn.Module):
                 outputs.append(current)
         stacked = outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
         record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
-        if not keep_state:
+        if not keep_state and rows is None:
             return record, None
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) if v is None else v for v in head_states)
         return record, S1State(layers=tuple(layer_states), heads=heads)
