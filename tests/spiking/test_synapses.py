@@ -8,6 +8,14 @@ import pytest
 from fastslow.spiking.synapses import conv_channels_last, spike_linear
 
 
+
+def _needs_compiled_kernels():
+    """Skip where the compiled CPU kernels cannot run (numba missing, or FASTSLOW_CPU_KERNELS=0)."""
+    from fastslow.spiking import _cpu_kernels
+
+    if not _cpu_kernels.cpu_kernels_available():
+        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+
 def _layer_and_spikes(density: float, rows: int = 64, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
     torch.manual_seed(seed)
     return nn.Linear(200, 130), (torch.rand(rows, 200) < density).float()
@@ -98,7 +106,7 @@ def test_compiled_inference_equals_the_autograd_event_path(monkeypatch):
     """Without gradients on CPU, the numba event sum gives the autograd path's currents: the same bits
     for spikes (sparse rows summed in the same order, dense rows the same matmul), and a sparse row's
     result still does not depend on its batch."""
-    pytest.importorskip("numba")
+    _needs_compiled_kernels()
     from fastslow.spiking import _cpu_kernels
 
     layer, spikes = _layer_and_spikes(0.05, rows=96)

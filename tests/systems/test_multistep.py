@@ -8,6 +8,14 @@ from fastslow.spiking.lif import lif_multistep
 from fastslow.systems import System1, System1Spec
 
 
+def _needs_compiled_kernels():
+    """Skip where the compiled CPU kernels cannot run (numba missing, or FASTSLOW_CPU_KERNELS=0)."""
+    from fastslow.spiking import _cpu_kernels
+
+    if not _cpu_kernels.cpu_kernels_available():
+        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+
+
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("surrogate", ["fast_sigmoid", "arctan"])
 def test_fused_lif_matches_the_step_loop(reset, surrogate):
@@ -323,7 +331,7 @@ def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, 
 def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     """The numba LIF + pooling (inference) gives the torch path's pooled spikes, counts and state bit
     for bit: odd edges, a constant current expanded over T, infinities and NaN included."""
-    pytest.importorskip("numba")
+    _needs_compiled_kernels()
     import fastslow.spiking.lif as lif
     from fastslow.spiking import _cpu_kernels
 
@@ -367,7 +375,7 @@ def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
     """The numba LIF for flat layers (inference) gives the torch path's spikes, firing rates and state
     bit for bit: a constant current expanded over T, infinities and NaN, from rest and without the
     final state included."""
-    pytest.importorskip("numba")
+    _needs_compiled_kernels()
     import fastslow.spiking.lif as lif
     from fastslow.spiking import _cpu_kernels
 
