@@ -106,8 +106,8 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     ``rounds`` alternating rounds).
 
     Mean timesteps: inputs stop after a given step and leave the batch (the others advance their own
-    rows of the state, in place), System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does on a CPU, for all stopping at
-    1, 2, 4 or 8, for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
+    rows of the state, in place), System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does
+    on a CPU, for all stopping at 1, 2, 4 or 8, for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
     quarter after 4) and for one of about the same mean off the chunks' ends (a third each after
     steps 1, 2 and 3); ratios are to the full multi-step run. Also the mixed schedule read from one
     full run's records, as serving does on a GPU.

@@ -13,9 +13,9 @@ costs a fixed ~0.3 ms of dispatch, as much as a small batch's arithmetic); each 
 decided step by step from the chunk's records, and the inputs that stopped leave the batch before
 the next chunk (the others advance their own rows of the state, in place: with the compiled CPU
 kernels nobody's state is copied). An input that stops inside a chunk is simulated to the chunk's
-end, never charged for it. On a GPU, batches of a few hundred inputs are bound by kernel launches, not arithmetic:
-stepping with compaction was 3.3–3.8× slower than one multi-step run of all T steps (an H100 and
-an H200, one step per call). There the server runs all T steps at once and reads each input's
+end, never charged for it. On a GPU, batches of a few hundred inputs are bound by kernel launches,
+not arithmetic: stepping with compaction was 3.3–3.8× slower than one multi-step run of all T
+steps (an H100 and an H200, one step per call). There the server runs all T steps at once and reads each input's
 stop from the records, as the evaluation does: the same answers, timesteps and energies (energy
 always charges the steps each input needed, which is what event-driven hardware would run,
 however the simulation computed them).

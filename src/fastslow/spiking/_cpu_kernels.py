@@ -175,19 +175,16 @@ def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
 
 def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor | None) -> tuple[int, np.ndarray, bool]:
     """(inputs advanced, the state rows as the kernel takes them, whether the currents are indexed by
-    them too: a constant current, stride 0 in T, holds every row of the state)."""
+    them too: a constant current, stride 0 in T, holds every row of the state). The rows themselves
+    (integer, in range) are checked by the caller, :func:`fastslow.spiking.lif._advanced_rows`."""
     if rows is None:
         return currents.shape[1], np.zeros(0, np.int64), False
     if v0 is None or not v0.is_contiguous():
         raise ValueError("advancing rows in place needs the state, contiguous")
-    if rows.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"rows must be integer positions, got {rows.dtype}")
     by_row = currents.stride(0) == 0
-    if len(rows) == 0 or (not by_row and currents.shape[1] != len(rows)):
-        raise ValueError(f"{len(rows)} rows to advance, but currents for {currents.shape[1]} inputs")
-    # The compiled loop checks no bounds: a row outside the state would be written past its end.
-    if int(rows.min()) < 0 or int(rows.max()) >= v0.shape[0] or (by_row and currents.shape[1] != v0.shape[0]):
-        raise ValueError(f"rows must index the state's {v0.shape[0]} inputs (and a constant current's)")
+    # The compiled loop checks no bounds: currents must hold the rows it reads.
+    if currents.shape[1] != (v0.shape[0] if by_row else len(rows)):
+        raise ValueError(f"{len(rows)} rows of a state of {v0.shape[0]} inputs to advance, but currents for {currents.shape[1]}")
     return len(rows), rows.to("cpu", torch.int64).contiguous().numpy(), by_row
 
 
