@@ -8,7 +8,7 @@ and ratios measured in this one run: (a) an MLP SNN 784-512-512-10 and (b) a con
 (3×3 convs 1→32→64 on 28×28 with 2×2 pooling), T = 8, direct encoding, batch 128 / 64, 2 threads.
 Also: fastslow's LIF overhead (its inference time over the same convolutions and matmuls alone),
 inference wall time against mean timesteps (early stopping with compaction; the target point is
-mean T/4) and against the share of inputs escalated to System 2, peak training memory, and a check that every library emits the same spikes for the same
+mean T/4, also at 4× and 8× the batch) and against the share of inputs escalated to System 2, peak training memory, and a check that every library emits the same spikes for the same
 weights and inputs (reset to zero). `fastslow` uses its compiled kernels (numba on CPU, from the
 `cpu` extra; Triton on CUDA); `fastslow_torch` is the same network with them off.
 
@@ -101,6 +101,64 @@ def benchmark_spec(network: str, timesteps: int = 8, checkpoint_steps: int = 0):
 ESCALATION_RATES = (0.0, 0.1, 0.25, 0.5, 1.0)
 
 
+def mixed_stops(batch: int, device: str = "cpu") -> torch.Tensor:
+    """The mixed schedule of mean T/4 (T = 8): half the inputs stop after step 1, a quarter after 2, a quarter after 4."""
+    return torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4), device=device)
+
+
+def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor) -> None:
+    """System 1 as serving advances it on a CPU: chunks of 1, 1, 2, 4 steps; inputs that stopped
+    (``stop_after`` [B], steps) leave between chunks, the others advance their own rows of the state in place."""
+    from fastslow.systems.system1 import doubling_chunks
+
+    timesteps, batch = model.spec.timesteps, x.shape[0]
+    constant = model.input_current(model.prepare(x))
+    state = None  # at rest
+    active = torch.arange(batch, device=x.device)
+    done = 0
+    for count in doubling_chunks(timesteps):
+        rows = None if len(active) == batch else active
+        _, state = model.advance(None, state, constant, count, keep_state=done + count < timesteps, rows=rows)
+        done += count
+        active = active[stop_after[active] > done]
+        if len(active) == 0:
+            break
+
+
+def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cpu", scales: tuple[int, ...] = (1, 4, 8)) -> list[dict]:
+    """The mixed schedule of mean T/4 against the full run at ``batch`` × each of ``scales`` (ms, medians
+    of ``rounds`` alternating rounds): each chunk's fixed cost (~60 small dispatches) is shared by
+    more inputs as the batch grows."""
+    from fastslow.systems import System1
+
+    torch.manual_seed(0)
+    spec = benchmark_spec(network)
+    model = System1(spec).eval().to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    rows = []
+    with torch.no_grad():
+        for scale in scales:
+            size = batch * scale
+            x = torch.rand(size, *spec.input_shape, device=device)
+            stops = mixed_stops(size, device)
+            runs = {"full": lambda: model.run(x), "early": lambda: compacted_run(model, x, stops),
+                    "first-layer current": lambda: model.input_current(model.prepare(x))}
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            for run in runs.values():
+                run()
+            for _ in range(rounds):
+                for name, run in runs.items():
+                    sync()
+                    started = time.perf_counter()
+                    run()
+                    sync()
+                    times[name].append(1000 * (time.perf_counter() - started))
+            ms = {name: statistics.median(values) for name, values in times.items()}
+            rows.append({"batch": size, "full_T_ms": ms["full"], "early_stop_T4_ms": ms["early"], "ratio": ms["early"] / ms["full"],
+                         "bound": 0.25 + 0.75 * ms["first-layer current"] / ms["full"]})
+    return rows
+
+
 def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu") -> dict:
     """Inference wall time against mean timesteps and against escalation rate (ms, medians of
     ``rounds`` alternating rounds).
@@ -115,7 +173,6 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     the batch only (each timed on its own); ratios are to escalating every input."""
     from fastslow.energy.accounting import s1_op_counts
     from fastslow.systems import System1, System2Spec, build_system2
-    from fastslow.systems.system1 import doubling_chunks
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
@@ -123,28 +180,13 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     system2 = build_system2(System2Spec(input_shape=(1, 28, 28), n_classes=10)).eval().to(device)
     x = torch.rand(batch, *spec.input_shape, device=device)
     images = x.view(batch, 1, 28, 28)
-    mixed = torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4), device=device)
+    mixed = mixed_stops(batch, device)
     schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     schedules["mixed, mean T/4"] = mixed
     # Stops inside a chunk (after step 3, in the chunk of steps 3–4) pay for the chunk's rest.
     schedules["off chunk ends, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
                                                          device=device)
-
-    def early(stop_after: torch.Tensor) -> None:
-        # As serving advances on a CPU: chunks of 1, 1, 2, 4 steps; stopped inputs leave between chunks.
-        flat = model.prepare(x)
-        constant = model.input_current(flat)
-        state = None  # at rest
-        active = torch.arange(batch, device=device)
-        done = 0
-        for count in doubling_chunks(spec.timesteps):
-            rows = None if len(active) == batch else active
-            _, state = model.advance(None, state, constant, count, keep_state=done + count < spec.timesteps, rows=rows)
-            done += count
-            active = active[stop_after[active] > done]
-            if len(active) == 0:
-                break
 
     def from_records(run_all, stop_after: torch.Tensor) -> None:
         # Serving's GPU default: all T steps at once, then each input's charges up to its stop.
@@ -153,7 +195,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
 
     # Every input runs step 1, so the first layer's current (computed once) is paid whatever the stops.
     runs = {"full": lambda: model.run(x), "first-layer current": lambda: model.input_current(model.prepare(x))}
-    runs.update({name: (lambda stop=stop: early(stop)) for name, stop in schedules.items()})
+    runs.update({name: (lambda stop=stop: compacted_run(model, x, stop)) for name, stop in schedules.items()})
     runs["records"] = lambda: from_records(model.run, mixed)
     if torch.device(device).type == "cuda":  # and with the run replayed from a CUDA graph (serving's cuda_graphs=True)
         from fastslow.systems import GraphedSystem1
@@ -316,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             medians = {lib: {k: statistics.median(v) for k, v in s.items()} for lib, s in samples.items()}
             curves = wall_time_curves(network, batch, 3 * args.rounds, args.device)  # short runs: more rounds against the noise
             full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
+            by_batch = early_stop_by_batch(network, batch, args.rounds, args.device)
             memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps), args.device)
             entry = {lib: medians.get(lib) for lib in own_libraries[:-1] + list(PEERS)}
             entry["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
@@ -323,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["cuda_kernels"] = args.device == "cuda" and _cuda_kernels.cuda_kernels_available()
             entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
             entry.update(curves)
+            entry["early_stop_by_batch"] = by_batch
             entry["peak_train_mib"] = memory
             entry["spikes"] = spikes
             report[network] = entry
@@ -355,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             out.print(f"  the first layer's current, which every input needs whatever its stop: {curves['first_layer_current_ms']:.2f} ms; "
                       f"with no per-call cost and every step costing the full run's average, mean T/4 would take "
                       f"{curves['early_stop_bound']:.2f}× (0.25 + 0.75 × its share)")
+            out.print("  the same at larger batches (the fixed cost of each chunk shared by more inputs): " + "; ".join(
+                f"batch {row['batch']}: {row['early_stop_T4_ms']:.2f} / {row['full_T_ms']:.2f} ms = {row['ratio']:.2f}× (bound {row['bound']:.2f}×)"
+                for row in by_batch))
             out.print(f"all T steps at once, stops read from the records (serving's GPU default): {curves['from_records_ms']:.2f} ms = "
                       f"{curves['from_records_ratio']:.2f}× the full run")
             if "full_T_graphs_ms" in curves:

@@ -45,6 +45,8 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     curve = {p["schedule"]: p["mean_timesteps"] for p in data["mlp"]["wall_vs_mean_timesteps"]}
     assert [curve[f"all stop at {t}"] for t in (1, 2, 4, 8)] == [1.0, 2.0, 4.0, 8.0] and "mixed, mean T/4" in curve
     assert "off chunk ends, mean T/4" in curve and 0.25 < data["mlp"]["early_stop_bound"] < 1 and "0.25 + 0.75" in out
+    assert [row["batch"] for row in data["mlp"]["early_stop_by_batch"]] == [6, 24, 48] and "at larger batches" in out
+    assert all(row["early_stop_T4_ms"] > 0 and row["ratio"] > 0 for row in data["mlp"]["early_stop_by_batch"])
     assert "wall time against escalation rate" in out
     escalation = data["mlp"]["wall_vs_escalation"]
     assert [p["escalation_rate"] for p in escalation] == [0.0, 0.1, 0.25, 0.5, 1.0]
