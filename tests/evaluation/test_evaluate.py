@@ -28,3 +28,27 @@ def test_thresholds_that_differ_past_six_digits_keep_distinct_names():
     names = [r.name for r in results]
     assert len(names) == len(set(names))
     assert {"confidence@0.9999999", "seenn1@0.999999", "seenn1@0.9999999+s2"} <= set(names)
+
+
+def test_collect_outputs_refuses_bad_labels_batches_and_systems():
+    import pytest
+    from torch import nn
+
+    from fastslow.errors import DataError
+    from fastslow.evaluation.evaluate import collect_outputs
+    from fastslow.systems import System1, System1Spec
+
+    torch.manual_seed(0)
+    s1 = System1(System1Spec(input_shape=(6,), n_classes=3, hidden=(8,), timesteps=2))
+    s2 = nn.Linear(6, 3)
+    x, y = torch.rand(5, 6), torch.tensor([0, 1, 2, 1, 0])
+    assert collect_outputs(s1, s2, x, y, 18).s2_logits.shape == (5, 3)
+    cases = [
+        ((x, y + 3, 18), DataError, r"0\.\.2"), ((x, y - 1, 18), DataError, r"0\.\.2"), ((x, y[:4], 18), DataError, "4 labels for 5"),
+        ((x, y.float(), 18), DataError, "integer"), ((x[:0], y[:0], 18), DataError, "empty"), ((x, y, -1), ValueError, "s2_macs"),
+    ]
+    for (xs, ys, macs), error, named in cases:
+        with pytest.raises(error, match=named):
+            collect_outputs(s1, s2, xs, ys, macs)
+    with pytest.raises(ValueError, match=r"System 2 returns \[5, 7\]"):
+        collect_outputs(s1, nn.Linear(6, 7), x, y, 18)

@@ -206,3 +206,27 @@ def test_compaction_equals_the_records_when_inputs_stop_inside_a_chunk(policy):
     for field in ("predictions", "escalated", "timesteps"):
         assert torch.equal(getattr(answers[True], field), getattr(answers[False], field)), field
     torch.testing.assert_close(answers[True].energy_uj, answers[False].energy_uj, rtol=1e-6, atol=0)
+
+
+def test_bad_settings_and_batches_are_refused_in_one_line(fitted_folder):
+    from fastslow.errors import DataError
+    from fastslow.policies.router import Router
+    from fastslow.policies.step_router import StepRouter
+
+    fit = load_fit(fitted_folder)
+    s1, s2, x = fit.system1, fit.system2, fit.splits.x_test[:4]
+    with pytest.raises(ValueError, match="temperature"):
+        FastSlow(s1, s2, 1000, temperature=0.0)
+    with pytest.raises(ValueError, match="s2_macs"):
+        FastSlow(s1, s2, -5)
+    with pytest.raises(TypeError, match="StepRouter"):
+        FastSlow(s1, s2, 1000, router=Router(12))
+    with pytest.raises(ValueError, match="features"):  # trained on another System 1 (other classes / layers)
+        FastSlow(s1, s2, 1000, router=StepRouter(10, s1.spec.timesteps))
+    server = FastSlow(s1, s2, 1000)
+    nan = x.clone()
+    nan[1, 0] = float("nan")
+    for batch, error, named in ((nan, DataError, "NaN/inf"), (x[:0], DataError, "empty"), (x.double(), TypeError, "float32"),
+                                (x.numpy(), TypeError, "torch.Tensor")):
+        with pytest.raises(error, match=named):
+            server.predict(batch)

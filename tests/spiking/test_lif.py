@@ -95,3 +95,20 @@ def test_rate_encoding_is_seeded_and_matches_intensity():
     b = encode_step(x, 0, 8, "rate", torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert a.mean().item() == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize("params, named", [
+    (LIFParams(beta=2.0), "beta"), (LIFParams(beta=0.0), "beta"), (LIFParams(beta=float("nan")), "beta"),
+    (LIFParams(threshold=-1.0), "threshold"), (LIFParams(threshold=float("inf")), "threshold"),
+    (LIFParams(reset="none"), "reset"), (LIFParams(surrogate="relu"), "surrogate"), (LIFParams(slope=0.0), "slope"),
+])
+def test_impossible_lif_constants_are_refused_by_name(params, named):
+    with pytest.raises(ValueError, match=named):
+        lif_step(torch.zeros(3), lif_init(torch.zeros(3)), params)
+    with pytest.raises(ValueError, match=named):
+        lif_multistep(torch.zeros(2, 3), None, params)
+
+
+def test_a_misshapen_state_is_refused_not_broadcast():
+    with pytest.raises(ValueError, match=r"shaped like one step's current, \[4, 3\], got \[3\]"):
+        lif_step(torch.zeros(4, 3), lif_init(torch.zeros(3)), LIFParams())

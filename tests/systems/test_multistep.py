@@ -403,5 +403,12 @@ def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
             assert torch.equal(rates["torch"], reference[0].mean(-1)) and rates["torch"].sum() > 0
     with torch.no_grad(), pytest.raises(ValueError, match=r"\[T, B\]"):  # the compiled loop checks no bounds: the wrapper does
         lif.lif_multistep(varied, None, params, rates=torch.zeros(5, 6))
-    with torch.no_grad(), pytest.raises(ValueError, match=r"\[B, N\]"):
-        lif.lif_multistep(varied, lif.LIFState(v0[:1]), params)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"\[B, N\]"):  # the wrapper itself
+        _cpu_kernels.lif_inference(varied, v0[:1], params.beta, params.threshold, reset == "zero")
+    for kernels in ("1", "0"):  # a misshapen state is refused on either path, never broadcast or cut
+        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", kernels)
+        with torch.no_grad(), pytest.raises(ValueError, match=r"shaped like one step's current, \[5, 33\], got \[1, 33\]"):
+            lif.lif_multistep(varied, lif.LIFState(v0[:1]), params)
+        with torch.no_grad(), pytest.raises(ValueError, match=r"got \[33\]"):
+            lif.lif_multistep(varied, lif.LIFState(v0[0]), params)
+    monkeypatch.delenv("FASTSLOW_CPU_KERNELS")

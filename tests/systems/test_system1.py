@@ -103,3 +103,30 @@ def test_training_learns_a_separable_problem():
 def test_exit_heads_must_be_hidden_layers_in_order():
     with pytest.raises(ValueError, match="exit_heads"):
         System1(System1Spec(input_shape=(4,), n_classes=2, hidden=(3, 3), exit_heads=(1,)))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"n_classes": 0}, "n_classes"), ({"hidden": (0,)}, "hidden"), ({"input_shape": ()}, "input_shape"),
+    ({"conv_channels": (8, -1)}, "conv_channels"), ({"timesteps": 0}, "timesteps"), ({"arch": "rnn"}, "arch"),
+    ({"encoding": "poisson"}, "encoding"), ({"readout": "foo"}, "readout"), ({"event_density": 1.5}, "event_density"),
+    ({"checkpoint_steps": -1}, "checkpoint_steps"), ({"lif": LIFParams(beta=2.0, threshold=-1.0)}, "beta"),
+])
+def test_an_impossible_spec_is_refused_when_built_naming_the_field(change, named):
+    with pytest.raises(ValueError, match=named):
+        System1Spec(**{"input_shape": (64,), "n_classes": 10, **change})
+
+
+def test_exit_heads_out_of_range_says_which_indices_are_allowed():
+    with pytest.raises(ValueError, match=r"from 0 to 0 \(layer 1, the last, always has the final exit\), got \[5\]"):
+        System1(System1Spec(input_shape=(64,), n_classes=10, hidden=(16, 8), exit_heads=(5,)))
+
+
+def test_run_refuses_inputs_it_cannot_read_before_any_arithmetic():
+    model = System1(System1Spec(input_shape=(6,), n_classes=3, hidden=(8,), timesteps=2))
+    x = torch.rand(4, 6)
+    for bad, named in ((x.double(), "torch.float32 inputs"), ((x * 255).to(torch.uint8), "/ 255"), (x.numpy(), "torch.Tensor")):
+        with pytest.raises(TypeError, match=named):
+            model.run(bad)
+    for mode in ("multistep", "stepwise"):
+        with pytest.raises(ValueError, match="timesteps must be at least 1"):
+            model.run(x, timesteps=0, mode=mode)

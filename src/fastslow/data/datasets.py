@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 
 from fastslow.errors import DataError
@@ -173,6 +174,26 @@ def _mnist(root: Path, seed: int) -> Dataset:
 
 
 # --------------------------------------------------------------------------- .npz
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor | None = None, n_classes: int | None = None) -> None:
+    """Raise :class:`DataError` for a batch given through the Python API that no model should see:
+    no samples, NaN/inf inputs; labels ``y`` [N] that are not integers 0..``n_classes``-1, one per input.
+    (Types, dtypes and shapes are the model's to check: :meth:`System1.run`.)"""
+    if len(x) == 0:
+        raise DataError("the batch is empty (0 inputs): pass at least one input")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"the inputs hold {bad} NaN/inf values: clean or impute them first")
+    if y is None:
+        return
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise DataError(f"labels must be a 1-D integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')} "
+                        f"{list(getattr(y, 'shape', []))}: pass torch.as_tensor(labels, dtype=torch.long)")
+    if len(y) != len(x):
+        raise DataError(f"{len(y)} labels for {len(x)} inputs: give one label per input")
+    if n_classes is not None and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise DataError(f"labels must lie in 0..{n_classes - 1} (the model's {n_classes} classes), got {int(y.min())}..{int(y.max())}")
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

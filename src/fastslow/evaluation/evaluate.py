@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastslow.data import check_batch
 from fastslow.energy.accounting import OpCounts, s1_op_counts
 from fastslow.energy.profile import EnergyProfile
 from fastslow.evaluation.metrics import routing_metrics
@@ -155,6 +156,9 @@ def collect_outputs(
     on_batch: Callable[[], None] | None = None,
 ) -> SystemOutputs:
     """Run both systems over ``x`` in batches; the spike encoder's randomness is seeded."""
+    check_batch(x, y, system1.spec.n_classes)
+    if s2_macs < 0:
+        raise ValueError(f"s2_macs (System 2's MACs per input) must be ≥ 0, got {s2_macs}: count them with fastslow.count_macs")
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     system1.eval()
@@ -169,7 +173,11 @@ def collect_outputs(
             parts["syn"].append(run.synaptic_ops.cpu())
             parts["dense"].append(run.dense_macs.cpu())
             parts["rates"].append(run.spike_rates.cpu())
-            parts["s2"].append(system2(xb).cpu())
+            s2_logits = system2(xb)
+            if tuple(s2_logits.shape) != (len(xb), system1.spec.n_classes):
+                raise ValueError(f"System 2 returns {list(s2_logits.shape)} for {len(xb)} inputs, but System 1 has "
+                                 f"{system1.spec.n_classes} classes: it must map [B, ...] inputs to [B, {system1.spec.n_classes}] logits")
+            parts["s2"].append(s2_logits.cpu())
             parts["policy"].append(policy_input(xb).cpu())
             neuron_updates = run.neuron_updates.cpu()
             if on_batch is not None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fastslow.data import check_batch
 from fastslow.energy.accounting import OpCounts, s1_op_counts
 from fastslow.energy.profile import EnergyProfile, load_profile
 from fastslow.policies.confidence import confidence_policy_macs, confidence_score
@@ -73,11 +74,20 @@ class FastSlow:
         shape (:class:`~fastslow.systems.GraphedSystem1`; deterministic encodings only)."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold} is outside [0, 1]")
+        if not temperature > 0.0:
+            raise ValueError(f"temperature (SEENN-I's softmax temperature) must be positive, got {temperature}")
+        if not s2_macs >= 0:
+            raise ValueError(f"s2_macs (System 2's MACs per input) must be ≥ 0, got {s2_macs}: count them with fastslow.count_macs")
+        if router is not None and not isinstance(router, StepRouter):
+            raise TypeError(f"router must be a sequential StepRouter (router@steps, e.g. result.policies.step_routers[0]), got a {type(router).__name__}")
         self.system1, self.system2, self.s2_macs = system1.eval(), system2.eval(), s2_macs
         self.threshold, self.escalate, self.temperature = threshold, escalate, temperature
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         if router is not None and router.timesteps != system1.spec.timesteps:
             raise ValueError(f"the router decides over {router.timesteps} timesteps but System 1 runs {system1.spec.timesteps}: train it on this System 1")
+        features = system1.spec.n_classes + 5 + len(system1.layers)  # what step_state_features gives it
+        if router is not None and router.net[0].in_features != features:
+            raise ValueError(f"the router reads {router.net[0].in_features} features but this System 1 gives {features}: train it on this System 1")
         self.router = None if router is None else router.eval().to(next(system1.parameters()).device)
         self.compaction = compaction
         self._graphed = GraphedSystem1(system1) if cuda_graphs else None
@@ -86,6 +96,7 @@ class FastSlow:
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> AdaptiveAnswer:
         """Answers for a batch ``x`` [N, *input_shape]; ``generator`` draws a rate code's spikes."""
         self.system1._check_input(x)
+        check_batch(x)
         compaction = x.device.type == "cpu" if self.compaction is None else self.compaction
         return self._predict_compacted(x, generator) if compaction else self._predict_from_records(x, generator)
 

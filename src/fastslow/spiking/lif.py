@@ -54,14 +54,29 @@ def lif_init(like: torch.Tensor) -> LIFState:
     return LIFState(v=torch.zeros_like(like))
 
 
-def _check_reset(params: LIFParams) -> None:
+def check_params(params: LIFParams) -> None:
+    """Raise ValueError, naming the field, for LIF constants no neuron can have."""
     if params.reset not in ("subtract", "zero"):
         raise ValueError(f"unknown reset {params.reset!r}: use 'subtract' or 'zero'")
+    if params.surrogate not in ("fast_sigmoid", "arctan"):
+        raise ValueError(f"unknown surrogate {params.surrogate!r}: use 'fast_sigmoid' or 'arctan'")
+    if not 0.0 < params.beta <= 1.0:  # also rejects NaN
+        raise ValueError(f"LIF beta (the per-step decay) must lie in (0, 1], got {params.beta}")
+    if not params.threshold > 0.0 or math.isinf(params.threshold):
+        raise ValueError(f"LIF threshold must be a positive number, got {params.threshold}")
+    if not params.slope > 0.0:
+        raise ValueError(f"the surrogate's slope must be positive, got {params.slope}")
+
+
+def _check_state(state_shape: torch.Size, neurons_shape: torch.Size) -> None:
+    if tuple(state_shape) != tuple(neurons_shape):
+        raise ValueError(f"the LIF state must be shaped like one step's current, {list(neurons_shape)}, got {list(state_shape)}")
 
 
 def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple[torch.Tensor, LIFState]:
     """One LIF timestep. Returns (spikes in {0,1}, new state); shapes follow ``current``."""
-    _check_reset(params)
+    check_params(params)
+    _check_state(state.v.shape, current.shape)
     v = params.beta * state.v + current
     spikes = spike_fn(v - params.threshold, params.surrogate, params.slope)
     if params.reset == "subtract":
@@ -171,6 +186,8 @@ class _FusedLIF(torch.autograd.Function):
 def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.Tensor | None) -> int:
     """How many inputs a call advances: ``rows`` of ``state`` (None: every input of ``currents``)."""
     if rows is None:
+        if state is not None:
+            _check_state(state.v.shape, currents.shape[1:])
         return currents.shape[1]
     # Compiled kernels write the state through numpy, which autograd's version counter never sees.
     if state is None or state.v.requires_grad or torch.is_grad_enabled() and currents.requires_grad:
@@ -180,6 +197,7 @@ def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.T
     # The compiled kernels check no bounds: a row outside the state would be written past its end.
     if int(rows.min()) < 0 or int(rows.max()) >= state.v.shape[0]:
         raise ValueError(f"rows must be positions among the state's {state.v.shape[0]} inputs")
+    _check_state(state.v.shape[1:], currents.shape[2:])
     return len(rows)
 
 
@@ -205,7 +223,7 @@ def lif_multistep(
     in place and returning it whatever ``final_state``; ``currents`` and the outputs hold the n
     inputs in order, except a constant current expanded over T (stride 0 in T), which holds all of
     the state's."""
-    _check_reset(params)
+    check_params(params)
     batch = _advanced_rows(currents, state, rows)
     if rates is not None and tuple(rates.shape) != (currents.shape[0], batch):
         raise ValueError(f"rates must be [T, B] = {[currents.shape[0], batch]}, got {list(rates.shape)}")
@@ -374,7 +392,7 @@ def lif_multistep_pooled(
     map reaches memory: a few images at a time, each step's spikes land in a small reused buffer (in
     cache), where they are counted and pooled; writing and re-reading full-size float maps (and
     pooling indices) is what the unfused path spends most on."""
-    _check_reset(params)
+    check_params(params)
     if currents.dim() != 5 or min(currents.shape[:2]) == 0:
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
     _advanced_rows(currents, state, rows)

@@ -12,6 +12,7 @@ non-leaking integrator). The last exit is the network's final readout.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Literal, NamedTuple
 
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
+from fastslow.spiking.lif import check_params
 from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
@@ -64,6 +66,29 @@ class System1Spec:
     # k steps and recomputes each k-step segment in the backward pass (gradient checkpointing over
     # time): the same gradients, activation memory ∝ k instead of T, one more forward pass.
     checkpoint_steps: int = 0
+
+    def __post_init__(self) -> None:
+        def positive_ints(name: str, values: tuple, allow_empty: bool = True) -> None:
+            if not (allow_empty or values) or any(not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1 for v in values):
+                raise ValueError(f"System1Spec.{name} must be {'' if allow_empty else 'a non-empty tuple of '}positive integers, got {values!r}")
+
+        positive_ints("input_shape", tuple(self.input_shape), allow_empty=False)
+        positive_ints("hidden", tuple(self.hidden))
+        positive_ints("conv_channels", tuple(self.conv_channels))
+        checks = [
+            (isinstance(self.n_classes, numbers.Integral) and self.n_classes >= 2, f"n_classes must be an integer ≥ 2, got {self.n_classes!r}"),
+            (self.arch in ("mlp", "conv"), f"unknown arch {self.arch!r}: use 'mlp' or 'conv'"),
+            (isinstance(self.timesteps, numbers.Integral) and self.timesteps >= 1, f"timesteps must be an integer ≥ 1, got {self.timesteps!r}"),
+            (self.encoding in ("direct", "rate", "latency"), f"unknown encoding {self.encoding!r}: use 'direct', 'rate' or 'latency'"),
+            (self.readout in ("membrane", "spike_count"), f"unknown readout {self.readout!r}: use 'membrane' or 'spike_count'"),
+            (0.0 <= self.event_density <= 1.0, f"event_density must lie in [0, 1] (a share of active inputs), got {self.event_density!r}"),
+            (isinstance(self.checkpoint_steps, numbers.Integral) and self.checkpoint_steps >= 0,
+             f"checkpoint_steps must be an integer ≥ 0 (0: plain BPTT), got {self.checkpoint_steps!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        check_params(self.lif)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -215,8 +240,6 @@ class System1(nn.Module):
 
     def __init__(self, spec: System1Spec) -> None:
         super().__init__()
-        if spec.timesteps < 1:
-            raise ValueError("timesteps must be at least 1")
         self.spec = spec
         layers: list[_Layer] = []
         shape = tuple(spec.input_shape)
@@ -239,7 +262,8 @@ class System1(nn.Module):
         self.layers = nn.ModuleList(layers)
         exit_points = list(spec.exit_heads) + [len(layers) - 1]
         if sorted(set(exit_points)) != exit_points:
-            raise ValueError(f"exit_heads must be increasing hidden-layer indices below {len(layers) - 1}")
+            raise ValueError(f"exit_heads must be increasing hidden-layer indices from 0 to {len(layers) - 2} (layer {len(layers) - 1}, "
+                             f"the last, always has the final exit), got {list(spec.exit_heads)}")
         self.exit_layers = tuple(exit_points)
         self.heads = nn.ModuleList(
             nn.Linear(math.prod(self.layers[h].pooled_shape), spec.n_classes) for h in exit_points
@@ -296,6 +320,8 @@ class System1(nn.Module):
             raise ValueError(f"unknown mode {mode!r}: use 'multistep' or 'stepwise'")
         spec = self.spec
         steps = spec.timesteps if timesteps is None else timesteps
+        if steps < 1:
+            raise ValueError(f"timesteps must be at least 1, got {steps}")
         self._check_input(x)
         x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
@@ -363,12 +389,21 @@ class System1(nn.Module):
                 raise ValueError("a conv layer's state must be channels-last in memory (as advance returns it) to advance rows in place")
 
     def _check_input(self, x: torch.Tensor) -> None:
+        """Type, dtype and shape (nothing that reads the values: a run may be captured in a CUDA graph)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"System 1 takes a torch.Tensor batch, got a {type(x).__name__}: convert it with torch.as_tensor(x, dtype=torch.float32)")
+        dtype = self.heads[0].weight.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"System 1 expects {dtype} inputs in [0, 1] (its weights' dtype), got {x.dtype}: "
+                            f"convert with x.to({dtype}) (uint8 images: x.to({dtype}) / 255)")
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
             raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}")
 
     def _run_multistep(self, x: torch.Tensor, timesteps: int | None, generator: torch.Generator | None) -> S1Run:
         spec = self.spec
         steps = spec.timesteps if timesteps is None else timesteps
+        if steps < 1:
+            raise ValueError(f"timesteps must be at least 1, got {steps}")
         self._check_input(x)
         x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
