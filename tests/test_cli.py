@@ -170,6 +170,23 @@ def test_broken_checkpoints_are_clear_errors(fitted_folder, tmp_path, capsys):
     assert "does not exist" in _fail(capsys, ["evaluate", str(tmp_path / "nowhere"), "--quiet"])
 
 
+@pytest.mark.parametrize("edit, named", [
+    ({"timesteps": 4}, "decides over 3 timesteps but system1.json runs 4"),
+    ({"encoding": "bogus"}, "unknown encoding 'bogus'"),
+    ({"lif": {"beta": 5.0, "threshold": -1.0}}, "beta"),
+    ({"hidden": [40, 16]}, "size mismatch for layers.0.op.weight"),
+])
+def test_an_edited_spec_is_a_one_line_error_naming_what_differs(fitted_folder, tmp_path, capsys, edit, named):
+    copy = tmp_path / "edited"
+    shutil.copytree(fitted_folder, copy)
+    spec_file = copy / "checkpoints" / "system1.json"
+    saved = json.loads(spec_file.read_text())
+    for key, value in edit.items():
+        saved["spec"][key] = {**saved["spec"][key], **value} if isinstance(value, dict) else value
+    spec_file.write_text(json.dumps(saved))
+    assert named in _fail(capsys, ["evaluate", str(copy), "--quiet"])
+
+
 def test_evaluate_on_mismatched_data_is_a_clear_error(fitted_folder, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(fitted_folder, copy)

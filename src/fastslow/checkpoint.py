@@ -52,7 +52,9 @@ def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], where: Path
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {where} does not match its config ({str(err).splitlines()[0]}): re-run `fastslow fit`") from None
+        # The first line only says "Error(s) in loading state_dict": name the first parameter that differs.
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err).strip()]
+        raise CheckpointError(f"checkpoint {where} does not match its config ({problems[0]}): re-run `fastslow fit`") from None
 
 
 def save_system1(folder: Path, model: System1) -> None:

@@ -398,6 +398,12 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
     s1 = checkpoint.load_system1(ckpt).to(device)
     s2, _ = checkpoint.load_system2(ckpt)
     loaded = {kind: [(k, checkpoint.load_policy(ckpt, kind, k)) for k in values] for kind, values in knobs.items()}
+    for kind, modules in loaded.items():
+        for knob, module in modules:
+            steps = getattr(module, "timesteps", s1.spec.timesteps)
+            if steps != s1.spec.timesteps:
+                raise CheckpointError(f"checkpoint {kind} {knob:g} decides over {steps} timesteps but system1.json runs "
+                                      f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`")
     policies = PolicySet(
         routers=[m for _, m in loaded["router"]],
         exit_routers=[m for _, m in loaded["exit_router"] + loaded["exit_router_budget"]],
@@ -527,7 +533,9 @@ def _print_calibration(payload: dict, console: Console) -> None:
 
     table = Table(title=f"Learn-then-Test: drop ≤ {payload['max_accuracy_drop']:g} vs System 2 with prob ≥ {1 - payload['delta']:g} "
                         f"(n_cal = {payload['calibration_size']})",
-                  caption=f"held out: {payload['held_out_size']} inputs; System 2 {100 * payload['system2_held_out_accuracy']:.2f}%",
+                  caption=f"held out: {payload['held_out_size']} inputs; System 2 {100 * payload['system2_held_out_accuracy']:.2f}%. "
+                          f"µJ per input, profile {payload['profile']}, arithmetic only (synaptic accumulates from the real spikes, "
+                          f"MACs, neuron updates).",
                   caption_justify="left")
     for column in ("family", "chosen knob", "held-out acc %", "drop (pt)", "µJ/in", "×S2"):
         table.add_column(column, justify="left" if column in ("family", "chosen knob") else "right", no_wrap=True)

@@ -137,3 +137,15 @@ def _strong(**changes):
     from fastslow.stdp import DiehlCookConstants
 
     return replace(DiehlCookConstants(), **({"column_sum": 6.0} | changes))
+
+
+def test_assign_labels_refuses_labels_it_cannot_use():
+    net = STDPNetwork(STDPSpec(n_inputs=4, n_neurons=3))
+    responses = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])
+    assert list(net.assign_labels(responses, np.array([0, 1]), n_classes=2)) == [0, 1, 0]
+    for labels, named in ((np.array([0, 2]), r"0\.\.1"), (np.array([-1, 0]), r"0\.\.1"), (np.array([0]), "2 integers"),
+                          (np.array([0.0, 1.0]), "integers")):
+        with pytest.raises(ValueError, match=named):
+            net.assign_labels(responses, labels, n_classes=2)
+    with pytest.raises(ValueError, match=r"\[S, 3\]"):
+        net.assign_labels(responses[:, :2], np.array([0, 1]), n_classes=2)

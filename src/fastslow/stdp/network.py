@@ -450,6 +450,13 @@ class STDPNetwork:
     def assign_labels(self, responses: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """Each neuron's class: the one whose inputs made it fire most on average (labels used only here);
         −1 for a neuron that never fired."""
+        responses, labels = np.asarray(responses), np.asarray(labels)
+        if responses.ndim != 2 or responses.shape[1] != self.spec.n_neurons:
+            raise ValueError(f"responses must be [S, {self.spec.n_neurons}] spike counts (one column per neuron), got {list(responses.shape)}")
+        if labels.shape != (len(responses),) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be {len(responses)} integers, one per response, got {labels.dtype} {list(labels.shape)}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
         per_class = np.zeros((n_classes, self.spec.n_neurons), np.float32)
         for cls in range(n_classes):
             chosen = labels == cls
