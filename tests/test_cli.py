@@ -88,6 +88,7 @@ def test_calibrate_writes_its_choice_and_bound(fitted_folder, tmp_path):
     payload = json.loads((copy / "calibration.json").read_text())
     assert "Learn-then-Test" in payload["method"] and payload["calibration_size"] == 180
     assert payload["max_accuracy_drop"] == 0.05 and payload["delta"] == 0.1
+    assert payload["seed"] == payload["config"]["seed"] and "torch" in payload["versions"] and payload["profile_figures"]["name"] == payload["profile"]
     assert {"confidence", "seenn1+s2", "router"} <= set(payload["families"])
     for family, entry in payload["families"].items():
         if entry["chosen"] is not None:
@@ -142,6 +143,59 @@ def test_unknown_dataset_profile_and_bad_config(tmp_path, capsys):
     config.write_text("[system1\n")
     _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text, named", [
+    ("[system1]\nhidden = []\n", "at least one hidden layer"), ("[system1]\nhidden = [-5]\n", "system1.hidden"),
+    ("[system1]\nhidden = [16]\nexit_heads = [5]\n", "exit_heads"), ("[system1]\nexit_heads = [-1]\n", "system1.exit_heads"),
+    ("seed = -1\n", "seed"),
+])
+def test_config_values_the_data_makes_impossible_are_one_line_errors(tmp_path, capsys, text, named):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert named in _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "out"), "--config", str(config), "--quiet"])
+
+
+def test_a_json_config_that_is_no_table_and_a_folder_as_config_are_refused(tmp_path, capsys):
+    config = tmp_path / "list.json"
+    config.write_text("[1, 2]")
+    assert "not a table of options" in _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(config)])
+    assert "is a folder" in _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(tmp_path)])
+
+
+def test_seeds_out_of_range_are_refused_by_the_parser(tmp_path, capsys):
+    for command in (["demo"], ["fit", "--data", "digits", "--out", str(tmp_path / "o")]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--seed", "-1"])
+        assert exit_.value.code == 2 and "outside 0..4294967295" in capsys.readouterr().err
+
+
+def test_an_out_path_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    existing = tmp_path / "afile"
+    existing.write_text("keep me")
+    for command in (["fit", "--data", "digits"], ["continual", "--data", "digits", "--model", "spikedyn"],
+                    ["search", "--data", "digits", "--max-memory-kb", "100", "--max-energy-uj", "1"]):
+        assert "is a file, not a folder" in _fail(capsys, [*command, "--out", str(existing), "--quiet"])
+    assert existing.read_text() == "keep me"
+    assert "at least 1 training epoch" in _fail(capsys, ["continual", "--data", "digits", "--model", "spikedyn", "--out",
+                                                           str(tmp_path / "c"), "--s2-epochs", "0", "--quiet"])
+
+
+def test_evaluate_names_a_file_an_empty_folder_and_nan_weights(fitted_folder, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "afile").write_text("")
+    assert "is a file, not a report folder" in _fail(capsys, ["evaluate", str(tmp_path / "afile"), "--quiet"])
+    (tmp_path / "empty").mkdir()
+    assert "holds no config.json" in _fail(capsys, ["evaluate", str(tmp_path / "empty"), "--quiet"])
+    copy = tmp_path / "nan"
+    shutil.copytree(fitted_folder, copy)
+    weights = copy / "checkpoints" / "system1.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name][..., 0] = float("nan")
+    save_file(tensors, weights)
+    assert f"NaN/inf values in {name}" in _fail(capsys, ["evaluate", str(copy), "--quiet"])
 
 
 def test_bad_knobs_are_clear_errors(fitted_folder, tmp_path, capsys):

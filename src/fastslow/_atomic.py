@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fastslow.errors import ConfigError
+
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; creates parent folders."""
@@ -27,6 +29,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def check_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` as a folder to write into: refused (before any work) if it exists as something else."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder} is a file, not a folder: pass a folder path (it is created if missing)")
+    return folder
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -49,6 +49,9 @@ def _read(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    for name, tensor in tensors.items():  # a parseable file can still hold what no training writes
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint {where} holds NaN/inf values in {name}: re-run `fastslow fit`")
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:

@@ -18,19 +18,31 @@ DEMO_OUT = "report"
 DEMO_SYSTEM1 = {"hidden": [128, 64], "exit_heads": [0]}
 
 
+def _seed(text: str) -> int:
+    from fastslow.config import SEED_MAX
+
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{seed} is outside 0..{SEED_MAX}")
+    return seed
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastslow", description="Thinking fast and slow: a spiking System 1, an ANN System 2, routing policies, energy accounting.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the main job on scikit-learn's digits (no download)")
     demo.add_argument("--out", default=DEMO_OUT, help=f"report folder (default: {DEMO_OUT})")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
 
     fit = sub.add_parser("fit", help="train System 1, System 2 and the routers on DATA, evaluate, write the report")
     fit.add_argument("--data", required=True, help="digits | mnist:ROOT (ROOT/MNIST/raw/*-ubyte[.gz]) | path to an .npz with X, y [, X_test, y_test]")
     fit.add_argument("--out", required=True, help="report folder to write")
     fit.add_argument("--config", help="TOML or JSON config file (see the README); command-line options override it")
-    fit.add_argument("--seed", type=int)
+    fit.add_argument("--seed", type=_seed)
     fit.add_argument("--epochs", type=int, help="training epochs for both systems")
     fit.add_argument("--profile", help="energy profile name or TOML file (default cmos45nm)")
     fit.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -58,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     continual.add_argument("--presentation-ms", type=float, default=350.0, help="presentation time per sample in ms (default 350)")
     continual.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
     continual.add_argument("--s2-epochs", type=int, default=10, help="epochs for the System 2 that low-confidence answers escalate to")
-    continual.add_argument("--seed", type=int, default=0)
+    continual.add_argument("--seed", type=_seed, default=0)
 
     search = sub.add_parser("search", help="choose an STDP System 1 within a memory and energy budget (estimate, train survivors, Pareto)")
     search.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
@@ -73,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--test-samples", type=int, default=200)
     search.add_argument("--max-trained", type=int, default=8, help="at most this many candidates within budget are trained")
     search.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=_seed, default=0)
 
     for p in (demo, fit, evaluate, calibrate, continual, search):
         p.add_argument("--quiet", action="store_true", help="no progress bars or table")

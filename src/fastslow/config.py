@@ -8,11 +8,21 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
 from fastslow.errors import ConfigError
 from fastslow.evaluation.evaluate import DEFAULT_THRESHOLDS
 from fastslow.spiking import LIFParams
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if numpy and torch can both take it; else a ConfigError naming the range."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed {seed} is outside 0..{SEED_MAX}: pass a seed in that range")
+    return seed
 
 
 class _Strict(BaseModel):
@@ -34,13 +44,13 @@ class LIFConfig(_Strict):
 
 class System1Config(_Strict):
     arch: Literal["auto", "mlp", "conv"] = "auto"
-    hidden: list[int] = Field(default_factory=lambda: [128], min_length=0)
-    conv_channels: list[int] = Field(default_factory=lambda: [8, 16])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=0)
+    conv_channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16])
     timesteps: int = Field(8, ge=1, le=256)
     encoding: Literal["direct", "rate", "latency"] = "rate"
     readout: Literal["membrane", "spike_count"] = "membrane"
     loss: Literal["tet", "cumulative", "final"] = "tet"
-    exit_heads: list[int] = Field(default_factory=list)
+    exit_heads: list[NonNegativeInt] = Field(default_factory=list, description="hidden-layer indices with an early exit")
     checkpoint_steps: int = Field(0, ge=0, description="0: BPTT keeps every step; k: recompute k-step segments (less memory)")
     lif: LIFConfig = Field(default_factory=LIFConfig)
     epochs: int = Field(30, ge=1)
@@ -129,7 +139,7 @@ class RouterConfig(_Strict):
 
 class FitConfig(_Strict):
     data: str = "digits"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training split held out to train and calibrate the router")
     profile: str = "cmos45nm"
@@ -148,6 +158,8 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
     data: dict = {}
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise ConfigError(f"config file {file} is a folder: pass a TOML or JSON file")
         if not file.is_file():
             raise ConfigError(f"config file {file} does not exist: pass a TOML or JSON file")
         try:
@@ -155,6 +167,8 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
             data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"config file {file} cannot be parsed ({str(err).splitlines()[0]}): fix its TOML/JSON syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file} holds a {type(data).__name__}, not a table of options: write e.g. {{\"seed\": 1}}")
     for key, value in overrides.items():
         if value is None:
             continue

@@ -21,7 +21,7 @@ from torch import nn
 
 from fastslow import _atomic, checkpoint
 from fastslow.config import FitConfig
-from fastslow.data import Dataset, load_dataset
+from fastslow.data import Dataset, load_dataset, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
 from fastslow.errors import CheckpointError, ConfigError, DataError
 from fastslow.evaluation.evaluate import (
@@ -323,7 +323,8 @@ def fit(
     (trained here like the default; only the default can be reloaded by ``evaluate``).
     """
     console = console or Console()
-    out = Path(out)
+    out = _atomic.check_folder(out)
+    config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
     device = resolve_device(config.device)
     seed_everything(config.seed)
@@ -331,7 +332,10 @@ def fit(
     dataset = splits.dataset
     # Each system's initialisation is seeded on its own, so changing one leaves the other as it was.
     torch.manual_seed(config.seed)
-    s1 = System1(system1_spec(config, dataset.input_shape, dataset.n_classes)).to(device)
+    try:
+        s1 = System1(system1_spec(config, dataset.input_shape, dataset.n_classes)).to(device)
+    except ValueError as err:  # what the config's schema cannot know: the layers the data gives, exit indices among them
+        raise ConfigError(f"config [system1]: {err}") from None
     s2_spec = System2Spec(tuple(dataset.input_shape), dataset.n_classes, config.system2.arch, config.system2.hidden)
     torch.manual_seed(config.seed + 1)
     s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
@@ -345,6 +349,8 @@ def fit(
         val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=1)
         policies = train_policies(config, val, tuple(dataset.input_shape), profile, bars)
     folder = out / CHECKPOINTS
+    # A calibration belongs to the checkpoints it chose knobs for: an earlier fit's would be stale here.
+    (out / "calibration.json").unlink(missing_ok=True)
     checkpoint.save_system1(folder, s1)
     if system2 is None:
         checkpoint.save_system2(folder, s2, s2_spec)
@@ -379,9 +385,14 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
     from fastslow.config import load_config
 
     folder = Path(folder)
+    run_folder = "pass the --out folder of a `fastslow fit` or `fastslow demo` run"
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a report folder: {run_folder}")
     if not folder.is_dir():
-        raise CheckpointError(f"report folder {folder} does not exist: pass the --out folder of a `fastslow fit` or `fastslow demo` run")
-    config = load_config(folder / "config.json", data=data, profile=profile)
+        raise CheckpointError(f"report folder {folder} does not exist: {run_folder}")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} holds no config.json, so it is no complete report folder: {run_folder}")
+    config = load_config(folder / "config.json", data=None if data is None else resolved_data(data), profile=profile)
     energy_profile = load_profile(config.profile)
     device = resolve_device(config.device)
     ckpt = folder / CHECKPOINTS
@@ -475,7 +486,7 @@ def calibrate_folder(
             np.arange(len(test.labels)), train_size=calibration_fraction, stratify=test.labels.numpy(), random_state=config.seed
         )
     except ValueError as err:
-        raise DataError(f"cannot split the test split for calibration ({err}): use a larger test split") from None
+        raise DataError(f"cannot split the test split for calibration ({err}): choose a --calibration-fraction that leaves every class at least one input on each side (e.g. 0.5), or use a larger test split") from None
     parts = {"calibration": test.subset(torch.as_tensor(cal_index)), "held_out": test.subset(torch.as_tensor(held_index))}
     strategies = {
         part: enumerate_strategies(outputs, fit_.policies, thresholds=tuple(config.confidence.thresholds),
@@ -518,6 +529,10 @@ def calibrate_folder(
         "calibration_size": len(cal_index),
         "held_out_size": len(held_index),
         "profile": fit_.profile.name,
+        "profile_figures": fit_.profile.summary(),
+        "seed": config.seed,
+        "versions": versions(),
+        "config": config.model_dump(),
         "system2_held_out_accuracy": s2_held.accuracy,
         "system2_held_out_energy_uj": s2_held.energy_uj,
         "families": families,

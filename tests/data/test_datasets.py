@@ -265,3 +265,20 @@ def test_missing_path_unknown_name_and_unreadable_files(tmp_path):
     raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
     corrupt.write_bytes(bytes(raw))
     assert "corrupt" in _error(corrupt)
+
+
+def test_samples_without_features_are_refused(tmp_path):
+    for shape in ((40, 0), (40, 0, 8)):
+        path = tmp_path / f"empty{len(shape)}.npz"
+        np.savez(path, X=np.zeros(shape, np.float32), y=np.arange(40) % 2)
+        with pytest.raises(DataError, match="holds no values"):
+            load_dataset(str(path))
+
+
+def test_a_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+    from fastslow.data import resolved_data
+
+    (tmp_path / "d.npz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert resolved_data("d.npz") == str(tmp_path / "d.npz") and resolved_data("mnist:raw") == f"mnist:{tmp_path / 'raw'}"
+    assert resolved_data("digits") == "digits" and resolved_data("missing.npz") == "missing.npz"  # left for load_dataset to name

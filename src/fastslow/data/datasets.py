@@ -61,6 +61,17 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     raise DataError(f"unknown dataset {spec!r} (not a name and no such file): {KNOWN}")
 
 
+def resolved_data(spec: str) -> str:
+    """``spec`` with its path made absolute (``mnist:ROOT``'s ROOT, an .npz path), so that a fit's
+    recorded data still names the same files when ``evaluate`` runs from another folder."""
+    spec = str(spec)
+    if spec == "digits":
+        return spec
+    if spec.startswith("mnist:"):
+        return "mnist:" + str(Path(spec[len("mnist:"):] or ".").resolve())
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
 def _one_line(err: BaseException) -> str:
     """An exception's text squeezed to one short line, for quoting inside a DataError."""
     text = " ".join(str(err).split()) or type(err).__name__
@@ -252,6 +263,8 @@ def _as_inputs(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what} has shape {x.shape}: inputs must be N×F, N×H×W or N×C×H×W")
     if len(x) == 0:
         raise DataError(f"{what} is empty (0 samples): give at least 2 samples per class")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{what} has shape {x.shape}: each sample holds no values; store at least one feature per sample")
     if x.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(x)))
         if bad:

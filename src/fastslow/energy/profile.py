@@ -59,6 +59,11 @@ def load_profile(name_or_path: str | Path = "cmos45nm") -> EnergyProfile:
         else:
             data = tomllib.loads(raw)
         return EnergyProfile(**data)
-    except (tomllib.TOMLDecodeError, ValueError, TypeError, ValidationError) as err:
+    except ValidationError as err:  # the first problem, named by field (pydantic's dump lists them all, with links)
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        raise ProfileError(f"energy profile {origin} is malformed ({where}: {problem['msg']}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, "
+                           f"weight_bits, state_bits") from None
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as err:
         first = str(err).replace("\n", " ")
         raise ProfileError(f"energy profile {origin} is malformed ({first[:200]}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, weight_bits, state_bits") from None

@@ -34,6 +34,7 @@ class ContinualResult:
     network: STDPNetwork | None = None  # after the last task
     train_index: np.ndarray | None = None  # every task's training samples, in order
     test_index: np.ndarray | None = None  # every task's test samples
+    samples_used: dict[str, list[int]] = field(default_factory=dict)  # per task: training and test samples (the data may hold fewer than asked)
 
     def training_energy_total_uj(self) -> float:
         """STDP learning arithmetic over the whole protocol (µJ)."""
@@ -125,7 +126,8 @@ def run_continual(
         all_counts.append({"training": per_sample.per_presentation(), "inference": per_input.per_presentation()})
     return ContinualResult(model=spec.model, tasks=tasks, accuracy=accuracy, training_energy_uj=training_energy,
                            inference_energy_uj=inference_energy, counts=all_counts, seconds=time.perf_counter() - started,
-                           network=network, train_index=np.concatenate(train_index), test_index=np.concatenate(test_index))
+                           network=network, train_index=np.concatenate(train_index), test_index=np.concatenate(test_index),
+                           samples_used={"train_per_task": [len(i) for i in train_index], "test_per_task": [len(i) for i in test_index]})
 
 
 def continual_png(result: ContinualResult, title: str) -> bytes:
@@ -169,6 +171,7 @@ def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, co
         "counts_per_sample": result.counts,
         "spec": spec.to_dict(),
         "config": config,
+        "samples_used": result.samples_used,
         "versions": versions,
         "seconds": result.seconds,
     }

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fastslow import _atomic
+from fastslow.config import check_seed
 from fastslow.data.datasets import load_dataset
+from fastslow.errors import ConfigError
 from fastslow.energy.profile import load_profile
 from fastslow.pipeline import _progress, versions
 from fastslow.stdp.continual import parse_tasks, run_continual, write_continual
@@ -22,6 +24,10 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
                   profile: str = "cmos45nm", s2_epochs: int = 10, console: Console | None = None, progress: bool = True,
                   show_table: bool = True) -> dict:
     console = console or Console()
+    _atomic.check_folder(out)
+    check_seed(seed)
+    if s2_epochs < 1:
+        raise ConfigError(f"--s2-epochs {s2_epochs}: System 2 needs at least 1 training epoch")
     dataset = load_dataset(data, seed=seed)
     task_list = parse_tasks(tasks, dataset.n_classes)
     spec = STDPSpec(model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms)
@@ -32,6 +38,12 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
         result = run_continual(dataset, spec, task_list, samples_per_task=samples_per_task, test_per_task=test_per_task, seed=seed,
                                profile=profile, progress=lambda: bars.advance(bar))
     write_continual(out, result, spec, config, versions())
+    short = {what: [(i, n) for i, n in enumerate(used) if n < asked] for what, used, asked in
+             (("training", result.samples_used["train_per_task"], samples_per_task), ("test", result.samples_used["test_per_task"], test_per_task))}
+    for what, tasks_short in short.items():
+        if tasks_short and show_table:
+            console.print(f"[yellow]note: the data holds fewer {what} samples than asked for tasks "
+                          + ", ".join(f"{i} ({n})" for i, n in tasks_short) + "; continual.json records the numbers used[/yellow]")
     strategies = _escalation(dataset, result, s2_epochs, seed, profile)
     _atomic.write_json(Path(out) / "results.json", {
         "dataset": dataset.name, "seed": seed, "profile": load_profile(profile).summary(), "versions": versions(), "config": config,
@@ -80,6 +92,8 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
                max_trained: int = 8, seed: int = 0, profile: str = "cmos45nm", console: Console | None = None,
                progress: bool = True, show_table: bool = True) -> dict:
     console = console or Console()
+    _atomic.check_folder(out)
+    check_seed(seed)
     dataset = load_dataset(data, seed=seed)
     config = {"data": data, "max_memory_kb": max_memory_kb, "max_energy_uj": max_energy_uj, "model": model, "neurons": list(neurons),
               "bits": list(bits), "presentation_ms": list(presentation_ms), "train_samples": train_samples, "test_samples": test_samples,
