@@ -32,6 +32,7 @@ def test_cli_writes_continual_json_and_png(tmp_path):
     assert payload["model"] == "diehl-cook" and payload["tasks"] == [[0], [1]]
     assert len(payload["accuracy"]) == 2 and len(payload["accuracy"][1]) == 2
     assert payload["spec"]["bits"] == 8 and payload["config"]["seed"] == 0 and "numpy" in payload["versions"]
+    assert payload["samples_used"] == {"train_per_task": [3, 3], "test_per_task": [5, 5]}
     assert (out / "continual.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((out / "results.json").read_text())
     by_name = {r["name"]: r for r in results["strategies"]}
@@ -66,3 +67,11 @@ def test_a_task_without_samples_is_an_error(tmp_path):
     data = load_dataset(str(path))
     with pytest.raises(ConfigError, match="empty"):
         run_continual(data, STDPSpec(n_inputs=16, n_neurons=2, presentation_ms=10), parse_tasks("0;2", 3), samples_per_task=2, test_per_task=2)
+
+
+def test_asking_for_more_samples_than_a_task_has_records_and_notes_what_was_used(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["continual", "--data", "digits", "--model", "diehl-cook", "--out", str(out), "--neurons", "4", "--tasks", "0",
+                 "--samples-per-task", "100000", "--test-per-task", "2", "--presentation-ms", "20", "--s2-epochs", "1"]) == 0
+    used = json.loads((out / "continual.json").read_text())["samples_used"]["train_per_task"][0]
+    assert 100 < used < 200 and f"tasks 0 ({used})" in capsys.readouterr().out.replace("\n", " ")

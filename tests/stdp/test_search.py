@@ -62,7 +62,7 @@ def test_search_cli_writes_a_chosen_pareto_candidate(tmp_path):
     chosen = [c for c in payload["candidates"] if c["chosen"]]
     assert len(chosen) == 1 and chosen[0]["pareto"] and chosen[0]["memory_kb"] <= 6
     assert all(c["within_budget"] == (c["memory_kb"] <= 6 and c["estimated_inference_uj"] <= 1) for c in payload["candidates"])
-    assert (out / "search.png").exists()
+    assert (out / "search.png").exists() and payload["samples_used"] == {"train": 4, "test": 10}
 
 
 def test_search_cli_budget_error_exits_2(tmp_path, capsys):

@@ -88,9 +88,9 @@ def run_continual(
     """Learn ``tasks`` in order (``samples_per_task`` unlabelled training samples each), testing
     after each on ``test_per_task`` test samples of every task learned so far."""
     if samples_per_task < 1 or test_per_task < 1:
-        raise ConfigError("samples per task and test samples per task must be at least 1")
+        raise ConfigError(f"samples per task ({samples_per_task}) and test samples per task ({test_per_task}) must be at least 1: pass e.g. --samples-per-task 100 --test-per-task 100")
     if not tasks:
-        raise ConfigError("no tasks given: list at least one task")
+        raise ConfigError("no tasks given: list at least one task, e.g. --tasks '0,1;2,3'")
     energy_profile = load_profile(profile)
     started = time.perf_counter()
     rng = np.random.default_rng(seed)

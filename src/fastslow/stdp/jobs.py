@@ -112,6 +112,8 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
         "chosen": chosen.name,
         "candidates": candidate_rows(candidates),
         "config": config,
+        # the data may hold fewer than asked: each candidate then trains and tests on all of it
+        "samples_used": {"train": min(train_samples, len(dataset.x_train)), "test": min(test_samples, len(dataset.x_test))},
         "versions": versions(),
     }
     _atomic.write_json(Path(out) / "search.json", payload)

@@ -115,9 +115,9 @@ def search(
     """Estimate every candidate, train up to ``max_trained`` of those within the budget (the cheapest
     in estimated energy first), measure them and mark the Pareto-optimal and chosen ones."""
     if not (max_memory_kb > 0 and max_energy_uj > 0):
-        raise ConfigError("--max-memory-kb and --max-energy-uj must be positive numbers")
+        raise ConfigError(f"--max-memory-kb ({max_memory_kb}) and --max-energy-uj ({max_energy_uj}) must be positive numbers: pass budgets such as 100 and 1")
     if train_samples < 1 or test_samples < 1 or max_trained < 1:
-        raise ConfigError("training samples, test samples and the number of candidates to train must be at least 1")
+        raise ConfigError(f"--train-samples ({train_samples}), --test-samples ({test_samples}) and --max-trained ({max_trained}) must be at least 1: pass e.g. 200, 200 and 8")
     for b in bits:
         check_bits(b)
     energy_profile = load_profile(profile)
