@@ -125,16 +125,32 @@ def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor) -> None:
             break
 
 
+def alternating_medians(runs: dict, rounds: int, device: str = "cpu") -> dict[str, float]:
+    """Each of ``runs`` (name → callable) once to warm up, then ``rounds`` rounds of all of them in
+    turn: the median ms of each (the device synchronised around every run)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()
+    for _ in range(rounds):
+        for name, run in runs.items():
+            sync()
+            started = time.perf_counter()
+            run()
+            sync()
+            times[name].append(1000 * (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cpu", scales: tuple[int, ...] = (1, 4, 8)) -> list[dict]:
     """The mixed schedule of mean T/4 against the full run at ``batch`` × each of ``scales`` (ms, medians
-    of ``rounds`` alternating rounds): each chunk's fixed cost (~60 small dispatches) is shared by
-    more inputs as the batch grows."""
+    of ``rounds`` alternating rounds): each chunk's fixed cost (~70 small torch operators and three
+    compiled calls for the MLP) is shared by more inputs as the batch grows."""
     from fastslow.systems import System1
 
     torch.manual_seed(0)
     spec = benchmark_spec(network)
     model = System1(spec).eval().to(device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     rows = []
     with torch.no_grad():
         for scale in scales:
@@ -143,17 +159,7 @@ def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cp
             stops = mixed_stops(size, device)
             runs = {"full": lambda: model.run(x), "early": lambda: compacted_run(model, x, stops),
                     "first-layer current": lambda: model.input_current(model.prepare(x))}
-            times: dict[str, list[float]] = {name: [] for name in runs}
-            for run in runs.values():
-                run()
-            for _ in range(rounds):
-                for name, run in runs.items():
-                    sync()
-                    started = time.perf_counter()
-                    run()
-                    sync()
-                    times[name].append(1000 * (time.perf_counter() - started))
-            ms = {name: statistics.median(values) for name, values in times.items()}
+            ms = alternating_medians(runs, rounds, device)
             rows.append({"batch": size, "full_T_ms": ms["full"], "early_stop_T4_ms": ms["early"], "ratio": ms["early"] / ms["full"],
                          "bound": 0.25 + 0.75 * ms["first-layer current"] / ms["full"]})
     return rows
@@ -182,7 +188,6 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     images = x.view(batch, 1, 28, 28)
     mixed = mixed_stops(batch, device)
     schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     schedules["mixed, mean T/4"] = mixed
     # Stops inside a chunk (after step 3, in the chunk of steps 3–4) pay for the chunk's rest.
     schedules["off chunk ends, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
@@ -206,18 +211,8 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     # System 2 on the escalated rows alone, timed apart from System 1 (whose time does not depend on
     # the rate) so that System 1's noise does not swamp the difference.
     runs.update({f"escalate {rate:g}": (lambda rate=rate: system2(images[: round(rate * batch)])) for rate in ESCALATION_RATES if rate > 0})
-    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for run in runs.values():
-            run()
-        for _ in range(rounds):
-            for name, run in runs.items():
-                sync()
-                started = time.perf_counter()
-                run()
-                sync()
-                times[name].append(1000 * (time.perf_counter() - started))
-    ms = {name: statistics.median(values) for name, values in times.items()}
+        ms = alternating_medians(runs, rounds, device)
     full = ms["full"]
     cascade = {rate: full + ms.get(f"escalate {rate:g}", 0.0) for rate in ESCALATION_RATES}  # S1 at full T, then S2
     all_escalated = cascade[ESCALATION_RATES[-1]]
