@@ -412,3 +412,29 @@ def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
         with torch.no_grad(), pytest.raises(ValueError, match=r"got \[33\]"):
             lif.lif_multistep(varied, lif.LIFState(v0[0]), params)
     monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+
+
+@pytest.mark.parametrize("spec", [
+    System1Spec(input_shape=(1, 12, 12), n_classes=5, arch="conv", conv_channels=(4, 6), hidden=(16,), timesteps=5, encoding="direct",
+                exit_heads=(0,)),
+    System1Spec(input_shape=(30,), n_classes=4, hidden=(20, 12), timesteps=6, encoding="rate", readout="spike_count"),
+    System1Spec(input_shape=(1, 12, 12), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=4, encoding="latency"),
+], ids=["conv-direct", "mlp-rate", "conv-latency"])
+def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_bits(spec, monkeypatch):
+    from fastslow.systems import system1
+
+    torch.manual_seed(0)
+    model = System1(spec).eval()
+    x = torch.rand(7, *spec.input_shape)
+    with torch.no_grad():
+        whole = model.run(x, generator=torch.Generator().manual_seed(3))
+        per_input_step = model._largest_step_tensor(spec.encoding == "direct") * 4
+        monkeypatch.setattr(system1, "MULTISTEP_CHUNK_BYTES", per_input_step * spec.timesteps * 3)  # 3 inputs' runs fit
+        calls = []
+        advance = model.advance
+        monkeypatch.setattr(model, "advance", lambda inp, state, constant, steps, *a, **k: calls.append((steps, state)) or advance(
+            inp, state, constant, steps, *a, **k))
+        grouped = model.run(x, generator=torch.Generator().manual_seed(3))  # the rate code is drawn for the whole batch first
+    assert calls == [(spec.timesteps, None)] * 3  # groups of 3, 3 and 1 inputs, each all T steps from rest
+    for name in ("step_outputs", "logits", "synaptic_ops", "dense_macs", "spike_rates"):
+        assert torch.equal(getattr(grouped, name), getattr(whole, name)), name

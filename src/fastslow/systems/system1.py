@@ -228,6 +228,14 @@ def _merged(records: list[S1Step]) -> S1Step:
                   **{name: torch.cat([getattr(r, name) for r in records], dim=1) for name in ("synaptic_ops", "dense_macs", "spike_rates")})
 
 
+def _joined(groups: list[S1Step]) -> S1Step:
+    """Records of consecutive groups of inputs as one, along the batch."""
+    if len(groups) == 1:
+        return groups[0]
+    return S1Step(outputs=torch.cat([g.outputs for g in groups], dim=2),
+                  **{name: torch.cat([getattr(g, name) for g in groups], dim=2) for name in ("synaptic_ops", "dense_macs", "spike_rates")})
+
+
 def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
     """An :class:`S1Run` whose answer at t is the mean of the step outputs up to t."""
     steps = step_outputs.shape[0]
@@ -412,11 +420,20 @@ class System1(nn.Module):
         # larger buffer is fresh memory from the OS on every call, and its page faults cost more
         # than the chunking's extra kernel launches (measured on the conv network).
         # On a GPU the caching allocator reuses its memory, and every chunk is more launches: one chunk.
-        step_bytes = x.shape[0] * self._largest_step_tensor(constant_current is not None) * x.element_size()
-        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(step_bytes, 1))) if x.device.type == "cpu" else steps
+        input_step_bytes = max(1, self._largest_step_tensor(constant_current is not None) * x.element_size())
+        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // (x.shape[0] * input_step_bytes))) if x.device.type == "cpu" else steps
         # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
         # checkpoint; without, the whole run is one segment.
         segment = spec.checkpoint_steps if spec.checkpoint_steps > 0 and torch.is_grad_enabled() else steps
+        # CPU inference instead runs such a batch in groups of inputs, each over all T steps from rest:
+        # time chunks would carry every layer's state through memory between calls (1.4× / 1.7×
+        # slower at 256 / 512 inputs on the conv benchmark). Training keeps the time chunks: its
+        # backward runs over the whole batch.
+        groups = [slice(0, x.shape[0])]
+        if chunk < steps and not torch.is_grad_enabled():
+            size = max(1, MULTISTEP_CHUNK_BYTES // (steps * input_step_bytes))
+            groups = [slice(first, first + size) for first in range(0, x.shape[0], size)]
+            chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // (size * input_step_bytes)))
         # A checkpoint takes state tensors; otherwise the run starts from rest (None: no zero maps to
         # write and read) and nobody reads its final state.
         state = self.init_state(x.shape[0], x) if segment < steps else None
@@ -431,7 +448,10 @@ class System1(nn.Module):
             if segment < steps:
                 segment_records, state = self._checkpointed_chunks(inp, state, constant_current, count, chunk)
             else:
-                segment_records, _ = self._chunks(inp, state, constant_current, count, chunk, keep_final_state=False)
+                parts = [_merged(self._chunks(None if inp is None else inp[:, rows], state,
+                                              None if constant_current is None else constant_current[rows], count, chunk,
+                                              keep_final_state=False)[0]) for rows in groups]
+                segment_records = [_joined(parts)]
             records += segment_records
         merged = _merged(records)
         return _records(
