@@ -130,3 +130,17 @@ def test_run_refuses_inputs_it_cannot_read_before_any_arithmetic():
     for mode in ("multistep", "stepwise"):
         with pytest.raises(ValueError, match="timesteps must be at least 1"):
             model.run(x, timesteps=0, mode=mode)
+
+
+def test_exit_heads_are_checked_when_built_and_explained_for_one_layer():
+    for heads in ((-1,), (0.0,)):
+        with pytest.raises(ValueError, match="exit_heads must be hidden-layer indices"):
+            System1Spec(input_shape=(64,), n_classes=10, hidden=(16, 8), exit_heads=heads)
+    with pytest.raises(ValueError, match="none: its only layer has the final exit"):
+        System1(System1Spec(input_shape=(64,), n_classes=10, hidden=(16,), exit_heads=(0,)))
+
+
+def test_an_empty_batch_runs_to_empty_records():
+    model = System1(System1Spec(input_shape=(12,), n_classes=3, hidden=(5,), timesteps=4)).eval()
+    with torch.no_grad():
+        assert model.run(torch.rand(0, 12)).logits.shape == (4, 1, 0, 3)

@@ -68,8 +68,8 @@ def resolved_data(spec: str) -> str:
     if spec == "digits":
         return spec
     if spec.startswith("mnist:"):
-        return "mnist:" + str(Path(spec[len("mnist:"):] or ".").resolve())
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+        return "mnist:" + str(Path(spec[len("mnist:"):] or ".").absolute())
+    return str(Path(spec).absolute()) if Path(spec).exists() else spec  # absolute(), not resolve(): a symlink keeps its name
 
 
 def _one_line(err: BaseException) -> str:

@@ -75,6 +75,8 @@ class System1Spec:
         positive_ints("input_shape", tuple(self.input_shape), allow_empty=False)
         positive_ints("hidden", tuple(self.hidden))
         positive_ints("conv_channels", tuple(self.conv_channels))
+        if any(not isinstance(h, numbers.Integral) or isinstance(h, bool) or h < 0 for h in self.exit_heads):
+            raise ValueError(f"System1Spec.exit_heads must be hidden-layer indices (integers ≥ 0), got {self.exit_heads!r}")
         checks = [
             (isinstance(self.n_classes, numbers.Integral) and self.n_classes >= 2, f"n_classes must be an integer ≥ 2, got {self.n_classes!r}"),
             (self.arch in ("mlp", "conv"), f"unknown arch {self.arch!r}: use 'mlp' or 'conv'"),
@@ -270,8 +272,9 @@ class System1(nn.Module):
         self.layers = nn.ModuleList(layers)
         exit_points = list(spec.exit_heads) + [len(layers) - 1]
         if sorted(set(exit_points)) != exit_points:
-            raise ValueError(f"exit_heads must be increasing hidden-layer indices from 0 to {len(layers) - 2} (layer {len(layers) - 1}, "
-                             f"the last, always has the final exit), got {list(spec.exit_heads)}")
+            allowed = "none: its only layer has the final exit" if len(layers) == 1 else (
+                f"increasing hidden-layer indices from 0 to {len(layers) - 2} (layer {len(layers) - 1}, the last, always has the final exit)")
+            raise ValueError(f"exit_heads must be {allowed}, got {list(spec.exit_heads)}")
         self.exit_layers = tuple(exit_points)
         self.heads = nn.ModuleList(
             nn.Linear(math.prod(self.layers[h].pooled_shape), spec.n_classes) for h in exit_points
@@ -421,7 +424,7 @@ class System1(nn.Module):
         # than the chunking's extra kernel launches (measured on the conv network).
         # On a GPU the caching allocator reuses its memory, and every chunk is more launches: one chunk.
         input_step_bytes = max(1, self._largest_step_tensor(constant_current is not None) * x.element_size())
-        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // (x.shape[0] * input_step_bytes))) if x.device.type == "cpu" else steps
+        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(1, x.shape[0] * input_step_bytes))) if x.device.type == "cpu" else steps
         # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
         # checkpoint; without, the whole run is one segment.
         segment = spec.checkpoint_steps if spec.checkpoint_steps > 0 and torch.is_grad_enabled() else steps
