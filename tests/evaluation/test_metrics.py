@@ -33,3 +33,21 @@ def test_undefined_when_system2_is_not_better():
     m = routing_metrics([(0.5, 0.9)], 0.9, 0.88)
     assert m.apgr is None and m.cpt50 is None
     assert "undefined" in m.note
+
+
+def test_a_family_that_never_escalates_has_no_routing_metrics():
+    m = routing_metrics([(0.0, 0.90), (0.0, 0.96)], 0.95, 0.97)
+    assert m.apgr is None and m.cpt50 is None and m.cpt80 is None and "never escalates" in m.note
+
+
+def test_a_sweep_over_a_narrow_rate_range_says_it_was_extended():
+    m = routing_metrics([(0.01, 0.85)], 0.95, 0.97)
+    assert m.apgr == pytest.approx(-5.0) and "0.01 only" in m.note
+    assert routing_metrics([(r / 10, 0.8 + 0.01 * r) for r in range(11)], 0.8, 0.9).note == ""
+
+
+def test_pareto_front_of_accuracy_and_energy_keeps_ties_and_drops_the_beaten():
+    from fastslow.evaluation.metrics import pareto_front
+
+    points = [(0.975, 0.098), (0.969, 0.115), (0.98, 0.2), (0.975, 0.098), (0.90, 0.05)]
+    assert pareto_front(points) == [True, False, True, True, True]

@@ -230,3 +230,22 @@ def test_bad_settings_and_batches_are_refused_in_one_line(fitted_folder):
                                 (x.numpy(), TypeError, "torch.Tensor")):
         with pytest.raises(error, match=named):
             server.predict(batch)
+
+
+def test_thresholds_on_a_confidence_value_decide_as_the_evaluation_does():
+    # θ equal to an input's confidence at some step: the server must compare the evaluation's bits
+    # (the mean of the outputs from the same cumulative sum), not a float32 running sum's.
+    from fastslow.policies.dynamic import seenn1_confidence
+    from fastslow.systems import System1, System1Spec, System2Spec, build_system2
+
+    torch.manual_seed(1)
+    s1 = System1(System1Spec(input_shape=(1, 12, 12), n_classes=5, hidden=(32,), timesteps=4, encoding="rate")).eval()
+    with torch.no_grad():
+        s1.heads[-1].weight.mul_(3.0)
+    s2 = build_system2(System2Spec(input_shape=(1, 12, 12), n_classes=5)).eval()
+    x, y = torch.rand(13, 1, 12, 12), torch.randint(0, 5, (13,))
+    outputs = collect_outputs(s1, s2, x, y, 1000, batch_size=13, seed=7)
+    for threshold in sorted(set(seenn1_confidence(outputs.s1_logits[:, -1])[:-1].flatten().tolist())):
+        routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
+        answer = FastSlow(s1, s2, 1000, threshold=threshold, compaction=True).predict(x, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(answer.timesteps, routing.timesteps.long()) and torch.equal(answer.escalated, routing.escalate), threshold

@@ -11,7 +11,8 @@ from fastslow.energy.accounting import stdp_energy_uj
 from fastslow.energy.profile import load_profile
 from fastslow.errors import ConfigError
 from fastslow.stdp import DiehlCookConstants, STDPNetwork, STDPSpec
-from fastslow.stdp.search import expected_counts, mean_input_rate, pareto_front, search
+from fastslow.evaluation.metrics import pareto_front
+from fastslow.stdp.search import expected_counts, mean_input_rate, search
 
 
 def _bright_data(n_inputs: int = 16) -> Dataset:

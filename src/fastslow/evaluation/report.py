@@ -14,6 +14,7 @@ from rich.table import Table  # noqa: E402
 
 from fastslow import _atomic  # noqa: E402
 from fastslow.evaluation.evaluate import REFERENCE_FAMILIES, S1_ONLY_FAMILIES, StrategyResult  # noqa: E402
+from fastslow.evaluation.metrics import pareto_front  # noqa: E402
 
 ENERGY_NOTE = (
     "Energy per input in µJ counts arithmetic only (synaptic accumulates from the real spikes, "
@@ -81,19 +82,25 @@ def _family_style(index: int) -> tuple[tuple[float, float, float], str]:
 
 
 def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> bytes:
-    """Accuracy against µJ/input: each policy family a curve, references as points."""
+    """Accuracy against µJ/input: each policy family's swept points, its Pareto curve (the points no
+    other point of the family beats on both) as a line, the references as large markers, and every
+    point on the front of all strategies ringed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
     families = [f for f in dict.fromkeys(r.family for r in results) if f not in _REFERENCE_STYLE]
     for index, family in enumerate(families):
         points = sorted((r.energy_uj, 100 * r.accuracy) for r in results if r.family == family)
-        xs, ys = zip(*points)
+        front = [p for p, kept in zip(points, pareto_front([(acc, uj) for uj, acc in points])) if kept]
         style = "--" if family == "random" else "-"
         colour, marker = _family_style(index)
-        ax.plot(xs, ys, style, color=colour, marker=marker, markersize=3.5, linewidth=1.2, label=family)
+        ax.plot(*zip(*points), marker, color=colour, markersize=3, alpha=0.35, linestyle="none")
+        ax.plot(*zip(*front), style, color=colour, marker=marker, markersize=3.5, linewidth=1.2, label=family)
     for r in results:
         if r.family in _REFERENCE_STYLE:
             marker, colour = _REFERENCE_STYLE[r.family]
             ax.plot([r.energy_uj], [100 * r.accuracy], marker, color=colour, markersize=9, label=r.name, linestyle="none")
+    overall = [r for r, kept in zip(results, pareto_front([(r.accuracy, r.energy_uj) for r in results])) if kept]
+    ax.plot([r.energy_uj for r in overall], [100 * r.accuracy for r in overall], "o", markersize=11, markerfacecolor="none",
+            markeredgecolor="black", markeredgewidth=0.8, linestyle="none", label="front of all")
     ax.set_xscale("log")
     ax.set_xlabel(f"energy per input (µJ, profile {profile_name}; arithmetic only)")
     ax.set_ylabel("test accuracy (%)")

@@ -130,11 +130,15 @@ class FastSlow:
         constant = None if spiking else s1.input_current(flat)
         state = None  # at rest
         active = torch.arange(n, device=x.device)
-        output_sum = flat.new_zeros(n, s1.spec.n_classes)
+        # The final exit's output at each step; an input's answer at t is their cumulative mean, computed
+        # with the evaluation's own cumsum (which on a CPU accumulates in float64), so that the
+        # confidences compared with the threshold are the evaluation's bits, not a float32 running sum's.
+        step_outputs = flat.new_zeros(steps, n, s1.spec.n_classes)
         synaptic = flat.new_zeros(s1.n_components, n)
         dense = flat.new_zeros(s1.n_components, n)
         stopped_at = torch.full((n,), steps, dtype=torch.long, device=x.device)
-        answer_sum = flat.new_zeros(n, s1.spec.n_classes)
+        answer = flat.new_zeros(n, s1.spec.n_classes)  # the mean output at each input's stop
+        confident = torch.zeros(n, dtype=torch.bool, device=x.device)
         routed_to_s2 = torch.zeros(n, dtype=torch.bool, device=x.device)
         previous_answer = None
         last = s1.n_exits - 1
@@ -152,13 +156,13 @@ class FastSlow:
                 ids = active[running]
                 synaptic[:, ids] += record.synaptic_ops[:, offset, running]
                 dense[:, ids] += record.dense_macs[:, offset, running]
-                output_sum[ids] += record.outputs[offset, last, running]
+                step_outputs[t, ids] = record.outputs[offset, last, running]
+                mean_logits = step_outputs[: t + 1, ids].cumsum(0)[-1] / (t + 1)
                 if self.router is None:
-                    stop = confidence_score(output_sum[ids] / self.temperature) > self.threshold
-                    if t == steps - 1:
-                        stop = torch.ones_like(stop)
+                    sure = confidence_score(mean_logits * (t + 1) / self.temperature) > self.threshold  # SEENN-I: of the sum S_t
+                    stop = torch.ones_like(sure) if t == steps - 1 else sure
+                    confident[ids[stop]] = sure[stop]
                 else:
-                    mean_logits = output_sum[ids] / (t + 1)
                     features = step_state_features(mean_logits, previous_answer, t + 1, steps, record.spike_rates[:, offset, running])
                     choice = self.router.choose(features, t + 1)
                     stop = choice != CONTINUE
@@ -166,7 +170,7 @@ class FastSlow:
                     previous_answer = mean_logits.argmax(-1)[~stop]
                 leaving = ids[stop]
                 stopped_at[leaving] = t + 1
-                answer_sum[leaving] = output_sum[leaving]
+                answer[leaving] = mean_logits[stop]
                 running = running[~stop]
                 if len(running) == 0:
                     break
@@ -175,10 +179,10 @@ class FastSlow:
                 break
             active = active[running]  # the stopped inputs leave the batch
         if self.router is None:
-            escalated = ~(confidence_score(answer_sum / self.temperature) > self.threshold) & self.escalate
+            escalated = ~confident & self.escalate
         else:
             escalated = routed_to_s2
-        predictions = answer_sum.argmax(1)
+        predictions = answer.argmax(1)
         if escalated.any():
             predictions[escalated] = self.system2(x[escalated]).argmax(1)
         components = s1.exit_component_mask_for_last()

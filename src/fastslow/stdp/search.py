@@ -21,6 +21,7 @@ import numpy as np
 from fastslow.data.datasets import Dataset
 from fastslow.energy.accounting import stdp_energy_uj
 from fastslow.energy.profile import EnergyProfile, load_profile
+from fastslow.evaluation.metrics import pareto_front
 from fastslow.errors import ConfigError
 from fastslow.stdp.network import STDPCounts, STDPNetwork, STDPSpec, memory_bytes
 from fastslow.stdp.quantize import check_bits
@@ -83,18 +84,6 @@ def estimate(spec: STDPSpec, data: Dataset, profile: EnergyProfile) -> Candidate
     return Candidate(model=spec.model, n_neurons=spec.n_neurons, bits=spec.bits, presentation_ms=spec.presentation_ms,
                      memory_kb=memory_bytes(spec) / 1024, estimated_inference_uj=inference["synaptic"] + inference["neuron"],
                      estimated_training_uj=sum(training.values()))
-
-
-def pareto_front(points: list[tuple[float, float, float]]) -> list[bool]:
-    """Which (accuracy, memory, energy) points no other point beats on all three (ties allowed) and one strictly."""
-    flags = []
-    for i, (acc, mem, energy) in enumerate(points):
-        dominated = any(
-            a >= acc and m <= mem and e <= energy and (a > acc or m < mem or e < energy)
-            for j, (a, m, e) in enumerate(points) if j != i
-        )
-        flags.append(not dominated)
-    return flags
 
 
 def search(
