@@ -138,7 +138,8 @@ def report_markdown(payload: dict) -> str:
     lines = [
         f"# fastslow report — {payload['dataset']}",
         "",
-        f"- Data: {payload['data_note']}; split sizes {payload['split']}; seed {payload['seed']}.",
+        f"- Data: {payload['data_note']}; split sizes {', '.join(f'{part} {size}' for part, size in payload['split'].items())}; "
+        f"run seed {payload['seed']}.",
         f"- Hardware profile: `{profile['name']}` — E_MAC {profile['E_MAC_pJ']} pJ, E_AC {profile['E_AC_pJ']} pJ, "
         f"E_NEURON {profile['E_NEURON_pJ']} pJ ({profile['description']})",
         f"- {ENERGY_NOTE}",
@@ -154,7 +155,7 @@ def report_markdown(payload: dict) -> str:
         "",
         "## Strategies",
         "",
-        "| strategy | accuracy % | escalated % | mean T | µJ/input | s1_synaptic | s1_dense | s1_neuron | policy | s2 | × S2 energy |",
+        "| strategy | accuracy % | escalated % | mean T | µJ/input | s1_synaptic µJ | s1_dense µJ | s1_neuron µJ | policy µJ | s2 µJ | × S2 energy |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in payload["strategies"]:
