@@ -267,3 +267,23 @@ def test_demo_runs_and_routes(tmp_path):
     assert by_name["system1"]["accuracy"] > 0.85 and by_name["system2"]["accuracy"] > 0.9
     # Escalating exactly System 1's mistakes can only help.
     assert by_name["oracle"]["accuracy"] >= by_name["system1"]["accuracy"]
+
+
+def test_calibrate_skips_a_family_whose_knob_has_no_safest_first_order(fitted_folder, tmp_path, monkeypatch):
+    from fastslow.evaluation import evaluate
+    from fastslow.pipeline import calibrate_folder
+
+    real = evaluate.enumerate_strategies
+
+    def with_a_target_distribution_router(*args, **kwargs):
+        items = list(real(*args, **kwargs))
+        name, _, _, routing = next(item for item in items if item[1] == "router")
+        return items + [(name + "-target", "router_steps_target", {"target_distribution": [0.5, 0.5]}, routing)]
+
+    monkeypatch.setattr(evaluate, "enumerate_strategies", with_a_target_distribution_router)
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_folder, copy)
+    payload = calibrate_folder(copy, max_accuracy_drop=0.05, delta=0.1, show_table=False)
+    assert payload["families"]["router_steps_target"]["chosen"] is None
+    assert "no safest-first order" in payload["families"]["router_steps_target"]["note"] and "router" in payload["families"]
+    assert "for each family on its own" in payload["guarantee"]
