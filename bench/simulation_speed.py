@@ -125,6 +125,12 @@ def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor) -> None:
             break
 
 
+def early_stop_bound(first_layer_ms: float, full_ms: float) -> float:
+    """Mean T/4 with no per-call cost and every step costing the full run's average: every input
+    needs the first layer's current (computed once), then a quarter of the rest."""
+    return 0.25 + 0.75 * first_layer_ms / full_ms
+
+
 def alternating_medians(runs: dict, rounds: int, device: str = "cpu") -> dict[str, float]:
     """Each of ``runs`` (name → callable) once to warm up, then ``rounds`` rounds of all of them in
     turn: the median ms of each (the device synchronised around every run)."""
@@ -161,7 +167,7 @@ def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cp
                     "first-layer current": lambda: model.input_current(model.prepare(x))}
             ms = alternating_medians(runs, rounds, device)
             rows.append({"batch": size, "full_T_ms": ms["full"], "early_stop_T4_ms": ms["early"], "ratio": ms["early"] / ms["full"],
-                         "bound": 0.25 + 0.75 * ms["first-layer current"] / ms["full"]})
+                         "bound": early_stop_bound(ms["first-layer current"], ms["full"])})
     return rows
 
 
@@ -221,8 +227,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
         "early_stop_T4_ms": ms["mixed, mean T/4"],
         "early_stop_ratio": ms["mixed, mean T/4"] / full,
         "first_layer_current_ms": ms["first-layer current"],
-        # mean T/4 with no per-call cost and every step costing the full run's average
-        "early_stop_bound": 0.25 + 0.75 * ms["first-layer current"] / full,
+        "early_stop_bound": early_stop_bound(ms["first-layer current"], full),
         "from_records_ms": ms["records"],
         "from_records_ratio": ms["records"] / full,
         **({"full_T_graphs_ms": ms["full, graphs"], "from_records_graphs_ms": ms["records, graphs"]} if "full, graphs" in ms else {}),

@@ -19,15 +19,14 @@ DEMO_SYSTEM1 = {"hidden": [128, 64], "exit_heads": [0]}
 
 
 def _seed(text: str) -> int:
-    from fastslow.config import SEED_MAX
+    from fastslow.config import check_seed
 
     try:
-        seed = int(text)
+        return check_seed(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= seed <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{seed} is outside 0..{SEED_MAX}")
-    return seed
+    except FastslowError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

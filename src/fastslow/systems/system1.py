@@ -68,24 +68,22 @@ class System1Spec:
     checkpoint_steps: int = 0
 
     def __post_init__(self) -> None:
-        def positive_ints(name: str, values: tuple, allow_empty: bool = True) -> None:
-            if not (allow_empty or values) or any(not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1 for v in values):
-                raise ValueError(f"System1Spec.{name} must be {'' if allow_empty else 'a non-empty tuple of '}positive integers, got {values!r}")
+        def integer(value, minimum: int) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
-        positive_ints("input_shape", tuple(self.input_shape), allow_empty=False)
-        positive_ints("hidden", tuple(self.hidden))
-        positive_ints("conv_channels", tuple(self.conv_channels))
-        if any(not isinstance(h, numbers.Integral) or isinstance(h, bool) or h < 0 for h in self.exit_heads):
+        for name, values in (("input_shape", tuple(self.input_shape)), ("hidden", tuple(self.hidden)), ("conv_channels", tuple(self.conv_channels))):
+            if not all(integer(v, 1) for v in values) or (name == "input_shape" and not values):
+                raise ValueError(f"System1Spec.{name} must be {'a non-empty tuple of ' if name == 'input_shape' else ''}positive integers, got {values!r}")
+        if not all(integer(h, 0) for h in self.exit_heads):
             raise ValueError(f"System1Spec.exit_heads must be hidden-layer indices (integers ≥ 0), got {self.exit_heads!r}")
         checks = [
-            (isinstance(self.n_classes, numbers.Integral) and self.n_classes >= 2, f"n_classes must be an integer ≥ 2, got {self.n_classes!r}"),
+            (integer(self.n_classes, 2), f"n_classes must be an integer ≥ 2, got {self.n_classes!r}"),
             (self.arch in ("mlp", "conv"), f"unknown arch {self.arch!r}: use 'mlp' or 'conv'"),
-            (isinstance(self.timesteps, numbers.Integral) and self.timesteps >= 1, f"timesteps must be an integer ≥ 1, got {self.timesteps!r}"),
+            (integer(self.timesteps, 1), f"timesteps must be an integer ≥ 1, got {self.timesteps!r}"),
             (self.encoding in ("direct", "rate", "latency"), f"unknown encoding {self.encoding!r}: use 'direct', 'rate' or 'latency'"),
             (self.readout in ("membrane", "spike_count"), f"unknown readout {self.readout!r}: use 'membrane' or 'spike_count'"),
             (0.0 <= self.event_density <= 1.0, f"event_density must lie in [0, 1] (a share of active inputs), got {self.event_density!r}"),
-            (isinstance(self.checkpoint_steps, numbers.Integral) and self.checkpoint_steps >= 0,
-             f"checkpoint_steps must be an integer ≥ 0 (0: plain BPTT), got {self.checkpoint_steps!r}"),
+            (integer(self.checkpoint_steps, 0), f"checkpoint_steps must be an integer ≥ 0 (0: plain BPTT), got {self.checkpoint_steps!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -222,20 +220,15 @@ class S1Step:
     spike_rates: torch.Tensor
 
 
-def _merged(records: list[S1Step]) -> S1Step:
-    """Consecutive chunks' records as one, along time."""
+def _merged(records: list[S1Step], along_batch: bool = False) -> S1Step:
+    """Records of consecutive chunks as one, along time (outputs [t, E, B, C], the others [K or H, t, B]),
+    or of consecutive groups of inputs, along the batch."""
     if len(records) == 1:
         return records[0]
-    return S1Step(outputs=torch.cat([r.outputs for r in records]),
-                  **{name: torch.cat([getattr(r, name) for r in records], dim=1) for name in ("synaptic_ops", "dense_macs", "spike_rates")})
-
-
-def _joined(groups: list[S1Step]) -> S1Step:
-    """Records of consecutive groups of inputs as one, along the batch."""
-    if len(groups) == 1:
-        return groups[0]
-    return S1Step(outputs=torch.cat([g.outputs for g in groups], dim=2),
-                  **{name: torch.cat([getattr(g, name) for g in groups], dim=2) for name in ("synaptic_ops", "dense_macs", "spike_rates")})
+    outputs_dim, others_dim = (2, 2) if along_batch else (0, 1)
+    return S1Step(outputs=torch.cat([r.outputs for r in records], dim=outputs_dim),
+                  **{name: torch.cat([getattr(r, name) for r in records], dim=others_dim)
+                     for name in ("synaptic_ops", "dense_macs", "spike_rates")})
 
 
 def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
@@ -325,9 +318,7 @@ class System1(nn.Module):
         step's input current, then the fused LIF recurrence. ``stepwise`` advances the whole network
         one step at a time. Both give the same spikes, records and gradients.
         """
-        if mode == "multistep":
-            return self._run_multistep(x, timesteps, generator)
-        if mode != "stepwise":
+        if mode not in ("multistep", "stepwise"):
             raise ValueError(f"unknown mode {mode!r}: use 'multistep' or 'stepwise'")
         spec = self.spec
         steps = spec.timesteps if timesteps is None else timesteps
@@ -335,6 +326,8 @@ class System1(nn.Module):
             raise ValueError(f"timesteps must be at least 1, got {steps}")
         self._check_input(x)
         x = self.prepare(x)
+        if mode == "multistep":
+            return self._run_multistep(x, steps, generator)
         # Direct encoding feeds the same current every step: compute it once.
         constant_current = None if is_spiking(spec.encoding) else self.input_current(x)
         state = None  # at rest
@@ -410,13 +403,9 @@ class System1(nn.Module):
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
             raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}")
 
-    def _run_multistep(self, x: torch.Tensor, timesteps: int | None, generator: torch.Generator | None) -> S1Run:
+    def _run_multistep(self, x: torch.Tensor, steps: int, generator: torch.Generator | None) -> S1Run:
+        """:meth:`run`'s multistep mode over prepared, checked inputs ``x``."""
         spec = self.spec
-        steps = spec.timesteps if timesteps is None else timesteps
-        if steps < 1:
-            raise ValueError(f"timesteps must be at least 1, got {steps}")
-        self._check_input(x)
-        x = self.prepare(x)
         # Direct encoding feeds the same current every step: compute it once.
         constant_current = None if is_spiking(spec.encoding) else self.input_current(x)
         # Steps run in chunks whose largest layer tensor stays under MULTISTEP_CHUNK_BYTES: a
@@ -454,7 +443,7 @@ class System1(nn.Module):
                 parts = [_merged(self._chunks(None if inp is None else inp[:, rows], state,
                                               None if constant_current is None else constant_current[rows], count, chunk,
                                               keep_final_state=False)[0]) for rows in groups]
-                segment_records = [_joined(parts)]
+                segment_records = [_merged(parts, along_batch=True)]
             records += segment_records
         merged = _merged(records)
         return _records(
