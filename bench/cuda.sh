@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, in one go, on a CUDA machine without internet (its python3 holds a CUDA torch
 # with Triton): fastslow's needs and the peers from wheels carried in .whl/ (see README), the
-# kernels' tests on the GPU, then bench/simulation_speed.py on the GPU. Results go to $OUT
+# kernels' tests on the GPU, where an eager run's host time goes (bench/cuda_host_overhead.py), then
+# bench/simulation_speed.py on the GPU. Results go to $OUT
 # (default bench/results).
 set -euo pipefail
 OUT=${OUT:-bench/results}
@@ -10,5 +11,6 @@ export PYTHONPATH=$PWD/src:/tmp/fastslow-site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 python3 -m pytest -q -x -p no:cacheprovider tests/spiking tests/systems 2>&1 | tail -5
+python3 bench/cuda_host_overhead.py 2>&1 | tee "$OUT/cuda_host_overhead.txt"
 python3 bench/simulation_speed.py --device cuda --peers-here --rounds "${ROUNDS:-10}" --json "$OUT/simulation_speed_cuda.json" \
     2>&1 | tee "$OUT/simulation_speed_cuda.txt"

@@ -28,6 +28,11 @@ def _torch_path():
             os.environ["FASTSLOW_CUDA_KERNELS"] = before
 
 
+@contextmanager
+def _no_change():
+    yield
+
+
 def _forward_and_grads(fn, currents, v0, params, weights):
     """The outputs of ``fn`` and the gradients of a weighted sum of them w.r.t. currents and v0."""
     currents, v0 = currents.detach().requires_grad_(), v0.detach().requires_grad_()
@@ -63,6 +68,22 @@ def check_kernels_match_torch_path(device: str) -> None:
                         assert torch.equal(a, b), (fn.__name__, shape, reset, surrogate)
                     for a, b in zip(fused_grads, reference_grads):
                         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+                # From rest (no state: the kernels start from zero without reading one), with each input's
+                # spike count per step added into a buffer: in inference and in training.
+                for grad in (False, True):
+                    results = []
+                    for kernels in (True, False):
+                        with torch.set_grad_enabled(grad), (_no_change() if kernels else _torch_path()):
+                            inputs = currents.detach().requires_grad_(grad)
+                            counts = torch.ones(shape[:2], device=device)
+                            extra = {"counts": counts} if fn is lif_multistep else {}
+                            outputs = fn(inputs, None, params, **extra)
+                            grads = torch.autograd.grad(outputs[0].sum(), inputs) if grad else ()
+                            results.append([*outputs[:-1], outputs[-1].v, counts, *grads])
+                    for a, b in zip(*results):
+                        torch.testing.assert_close(a, b, rtol=1e-5 if grad else 0, atol=1e-5 if grad else 0)
+                    if fn is lif_multistep:
+                        assert torch.equal(results[0][2], 1 + results[0][0].detach().flatten(2).sum(2))
                 # Inference (no potential record), with infinities and NaN, and a constant current over T.
                 special = currents.clone()
                 special.view(-1)[[1, 7, 11]] = torch.tensor([float("inf"), float("-inf"), float("nan")], device=device)
@@ -96,7 +117,8 @@ def check_system1_matches_torch_path(device: str) -> None:
     fused, fused_grads = run()
     with _torch_path():
         reference, reference_grads = run()
-    assert torch.equal(fused.step_outputs, reference.step_outputs) and torch.equal(fused.spike_rates, reference.spike_rates)
+    for field in ("step_outputs", "spike_rates", "synaptic_ops", "dense_macs"):
+        assert torch.equal(getattr(fused, field), getattr(reference, field)), field
     for a, b in zip(fused_grads, reference_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

@@ -122,8 +122,8 @@ def _kernel():
                     potentials[:] = v_in[b]
             current_row = state_row if currents_by_row else np.int64(b)
             for t in range(steps):
-                counts[t, b] = lif_span(potentials, currents[0 if constant else t, current_row], spikes[t, b], beta, threshold,
-                                        reset_zero)
+                counts[t, b] += lif_span(potentials, currents[0 if constant else t, current_row], spikes[t, b], beta, threshold,
+                                         reset_zero)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
@@ -232,8 +232,8 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LIF over ``currents`` [T, B, N] (a constant current may come expanded over T, stride 0)
     from ``v0`` [B, N] (None: at rest): (spikes [T, B, N], v after step T or None without
-    ``keep_state``); each row's spike count per step goes into ``counts`` [T, B] (contiguous float32)
-    if given. One compiled pass per input row over all T steps, the row's potential in cache,
+    ``keep_state``); each row's spike count per step is added into ``counts`` [T, B] (contiguous
+    float32) if given. One compiled pass per input row over all T steps, the row's potential in cache,
     instead of four kernels per step. ``rows``: as :func:`lif_pool_inference`."""
     kernels = _kernel()
     numba, kernel = kernels.numba, kernels.lif_dense
@@ -246,7 +246,7 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     if counts is not None and (tuple(counts.shape) != (steps, batch) or not counts.is_contiguous() or counts.dtype != torch.float32):
         raise ValueError(f"counts must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(counts.shape)} {counts.dtype}")
     spikes = currents.new_empty(steps, batch, neurons)
-    counts = currents.new_empty(steps, batch) if counts is None else counts
+    counts = currents.new_zeros(steps, batch) if counts is None else counts
     placeholder = currents.new_empty(1, 1)
     v = currents.new_empty(batch, neurons) if keep_state and rows is None else placeholder
     _threads(numba)

@@ -25,6 +25,7 @@ except ImportError:  # CPU builds of torch come without Triton: the torch path r
 
 _BLOCK = 512  # neurons per program (unpooled)
 _POOL_BLOCK = 128  # 2×2 windows per program (pooled: four neurons each)
+_MAX_GRID_ROWS = 65535  # CUDA's limit on a grid's second dimension
 _SURROGATE_CODES = {"fast_sigmoid": 0, "arctan": 1}
 
 
@@ -63,17 +64,27 @@ if triton is not None:
         return grad_u, grad_u * beta
 
     @triton.jit
-    def _lif_forward_kernel(currents, current_stride, v0, spikes, potentials, v_last, neurons, beta, threshold, STEPS: tl.constexpr,
-                            RESET_ZERO: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offsets < neurons
-        v = tl.load(v0 + offsets, mask=mask, other=0.0)
+    def _lif_forward_kernel(currents, current_stride, v0, spikes, potentials, v_last, counts, neurons, per_input, batch, beta, threshold,
+                            STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr, HAS_V0: tl.constexpr,
+                            COUNT: tl.constexpr, BLOCK: tl.constexpr):
+        # Program (j, b): neurons j·BLOCK … of input b, so that a program's spikes belong to one input (its count).
+        within = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = within < per_input
+        offsets = tl.program_id(1) * per_input + within
+        if HAS_V0:
+            v = tl.load(v0 + offsets, mask=mask, other=0.0)
+        else:  # from rest: no zero state to write and read
+            v = tl.zeros([BLOCK], dtype=tl.float32)
         current_at, spike_at, potential_at = currents + offsets, spikes + offsets, potentials + offsets
+        count_at = counts + tl.program_id(1)
         for _ in range(STEPS):
             u, spike, v = _advance(v, tl.load(current_at, mask=mask, other=0.0), beta, threshold, RESET_ZERO)
             tl.store(spike_at, spike, mask=mask)
             if RECORD:
                 tl.store(potential_at, u, mask=mask)
+            if COUNT:  # whole numbers below 2^24: exact in float32 in any order of addition
+                tl.atomic_add(count_at, tl.sum(tl.where(mask, spike, 0.0), axis=0))
+                count_at += batch
             current_at += current_stride
             spike_at += neurons
             potential_at += neurons
@@ -123,14 +134,21 @@ if triton is not None:
 
     @triton.jit
     def _lif_pool_forward_kernel(currents, current_stride, v0, pooled, counts, potentials, v_last, height, width, channels, batch,
-                                 beta, threshold, STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
+                                 beta, threshold, STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr,
+                                 HAS_V0: tl.constexpr, BLOCK: tl.constexpr):
         at00, at01, at10, at11, in00, in01, in10, whole, pooled_at = _windows(height, width, channels, BLOCK)
         neurons = batch * height * width * channels
         pooled_step = batch * (height // 2) * (width // 2) * channels
-        v00 = tl.load(v0 + at00, mask=in00, other=0.0)
-        v01 = tl.load(v0 + at01, mask=in01, other=0.0)
-        v10 = tl.load(v0 + at10, mask=in10, other=0.0)
-        v11 = tl.load(v0 + at11, mask=whole, other=0.0)
+        if HAS_V0:
+            v00 = tl.load(v0 + at00, mask=in00, other=0.0)
+            v01 = tl.load(v0 + at01, mask=in01, other=0.0)
+            v10 = tl.load(v0 + at10, mask=in10, other=0.0)
+            v11 = tl.load(v0 + at11, mask=whole, other=0.0)
+        else:  # from rest
+            v00 = tl.zeros([BLOCK], dtype=tl.float32)
+            v01 = tl.zeros([BLOCK], dtype=tl.float32)
+            v10 = tl.zeros([BLOCK], dtype=tl.float32)
+            v11 = tl.zeros([BLOCK], dtype=tl.float32)
         count_at = counts + tl.program_id(0)
         for t in range(STEPS):
             current_at, potential_at = currents + t * current_stride, potentials + t * neurons
@@ -215,12 +233,12 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and os.environ.get("FASTSLOW_CUDA_KERNELS") == "interpret"
 
 
-def applies(currents: torch.Tensor, v0: torch.Tensor) -> bool:
-    """Whether the kernels can take these tensors: CUDA float32 (CPU tensors too in the tests'
-    interpreter mode) with fewer than 2^31 elements (32-bit offsets)."""
+def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
+    """Whether the kernels can take these tensors (v0 None: at rest): CUDA float32 (CPU tensors too in
+    the tests' interpreter mode) with fewer than 2^31 elements (32-bit offsets)."""
     return (
         (currents.device.type == "cuda" or _interpreted())
-        and currents.dtype == torch.float32 and v0.dtype == torch.float32
+        and currents.dtype == torch.float32 and (v0 is None or v0.dtype == torch.float32)
         and currents.numel() < 2**31 and cuda_kernels_available()
     )
 
@@ -248,21 +266,29 @@ def _backward_flags(grad_v_last: torch.Tensor | None, reset_zero: bool, surrogat
             "ARCTAN": _SURROGATE_CODES[surrogate] == 1}
 
 
-def lif_forward(currents: torch.Tensor, v0: torch.Tensor, beta: float, threshold: float, reset_zero: bool, record: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The LIF over ``currents`` [T, ...] from ``v0`` [...]: (spikes [T, ...], v after step T, and the
-    pre-reset potentials [T, ...] if ``record``)."""
+def lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool, record: bool,
+                counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The LIF over ``currents`` [T, B, ...] from ``v0`` [B, ...] (None: at rest): (spikes [T, B, ...],
+    v after step T, and the pre-reset potentials [T, B, ...] if ``record``). ``counts`` [T, B]
+    (contiguous): each input's spike count per step is added into it."""
     currents, stride = _per_step(currents)
     steps = currents.shape[0]
-    v0 = v0.contiguous()
-    neurons = v0.numel()
     spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
     potentials = torch.empty_like(spikes) if record else spikes  # unread without RECORD
-    v_last = torch.empty_like(v0)
+    v_last = torch.empty_like(spikes[0])
+    neurons = v_last.numel()
+    # Without counts the neurons are one run of blocks; with, a row of blocks per input (grid rows ≤ 65535).
+    batch = 1 if counts is None or neurons == 0 else currents.shape[1]
+    if batch > _MAX_GRID_ROWS:
+        spikes, v_last, potentials = lif_forward(currents, v0, beta, threshold, reset_zero, record)
+        counts.add_(spikes.flatten(2).sum(2))
+        return spikes, v_last, potentials
     if neurons:
-        _lif_forward_kernel[(triton.cdiv(neurons, _BLOCK),)](
-            currents, stride, v0, spikes, potentials, v_last, neurons, float(beta), float(threshold), STEPS=steps,
-            RESET_ZERO=reset_zero, RECORD=record, BLOCK=_BLOCK, **_launch_options())
+        per_input = neurons // batch
+        _lif_forward_kernel[(triton.cdiv(per_input, _BLOCK), batch)](
+            currents, stride, v_last if v0 is None else v0.contiguous(), spikes, potentials, v_last,
+            spikes if counts is None else counts, neurons, per_input, batch, float(beta), float(threshold), STEPS=steps,
+            RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None, COUNT=counts is not None, BLOCK=_BLOCK, **_launch_options())
     return spikes, v_last, potentials if record else None
 
 
@@ -287,22 +313,22 @@ def _pool_grid(shape: torch.Size) -> tuple[int, int]:
     return batch, triton.cdiv(((height + 1) // 2) * ((width + 1) // 2) * channels, _POOL_BLOCK)
 
 
-def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor, beta: float, threshold: float, reset_zero: bool, record: bool
+def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool, record: bool
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C], then 2×2
-    max-pooling: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B], v after step T,
-    and the pre-reset potentials [T, B, H, W, C] if ``record``)."""
+    """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
+    rest), then 2×2 max-pooling: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B],
+    v after step T, and the pre-reset potentials [T, B, H, W, C] if ``record``)."""
     currents, stride = _per_step(currents)
     steps, batch, height, width, channels = currents.shape
-    v0 = v0.contiguous()
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_zeros(steps, batch)
     potentials = currents.new_empty(steps, batch, height, width, channels) if record else pooled  # unread without RECORD
-    v_last = torch.empty_like(v0)
-    if v0.numel():
-        _lif_pool_forward_kernel[_pool_grid(v0.shape)](
-            currents, stride, v0, pooled, counts, potentials, v_last, height, width, channels, batch, float(beta),
-            float(threshold), STEPS=steps, RESET_ZERO=reset_zero, RECORD=record, BLOCK=_POOL_BLOCK, **_launch_options())
+    v_last = currents.new_empty(batch, height, width, channels)
+    if v_last.numel():
+        _lif_pool_forward_kernel[_pool_grid(v_last.shape)](
+            currents, stride, v_last if v0 is None else v0.contiguous(), pooled, counts, potentials, v_last, height, width, channels,
+            batch, float(beta), float(threshold), STEPS=steps, RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None,
+            BLOCK=_POOL_BLOCK, **_launch_options())
     return pooled, counts, v_last, potentials if record else None
 
 

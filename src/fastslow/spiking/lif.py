@@ -146,17 +146,19 @@ class _FusedLIF(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
+    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None):
         ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
         if ctx.fused:
             spikes, v_last, potentials = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold,
-                                                                   params.reset == "zero", record=True)
+                                                                   params.reset == "zero", record=True, counts=counts)
         else:
             potentials = currents.new_empty(currents.shape[0], currents[0].numel())
-            spikes, v_last = _lif_forward(currents, v0, params, potentials)
+            spikes, v_last = _lif_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, potentials)
+            _add_counts(spikes, counts)
         ctx.save_for_backward(potentials)
         ctx.params = params
         ctx.shape = currents.shape
+        ctx.from_rest = v0 is None
         return spikes, v_last
 
     @staticmethod
@@ -167,7 +169,7 @@ class _FusedLIF(torch.autograd.Function):
         if ctx.fused:
             grad_u, grad_v0 = _cuda_kernels.lif_backward(potentials, grad_spikes, grad_v_last, p.beta, p.threshold, p.reset == "zero",
                                                          p.surrogate, p.slope)
-            return grad_u.view(ctx.shape), grad_v0.view(ctx.shape[1:]), None
+            return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None
         derivative = _surrogate(p.surrogate).derivative
         steps = potentials.shape[0]
         grad_spikes = grad_spikes.reshape(steps, -1)
@@ -180,7 +182,14 @@ class _FusedLIF(torch.autograd.Function):
             grad_v = None if flat_grad_v_last is None else flat_grad_v_last[part]  # w.r.t. v after step t's reset
             for t in range(steps - 1, -1, -1):
                 grad_v = _slice_grad(potentials[t, part], grad_spikes[t, part], grad_v, grad_u[t, part], grad_v0[part], p, derivative)
-        return grad_u.view(ctx.shape), grad_v0.view(ctx.shape[1:]), None
+        return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None
+
+
+def _add_counts(spikes: torch.Tensor, counts: torch.Tensor | None) -> None:
+    """Add each input's spike count per step (``spikes`` [T, B, ...]) into ``counts`` [T, B], if given."""
+    if counts is not None:
+        with torch.no_grad():
+            counts.add_(spikes.detach().flatten(2).sum(2))
 
 
 def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.Tensor | None) -> int:
@@ -212,42 +221,42 @@ def _gathered(currents: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def lif_multistep(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    rates: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None, rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LIFState | None]:
     """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`.
 
     ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
-    (compiled CPU inference then never writes it). ``rates`` [T, B] (contiguous): also write there
-    each input's firing rate per step, the share of its neurons (of currents [T, B, ...]) that spiked.
+    (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous float32, no
+    gradient): each input's spike count per step (of currents [T, B, ...]) is added into it, by the
+    LIF kernels themselves where they run (a firing rate is the count over the neurons per input).
     ``rows`` [n] (inference; distinct positions): advance only those inputs of ``state``, updating it
     in place and returning it whatever ``final_state``; ``currents`` and the outputs hold the n
     inputs in order, except a constant current expanded over T (stride 0 in T), which holds all of
     the state's."""
     check_params(params)
     batch = _advanced_rows(currents, state, rows)
-    if rates is not None and tuple(rates.shape) != (currents.shape[0], batch):
-        raise ValueError(f"rates must be [T, B] = {[currents.shape[0], batch]}, got {list(rates.shape)}")
+    if counts is not None and (tuple(counts.shape) != (currents.shape[0], batch) or not counts.is_contiguous()
+                               or counts.dtype != torch.float32 or counts.requires_grad):
+        raise ValueError(f"counts must be a contiguous float32 [T, B] = {[currents.shape[0], batch]} without gradient, "
+                         f"got {list(counts.shape)} {counts.dtype}")
     if currents.dim() == 3 and _cpu_kernels.applies(currents, None if state is None else state.v):
         # one compiled pass per input over all steps instead of four kernels per step (numba)
         spikes, v = _cpu_kernels.lif_inference(currents, None if state is None else state.v, params.beta, params.threshold,
-                                               params.reset == "zero", keep_state=final_state, counts=rates, rows=rows)
-        if rates is not None:
-            rates.div_(currents.shape[2])
+                                               params.reset == "zero", keep_state=final_state, counts=counts, rows=rows)
         return spikes, None if v is None else LIFState(v=v)
     if rows is not None:
-        spikes, advanced = lif_multistep(_gathered(currents, rows), LIFState(state.v[rows]), params, rates=rates)
+        spikes, advanced = lif_multistep(_gathered(currents, rows), LIFState(state.v[rows]), params, counts=counts)
         state.v.index_copy_(0, rows, advanced.v)
         return spikes, state
-    v0 = lif_init(currents[0]).v if state is None else state.v
-    if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
-        spikes, v = _FusedLIF.apply(currents, v0, params)
+    v0 = None if state is None else state.v  # None: the kernels start from rest without a zero state
+    if torch.is_grad_enabled() and (currents.requires_grad or v0 is not None and v0.requires_grad):
+        spikes, v = _FusedLIF.apply(currents, v0, params, counts)
     elif _cuda_kernels.applies(currents, v0):
-        spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False)
+        spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False,
+                                                 counts=counts)
     else:
-        spikes, v = _lif_forward(currents, v0, params, None)
-    if rates is not None:
-        with torch.no_grad():
-            torch.mean(spikes.detach().flatten(2), dim=2, out=rates)
+        spikes, v = _lif_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, None)
+        _add_counts(spikes, counts)
     return spikes, LIFState(v=v) if final_state else None
 
 
@@ -333,16 +342,17 @@ class _FusedLIFPool(torch.autograd.Function):
     ``max_pool2d`` over :func:`lif_multistep` up to float rounding, and the spikes are the same bits."""
 
     @staticmethod
-    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor, params: LIFParams):
+    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams):
         ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
         if ctx.fused:
             pooled, counts, v_last, potentials = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold,
                                                                                 params.reset == "zero", record=True)
         else:
             potentials = currents.new_empty(currents.shape)
-            pooled, counts, v_last = _lif_pool_forward(currents, v0, params, potentials)
+            pooled, counts, v_last = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, potentials)
         ctx.save_for_backward(potentials)
         ctx.params = params
+        ctx.from_rest = v0 is None
         ctx.mark_non_differentiable(counts)
         return pooled, counts, v_last
 
@@ -352,8 +362,9 @@ class _FusedLIFPool(torch.autograd.Function):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
         if ctx.fused:
-            return (*_cuda_kernels.lif_pool_backward(potentials, grad_pooled, grad_v_last, p.beta, p.threshold, p.reset == "zero",
-                                                     p.surrogate, p.slope), None)
+            grad_u, grad_v0 = _cuda_kernels.lif_pool_backward(potentials, grad_pooled, grad_v_last, p.beta, p.threshold,
+                                                              p.reset == "zero", p.surrogate, p.slope)
+            return grad_u, None if ctx.from_rest else grad_v0, None
         derivative = _surrogate(p.surrogate).derivative
         steps, _, height, width, channels = potentials.shape
         group, groups = _image_groups(potentials.shape[1:])
@@ -371,7 +382,7 @@ class _FusedLIFPool(torch.autograd.Function):
                 torch.gt(u, p.threshold, out=spikes)
                 _unpool_into(grad_pooled[t, images], spikes, grad_spikes, rest)
                 grad_v = _slice_grad(u, grad_spikes, grad_v, grad_u[t, images], grad_v0[images], p, derivative)
-        return grad_u, grad_v0, None
+        return grad_u, None if ctx.from_rest else grad_v0, None
 
 
 def lif_multistep_pooled(
@@ -408,14 +419,14 @@ def lif_multistep_pooled(
                                                         next_synaptic_ops=next_synaptic_ops)
         v0.index_copy_(0, rows, advanced.v)
         return pooled, counts, state
-    v0 = lif_init(currents[0]).v if v0 is None else v0
-    if torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad):
+    # v0 None: the kernels start from rest without a zero state
+    if torch.is_grad_enabled() and (currents.requires_grad or v0 is not None and v0.requires_grad):
         pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)
     elif _cuda_kernels.applies(currents, v0):  # one launch for all steps (Triton)
         pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
                                                               record=False)
     else:  # nothing to record for a backward pass: the potential runs in place
-        pooled, counts, v = _lif_pool_forward(currents, v0, params, None)
+        pooled, counts, v = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, None)
     if next_synaptic_ops is not None:
         next_fanout, next_ops = next_synaptic_ops
         with torch.no_grad():

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
 from fastslow.spiking.lif import check_params
-from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
+from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, linear, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -276,6 +276,24 @@ class System1(nn.Module):
         # Kept as a buffer (moved with the model, not saved): a run then copies nothing from the host,
         # which a CUDA graph capture of it would refuse. Runs hand out copies, never the buffer.
         self.register_buffer("_neuron_counts", torch.tensor(self.neurons_per_component(), dtype=torch.float32), persistent=False)
+        # Components whose input is a layer's unpooled spikes through a scalar fan-out (a linear layer or
+        # a head): their synaptic ops are that layer's spike counts × the fan-out, one multiplication
+        # per run of consecutive rows after all layers ran (each a kernel launch on a GPU).
+        from_counts = [(index, index - 1, layer.op.out_features) for index, layer in enumerate(layers)
+                       if index > 0 and not layer.is_conv and not layers[index - 1].pool]
+        from_counts += [(len(layers) + e, h, spec.n_classes) for e, h in enumerate(exit_points) if not layers[h].pool]
+        self._count_runs: list[tuple[slice, slice, slice]] = []  # (syn rows, layers, factors)
+        for row, layer_index, _ in from_counts:
+            last = self._count_runs[-1] if self._count_runs else None
+            if last is not None and last[0].stop == row and last[1].stop == layer_index:
+                self._count_runs[-1] = (slice(last[0].start, row + 1), slice(last[1].start, layer_index + 1),
+                                        slice(last[2].start, last[2].stop + 1))
+            else:
+                factor = sum(run[2].stop - run[2].start for run in self._count_runs)
+                self._count_runs.append((slice(row, row + 1), slice(layer_index, layer_index + 1), slice(factor, factor + 1)))
+        self._rows_from_counts = {row for row, _, _ in from_counts}
+        self.register_buffer("_count_factors", torch.tensor([float(f) for _, _, f in from_counts], dtype=torch.float32).view(-1, 1, 1),
+                             persistent=False)
 
     # -- static facts -------------------------------------------------------
     @property
@@ -372,7 +390,7 @@ class System1(nn.Module):
         the input is analog, so the layer is a dense matmul, never event-driven). Conv maps come
         channels-last in memory, as the simulation reads them; indexing rows keeps that layout."""
         layer = self.layers[0]
-        return conv_channels_last(x, layer.op) if layer.is_conv else layer.op(x)
+        return conv_channels_last(x, layer.op) if layer.is_conv else linear(x, layer.op.weight, layer.op.bias)
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         """A layer's input current from its input spikes (linear layers event-driven where sparse;
@@ -516,11 +534,13 @@ class System1(nn.Module):
             self._check_rows(rows, state)
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
-        # Records are written in place, a row per component or layer: on a GPU each small kernel
-        # costs a launch, and stacking per-layer records would cost one more per record.
-        syn = like.new_zeros(self.n_components, steps, batch)
-        dense = like.new_zeros(self.n_components, steps, batch)
-        rates = like.new_empty(len(self.layers), steps, batch)
+        # Records are written in place, a row per component or layer, into one zeroed buffer: on a GPU
+        # each small kernel costs a launch, and stacking per-layer records would cost one more per record.
+        # Each layer's spike counts land in its rows of `counts` (from the LIF kernels) and become its
+        # firing rates, and the synaptic ops of the components they feed, after the last layer.
+        components, n_layers = self.n_components, len(self.layers)
+        buffer = like.new_zeros(2 * components + n_layers, steps, batch)
+        syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
         layer_outputs, layer_states = [], []
         counted = False  # whether the layer before already counted this layer's synaptic ops
         for index, layer in enumerate(self.layers):
@@ -529,7 +549,7 @@ class System1(nn.Module):
                 dense[0].fill_(float(layer.dense_macs))
             else:
                 current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
-                if not counted:
+                if not counted and index not in self._rows_from_counts:
                     with torch.no_grad():
                         _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
             count_next = False
@@ -544,20 +564,20 @@ class System1(nn.Module):
                 following = self.layers[index + 1] if index + 1 < len(self.layers) else None
                 count_next = layer.pool and following is not None and following.is_conv
                 if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
-                    pooled, counts, new_state = lif_multistep_pooled(
+                    pooled, layer_counts, new_state = lif_multistep_pooled(
                         current, v0, self.lif_params, final_state=keep_state,
                         next_synaptic_ops=(following.fanout, syn[index + 1]) if count_next else None, rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
-                    torch.div(counts, layer.neurons, out=rates[index])
+                    counts[index].copy_(layer_counts)
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, rates=rates[index],
+                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, counts=counts[index],
                                                       rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(spikes)
             else:
                 out, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
-                                               final_state=keep_state, rates=rates[index], rows=rows)
+                                               final_state=keep_state, counts=counts[index], rows=rows)
                 layer_states.append(None if new_state is None else new_state.v)
             counted = count_next
             layer_outputs.append(out)
@@ -570,12 +590,13 @@ class System1(nn.Module):
                 # order with its weight's columns reordered to match (a small copy of the weight,
                 # instead of a copy of every step's spike maps into [C, H, W] order).
                 source = _channels_last(layer_outputs[h]).flatten(2)
-                current = F.linear(source, _channels_last_columns(head.weight, self.layers[h].pooled_shape), head.bias)
+                current = linear(source, _channels_last_columns(head.weight, self.layers[h].pooled_shape), head.bias)
             else:
                 source = layer_outputs[h].flatten(2)
                 current = self._synapses(head, source)
-            with torch.no_grad():
-                torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
+            if len(self.layers) + exit_index not in self._rows_from_counts:
+                with torch.no_grad():
+                    torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
                 head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
                                                       final_state=keep_state, rows=rows)
@@ -585,6 +606,9 @@ class System1(nn.Module):
                 head_states.append(head_v)
                 outputs.append(current)
         stacked = outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
+        for rows_fed, layers_feeding, factors in self._count_runs:
+            torch.mul(counts[layers_feeding], self._count_factors[factors], out=syn[rows_fed])
+        rates = counts.div_(self._neuron_counts[:n_layers, None, None])  # spike counts → the share of neurons that fired
         record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
         if not keep_state and rows is None:
             return record, None
