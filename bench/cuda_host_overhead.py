@@ -6,8 +6,7 @@ and conv, T = 8), the eager run's wall time next to the replay's (the device's s
 run launches, the host time of one Triton launch next to one torch launch, and the Python functions
 that take the host's time (cProfile). Then, in this one process and alternating round by round,
 fastslow's eager inference and training step against SpikingJelly's (where importable) and the
-matmuls alone, with fastslow's linear layers also as torch's fused matmul + bias
-(``CUDA_LINEAR_IN_PARTS`` off) to show what splitting them saves.
+matmuls alone.
 
     python bench/cuda_host_overhead.py [--runs 200] [--profile-top 25] [--rounds 15]
 """
@@ -78,22 +77,6 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, kernels {'on' if _cuda_kernels.cuda_kernels_available() else 'off'}")
 
-    from fastslow.spiking import synapses
-
-    # Linear layers: torch's fused matmul + bias (cuBLASLt) against a matmul, then the bias added in place.
-    for rows, features, outputs in ((128, 784, 512), (1024, 512, 512), (512, 3136, 10)):
-        inputs, layer = torch.rand(rows, features, device=device), torch.nn.Linear(features, outputs).to(device)
-        for name, work in (("F.linear", lambda: torch.nn.functional.linear(inputs, layer.weight, layer.bias)),
-                           ("matmul + add_", lambda: synapses.linear(inputs, layer.weight, layer.bias))):
-            work()
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-            for _ in range(args.runs):
-                work()
-            host = (time.perf_counter() - started) / args.runs * 1e6
-            torch.cuda.synchronize()
-            print(f"linear {rows}×{features} → {outputs}, {name}: host {host:.1f} µs per call, wall {_median_ms(work, args.runs) * 1000:.1f} µs")
-
     # One launch's host cost: a Triton LIF kernel against a torch element-wise kernel on the same small tensor.
     currents = torch.rand(8, 128, 512, device=device)
     v0 = torch.zeros(128, 512, device=device)
@@ -161,33 +144,27 @@ def side_by_side(network: str, rounds: int, runs: int = 10, device: str = "cuda"
     import importlib.util
 
     import _speed_worker
-    from fastslow.spiking import synapses
-
     device = torch.device(device)
     torch.manual_seed(0)
     ops = _speed_worker.layers_for(network)
     weights = {f"{i}.{k}": v for i, op in enumerate(ops) for k, v in op.state_dict().items()}
     shape, batch = NETWORKS[network]
     x, y = torch.rand(batch, *shape, device=device), torch.randint(0, 10, (batch,), device=device)
-    libraries = ["fastslow", "fastslow_fused_linear", "matmul_floor"]
+    libraries = ["fastslow", "matmul_floor"]
     libraries += ["spikingjelly"] if importlib.util.find_spec("spikingjelly") else []
-    models = {lib: _speed_worker.build(lib.replace("_fused_linear", ""), network, weights).to(device) for lib in libraries}
+    models = {lib: _speed_worker.build(lib, network, weights).to(device) for lib in libraries}
 
     def timed(lib: str) -> tuple[float, float]:
         model = models[lib]
-        synapses.CUDA_LINEAR_IN_PARTS = lib != "fastslow_fused_linear"
-        try:
-            with torch.no_grad():
-                forward = _median_ms(lambda: model(x), runs, repeats=1)
-            train = float("nan")
-            if lib != "matmul_floor":
-                def step() -> None:
-                    model.zero_grad(set_to_none=True)
-                    torch.nn.functional.cross_entropy(model(x)[0], y).backward()
-                train = _median_ms(step, runs, repeats=1)
-            return forward, train
-        finally:
-            synapses.CUDA_LINEAR_IN_PARTS = True
+        with torch.no_grad():
+            forward = _median_ms(lambda: model(x), runs, repeats=1)
+        train = float("nan")
+        if lib != "matmul_floor":
+            def step() -> None:
+                model.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x)[0], y).backward()
+            train = _median_ms(step, runs, repeats=1)
+        return forward, train
 
     for lib in libraries:
         timed(lib)  # warm-up (compilation, cuDNN plans)

@@ -420,7 +420,7 @@ def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
     System1Spec(input_shape=(30,), n_classes=4, hidden=(20, 12), timesteps=6, encoding="rate", readout="spike_count"),
     System1Spec(input_shape=(1, 12, 12), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=4, encoding="latency"),
 ], ids=["conv-direct", "mlp-rate", "conv-latency"])
-def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_bits(spec, monkeypatch):
+def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_records(spec, monkeypatch):
     from fastslow.systems import system1
 
     torch.manual_seed(0)
@@ -436,5 +436,7 @@ def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_b
             inp, state, constant, steps, *a, **k))
         grouped = model.run(x, generator=torch.Generator().manual_seed(3))  # the rate code is drawn for the whole batch first
     assert calls == [(spec.timesteps, None)] * 3  # groups of 3, 3 and 1 inputs, each all T steps from rest
-    for name in ("step_outputs", "logits", "synaptic_ops", "dense_macs", "spike_rates"):
+    for name in ("synaptic_ops", "dense_macs", "spike_rates"):
         assert torch.equal(getattr(grouped, name), getattr(whole, name)), name
+    for name in ("step_outputs", "logits"):  # bit for bit here; a BLAS elsewhere may round by batch shape (see the README)
+        torch.testing.assert_close(getattr(grouped, name), getattr(whole, name), rtol=1e-6, atol=1e-7)

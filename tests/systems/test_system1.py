@@ -45,7 +45,11 @@ def test_conv_network_matches_a_plain_nchw_step_loop():
     pool = torch.nn.functional.max_pool2d
     with torch.no_grad():
         run = model.run(x)
-        assert torch.equal(run.logits, model.run(x, mode="stepwise").logits)
+        stepwise = model.run(x, mode="stepwise")
+        # The same spikes; a conv-fed head's membrane readout is one BLAS product over all steps in
+        # multistep mode, whose rounding may differ by shape in the last bit (see the README).
+        assert torch.equal(run.spike_rates, stepwise.spike_rates) and torch.equal(run.synaptic_ops, stepwise.synaptic_ops)
+        torch.testing.assert_close(run.logits, stepwise.logits, rtol=1e-6, atol=1e-7)
         conv0, conv1, hidden = (layer.op for layer in model.layers)
         v0, v1, v2 = lif_init(torch.zeros(2, 4, 10, 10)), lif_init(torch.zeros(2, 6, 5, 5)), lif_init(torch.zeros(2, 5))
         totals, layer1_ops = torch.zeros(3, 2, 3), []

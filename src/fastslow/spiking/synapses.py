@@ -93,20 +93,6 @@ def _offsets(counts: torch.Tensor) -> torch.Tensor:
     return offsets
 
 
-# On CUDA a linear layer with a bias runs as a matmul, then the bias added in place: torch sends
-# linear's fused matmul + bias through cuBLASLt, whose setup on every call cost ~90 µs of host time
-# on an H200 host (a plain matmul ~10 µs), several times these small matmuls' GPU time. The
-# benchmark turns it off to compare.
-CUDA_LINEAR_IN_PARTS = True
-
-
-def linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(inputs, weight, bias)`` (on CUDA as a matmul, then the bias added in place)."""
-    if bias is None or inputs.device.type != "cuda" or not CUDA_LINEAR_IN_PARTS:
-        return F.linear(inputs, weight, bias)
-    return torch.matmul(inputs, weight.t()).add_(bias)
-
-
 def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = EVENT_DENSITY) -> torch.Tensor:
     """``layer`` applied to ``inputs`` [..., in] → [..., out].
 
@@ -118,7 +104,7 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
     inference give the same spikes.
     """
     if event_density <= 0 or inputs.device.type != "cpu" or inputs.numel() == 0 or layer.out_features < MIN_EVENT_FANOUT:
-        return linear(inputs, layer.weight, layer.bias)
+        return F.linear(inputs, layer.weight, layer.bias)
     flat = inputs.reshape(-1, inputs.shape[-1])
     max_events = math.floor(event_density * flat.shape[1])  # one integer cutoff for both paths
     parameters = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)

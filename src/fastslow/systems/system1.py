@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
 from fastslow.spiking.lif import check_params
-from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, linear, spike_linear
+from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -390,7 +390,7 @@ class System1(nn.Module):
         the input is analog, so the layer is a dense matmul, never event-driven). Conv maps come
         channels-last in memory, as the simulation reads them; indexing rows keeps that layout."""
         layer = self.layers[0]
-        return conv_channels_last(x, layer.op) if layer.is_conv else linear(x, layer.op.weight, layer.op.bias)
+        return conv_channels_last(x, layer.op) if layer.is_conv else layer.op(x)
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         """A layer's input current from its input spikes (linear layers event-driven where sparse;
@@ -590,7 +590,7 @@ class System1(nn.Module):
                 # order with its weight's columns reordered to match (a small copy of the weight,
                 # instead of a copy of every step's spike maps into [C, H, W] order).
                 source = _channels_last(layer_outputs[h]).flatten(2)
-                current = linear(source, _channels_last_columns(head.weight, self.layers[h].pooled_shape), head.bias)
+                current = F.linear(source, _channels_last_columns(head.weight, self.layers[h].pooled_shape), head.bias)
             else:
                 source = layer_outputs[h].flatten(2)
                 current = self._synapses(head, source)
