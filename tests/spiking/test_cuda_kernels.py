@@ -75,15 +75,21 @@ def check_kernels_match_torch_path(device: str) -> None:
                     for kernels in (True, False):
                         with torch.set_grad_enabled(grad), (_no_change() if kernels else _torch_path()):
                             inputs = currents.detach().requires_grad_(grad)
-                            counts = torch.ones(shape[:2], device=device)
-                            extra = {"counts": counts} if fn is lif_multistep else {}
+                            counts, fanned = torch.ones(shape[:2], device=device), torch.ones(shape[:2], device=device)
+                            extra = {"counts": counts}
+                            if fn is lif_multistep_pooled:  # whole fan-outs per pooled position, added into fanned
+                                fanout = torch.arange(1.0, (shape[2] // 2) * (shape[3] // 2) + 1, device=device)
+                                extra["next_synaptic_ops"] = (fanout, fanned)
                             outputs = fn(inputs, None, params, **extra)
                             grads = torch.autograd.grad(outputs[0].sum(), inputs) if grad else ()
-                            results.append([*outputs[:-1], outputs[-1].v, counts, *grads])
+                            results.append([*outputs[:-1], outputs[-1].v, counts, fanned, *grads])
                     for a, b in zip(*results):
                         torch.testing.assert_close(a, b, rtol=1e-5 if grad else 0, atol=1e-5 if grad else 0)
                     if fn is lif_multistep:
                         assert torch.equal(results[0][2], 1 + results[0][0].detach().flatten(2).sum(2))
+                    else:
+                        per_position = results[0][0].detach().sum(-1).flatten(2)
+                        assert torch.equal(results[0][4], 1 + per_position @ fanout) and results[0][4].sum() > results[0][4].numel()
                 # Inference (no potential record), with infinities and NaN, and a constant current over T.
                 special = currents.clone()
                 special.view(-1)[[1, 7, 11]] = torch.tensor([float("inf"), float("-inf"), float("nan")], device=device)

@@ -236,7 +236,7 @@ def _reference_lif(currents, state, params, final_state=True, counts=None, rows=
     return spikes, state if final_state else None
 
 
-def _reference_pooled(currents, state, params, final_state=True, next_synaptic_ops=None, rows=None):
+def _reference_pooled(currents, state, params, final_state=True, counts=None, next_synaptic_ops=None, rows=None):
     """The functional core, then ``max_pool2d``, on channels-last maps [T, B, H, W, C]."""
     assert rows is None
     spikes, new_state = _reference_lif(currents, state, params)
@@ -244,8 +244,9 @@ def _reference_pooled(currents, state, params, final_state=True, next_synaptic_o
     pooled = pooled.unflatten(0, spikes.shape[:2])
     if next_synaptic_ops is not None:
         fanout, out = next_synaptic_ops
-        out.copy_((pooled.detach().sum(-1).flatten(2) * fanout).sum(-1))
-    return pooled, spikes.detach().sum(dim=(2, 3, 4)), new_state if final_state else None
+        out.add_((pooled.detach().sum(-1).flatten(2) * fanout).sum(-1))
+    map_counts = spikes.detach().sum(dim=(2, 3, 4))
+    return pooled, map_counts if counts is None else counts.add_(map_counts), new_state if final_state else None
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
@@ -356,17 +357,24 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     # From rest (no state), and without writing the final state: the same spikes and counts; the
     # next layer's synaptic ops (Σ fan-out × pooled spike) summed in the kernel equal the torch path's.
     fanout = torch.arange(1.0, 4 * 3 + 1)  # one per pooled position of the 9×7 maps (4×3)
-    ops = {}
+    ops, counts = {}, {}  # both added into (here onto ones)
     with torch.no_grad():
-        ops["compiled"] = torch.zeros(6, 5)
-        from_rest = lif.lif_multistep_pooled(varied, None, params, final_state=False, next_synaptic_ops=(fanout, ops["compiled"]))
+        ops["compiled"], counts["compiled"] = torch.ones(6, 5), torch.ones(6, 5)
+        from_rest = lif.lif_multistep_pooled(varied, None, params, final_state=False, counts=counts["compiled"],
+                                             next_synaptic_ops=(fanout, ops["compiled"]))
         monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
-        ops["torch"] = torch.zeros(6, 5)
-        reference = lif.lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params, next_synaptic_ops=(fanout, ops["torch"]))
+        ops["torch"], counts["torch"] = torch.ones(6, 5), torch.ones(6, 5)
+        reference = lif.lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params, counts=counts["torch"],
+                                             next_synaptic_ops=(fanout, ops["torch"]))
         monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
-    assert torch.equal(from_rest[0], reference[0]) and torch.equal(from_rest[1], reference[1]) and from_rest[2] is None
-    expected = (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
-    assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 0
+    assert torch.equal(from_rest[0], reference[0]) and from_rest[2] is None
+    assert from_rest[1] is counts["compiled"] and reference[1] is counts["torch"] and torch.equal(counts["compiled"], counts["torch"])
+    with torch.no_grad():
+        assert torch.equal(counts["torch"], 1 + lif.lif_multistep_pooled(varied, None, params)[1])  # a fresh buffer without counts=
+    expected = 1 + (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
+    assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 30
+    with torch.no_grad(), pytest.raises(ValueError, match=r"counts must be a contiguous float32 \[T, B\]"):
+        lif.lif_multistep_pooled(varied, None, params, counts=torch.zeros(5, 6))
     assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path
 
 

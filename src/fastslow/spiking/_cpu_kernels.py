@@ -100,9 +100,9 @@ def _kernel():
                                 window += np.int32(pooled_spike > zero)
                             if fan:
                                 fanned_ops += fanout[(first_row // 2) * pooled_width + pw] * window
-                counts[t, b] = count
+                counts[t, b] += count
                 if fan:
-                    fanned[t, b] = fanned_ops
+                    fanned[t, b] += fanned_ops
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state, state_rows,
@@ -190,13 +190,15 @@ def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor
 
 def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
                        keep_state: bool = True, next_fanout: torch.Tensor | None = None, next_ops: torch.Tensor | None = None,
-                       rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       rows: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
     rest), then 2×2 max-pooling of the spikes: (pooled spikes [T, B, H//2, W//2, C], spike count per
-    map [T, B], v after step T or None without ``keep_state``), on as many threads as torch uses.
-    Starting at rest and dropping the final state spare the pass over memory that each costs.
-    With ``next_fanout`` [H//2 · W//2] (synapses leaving each pooled position, per channel) it also
-    writes Σ fan-out × pooled spike into ``next_ops`` [T, B] (contiguous float32) while they are in cache.
+    map [T, B] (added into ``counts`` if given, contiguous float32), v after step T or None without
+    ``keep_state``), on as many threads as torch uses. Starting at rest and dropping the final state
+    spare the pass over memory that each costs. With ``next_fanout`` [H//2 · W//2] (synapses leaving
+    each pooled position, per channel) it also adds Σ fan-out × pooled spike into ``next_ops`` [T, B]
+    (contiguous float32) while they are in cache.
     With ``rows`` [n] (distinct): advances only those rows of ``v0``, in place (returned as the state
     whatever ``keep_state``); the outputs hold the n rows in order, and so do the currents unless
     constant (stride 0 in T)."""
@@ -205,7 +207,11 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     batch, row_index, by_row = _rows_of(currents, v0, rows)
     steps, _, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
-    counts = currents.new_empty(steps, batch)
+    # The compiled loop checks no bounds: misshapen buffers would be written past their end.
+    for name, given in (("counts", counts), ("next_ops", next_ops)):
+        if given is not None and (tuple(given.shape) != (steps, batch) or not given.is_contiguous() or given.dtype != torch.float32):
+            raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(given.shape)} {given.dtype}")
+    counts = currents.new_zeros(steps, batch) if counts is None else counts
     placeholder = currents.new_empty(1, 1, 1, 1)  # typed stand-in for an absent v0 or output state
     v = currents.new_empty(batch, height, width, channels) if keep_state and rows is None else placeholder
     fanout = np.zeros(0) if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()

@@ -116,7 +116,8 @@ if triton is not None:
     def _windows(height, width, channels, BLOCK: tl.constexpr):
         """This program's 2×2 windows of image ``program_id(0)`` (channels-last [H, W, C]; the last row
         or column of windows is cut short where H or W is odd): the four neurons' offsets and masks,
-        the pooled element's offset and whether the window is whole (only whole ones are pooled)."""
+        whether the window is whole (only whole ones are pooled), the pooled element's offset and its
+        position in its pooled map (row-major)."""
         image = tl.program_id(0)
         window_rows, window_cols = (height + 1) // 2, (width + 1) // 2
         index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -128,15 +129,16 @@ if triton is not None:
         has_right = inside & (2 * col + 1 < width)
         has_below = inside & (2 * row + 1 < height)
         whole = has_right & has_below
-        pooled_at = ((image * (height // 2) + row) * (width // 2) + col) * channels + channel
+        position = row * (width // 2) + col
+        pooled_at = (image * (height // 2) * (width // 2) + position) * channels + channel
         return (top_left, top_left + channels, top_left + width * channels, top_left + (width + 1) * channels,
-                inside, has_right, has_below, whole, pooled_at)
+                inside, has_right, has_below, whole, pooled_at, position)
 
     @triton.jit
-    def _lif_pool_forward_kernel(currents, current_stride, v0, pooled, counts, potentials, v_last, height, width, channels, batch,
-                                 beta, threshold, STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr,
-                                 HAS_V0: tl.constexpr, BLOCK: tl.constexpr):
-        at00, at01, at10, at11, in00, in01, in10, whole, pooled_at = _windows(height, width, channels, BLOCK)
+    def _lif_pool_forward_kernel(currents, current_stride, v0, pooled, counts, potentials, v_last, fanout, fanned, height, width,
+                                 channels, batch, beta, threshold, STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr,
+                                 HAS_V0: tl.constexpr, FAN: tl.constexpr, BLOCK: tl.constexpr):
+        at00, at01, at10, at11, in00, in01, in10, whole, pooled_at, position = _windows(height, width, channels, BLOCK)
         neurons = batch * height * width * channels
         pooled_step = batch * (height // 2) * (width // 2) * channels
         if HAS_V0:
@@ -149,7 +151,9 @@ if triton is not None:
             v01 = tl.zeros([BLOCK], dtype=tl.float32)
             v10 = tl.zeros([BLOCK], dtype=tl.float32)
             v11 = tl.zeros([BLOCK], dtype=tl.float32)
-        count_at = counts + tl.program_id(0)
+        count_at, fanned_at = counts + tl.program_id(0), fanned + tl.program_id(0)
+        if FAN:
+            fan = tl.load(fanout + position, mask=whole, other=0.0)
         for t in range(STEPS):
             current_at, potential_at = currents + t * current_stride, potentials + t * neurons
             u00, s00, v00 = _advance(v00, tl.load(current_at + at00, mask=in00, other=0.0), beta, threshold, RESET_ZERO)
@@ -161,11 +165,16 @@ if triton is not None:
                 tl.store(potential_at + at01, u01, mask=in01)
                 tl.store(potential_at + at10, u10, mask=in10)
                 tl.store(potential_at + at11, u11, mask=whole)
-            tl.store(pooled + t * pooled_step + pooled_at, tl.maximum(tl.maximum(s00, s01), tl.maximum(s10, s11)), mask=whole)
+            window = tl.maximum(tl.maximum(s00, s01), tl.maximum(s10, s11))
+            tl.store(pooled + t * pooled_step + pooled_at, window, mask=whole)
             fired = tl.where(in00, s00, 0.0) + tl.where(in01, s01, 0.0) + tl.where(in10, s10, 0.0) + tl.where(whole, s11, 0.0)
-            # Sums of spikes are whole numbers below 2^24: exact in float32 in any order of addition.
+            # Sums of spikes (and of whole fan-outs) are whole numbers: exact in float32 in any order of
+            # addition below 2^24.
             tl.atomic_add(count_at, tl.sum(fired, axis=0))
             count_at += batch
+            if FAN:  # the synaptic ops these pooled spikes cause in the next layer
+                tl.atomic_add(fanned_at, tl.sum(tl.where(whole, window * fan, 0.0), axis=0))
+                fanned_at += batch
         tl.store(v_last + at00, v00, mask=in00)
         tl.store(v_last + at01, v01, mask=in01)
         tl.store(v_last + at10, v10, mask=in10)
@@ -176,7 +185,7 @@ if triton is not None:
                                   beta, threshold, slope, STEPS: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr,
                                   FIRST_WITH_GRAD_V: tl.constexpr, RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr,
                                   BLOCK: tl.constexpr):
-        at00, at01, at10, at11, in00, in01, in10, whole, pooled_at = _windows(height, width, channels, BLOCK)
+        at00, at01, at10, at11, in00, in01, in10, whole, pooled_at, position = _windows(height, width, channels, BLOCK)
         neurons = batch * height * width * channels
         pooled_step = batch * (height // 2) * (width // 2) * channels
         if HAS_GRAD_V_LAST:
@@ -313,22 +322,27 @@ def _pool_grid(shape: torch.Size) -> tuple[int, int]:
     return batch, triton.cdiv(((height + 1) // 2) * ((width + 1) // 2) * channels, _POOL_BLOCK)
 
 
-def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool, record: bool
+def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool, record: bool,
+                     counts: torch.Tensor | None = None, next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
-    rest), then 2×2 max-pooling: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B],
-    v after step T, and the pre-reset potentials [T, B, H, W, C] if ``record``)."""
+    rest), then 2×2 max-pooling: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B]
+    (added into ``counts`` if given), v after step T, and the pre-reset potentials [T, B, H, W, C] if
+    ``record``). ``next_synaptic_ops`` (fan-out per pooled position [H//2 · W//2], out [T, B]): also
+    add Σ fan-out × pooled spike into out."""
     currents, stride = _per_step(currents)
     steps, batch, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
-    counts = currents.new_zeros(steps, batch)
+    counts = currents.new_zeros(steps, batch) if counts is None else counts
     potentials = currents.new_empty(steps, batch, height, width, channels) if record else pooled  # unread without RECORD
     v_last = currents.new_empty(batch, height, width, channels)
+    fanout, fanned = (counts, counts) if next_synaptic_ops is None else next_synaptic_ops  # unread without FAN
     if v_last.numel():
         _lif_pool_forward_kernel[_pool_grid(v_last.shape)](
-            currents, stride, v_last if v0 is None else v0.contiguous(), pooled, counts, potentials, v_last, height, width, channels,
-            batch, float(beta), float(threshold), STEPS=steps, RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None,
-            BLOCK=_POOL_BLOCK, **_launch_options())
+            currents, stride, v_last if v0 is None else v0.contiguous(), pooled, counts, potentials, v_last,
+            fanout.to(currents.dtype), fanned, height, width, channels, batch, float(beta), float(threshold), STEPS=steps,
+            RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None, FAN=next_synaptic_ops is not None, BLOCK=_POOL_BLOCK,
+            **_launch_options())
     return pooled, counts, v_last, potentials if record else None
 
 

@@ -342,14 +342,17 @@ class _FusedLIFPool(torch.autograd.Function):
     ``max_pool2d`` over :func:`lif_multistep` up to float rounding, and the spikes are the same bits."""
 
     @staticmethod
-    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams):
+    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None,
+                next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None):
         ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
         if ctx.fused:
-            pooled, counts, v_last, potentials = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold,
-                                                                                params.reset == "zero", record=True)
+            pooled, counts, v_last, potentials = _cuda_kernels.lif_pool_forward(
+                currents, v0, params.beta, params.threshold, params.reset == "zero", record=True, counts=counts,
+                next_synaptic_ops=next_synaptic_ops)
         else:
             potentials = currents.new_empty(currents.shape)
-            pooled, counts, v_last = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, potentials)
+            pooled, map_counts, v_last = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, potentials)
+            counts = _pooled_records(pooled, map_counts, counts, next_synaptic_ops)
         ctx.save_for_backward(potentials)
         ctx.params = params
         ctx.from_rest = v0 is None
@@ -364,7 +367,7 @@ class _FusedLIFPool(torch.autograd.Function):
         if ctx.fused:
             grad_u, grad_v0 = _cuda_kernels.lif_pool_backward(potentials, grad_pooled, grad_v_last, p.beta, p.threshold,
                                                               p.reset == "zero", p.surrogate, p.slope)
-            return grad_u, None if ctx.from_rest else grad_v0, None
+            return grad_u, None if ctx.from_rest else grad_v0, None, None, None
         derivative = _surrogate(p.surrogate).derivative
         steps, _, height, width, channels = potentials.shape
         group, groups = _image_groups(potentials.shape[1:])
@@ -382,21 +385,23 @@ class _FusedLIFPool(torch.autograd.Function):
                 torch.gt(u, p.threshold, out=spikes)
                 _unpool_into(grad_pooled[t, images], spikes, grad_spikes, rest)
                 grad_v = _slice_grad(u, grad_spikes, grad_v, grad_u[t, images], grad_v0[images], p, derivative)
-        return grad_u, None if ctx.from_rest else grad_v0, None
+        return grad_u, None if ctx.from_rest else grad_v0, None, None, None
 
 
 def lif_multistep_pooled(
     currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None, rows: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None, next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LIFState | None]:
     """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
     of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
-    [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient) and the state after step T
-    (``state`` None: from rest; ``final_state=False`` returns None instead, which spares compiled CPU
-    inference writing it). ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the
-    same for every channel; out [T, B]): also write into out the synaptic operations the pooled
-    spikes cause in the next layer, Σ fan-out × spike (no gradient; compiled CPU inference sums them
-    while the spikes are in cache). ``rows``: as :func:`lif_multistep` (the state updated in place).
+    [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient; added into ``counts`` if
+    given, and that returned) and the state after step T (``state`` None: from rest;
+    ``final_state=False`` returns None instead, which spares compiled CPU inference writing it).
+    ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel;
+    out [T, B]): also add into out the synaptic operations the pooled spikes cause in the next layer,
+    Σ fan-out × spike (no gradient; the compiled kernels sum them while the spikes are in cache).
+    ``counts`` and out: contiguous float32. ``rows``: as :func:`lif_multistep` (the state updated in place).
 
     Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
     (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
@@ -406,33 +411,46 @@ def lif_multistep_pooled(
     check_params(params)
     if currents.dim() != 5 or min(currents.shape[:2]) == 0:
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
-    _advanced_rows(currents, state, rows)
+    batch = _advanced_rows(currents, state, rows)
+    for name, given in (("counts", counts), ("next_synaptic_ops' out", None if next_synaptic_ops is None else next_synaptic_ops[1])):
+        if given is not None and (tuple(given.shape) != (currents.shape[0], batch) or not given.is_contiguous()
+                                  or given.dtype != torch.float32 or given.requires_grad):
+            raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[currents.shape[0], batch]} without gradient, "
+                             f"got {list(given.shape)} {given.dtype}")
     v0 = None if state is None else state.v
     if _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
         next_fanout, next_ops = (None, None) if next_synaptic_ops is None else next_synaptic_ops
         pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero",
                                                             keep_state=final_state, next_fanout=next_fanout, next_ops=next_ops,
-                                                            rows=rows)
+                                                            rows=rows, counts=counts)
         return pooled, counts, None if v is None else LIFState(v=v)
     if rows is not None:
-        pooled, counts, advanced = lif_multistep_pooled(_gathered(currents, rows), LIFState(v0[rows]), params,
+        pooled, counts, advanced = lif_multistep_pooled(_gathered(currents, rows), LIFState(v0[rows]), params, counts=counts,
                                                         next_synaptic_ops=next_synaptic_ops)
         v0.index_copy_(0, rows, advanced.v)
         return pooled, counts, state
     # v0 None: the kernels start from rest without a zero state
     if torch.is_grad_enabled() and (currents.requires_grad or v0 is not None and v0.requires_grad):
-        pooled, counts, v = _FusedLIFPool.apply(currents, v0, params)
+        pooled, counts, v = _FusedLIFPool.apply(currents, v0, params, counts, next_synaptic_ops)
     elif _cuda_kernels.applies(currents, v0):  # one launch for all steps (Triton)
         pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                              record=False)
+                                                              record=False, counts=counts, next_synaptic_ops=next_synaptic_ops)
     else:  # nothing to record for a backward pass: the potential runs in place
-        pooled, counts, v = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, None)
-    if next_synaptic_ops is not None:
-        next_fanout, next_ops = next_synaptic_ops
-        with torch.no_grad():
-            per_position = pooled.detach().sum(-1).flatten(2)  # [T, B, positions]
-            torch.matmul(per_position, next_fanout.to(per_position.dtype), out=next_ops)
+        pooled, map_counts, v = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, None)
+        counts = _pooled_records(pooled, map_counts, counts, next_synaptic_ops)
     return pooled, counts, LIFState(v=v) if final_state else None
+
+
+def _pooled_records(pooled: torch.Tensor, map_counts: torch.Tensor, counts: torch.Tensor | None,
+                    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """The torch path's records: ``map_counts`` added into ``counts`` (if given; returned), and the
+    next layer's synaptic ops from the ``pooled`` spikes added into ``next_synaptic_ops``' out."""
+    with torch.no_grad():
+        if next_synaptic_ops is not None:
+            next_fanout, next_ops = next_synaptic_ops
+            per_position = pooled.detach().sum(-1).flatten(2)  # [T, B, positions]
+            next_ops.add_(torch.matmul(per_position, next_fanout.to(per_position.dtype)))
+        return map_counts if counts is None else counts.add_(map_counts)
 
 
 class LIF(nn.Module):

@@ -292,6 +292,20 @@ class System1(nn.Module):
                 factor = sum(run[2].stop - run[2].start for run in self._count_runs)
                 self._count_runs.append((slice(row, row + 1), slice(layer_index, layer_index + 1), slice(factor, factor + 1)))
         self._rows_from_counts = {row for row, _, _ in from_counts}
+        # A pooled conv layer's LIF kernel also sums the synaptic ops its pooled spikes cause in what
+        # follows it (the next layer, or the final exit's head after the last layer): fan-out per pooled position.
+        self._pool_fanned: dict[int, int] = {}  # pooled layer → the component row it fills
+        for index, layer in enumerate(layers):
+            if not layer.pool:
+                continue
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            positions = math.prod(layer.pooled_shape[1:])
+            if following is not None and following.is_conv:
+                fanout = following.fanout
+            else:
+                fanout = torch.full((positions,), float(spec.n_classes if following is None else following.op.out_features))
+            self._pool_fanned[index] = index + 1 if following is not None else len(layers) + len(exit_points) - 1
+            self.register_buffer(f"_pool_fanout_{index}", fanout.clone(), persistent=False)
         self.register_buffer("_count_factors", torch.tensor([float(f) for _, _, f in from_counts], dtype=torch.float32).view(-1, 1, 1),
                              persistent=False)
 
@@ -542,17 +556,16 @@ class System1(nn.Module):
         buffer = like.new_zeros(2 * components + n_layers, steps, batch)
         syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
         layer_outputs, layer_states = [], []
-        counted = False  # whether the layer before already counted this layer's synaptic ops
+        filled = {self._pool_fanned[i] for i in self._pool_fanned}  # rows the pooled layers' kernels fill
         for index, layer in enumerate(self.layers):
             if index == 0 and constant_current is not None:
                 current = _over_time(constant_current, steps)
                 dense[0].fill_(float(layer.dense_macs))
             else:
                 current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
-                if not counted and index not in self._rows_from_counts:
+                if index not in filled and index not in self._rows_from_counts:
                     with torch.no_grad():
                         _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
-            count_next = False
             if layer.is_conv:
                 # Conv maps live channels-last in memory (the convolutions' fastest CPU layout): the LIF
                 # runs on them seen as [.., H, W, C], a view, and the pooling reads them in place.
@@ -561,14 +574,11 @@ class System1(nn.Module):
                 else:
                     current = _channels_last(current)
                 v0 = None if state is None else LIFState(_channels_last(state.layers[index]))
-                following = self.layers[index + 1] if index + 1 < len(self.layers) else None
-                count_next = layer.pool and following is not None and following.is_conv
                 if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
-                    pooled, layer_counts, new_state = lif_multistep_pooled(
-                        current, v0, self.lif_params, final_state=keep_state,
-                        next_synaptic_ops=(following.fanout, syn[index + 1]) if count_next else None, rows=rows)
+                    pooled, _, new_state = lif_multistep_pooled(
+                        current, v0, self.lif_params, final_state=keep_state, counts=counts[index],
+                        next_synaptic_ops=(getattr(self, f"_pool_fanout_{index}"), syn[self._pool_fanned[index]]), rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
-                    counts[index].copy_(layer_counts)
                     out = _channels_first(pooled)
                 else:
                     spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, counts=counts[index],
@@ -579,7 +589,6 @@ class System1(nn.Module):
                 out, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
                                                final_state=keep_state, counts=counts[index], rows=rows)
                 layer_states.append(None if new_state is None else new_state.v)
-            counted = count_next
             layer_outputs.append(out)
             inp = out.flatten(2) if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear) else out
         outputs, head_states = [], []
@@ -594,7 +603,7 @@ class System1(nn.Module):
             else:
                 source = layer_outputs[h].flatten(2)
                 current = self._synapses(head, source)
-            if len(self.layers) + exit_index not in self._rows_from_counts:
+            if len(self.layers) + exit_index not in self._rows_from_counts | filled:
                 with torch.no_grad():
                     torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
