@@ -238,6 +238,46 @@ def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
     return S1Run(step_outputs=step_outputs, logits=step_outputs.cumsum(0) / counts, **records)
 
 
+class _RecordsPlan(NamedTuple):
+    """How a run fills its synaptic-op rows without summing spikes again (fixed by the architecture)."""
+
+    count_runs: list[tuple[slice, slice, slice]]  # (component rows, layers whose counts feed them, factors)
+    count_factors: torch.Tensor  # [rows, 1, 1] fan-out of each count-fed row
+    pool_fanned: dict[int, int]  # pooled layer → the component row its kernel fills
+    pool_fanouts: dict[int, torch.Tensor]  # pooled layer → fan-out per pooled position
+    rows_filled: frozenset[int]
+
+
+def _records_plan(layers: list[_Layer], exit_points: list[int], n_classes: int) -> _RecordsPlan:
+    """Components fed by a layer's unpooled spikes through a scalar fan-out (a linear layer or a head)
+    get that layer's spike counts × the fan-out: one multiplication per run of consecutive rows after
+    the last layer (each a kernel launch on a GPU). A pooled conv layer's LIF kernel sums the synaptic
+    ops its pooled spikes cause in what follows it (the next layer, or the final exit's head after the
+    last layer), from a fan-out per pooled position. Other rows sum their input spikes."""
+    from_counts = [(index, index - 1, layer.op.out_features) for index, layer in enumerate(layers)
+                   if index > 0 and not layer.is_conv and not layers[index - 1].pool]
+    from_counts += [(len(layers) + e, h, n_classes) for e, h in enumerate(exit_points) if not layers[h].pool]
+    runs: list[tuple[slice, slice, slice]] = []
+    for position, (row, layer_index, _) in enumerate(from_counts):
+        if runs and runs[-1][0].stop == row and runs[-1][1].stop == layer_index:
+            rows, feeding, factors = runs[-1]
+            runs[-1] = (slice(rows.start, row + 1), slice(feeding.start, layer_index + 1), slice(factors.start, position + 1))
+        else:
+            runs.append((slice(row, row + 1), slice(layer_index, layer_index + 1), slice(position, position + 1)))
+    pool_fanned, pool_fanouts = {}, {}
+    for index, layer in enumerate(layers):
+        if layer.pool:
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            pool_fanned[index] = index + 1 if following is not None else len(layers) + len(exit_points) - 1
+            if following is not None and following.is_conv:
+                pool_fanouts[index] = following.fanout.clone()
+            else:
+                width = n_classes if following is None else following.op.out_features
+                pool_fanouts[index] = torch.full((math.prod(layer.pooled_shape[1:]),), float(width))
+    factors = torch.tensor([float(f) for _, _, f in from_counts], dtype=torch.float32).view(-1, 1, 1)
+    return _RecordsPlan(runs, factors, pool_fanned, pool_fanouts, frozenset({row for row, _, _ in from_counts} | set(pool_fanned.values())))
+
+
 class System1(nn.Module):
     """Spiking MLP or small conv net; see :class:`System1Spec` and :meth:`run`."""
 
@@ -276,38 +316,11 @@ class System1(nn.Module):
         # Kept as a buffer (moved with the model, not saved): a run then copies nothing from the host,
         # which a CUDA graph capture of it would refuse. Runs hand out copies, never the buffer.
         self.register_buffer("_neuron_counts", torch.tensor(self.neurons_per_component(), dtype=torch.float32), persistent=False)
-        # Components whose input is a layer's unpooled spikes through a scalar fan-out (a linear layer or
-        # a head): their synaptic ops are that layer's spike counts × the fan-out, one multiplication
-        # per run of consecutive rows after all layers ran (each a kernel launch on a GPU).
-        from_counts = [(index, index - 1, layer.op.out_features) for index, layer in enumerate(layers)
-                       if index > 0 and not layer.is_conv and not layers[index - 1].pool]
-        from_counts += [(len(layers) + e, h, spec.n_classes) for e, h in enumerate(exit_points) if not layers[h].pool]
-        self._count_runs: list[tuple[slice, slice, slice]] = []  # (syn rows, layers, factors)
-        for row, layer_index, _ in from_counts:
-            last = self._count_runs[-1] if self._count_runs else None
-            if last is not None and last[0].stop == row and last[1].stop == layer_index:
-                self._count_runs[-1] = (slice(last[0].start, row + 1), slice(last[1].start, layer_index + 1),
-                                        slice(last[2].start, last[2].stop + 1))
-            else:
-                factor = sum(run[2].stop - run[2].start for run in self._count_runs)
-                self._count_runs.append((slice(row, row + 1), slice(layer_index, layer_index + 1), slice(factor, factor + 1)))
-        self._rows_from_counts = {row for row, _, _ in from_counts}
-        # A pooled conv layer's LIF kernel also sums the synaptic ops its pooled spikes cause in what
-        # follows it (the next layer, or the final exit's head after the last layer): fan-out per pooled position.
-        self._pool_fanned: dict[int, int] = {}  # pooled layer → the component row it fills
-        for index, layer in enumerate(layers):
-            if not layer.pool:
-                continue
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            positions = math.prod(layer.pooled_shape[1:])
-            if following is not None and following.is_conv:
-                fanout = following.fanout
-            else:
-                fanout = torch.full((positions,), float(spec.n_classes if following is None else following.op.out_features))
-            self._pool_fanned[index] = index + 1 if following is not None else len(layers) + len(exit_points) - 1
-            self.register_buffer(f"_pool_fanout_{index}", fanout.clone(), persistent=False)
-        self.register_buffer("_count_factors", torch.tensor([float(f) for _, _, f in from_counts], dtype=torch.float32).view(-1, 1, 1),
-                             persistent=False)
+        plan = _records_plan(layers, exit_points, spec.n_classes)
+        self._count_runs, self._pool_fanned, self._rows_filled = plan.count_runs, plan.pool_fanned, plan.rows_filled
+        self.register_buffer("_count_factors", plan.count_factors, persistent=False)
+        for index, fanout in plan.pool_fanouts.items():
+            self.register_buffer(f"_pool_fanout_{index}", fanout, persistent=False)
 
     # -- static facts -------------------------------------------------------
     @property
@@ -556,14 +569,13 @@ class System1(nn.Module):
         buffer = like.new_zeros(2 * components + n_layers, steps, batch)
         syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
         layer_outputs, layer_states = [], []
-        filled = {self._pool_fanned[i] for i in self._pool_fanned}  # rows the pooled layers' kernels fill
         for index, layer in enumerate(self.layers):
             if index == 0 and constant_current is not None:
                 current = _over_time(constant_current, steps)
                 dense[0].fill_(float(layer.dense_macs))
             else:
                 current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
-                if index not in filled and index not in self._rows_from_counts:
+                if index not in self._rows_filled:
                     with torch.no_grad():
                         _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
             if layer.is_conv:
@@ -603,7 +615,7 @@ class System1(nn.Module):
             else:
                 source = layer_outputs[h].flatten(2)
                 current = self._synapses(head, source)
-            if len(self.layers) + exit_index not in self._rows_from_counts | filled:
+            if n_layers + exit_index not in self._rows_filled:
                 with torch.no_grad():
                     torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
