@@ -61,12 +61,12 @@ def _kernels_per_call(work) -> tuple[int, list[tuple[str, float, int]]]:
     return launches, [(e.key, e.self_cpu_time_total, e.count) for e in top]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=15, help="alternating rounds of the side-by-side table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("cuda_host_overhead: no CUDA device here; nothing to measure")
         return

@@ -434,8 +434,11 @@ def run_record(args: argparse.Namespace) -> dict:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    found["fastslow_commit"] = commit or "unknown"
+    git = lambda *command: subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    commit = git("rev-parse", "--short", "HEAD")
+    # A tree that differs from its commit (edits, or a copy whose .git is older than its files) says so.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
+    found["fastslow_commit"] = (commit + ("+modified" if changed else "")) if commit else "unknown"
     return {"config": {**vars(args), "timesteps": 8, "batches": {name: batch for name, (_, batch) in NETWORKS.items()}},
             "seed": 0, "peers_pinned": PEERS, "versions": found}
 

@@ -53,6 +53,18 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     assert escalation[0]["system2_ms"] == 0.0 and all(p["system2_ms"] > 0 and p["ratio_to_all_escalated"] > 0 for p in escalation[1:])
 
 
+def test_cuda_host_overhead_bench_runs_its_side_by_side_on_cpu(capsys):
+    import torch
+
+    bench = _load("cuda_host_overhead")
+    bench.side_by_side("mlp", rounds=1, runs=1, device="cpu")  # the GPU-only part's table, on the CPU
+    out = capsys.readouterr().out
+    assert "side by side in one process" in out and "fastslow " in out and "matmul_floor" in out
+    if not torch.cuda.is_available():
+        bench.main([])
+        assert "no CUDA device here" in capsys.readouterr().out
+
+
 def test_continual_bench_runs_tiny_on_digits(capsys, tmp_path):
     bench = _load("continual")
     report = tmp_path / "continual.json"
