@@ -375,6 +375,8 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 30
     with torch.no_grad(), pytest.raises(ValueError, match=r"counts must be a contiguous float32 \[T, B\]"):
         lif.lif_multistep_pooled(varied, None, params, counts=torch.zeros(5, 6))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"one entry per pooled position, \[12\], got \[11\]"):
+        lif.lif_multistep_pooled(varied, None, params, next_synaptic_ops=(fanout[:11], torch.zeros(6, 5)))
     assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path
 
 

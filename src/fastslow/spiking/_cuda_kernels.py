@@ -340,7 +340,7 @@ def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: floa
     if v_last.numel():
         _lif_pool_forward_kernel[_pool_grid(v_last.shape)](
             currents, stride, v_last if v0 is None else v0.contiguous(), pooled, counts, potentials, v_last,
-            fanout.to(currents.dtype), fanned, height, width, channels, batch, float(beta), float(threshold), STEPS=steps,
+            fanout.to(currents.dtype).contiguous(), fanned, height, width, channels, batch, float(beta), float(threshold), STEPS=steps,
             RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None, FAN=next_synaptic_ops is not None, BLOCK=_POOL_BLOCK,
             **_launch_options())
     return pooled, counts, v_last, potentials if record else None

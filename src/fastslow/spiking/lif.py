@@ -417,6 +417,11 @@ def lif_multistep_pooled(
                                   or given.dtype != torch.float32 or given.requires_grad):
             raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[currents.shape[0], batch]} without gradient, "
                              f"got {list(given.shape)} {given.dtype}")
+    positions = (currents.shape[2] // 2) * (currents.shape[3] // 2)
+    if next_synaptic_ops is not None and tuple(next_synaptic_ops[0].shape) != (positions,):
+        # the compiled kernels read it unchecked, one entry per pooled position
+        raise ValueError(f"next_synaptic_ops' fan-out must hold one entry per pooled position, [{positions}], "
+                         f"got {list(next_synaptic_ops[0].shape)}")
     v0 = None if state is None else state.v
     if _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
         next_fanout, next_ops = (None, None) if next_synaptic_ops is None else next_synaptic_ops
