@@ -373,7 +373,7 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
         assert torch.equal(counts["torch"], 1 + lif.lif_multistep_pooled(varied, None, params)[1])  # a fresh buffer without counts=
     expected = 1 + (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
     assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 30
-    with torch.no_grad(), pytest.raises(ValueError, match=r"counts must be a contiguous float32 \[T, B\]"):
+    with torch.no_grad(), pytest.raises(ValueError, match=r"counts must be a contiguous torch.float32 \[T, B\]"):
         lif.lif_multistep_pooled(varied, None, params, counts=torch.zeros(5, 6))
     with torch.no_grad(), pytest.raises(ValueError, match=r"one entry per pooled position, \[12\], got \[11\]"):
         lif.lif_multistep_pooled(varied, None, params, next_synaptic_ops=(fanout[:11], torch.zeros(6, 5)))

@@ -148,3 +148,22 @@ def test_an_empty_batch_runs_to_empty_records():
     model = System1(System1Spec(input_shape=(12,), n_classes=3, hidden=(5,), timesteps=4)).eval()
     with torch.no_grad():
         assert model.run(torch.rand(0, 12)).logits.shape == (4, 1, 0, 3)
+
+
+def test_float64_models_and_autocast_runs_keep_exact_records():
+    """A float64 System 1 runs (its records in float64, the same in both modes), and under bfloat16
+    autocast the records stay float32 (spike counts and operation totals exact)."""
+    torch.manual_seed(0)
+    for spec in (System1Spec(input_shape=(20,), n_classes=3, hidden=(8, 6), exit_heads=(0,), timesteps=3, encoding="direct"),
+                 System1Spec(input_shape=(1, 8, 8), n_classes=3, arch="conv", conv_channels=(3, 4), hidden=(5,), timesteps=3)):
+        model = System1(spec).double()
+        x = torch.rand(2, *spec.input_shape, dtype=torch.float64)
+        run = model.run(x, generator=torch.Generator().manual_seed(1))
+        stepwise = model.run(x, mode="stepwise", generator=torch.Generator().manual_seed(1))
+        assert run.synaptic_ops.dtype == run.spike_rates.dtype == torch.float64
+        assert torch.equal(run.synaptic_ops, stepwise.synaptic_ops) and torch.equal(run.spike_rates, stepwise.spike_rates)
+        model.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            cast = model.run(x.float(), generator=torch.Generator().manual_seed(1))
+        assert cast.synaptic_ops.dtype == cast.spike_rates.dtype == torch.float32
+        assert torch.equal(cast.synaptic_ops, cast.synaptic_ops.round())  # whole numbers of operations

@@ -3,8 +3,10 @@
 On a GPU the torch path of :func:`fastslow.spiking.lif.lif_multistep` launches four element-wise
 kernels per step (about seven, pooled), each tiny at the batch sizes System 1 runs: the time goes
 to launches. Here one launch runs all T steps of a layer, each neuron's potential in a register:
-leak, integrate, fire, reset (and, pooled, the 2×2 max-pool and each map's spike count); a second
-launch runs the backward, recomputing spikes and surrogate slopes from the recorded pre-reset
+leak, integrate, fire, reset (and, pooled, the 2×2 max-pool), each input's spike count per step
+added into the run's records (pooled, also the synaptic operations the pooled spikes cause next:
+float32 atomic sums of whole numbers, exact below 2^24 per input and step, beyond which their
+rounding depends on the order of the adds); a second launch runs the backward, recomputing spikes and surrogate slopes from the recorded pre-reset
 potentials. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current:
 floating-point contraction is off), so the spikes and potentials are the torch path's bits and the
 gradients equal it up to rounding (tests; on a CPU they run in Triton's interpreter).
@@ -279,7 +281,7 @@ def lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, th
                 counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over ``currents`` [T, B, ...] from ``v0`` [B, ...] (None: at rest): (spikes [T, B, ...],
     v after step T, and the pre-reset potentials [T, B, ...] if ``record``). ``counts`` [T, B]
-    (contiguous): each input's spike count per step is added into it."""
+    (contiguous float32): each input's spike count per step is added into it."""
     currents, stride = _per_step(currents)
     steps = currents.shape[0]
     spikes = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)

@@ -185,11 +185,22 @@ class _FusedLIF(torch.autograd.Function):
         return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None
 
 
+def _check_count_buffer(name: str, buffer: torch.Tensor | None, currents: torch.Tensor, batch: int) -> None:
+    """A buffer that per-step, per-input sums are added into: contiguous [T, B], no gradient, and float32
+    for float32 or narrower currents (float64 for float64 ones: counts stay exact)."""
+    if buffer is None:
+        return
+    dtype = torch.promote_types(currents.dtype, torch.float32)
+    if tuple(buffer.shape) != (currents.shape[0], batch) or not buffer.is_contiguous() or buffer.dtype != dtype or buffer.requires_grad:
+        raise ValueError(f"{name} must be a contiguous {dtype} [T, B] = {[currents.shape[0], batch]} without gradient, "
+                         f"got {list(buffer.shape)} {buffer.dtype}")
+
+
 def _add_counts(spikes: torch.Tensor, counts: torch.Tensor | None) -> None:
     """Add each input's spike count per step (``spikes`` [T, B, ...]) into ``counts`` [T, B], if given."""
     if counts is not None:
         with torch.no_grad():
-            counts.add_(spikes.detach().flatten(2).sum(2))
+            counts.add_(spikes.detach().flatten(2).sum(2, dtype=counts.dtype))
 
 
 def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.Tensor | None) -> int:
@@ -235,10 +246,7 @@ def lif_multistep(
     the state's."""
     check_params(params)
     batch = _advanced_rows(currents, state, rows)
-    if counts is not None and (tuple(counts.shape) != (currents.shape[0], batch) or not counts.is_contiguous()
-                               or counts.dtype != torch.float32 or counts.requires_grad):
-        raise ValueError(f"counts must be a contiguous float32 [T, B] = {[currents.shape[0], batch]} without gradient, "
-                         f"got {list(counts.shape)} {counts.dtype}")
+    _check_count_buffer("counts", counts, currents, batch)
     if currents.dim() == 3 and _cpu_kernels.applies(currents, None if state is None else state.v):
         # one compiled pass per input over all steps instead of four kernels per step (numba)
         spikes, v = _cpu_kernels.lif_inference(currents, None if state is None else state.v, params.beta, params.threshold,
@@ -336,7 +344,8 @@ def _lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParam
 class _FusedLIFPool(torch.autograd.Function):
     """:class:`_FusedLIF` followed by 2×2 max-pooling of the spikes, over channels-last maps
     [T, B, H, W, C], a few whole images at a time. Forward keeps the pre-reset potentials (as
-    :class:`_FusedLIF`) and writes only the pooled spikes and each map's spike count; the full-size
+    :class:`_FusedLIF`) and writes only the pooled spikes and each map's spike count (and, if asked,
+    the synaptic operations the pooled spikes cause in the next layer); the full-size
     spike maps live in a small reused buffer, in cache. Backward recomputes them from the
     potentials and routes each window's gradient as ``max_pool2d`` does, so gradients equal
     ``max_pool2d`` over :func:`lif_multistep` up to float rounding, and the spikes are the same bits."""
@@ -396,7 +405,7 @@ def lif_multistep_pooled(
     """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
     of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
     [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient; added into ``counts`` if
-    given, and that returned) and the state after step T (``state`` None: from rest;
+    given, which it then holds) and the state after step T (``state`` None: from rest;
     ``final_state=False`` returns None instead, which spares compiled CPU inference writing it).
     ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel;
     out [T, B]): also add into out the synaptic operations the pooled spikes cause in the next layer,
@@ -412,11 +421,8 @@ def lif_multistep_pooled(
     if currents.dim() != 5 or min(currents.shape[:2]) == 0:
         raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
     batch = _advanced_rows(currents, state, rows)
-    for name, given in (("counts", counts), ("next_synaptic_ops' out", None if next_synaptic_ops is None else next_synaptic_ops[1])):
-        if given is not None and (tuple(given.shape) != (currents.shape[0], batch) or not given.is_contiguous()
-                                  or given.dtype != torch.float32 or given.requires_grad):
-            raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[currents.shape[0], batch]} without gradient, "
-                             f"got {list(given.shape)} {given.dtype}")
+    _check_count_buffer("counts", counts, currents, batch)
+    _check_count_buffer("next_synaptic_ops' out", None if next_synaptic_ops is None else next_synaptic_ops[1], currents, batch)
     positions = (currents.shape[2] // 2) * (currents.shape[3] // 2)
     if next_synaptic_ops is not None and tuple(next_synaptic_ops[0].shape) != (positions,):
         # the compiled kernels read it unchecked, one entry per pooled position

@@ -197,10 +197,11 @@ def _channels_last_columns(weight: torch.Tensor, maps_shape: tuple[int, ...]) ->
 def _synaptic_ops(spikes: torch.Tensor, fanout: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample accumulate ops caused by ``spikes`` [B, ...] through a layer with ``fanout``
     (written into ``out`` [B] if given)."""
+    dtype = fanout.dtype if out is None else out.dtype
     if fanout.dim() == 0:
-        return torch.mul(spikes.flatten(1).sum(1), fanout, out=out)
+        return torch.mul(spikes.flatten(1).sum(1, dtype=dtype), fanout, out=out)
     # Conv maps [B, C, H, W]: spikes per position (summed over the channels, contiguous in memory) · fan-out.
-    return torch.mv(_channels_last(spikes).sum(-1).flatten(1), fanout, out=out)
+    return torch.mv(_channels_last(spikes).sum(-1, dtype=dtype).flatten(1), fanout.to(dtype), out=out)
 
 
 class S1State(NamedTuple):
@@ -566,7 +567,8 @@ class System1(nn.Module):
         # Each layer's spike counts land in its rows of `counts` (from the LIF kernels) and become its
         # firing rates, and the synaptic ops of the components they feed, after the last layer.
         components, n_layers = self.n_components, len(self.layers)
-        buffer = like.new_zeros(2 * components + n_layers, steps, batch)
+        # float32 at least (float64 for a float64 model): counts and operation totals stay exact under autocast too
+        buffer = like.new_zeros(2 * components + n_layers, steps, batch, dtype=torch.promote_types(like.dtype, torch.float32))
         syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
         layer_outputs, layer_states = [], []
         for index, layer in enumerate(self.layers):
@@ -617,7 +619,7 @@ class System1(nn.Module):
                 current = self._synapses(head, source)
             if n_layers + exit_index not in self._rows_filled:
                 with torch.no_grad():
-                    torch.mul(source.sum(2), head.out_features, out=syn[len(self.layers) + exit_index])
+                    torch.mul(source.sum(2, dtype=syn.dtype), head.out_features, out=syn[len(self.layers) + exit_index])
             if self.spec.readout == "spike_count":
                 head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
                                                       final_state=keep_state, rows=rows)
