@@ -188,6 +188,13 @@ def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor
     return len(rows), rows.to("cpu", torch.int64).contiguous().numpy(), by_row
 
 
+def _check_sums(name: str, buffer: torch.Tensor | None, steps: int, batch: int) -> None:
+    """A [T, B] buffer the compiled loops add into: they check no bounds, so a misshapen one would be
+    written past its end."""
+    if buffer is not None and (tuple(buffer.shape) != (steps, batch) or not buffer.is_contiguous() or buffer.dtype != torch.float32):
+        raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(buffer.shape)} {buffer.dtype}")
+
+
 def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
                        keep_state: bool = True, next_fanout: torch.Tensor | None = None, next_ops: torch.Tensor | None = None,
                        rows: torch.Tensor | None = None, counts: torch.Tensor | None = None,
@@ -207,10 +214,8 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     batch, row_index, by_row = _rows_of(currents, v0, rows)
     steps, _, height, width, channels = currents.shape
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
-    # The compiled loop checks no bounds: misshapen buffers would be written past their end.
-    for name, given in (("counts", counts), ("next_ops", next_ops)):
-        if given is not None and (tuple(given.shape) != (steps, batch) or not given.is_contiguous() or given.dtype != torch.float32):
-            raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(given.shape)} {given.dtype}")
+    _check_sums("counts", counts, steps, batch)
+    _check_sums("next_ops", next_ops, steps, batch)
     counts = currents.new_zeros(steps, batch) if counts is None else counts
     placeholder = currents.new_empty(1, 1, 1, 1)  # typed stand-in for an absent v0 or output state
     v = currents.new_empty(batch, height, width, channels) if keep_state and rows is None else placeholder
@@ -249,8 +254,7 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     state_rows = batch if rows is None else v0.shape[0]
     if v0 is not None and tuple(v0.shape) != (state_rows, neurons):
         raise ValueError(f"the state must be [B, N] = {[state_rows, neurons]}, got {list(v0.shape)}")
-    if counts is not None and (tuple(counts.shape) != (steps, batch) or not counts.is_contiguous() or counts.dtype != torch.float32):
-        raise ValueError(f"counts must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(counts.shape)} {counts.dtype}")
+    _check_sums("counts", counts, steps, batch)
     spikes = currents.new_empty(steps, batch, neurons)
     counts = currents.new_zeros(steps, batch) if counts is None else counts
     placeholder = currents.new_empty(1, 1)

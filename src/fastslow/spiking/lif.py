@@ -153,7 +153,7 @@ class _FusedLIF(torch.autograd.Function):
                                                                    params.reset == "zero", record=True, counts=counts)
         else:
             potentials = currents.new_empty(currents.shape[0], currents[0].numel())
-            spikes, v_last = _lif_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, potentials)
+            spikes, v_last = _lif_forward(currents, v0, params, potentials)
             _add_counts(spikes, counts)
         ctx.save_for_backward(potentials)
         ctx.params = params
@@ -237,8 +237,8 @@ def lif_multistep(
     """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`.
 
     ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
-    (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous float32, no
-    gradient): each input's spike count per step (of currents [T, B, ...]) is added into it, by the
+    (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous, float32, or float64
+    for float64 currents; no gradient): each input's spike count per step (of currents [T, B, ...]) is added into it, by the
     LIF kernels themselves where they run (a firing rate is the count over the neurons per input).
     ``rows`` [n] (inference; distinct positions): advance only those inputs of ``state``, updating it
     in place and returning it whatever ``final_state``; ``currents`` and the outputs hold the n
@@ -263,12 +263,12 @@ def lif_multistep(
         spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False,
                                                  counts=counts)
     else:
-        spikes, v = _lif_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, None)
+        spikes, v = _lif_forward(currents, v0, params, None)
         _add_counts(spikes, counts)
     return spikes, LIFState(v=v) if final_state else None
 
 
-def _lif_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams, potentials: torch.Tensor | None
+def _lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The LIF over currents [T, ...] seen as [T, M], slice by slice: (spikes, v after step T).
     Records the pre-reset potentials into ``potentials`` [T, M] if given; without (no backward to
@@ -278,7 +278,7 @@ def _lif_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams, po
     flat_currents = currents.reshape(steps, -1)  # a view, also for a constant current expanded over T
     spikes = torch.empty_like(flat_currents)
     v_last = torch.empty_like(flat_currents[0])
-    flat_v0 = v0.reshape(-1)
+    flat_v0 = (lif_init(currents[0]).v if v0 is None else v0).reshape(-1)  # None: from rest
     for part in _slices(flat_currents.shape[1]):
         v, after = flat_v0[part], v_last[part]  # the potential after each step's reset ends as v after step T
         for t in range(steps):
@@ -318,11 +318,13 @@ def _unpool_into(grad_pooled: torch.Tensor, spikes: torch.Tensor, grad_spikes: t
     grad_spikes[:, 0:rows:2, 0:cols:2].add_(rest)  # windows without a spike
 
 
-def _lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor, params: LIFParams, potentials: torch.Tensor | None
+def _lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The LIF over [T, B, H, W, C] then 2×2 pooling, a few whole images at a time: (pooled spikes, spike
-    count per map, v after step T). Records the pre-reset potentials into ``potentials`` if given."""
+    count per map, v after step T) from ``v0`` (None: at rest). Records the pre-reset potentials into
+    ``potentials`` if given."""
     steps, batch, height, width, channels = currents.shape
+    v0 = lif_init(currents[0]).v if v0 is None else v0  # None: from rest
     group, groups = _image_groups(currents.shape[1:])
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     counts = currents.new_empty(steps, batch)
@@ -360,7 +362,7 @@ class _FusedLIFPool(torch.autograd.Function):
                 next_synaptic_ops=next_synaptic_ops)
         else:
             potentials = currents.new_empty(currents.shape)
-            pooled, map_counts, v_last = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, potentials)
+            pooled, map_counts, v_last = _lif_pool_forward(currents, v0, params, potentials)
             counts = _pooled_records(pooled, map_counts, counts, next_synaptic_ops)
         ctx.save_for_backward(potentials)
         ctx.params = params
@@ -410,7 +412,7 @@ def lif_multistep_pooled(
     ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel;
     out [T, B]): also add into out the synaptic operations the pooled spikes cause in the next layer,
     Σ fan-out × spike (no gradient; the compiled kernels sum them while the spikes are in cache).
-    ``counts`` and out: contiguous float32. ``rows``: as :func:`lif_multistep` (the state updated in place).
+    ``counts`` and out: contiguous, float32 (float64 for float64 currents). ``rows``: as :func:`lif_multistep` (the state updated in place).
 
     Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
     (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
@@ -447,7 +449,7 @@ def lif_multistep_pooled(
         pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
                                                               record=False, counts=counts, next_synaptic_ops=next_synaptic_ops)
     else:  # nothing to record for a backward pass: the potential runs in place
-        pooled, map_counts, v = _lif_pool_forward(currents, lif_init(currents[0]).v if v0 is None else v0, params, None)
+        pooled, map_counts, v = _lif_pool_forward(currents, v0, params, None)
         counts = _pooled_records(pooled, map_counts, counts, next_synaptic_ops)
     return pooled, counts, LIFState(v=v) if final_state else None
 

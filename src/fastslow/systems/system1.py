@@ -619,7 +619,7 @@ class System1(nn.Module):
                 current = self._synapses(head, source)
             if n_layers + exit_index not in self._rows_filled:
                 with torch.no_grad():
-                    torch.mul(source.sum(2, dtype=syn.dtype), head.out_features, out=syn[len(self.layers) + exit_index])
+                    torch.mul(source.sum(2, dtype=syn.dtype), head.out_features, out=syn[n_layers + exit_index])
             if self.spec.readout == "spike_count":
                 head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
                                                       final_state=keep_state, rows=rows)
