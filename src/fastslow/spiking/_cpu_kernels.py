@@ -16,6 +16,7 @@ Compiled on first use (a few seconds) and cached on disk. ``FASTSLOW_CPU_KERNELS
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -33,21 +34,26 @@ def _kernel():
     @numba.njit(inline="always", cache=True, nogil=True)
     def lif_span(cells, inputs, spikes, beta, threshold, reset_zero):  # pragma: no cover - compiled
         """One step of the neurons ``cells`` (potentials, updated in place) under ``inputs``, their
-        spikes into ``spikes``; returns the spike count. Branch-free, so the loop vectorises."""
+        spikes into ``spikes``; returns the spike count. Branch-free, so the loop vectorises.
+
+        The count is a float32 sum of the 0/1 spikes, exact in any order below 2^24 neurons: the
+        callers compile with fastmath's ``reassoc`` alone, so that this sum vectorises in full-width
+        float lanes (an integer count would widen to int64 lanes). Nothing else in these loops is a
+        chain that reassociation could regroup, and contraction (fused multiply-add) stays off."""
         one, zero = np.float32(1.0), np.float32(0.0)
-        count = 0
+        count = zero
         for i in range(cells.shape[0]):
             u = cells[i] * beta
             u = u + inputs[i]
             fired = u > threshold
             spike = one if fired else zero
-            count += np.int32(fired)
+            count += spike
             spikes[i] = spike
             # Both resets are lif_step's products with the 0/1 spike, bit for bit.
             cells[i] = u - u * spike if reset_zero else u - threshold * spike
         return count
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
     def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state, fanout, fanned, state_rows,
                  currents_by_row):  # pragma: no cover - compiled
         steps, batch = pooled.shape[:2]
@@ -104,7 +110,7 @@ def _kernel():
                 if fan:
                     fanned[t, b] += fanned_ops
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
     def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state, state_rows,
                   currents_by_row):  # pragma: no cover - compiled
         steps, batch, neurons = spikes.shape
@@ -173,12 +179,21 @@ def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
     )
 
 
+# Typed stand-ins for the arrays a call leaves out (no rows, no bias, no fan-out, no v0 or output
+# state): the kernels never read or write them, so one shared empty or 1-element array each serves
+# every call (a fresh one per call costs an allocation and a conversion, on a path called per chunk).
+_NO_ROWS = np.zeros(0, np.int64)
+_NO_BIAS = np.zeros(0, np.float32)
+_NO_FANOUT = np.zeros(0, np.float64)
+_UNUSED = {ndim: np.zeros((1,) * ndim, np.float32) for ndim in (2, 4)}
+
+
 def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor | None) -> tuple[int, np.ndarray, bool]:
     """(inputs advanced, the state rows as the kernel takes them, whether the currents are indexed by
     them too: a constant current, stride 0 in T, holds every row of the state). The rows themselves
     (integer, in range) are checked by the caller, :func:`fastslow.spiking.lif._advanced_rows`."""
     if rows is None:
-        return currents.shape[1], np.zeros(0, np.int64), False
+        return currents.shape[1], _NO_ROWS, False
     if v0 is None or not v0.is_contiguous():
         raise ValueError("advancing rows in place needs the state, contiguous")
     by_row = currents.stride(0) == 0
@@ -213,29 +228,39 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     numba, kernel = kernels.numba, kernels.lif_pool
     batch, row_index, by_row = _rows_of(currents, v0, rows)
     steps, _, height, width, channels = currents.shape
+    if (next_fanout is None) != (next_ops is None):
+        raise ValueError("next_fanout and next_ops go together: the fan-out sums are added into next_ops")
     pooled = currents.new_empty(steps, batch, height // 2, width // 2, channels)
     _check_sums("counts", counts, steps, batch)
     _check_sums("next_ops", next_ops, steps, batch)
     counts = currents.new_zeros(steps, batch) if counts is None else counts
-    placeholder = currents.new_empty(1, 1, 1, 1)  # typed stand-in for an absent v0 or output state
-    v = currents.new_empty(batch, height, width, channels) if keep_state and rows is None else placeholder
-    fanout = np.zeros(0) if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()
-    fanned = placeholder[0, 0] if next_ops is None else next_ops
+    unused = _UNUSED[4]
+    v = currents.new_empty(batch, height, width, channels).numpy() if keep_state and rows is None else unused
+    fanout = _NO_FANOUT if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()
+    fanned = unused[0, 0] if next_ops is None else next_ops.numpy()
     _threads(numba)
     # A constant current expanded over T (stride 0 in T) is passed once, not copied T times; any other
     # layout is made contiguous (the compiled loop vectorises only there). float32 scalars: β·v must
     # round in float32, as torch computes it.
     source = currents[:1] if currents.stride(0) == 0 else currents
-    start = placeholder if v0 is None else v0.detach().contiguous()
-    kernel(source.detach().contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           pooled.numpy(), counts.numpy(), v.numpy(), keep_state, fanout, fanned.numpy(), row_index, by_row)
+    start = unused if v0 is None else v0.detach().contiguous().numpy()
+    kernel(source.detach().contiguous().numpy(), start, v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
+           pooled.numpy(), counts.numpy(), v, keep_state, fanout, fanned, row_index, by_row)
     if rows is not None:
         return pooled, counts, v0
-    return pooled, counts, v if keep_state else None
+    return pooled, counts, torch.from_numpy(v) if keep_state else None
+
+
+_threads_set = threading.local()  # numba's thread count is per calling thread, as torch's is
 
 
 def _threads(numba) -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """numba's kernels on as many threads as torch uses (set only when that changes: setting costs
+    microseconds, on a path called per chunk)."""
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if getattr(_threads_set, "count", None) != wanted:
+        numba.set_num_threads(wanted)
+        _threads_set.count = wanted
 
 
 def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
@@ -257,28 +282,29 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     _check_sums("counts", counts, steps, batch)
     spikes = currents.new_empty(steps, batch, neurons)
     counts = currents.new_zeros(steps, batch) if counts is None else counts
-    placeholder = currents.new_empty(1, 1)
-    v = currents.new_empty(batch, neurons) if keep_state and rows is None else placeholder
+    unused = _UNUSED[2]
+    v = currents.new_empty(batch, neurons).numpy() if keep_state and rows is None else unused
     _threads(numba)
     source = currents[:1] if currents.stride(0) == 0 else currents
-    start = placeholder if v0 is None else v0.detach().contiguous()
-    kernel(source.detach().contiguous().numpy(), start.numpy(), v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           spikes.numpy(), counts.numpy(), v.numpy(), keep_state, row_index, by_row)
+    start = unused if v0 is None else v0.detach().contiguous().numpy()
+    kernel(source.detach().contiguous().numpy(), start, v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
+           spikes.numpy(), counts.numpy(), v, keep_state, row_index, by_row)
     if rows is not None:
         return spikes, v0
-    return spikes, v if keep_state else None
+    return spikes, torch.from_numpy(v) if keep_state else None
 
 
 def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias: torch.Tensor | None, max_events: int,
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           ) -> tuple[torch.Tensor, np.ndarray]:
     """x·W + b for ``inputs`` [R, in] (contiguous float32) summed over each row's events (non-zeros),
-    for the rows with at most ``max_events`` of them: (out [R, out], dense [R] bool). The rows marked
-    dense are left unwritten, for the caller's matmul. ``fanout_rows`` is Wᵀ [in, out]."""
+    for the rows with at most ``max_events`` of them: (out [R, out], dense [R], a numpy bool array: the
+    caller only looks for its True rows, cheaper there than in torch). The rows marked dense are left
+    unwritten, for the caller's matmul. ``fanout_rows`` is Wᵀ [in, out]."""
     kernels = _kernel()
     numba, kernel = kernels.numba, kernels.event_linear
     out = inputs.new_empty(inputs.shape[0], fanout_rows.shape[1])
-    dense = torch.empty(inputs.shape[0], dtype=torch.bool)
+    dense = np.empty(inputs.shape[0], np.bool_)
     _threads(numba)
-    kernel(inputs.detach().numpy(), fanout_rows.numpy(), np.zeros(0, np.float32) if bias is None else bias.detach().numpy(),
-           int(max_events), out.numpy(), dense.numpy())
+    kernel(inputs.detach().numpy(), fanout_rows.numpy(), _NO_BIAS if bias is None else bias.detach().numpy(),
+           int(max_events), out.numpy(), dense)
     return out, dense

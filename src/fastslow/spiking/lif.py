@@ -215,7 +215,8 @@ def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.T
     if rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1 or len(rows) == 0:
         raise ValueError(f"rows must be a non-empty 1-D tensor of distinct integer positions, got {rows.dtype} {list(rows.shape)}")
     # The compiled kernels check no bounds: a row outside the state would be written past its end.
-    if int(rows.min()) < 0 or int(rows.max()) >= state.v.shape[0]:
+    lowest, highest = torch.aminmax(rows)
+    if int(lowest) < 0 or int(highest) >= state.v.shape[0]:
         raise ValueError(f"rows must be positions among the state's {state.v.shape[0]} inputs")
     _check_state(state.v.shape[1:], currents.shape[2:])
     return len(rows)

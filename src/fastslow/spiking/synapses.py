@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,10 +114,11 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
         # Inference: one compiled pass per row counts its events and sums their fan-out rows (numba;
         # the same order, so the same bits for spikes, as the embedding_bag below).
         out, dense = _cpu_kernels.event_linear_inference(flat.contiguous(), _fanout_rows(layer), layer.bias, max_events)
-        dense_rows = dense.nonzero().squeeze(1)
+        dense_rows = np.flatnonzero(dense)
         if len(dense_rows) == len(flat):
             return F.linear(inputs, layer.weight, layer.bias)
         if len(dense_rows):
+            dense_rows = torch.from_numpy(dense_rows)
             out.index_copy_(0, dense_rows, F.linear(flat[dense_rows], layer.weight, layer.bias))
         return out.view(*inputs.shape[:-1], layer.out_features)
     rows, cols = flat.detach().nonzero(as_tuple=True)  # row-major: each row's events in column order

@@ -317,6 +317,12 @@ class System1(nn.Module):
         # Kept as a buffer (moved with the model, not saved): a run then copies nothing from the host,
         # which a CUDA graph capture of it would refuse. Runs hand out copies, never the buffer.
         self.register_buffer("_neuron_counts", torch.tensor(self.neurons_per_component(), dtype=torch.float32), persistent=False)
+        # Facts of the architecture that every advance reads (a ModuleList index or a property costs
+        # microseconds on a path called per chunk): each layer's spikes flattened for a linear layer
+        # next, and whether each head reads conv maps.
+        self._flatten_for_next = tuple(index + 1 < len(layers) and isinstance(layers[index + 1].op, nn.Linear)
+                                       for index in range(len(layers)))
+        self._head_reads_conv = tuple(layers[h].is_conv for h in exit_points)
         plan = _records_plan(layers, exit_points, spec.n_classes)
         self._count_runs, self._pool_fanned, self._rows_filled = plan.count_runs, plan.pool_fanned, plan.rows_filled
         self.register_buffer("_count_factors", plan.count_factors, persistent=False)
@@ -432,7 +438,8 @@ class System1(nn.Module):
         (each layer's LIF checks that they are integer positions within its state)."""
         if state is None:
             raise ValueError("rows advance a given state: start from rest with rows=None")
-        if len(torch.unique(rows)) != len(rows):
+        # Serving's rows come in ascending order, which proves them distinct in one comparison; others are sorted to tell.
+        if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()) and len(torch.unique(rows)) != len(rows):
             raise ValueError(f"rows must be distinct positions among the state's {state.layers[0].shape[0]} inputs")
         for layer, v in zip(self.layers, state.layers):
             if layer.is_conv and not v.is_contiguous(memory_format=torch.channels_last):
@@ -566,7 +573,8 @@ class System1(nn.Module):
         # each small kernel costs a launch, and stacking per-layer records would cost one more per record.
         # Each layer's spike counts land in its rows of `counts` (from the LIF kernels) and become its
         # firing rates, and the synaptic ops of the components they feed, after the last layer.
-        components, n_layers = self.n_components, len(self.layers)
+        n_layers = len(self._flatten_for_next)
+        components = n_layers + len(self.exit_layers)
         # float32 at least (float64 for a float64 model): counts and operation totals stay exact under autocast too
         buffer = like.new_zeros(2 * components + n_layers, steps, batch, dtype=torch.promote_types(like.dtype, torch.float32))
         syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
@@ -604,11 +612,11 @@ class System1(nn.Module):
                                                final_state=keep_state, counts=counts[index], rows=rows)
                 layer_states.append(None if new_state is None else new_state.v)
             layer_outputs.append(out)
-            inp = out.flatten(2) if index + 1 < len(self.layers) and isinstance(self.layers[index + 1].op, nn.Linear) else out
+            inp = out.flatten(2) if self._flatten_for_next[index] else out
         outputs, head_states = [], []
         head_vs = [None] * len(self.heads) if state is None else state.heads
         for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, head_vs)):
-            if self.layers[h].is_conv:
+            if self._head_reads_conv[exit_index]:
                 # Conv spikes stay channels-last in memory: the head reads them flattened in that
                 # order with its weight's columns reordered to match (a small copy of the weight,
                 # instead of a copy of every step's spike maps into [C, H, W] order).
