@@ -1,0 +1,57 @@
+"""The compiled CPU kernels' wrappers (numba): what a caller relies on beyond the kernels' arithmetic,
+which tests/systems/test_multistep.py compares with the torch path bit for bit."""
+
+import threading
+
+import pytest
+import torch
+
+from fastslow.spiking import LIFParams, lif_multistep
+from fastslow.spiking import _cpu_kernels
+
+
+@pytest.fixture
+def kernels():
+    if not _cpu_kernels.cpu_kernels_available():
+        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+    return _cpu_kernels._kernel()
+
+
+def test_kernels_follow_torchs_thread_count_in_each_thread(kernels):
+    """numba runs on as many threads as torch uses, after torch's count changes, and in a thread of
+    its own (numba's count is per calling thread: one set in another thread must not stand)."""
+    numba = kernels.numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba was started with a single thread")
+    currents = torch.rand(3, 4, 16)
+    before = torch.get_num_threads()
+    seen = []
+
+    def elsewhere():  # a fresh thread starts with numba's default count, whatever this one set
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            lif_multistep(currents, None, LIFParams())
+        seen.append(numba.get_num_threads())
+
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(2)
+            lif_multistep(currents, None, LIFParams())
+            assert numba.get_num_threads() == 2
+            torch.set_num_threads(1)
+            lif_multistep(currents, None, LIFParams())
+            assert numba.get_num_threads() == 1
+            worker = threading.Thread(target=elsewhere)
+            worker.start()
+            worker.join()
+            assert seen == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_pooled_kernel_refuses_a_fan_out_without_its_sums(kernels):
+    """The fan-out sums are added into ``next_ops``: a fan-out alone would send them nowhere (the
+    compiled loop checks no bounds), so the wrapper refuses it."""
+    currents = torch.rand(2, 3, 4, 4, 5)
+    with pytest.raises(ValueError, match="next_fanout and next_ops go together"):
+        _cpu_kernels.lif_pool_inference(currents, None, 0.9, 1.0, False, next_fanout=torch.ones(4))
