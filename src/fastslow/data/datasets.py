@@ -193,7 +193,9 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None = None, n_classes: int |
     (Types, dtypes and shapes are the model's to check: :meth:`System1.run`.)"""
     if len(x) == 0:
         raise DataError("the batch is empty (0 inputs): pass at least one input")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    # One pass and no mask (an isfinite mask of the batch cost 10–20× more, on every served batch):
+    # a NaN anywhere makes both extremes NaN, and an infinity is one of them.
+    if x.is_floating_point() and x.numel() and not all(bool(torch.isfinite(extreme)) for extreme in torch.aminmax(x)):
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"the inputs hold {bad} NaN/inf values: clean or impute them first")
     if y is None:

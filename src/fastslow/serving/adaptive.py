@@ -134,13 +134,13 @@ class FastSlow:
         # with the evaluation's own cumsum (which on a CPU accumulates in float64), so that the
         # confidences compared with the threshold are the evaluation's bits, not a float32 running sum's.
         step_outputs = flat.new_zeros(steps, n, s1.spec.n_classes)
-        synaptic = flat.new_zeros(s1.n_components, n)
-        dense = flat.new_zeros(s1.n_components, n)
+        # Synaptic ops, then dense MACs, per component and input, in float64: whole numbers, exact in any order.
+        charges = flat.new_zeros(2 * s1.n_components, n, dtype=torch.float64)
         stopped_at = torch.full((n,), steps, dtype=torch.long, device=x.device)
         answer = flat.new_zeros(n, s1.spec.n_classes)  # the mean output at each input's stop
         confident = torch.zeros(n, dtype=torch.bool, device=x.device)
         routed_to_s2 = torch.zeros(n, dtype=torch.bool, device=x.device)
-        previous_answer = None
+        last_answer = torch.zeros(n, dtype=torch.long, device=x.device)  # each input's answer at the step before (the router reads it)
         last = s1.n_exits - 1
         first = 0
         for count in doubling_chunks(steps):
@@ -150,34 +150,45 @@ class FastSlow:
             # place) and of the constant current.
             rows = None if len(active) == n else active
             record, state = s1.advance(inp, state, constant, count, keep_state=first + count < steps, rows=rows)
-            running = torch.arange(len(active), device=x.device)  # rows of the chunk whose input has not stopped
-            for offset in range(count):
-                t = first + offset
-                ids = active[running]
-                synaptic[:, ids] += record.synaptic_ops[:, offset, running]
-                dense[:, ids] += record.dense_macs[:, offset, running]
-                step_outputs[t, ids] = record.outputs[offset, last, running]
-                mean_logits = step_outputs[: t + 1, ids].cumsum(0)[-1] / (t + 1)
-                if self.router is None:
-                    sure = confidence_score(mean_logits * (t + 1) / self.temperature) > self.threshold  # SEENN-I: of the sum S_t
-                    stop = torch.ones_like(sure) if t == steps - 1 else sure
-                    confident[ids[stop]] = sure[stop]
-                else:
-                    features = step_state_features(mean_logits, previous_answer, t + 1, steps, record.spike_rates[:, offset, running])
-                    choice = self.router.choose(features, t + 1)
-                    stop = choice != CONTINUE
-                    routed_to_s2[ids[choice == ESCALATE]] = True
-                    previous_answer = mean_logits.argmax(-1)[~stop]
-                leaving = ids[stop]
-                stopped_at[leaving] = t + 1
-                answer[leaving] = mean_logits[stop]
-                running = running[~stop]
-                if len(running) == 0:
-                    break
+            # Every step of the chunk at once, for every input that entered it (each input's answers and
+            # choices depend on its own outputs only; those after its stop are never read).
+            step_outputs[first : first + count, active] = record.outputs[:, last]
+            taken = torch.arange(first + 1, first + count + 1, dtype=flat.dtype, device=x.device)[:, None, None]  # t at each step
+            mean_logits = step_outputs[: first + count, active].cumsum(0)[first:] / taken  # [count, active, C]
+            if self.router is None:
+                sure = confidence_score(mean_logits * taken / self.temperature) > self.threshold  # SEENN-I: of the sum S_t
+                stop = sure.clone() if first + count == steps else sure
+            else:
+                choices = []
+                for offset in range(count):
+                    t = first + offset + 1
+                    previous = None if t == 1 else (last_answer[active] if offset == 0 else mean_logits[offset - 1].argmax(-1))
+                    features = step_state_features(mean_logits[offset], previous, t, steps, record.spike_rates[:, offset])
+                    choices.append(self.router.choose(features, t))
+                choice = torch.stack(choices)
+                stop = choice != CONTINUE
+            if first + count == steps:
+                stop[-1] = True  # at T every input stops
+            stops = stop.any(0)
+            offset = stop.to(torch.uint8).argmax(0)  # each input's first stop in the chunk (the first maximum)
+            # Each input is charged for the steps it ran up to its stop, never for the rest of the chunk.
+            ops = torch.cat([record.synaptic_ops, record.dense_macs])  # [2K, count, active]
+            if count > 1:
+                ops = ops * (torch.arange(count, device=x.device)[:, None] <= torch.where(stops, offset, count))
+            charges.index_add_(1, active, ops.sum(1, dtype=torch.float64))
+            leaving = stops.nonzero().squeeze(1)
+            ids, at = active[leaving], offset[leaving]
+            stopped_at[ids] = first + at + 1
+            answer[ids] = mean_logits[at, leaving]
+            if self.router is None:
+                confident[ids] = sure[at, leaving]
+            else:
+                routed_to_s2[ids] = choice[at, leaving] == ESCALATE
+                last_answer[active] = mean_logits[-1].argmax(-1)
             first += count
-            if len(running) == 0 or first >= steps:
+            active = active[~stops]  # the stopped inputs leave the batch
+            if len(active) == 0:
                 break
-            active = active[running]  # the stopped inputs leave the batch
         if self.router is None:
             escalated = ~confident & self.escalate
         else:
@@ -187,6 +198,7 @@ class FastSlow:
             predictions[escalated] = self.system2(x[escalated]).argmax(1)
         components = s1.exit_component_mask_for_last()
         neurons = (torch.tensor(s1.neurons_per_component(), dtype=flat.dtype, device=x.device) * components).sum() * stopped_at.to(flat.dtype)
+        synaptic, dense = charges.to(flat.dtype).view(2, s1.n_components, n)
         counts = OpCounts(
             synaptic_ops=(synaptic * components[:, None]).sum(0),
             s1_dense_macs=(dense * components[:, None]).sum(0),
