@@ -8,7 +8,9 @@ and ratios measured in this one run: (a) an MLP SNN 784-512-512-10 and (b) a con
 (3×3 convs 1→32→64 on 28×28 with 2×2 pooling), T = 8, direct encoding, batch 128 / 64, 2 threads.
 Also: fastslow's LIF overhead (its inference time over the same convolutions and matmuls alone),
 inference wall time against mean timesteps (early stopping with compaction; the target point is
-mean T/4, also at 4× and 8× the batch) and against the share of inputs escalated to System 2, peak training memory, and a check that every library emits the same spikes for the same
+mean T/4, also at 4× and 8× the batch) and against the share of inputs escalated to System 2, what
+serving itself takes (`FastSlow.predict` with SEENN-I stops, on a System 1 trained for one epoch on
+the benchmark data, ../shared/data, when present), peak training memory, and a check that every library emits the same spikes for the same
 weights and inputs (reset to zero). `fastslow` uses its compiled kernels (numba on CPU, from the
 `cpu` extra; Triton on CUDA); `fastslow_torch` is the same network with them off.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,7 +37,7 @@ from rich.table import Table
 from fastslow.spiking import _cpu_kernels, _cuda_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, peer_python  # noqa: E402
+from _common import ROOT, default_data, peer_python  # noqa: E402
 from _common import console as wide_console  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "_speed_worker.py"
@@ -238,6 +241,60 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     }
 
 
+SERVING_THRESHOLDS = (0.5, 0.9, 0.99)
+
+
+def serving_curves(network: str, batch: int, rounds: int, data: str, device: str = "cpu", train_images: int = 6000,
+                   scales: tuple[int, ...] = (1, 8)) -> dict:
+    """What a user's server takes: ``FastSlow.predict`` (SEENN-I at each of :data:`SERVING_THRESHOLDS`,
+    no escalation, so System 2 stays out of the time) on a System 1 of the benchmark's shape trained for
+    one epoch on ``train_images`` images of ``data``, for ``batch`` × each of ``scales`` test images
+    (while the test split holds them): the stops are the policy's own, not a schedule. Each threshold
+    with compaction (chunks of 1, 1, 2, 4 steps, the CPU default) and with the stops read from one full
+    run's records (the GPU default); ms, medians of ``rounds`` alternating rounds, ratios to the full
+    multi-step run."""
+    from fastslow.data import load_dataset
+    from fastslow.serving import FastSlow
+    from fastslow.systems import System1, System2Spec, build_system2
+    from fastslow.systems.training import system1_loss, train_classifier
+
+    dataset = load_dataset(data, seed=0)
+    spec = benchmark_spec(network)
+    if math.prod(dataset.input_shape) != math.prod(spec.input_shape):
+        raise ValueError(f"{data} holds inputs of shape {list(dataset.input_shape)}: the benchmark's System 1 takes 28×28 images")
+    as_inputs = lambda images: torch.from_numpy(images).float().reshape(len(images), *spec.input_shape)  # noqa: E731
+    torch.manual_seed(0)
+    model = System1(spec)
+    started = time.perf_counter()
+    train_classifier(model, as_inputs(dataset.x_train[:train_images]), torch.from_numpy(dataset.y_train[:train_images]).long(),
+                     system1_loss, epochs=1, lr=1e-3, batch_size=64, seed=0)
+    trained_s = time.perf_counter() - started
+    model = model.eval().to(device)
+    system2 = build_system2(System2Spec(input_shape=(1, 28, 28), n_classes=10)).eval().to(device)  # never called: no escalation
+    rows = []
+    with torch.no_grad():
+        for scale in scales:
+            size = batch * scale
+            if size > len(dataset.x_test):
+                continue
+            x = as_inputs(dataset.x_test[:size]).to(device)
+            labels = torch.from_numpy(dataset.y_test[:size]).to(device)
+            servers = {(threshold, compaction): FastSlow(model, system2, 0, threshold=threshold, escalate=False, compaction=compaction)
+                       for threshold in SERVING_THRESHOLDS for compaction in (True, False)}
+            runs = {"full": lambda: model.run(x)}
+            runs.update({key: (lambda server=server: server.predict(x)) for key, server in servers.items()})
+            ms = alternating_medians(runs, rounds, device)
+            points = []
+            for threshold in SERVING_THRESHOLDS:
+                answer = servers[threshold, True].predict(x)
+                points.append({"threshold": threshold, "mean_timesteps": float(answer.timesteps.float().mean()),
+                               "accuracy": float((answer.predictions == labels).float().mean()),
+                               "compaction_ms": ms[threshold, True], "compaction_ratio": ms[threshold, True] / ms["full"],
+                               "records_ms": ms[threshold, False], "records_ratio": ms[threshold, False] / ms["full"]})
+            rows.append({"batch": size, "full_T_ms": ms["full"], "thresholds": points})
+    return {"data": data, "train_images": min(train_images, len(dataset.x_train)), "train_s": trained_s, "rows": rows}
+
+
 _PEAK_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[7])
@@ -306,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-timesteps", type=int, nargs="*", default=[8, 32], help="T at which to measure training peak memory")
     parser.add_argument("--json", default=None, help="also write the table as JSON")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (never both in one table: ratios compare one device)")
+    parser.add_argument("--data", default=None,
+                        help="images to train the served System 1 on and serve (default: mnist:../shared/data; without it the serving block is skipped)")
+    parser.add_argument("--serving-train-images", type=int, default=6000, help="images the served System 1 trains on, one epoch")
     parser.add_argument("--peers-here", action="store_true",
                         help="run the peers with this Python (installed beside fastslow, e.g. from carried wheels on a machine "
                              "without internet) instead of virtual environments of their own")
@@ -323,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     for library in [lib for lib in libraries if lib in PEERS]:
         pythons[library] = peer_here(library, out) if args.peers_here else peer_python(library, PEERS[library], out)
     report: dict = {}
+    serving_data = args.data or default_data(out)
     with tempfile.TemporaryDirectory() as scratch:
         for network in args.networks:
             shape, batch = NETWORKS[network]
@@ -360,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
             by_batch = early_stop_by_batch(network, batch, args.rounds, args.device)
             memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps), args.device)
+            serving = None if serving_data is None else serving_curves(network, batch, args.rounds, serving_data, args.device,
+                                                                         args.serving_train_images)
             entry = {lib: medians.get(lib) for lib in own_libraries[:-1] + list(PEERS)}
             entry["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
             entry["cpu_kernels"] = _cpu_kernels.cpu_kernels_available()
@@ -368,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             entry.update(curves)
             entry["early_stop_by_batch"] = by_batch
             entry["peak_train_mib"] = memory
+            entry["serving"] = serving
             entry["spikes"] = spikes
             report[network] = entry
             own = medians["fastslow"]
@@ -414,6 +478,14 @@ def main(argv: list[str] | None = None) -> int:
             out.print("wall time against escalation rate (full System 1, then LeNet-5 System 2 on the escalated inputs only; "
                       "× escalating all): " + "; ".join(f"{p['escalation_rate']:.0%} {p['ms']:.2f} ms (S2 {p['system2_ms']:.2f}) = "
                                                        f"{p['ratio_to_all_escalated']:.2f}×" for p in curves["wall_vs_escalation"]))
+            if serving is not None:
+                out.print(f"serving (FastSlow.predict: SEENN-I stops, no escalation; × the full run) with a System 1 trained for one epoch "
+                          f"on {serving['train_images']} images of {serving['data']} ({serving['train_s']:.0f} s): " + "; ".join(
+                              f"batch {row['batch']} (full run {row['full_T_ms']:.2f} ms): " + ", ".join(
+                                  f"θ {p['threshold']:g} (mean {p['mean_timesteps']:.2f} steps, accuracy {p['accuracy']:.1%}) "
+                                  f"compaction {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}×, "
+                                  f"records {p['records_ms']:.2f} ms = {p['records_ratio']:.2f}×" for p in row["thresholds"])
+                              for row in serving["rows"]))
             out.print(f"peak {'GPU ' if args.device == 'cuda' else ''}memory of one training step (MiB above model and inputs): "
                       + "; ".join(f"{t}: " + ", ".join(f"{mode} {mib:.1f}" for mode, mib in by_mode.items()) for t, by_mode in memory.items()))
     if args.json:

@@ -29,10 +29,16 @@ def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
 
 
 def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
+    import numpy as np
+
     bench = _load("simulation_speed")
     report = tmp_path / "speed.json"
+    images = tmp_path / "images.npz"  # 28×28 images for the served System 1 (the benchmark data may be absent)
+    rng = np.random.default_rng(0)
+    np.savez(images, X=rng.random((64, 1, 28, 28), dtype=np.float32), y=np.arange(64) % 10,
+             X_test=rng.random((60, 1, 28, 28), dtype=np.float32), y_test=np.arange(60) % 10)
     assert bench.main(["--no-peers", "--rounds", "1", "--iterations", "1", "--batch-scale", "0.05", "--networks", "mlp",
-                       "--memory-timesteps", "4", "--json", str(report)]) == 0
+                       "--memory-timesteps", "4", "--json", str(report), "--data", str(images), "--serving-train-images", "64"]) == 0
     out = capsys.readouterr().out
     assert "LIF overhead" in out and "early stopping with compaction" in out
     import json
@@ -51,6 +57,11 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     escalation = data["mlp"]["wall_vs_escalation"]
     assert [p["escalation_rate"] for p in escalation] == [0.0, 0.1, 0.25, 0.5, 1.0]
     assert escalation[0]["system2_ms"] == 0.0 and all(p["system2_ms"] > 0 and p["ratio_to_all_escalated"] > 0 for p in escalation[1:])
+    serving = data["mlp"]["serving"]  # the served System 1's own stops, at 6 and 48 test images
+    assert serving["train_images"] == 64 and [row["batch"] for row in serving["rows"]] == [6, 48] and "FastSlow.predict" in out
+    for row in serving["rows"]:
+        assert [p["threshold"] for p in row["thresholds"]] == list(bench.SERVING_THRESHOLDS)
+        assert all(1 <= p["mean_timesteps"] <= 8 and p["compaction_ms"] > 0 and p["records_ratio"] > 0 for p in row["thresholds"])
 
 
 def test_cuda_host_overhead_bench_runs_its_side_by_side_on_cpu(capsys):
