@@ -91,6 +91,10 @@ class FastSlow:
         self.router = None if router is None else router.eval().to(next(system1.parameters()).device)
         self.compaction = compaction
         self._graphed = GraphedSystem1(system1) if cuda_graphs else None
+        # What an answer from the last exit charges (fixed by the architecture, so not rebuilt per batch):
+        # the components it needs, and their neuron updates per step.
+        self._components = system1.exit_component_mask_for_last().cpu()
+        self._neurons_per_step = float((torch.tensor(system1.neurons_per_component(), dtype=torch.float64) * self._components).sum())
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> AdaptiveAnswer:
@@ -196,8 +200,8 @@ class FastSlow:
         predictions = answer.argmax(1)
         if escalated.any():
             predictions[escalated] = self.system2(x[escalated]).argmax(1)
-        components = s1.exit_component_mask_for_last()
-        neurons = (torch.tensor(s1.neurons_per_component(), dtype=flat.dtype, device=x.device) * components).sum() * stopped_at.to(flat.dtype)
+        components = self._components.to(flat)
+        neurons = stopped_at.to(flat.dtype) * self._neurons_per_step
         synaptic, dense = charges.to(flat.dtype).view(2, s1.n_components, n)
         counts = OpCounts(
             synaptic_ops=(synaptic * components[:, None]).sum(0),
