@@ -55,3 +55,23 @@ def test_pooled_kernel_refuses_a_fan_out_without_its_sums(kernels):
     currents = torch.rand(2, 3, 4, 4, 5)
     with pytest.raises(ValueError, match="next_fanout and next_ops go together"):
         _cpu_kernels.lif_pool_inference(currents, None, 0.9, 1.0, False, next_fanout=torch.ones(4))
+
+
+def test_shared_stand_ins_are_never_written(kernels):
+    """The arrays a call leaves out (no state, no rows, no bias, no fan-out) are shared by every call:
+    no path may write into them, or one call's output would leak into the next's."""
+    from fastslow.spiking import lif_multistep_pooled
+    from fastslow.spiking.lif import LIFState
+    from fastslow.spiking.synapses import spike_linear
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        lif_multistep(torch.rand(3, 4, 16) * 3, None, LIFParams(), final_state=False)
+        lif_multistep(torch.rand(3, 4, 16) * 3, None, LIFParams())
+        state = LIFState(torch.rand(4, 16))
+        lif_multistep(torch.rand(3, 2, 16) * 3, state, LIFParams(), rows=torch.tensor([2, 0]))
+        lif_multistep_pooled(torch.rand(3, 2, 6, 6, 4) * 3, None, LIFParams(), final_state=False)
+        lif_multistep_pooled(torch.rand(3, 1, 6, 6, 4) * 3, LIFState(torch.rand(2, 6, 6, 4)), LIFParams(), rows=torch.tensor([1]))
+        spike_linear((torch.rand(5, 200) > 0.95).float(), torch.nn.Linear(200, 300, bias=False))
+    for stand_in in (_cpu_kernels._NO_ROWS, _cpu_kernels._NO_BIAS, _cpu_kernels._NO_FANOUT, *_cpu_kernels._UNUSED.values()):
+        assert not stand_in.any()

@@ -323,7 +323,7 @@ def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, 
             for written, old, separate in zip(tensors, before, (*alone_next.layers, *alone_next.heads)):
                 assert torch.equal(written[rows], separate) and torch.equal(written[others], old[others])
             assert record.spike_rates.sum() > 0 and not torch.equal(tensors[0][rows], before[0][rows])
-        for bad in (torch.tensor([1, 1]), torch.tensor([0, 7]), torch.tensor([True, False] * 3 + [True])):
+        for bad in (torch.tensor([1, 1]), torch.tensor([3, 1, 3]), torch.tensor([0, 7]), torch.tensor([True, False] * 3 + [True])):
             with pytest.raises(ValueError, match="rows"):
                 model.advance(None, state, constant, 1, rows=bad)
 

@@ -10,7 +10,8 @@ answers and energies equal the evaluation's ``seenn1@θ+s2`` or ``router@steps``
 
 On a CPU, System 1 advances in chunks of 1, 1, 2, 4, … steps, each one multi-step call (a call
 costs a fixed ~0.3 ms of dispatch, as much as a small batch's arithmetic); each input's stop is
-decided step by step from the chunk's records, and the inputs that stopped leave the batch before
+decided for each step from the chunk's records (all of the chunk's steps at once: each input's
+first stop), and the inputs that stopped leave the batch before
 the next chunk (the others advance their own rows of the state, in place: with the compiled CPU
 kernels nobody's state is copied). An input that stops inside a chunk is simulated to the chunk's
 end, never charged for it. On a GPU, batches of a few hundred inputs are bound by kernel launches,
@@ -125,8 +126,9 @@ class FastSlow:
 
     def _predict_compacted(self, x: torch.Tensor, generator: torch.Generator | None) -> AdaptiveAnswer:
         """Chunks of 1, 1, 2, 4, … steps (:func:`~fastslow.systems.system1.doubling_chunks`), each in one
-        multi-step call; each input's stop is decided step by step from the chunk's records, and the
-        inputs that stopped leave the batch before the next chunk."""
+        multi-step call; each input's decision at each step of the chunk is read from the chunk's
+        records (all steps at once: its first stop counts), and the inputs that stopped leave the
+        batch before the next chunk."""
         s1 = self.system1
         n, steps = x.shape[0], s1.spec.timesteps
         flat = s1.prepare(x)
@@ -138,13 +140,15 @@ class FastSlow:
         # with the evaluation's own cumsum (which on a CPU accumulates in float64), so that the
         # confidences compared with the threshold are the evaluation's bits, not a float32 running sum's.
         step_outputs = flat.new_zeros(steps, n, s1.spec.n_classes)
-        # Synaptic ops, then dense MACs, per component and input, in float64: whole numbers, exact in any order.
-        charges = flat.new_zeros(2 * s1.n_components, n, dtype=torch.float64)
+        # Synaptic ops, then dense MACs, per component and input: whole numbers, exact in float64 in any
+        # order, as the evaluation's cumulative sums on a CPU (which accumulate in double); MPS has no float64.
+        charges = flat.new_zeros(2 * s1.n_components, n, dtype=flat.dtype if x.device.type == "mps" else torch.float64)
         stopped_at = torch.full((n,), steps, dtype=torch.long, device=x.device)
         answer = flat.new_zeros(n, s1.spec.n_classes)  # the mean output at each input's stop
         confident = torch.zeros(n, dtype=torch.bool, device=x.device)
         routed_to_s2 = torch.zeros(n, dtype=torch.bool, device=x.device)
-        last_answer = torch.zeros(n, dtype=torch.long, device=x.device)  # each input's answer at the step before (the router reads it)
+        # each input's answer at the step before a chunk (the router reads it)
+        last_answer = None if self.router is None else torch.zeros(n, dtype=torch.long, device=x.device)
         last = s1.n_exits - 1
         first = 0
         for count in doubling_chunks(steps):
@@ -161,27 +165,28 @@ class FastSlow:
             mean_logits = step_outputs[: first + count, active].cumsum(0)[first:] / taken  # [count, active, C]
             if self.router is None:
                 sure = confidence_score(mean_logits * taken / self.temperature) > self.threshold  # SEENN-I: of the sum S_t
-                stop = sure.clone() if first + count == steps else sure
+                stop = sure
             else:
                 choices = []
-                for offset in range(count):
-                    t = first + offset + 1
-                    previous = None if t == 1 else (last_answer[active] if offset == 0 else mean_logits[offset - 1].argmax(-1))
-                    features = step_state_features(mean_logits[offset], previous, t, steps, record.spike_rates[:, offset])
+                for step in range(count):
+                    t = first + step + 1
+                    previous = None if t == 1 else (last_answer[active] if step == 0 else mean_logits[step - 1].argmax(-1))
+                    features = step_state_features(mean_logits[step], previous, t, steps, record.spike_rates[:, step])
                     choices.append(self.router.choose(features, t))
                 choice = torch.stack(choices)
                 stop = choice != CONTINUE
-            if first + count == steps:
-                stop[-1] = True  # at T every input stops
+            if first + count == steps:  # at T every input stops
+                stop = stop.clone()
+                stop[-1] = True
             stops = stop.any(0)
-            offset = stop.to(torch.uint8).argmax(0)  # each input's first stop in the chunk (the first maximum)
+            first_stop = stop.to(torch.uint8).argmax(0)  # each input's first stop in the chunk (the first maximum)
             # Each input is charged for the steps it ran up to its stop, never for the rest of the chunk.
             ops = torch.cat([record.synaptic_ops, record.dense_macs])  # [2K, count, active]
             if count > 1:
-                ops = ops * (torch.arange(count, device=x.device)[:, None] <= torch.where(stops, offset, count))
-            charges.index_add_(1, active, ops.sum(1, dtype=torch.float64))
+                ops = ops * (torch.arange(count, device=x.device)[:, None] <= torch.where(stops, first_stop, count))
+            charges.index_add_(1, active, ops.sum(1, dtype=charges.dtype))
             leaving = stops.nonzero().squeeze(1)
-            ids, at = active[leaving], offset[leaving]
+            ids, at = active[leaving], first_stop[leaving]
             stopped_at[ids] = first + at + 1
             answer[ids] = mean_logits[at, leaving]
             if self.router is None:

@@ -36,10 +36,13 @@ def _kernel():
         """One step of the neurons ``cells`` (potentials, updated in place) under ``inputs``, their
         spikes into ``spikes``; returns the spike count. Branch-free, so the loop vectorises.
 
-        The count is a float32 sum of the 0/1 spikes, exact in any order below 2^24 neurons: the
-        callers compile with fastmath's ``reassoc`` alone, so that this sum vectorises in full-width
-        float lanes (an integer count would widen to int64 lanes). Nothing else in these loops is a
-        chain that reassociation could regroup, and contraction (fused multiply-add) stays off."""
+        The count is a float32 sum of the 0/1 spikes, exact in any order below 2^24 neurons per call:
+        the callers compile with fastmath's ``reassoc`` alone, so that this sum vectorises in
+        full-width float lanes (an integer count would widen to int64 lanes). The only other chains
+        reassociation may regroup are the pooled kernel's float64 sums of these counts and of
+        fan-out × pooled spikes, exact in any order for whole-number fan-outs (synapse counts) below
+        2^53. The LIF's own arithmetic is no such chain, and contraction (fused multiply-add) stays
+        off, so spikes and potentials are the torch path's bits."""
         one, zero = np.float32(1.0), np.float32(0.0)
         count = zero
         for i in range(cells.shape[0]):
@@ -235,7 +238,7 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     _check_sums("next_ops", next_ops, steps, batch)
     counts = currents.new_zeros(steps, batch) if counts is None else counts
     unused = _UNUSED[4]
-    v = currents.new_empty(batch, height, width, channels).numpy() if keep_state and rows is None else unused
+    v = currents.new_empty(batch, height, width, channels) if keep_state and rows is None else None
     fanout = _NO_FANOUT if next_fanout is None else next_fanout.detach().to("cpu", torch.float64).contiguous().numpy()
     fanned = unused[0, 0] if next_ops is None else next_ops.numpy()
     _threads(numba)
@@ -245,10 +248,10 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     source = currents[:1] if currents.stride(0) == 0 else currents
     start = unused if v0 is None else v0.detach().contiguous().numpy()
     kernel(source.detach().contiguous().numpy(), start, v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           pooled.numpy(), counts.numpy(), v, keep_state, fanout, fanned, row_index, by_row)
+           pooled.numpy(), counts.numpy(), unused if v is None else v.numpy(), keep_state, fanout, fanned, row_index, by_row)
     if rows is not None:
         return pooled, counts, v0
-    return pooled, counts, torch.from_numpy(v) if keep_state else None
+    return pooled, counts, v
 
 
 _threads_set = threading.local()  # numba's thread count is per calling thread, as torch's is
@@ -256,7 +259,8 @@ _threads_set = threading.local()  # numba's thread count is per calling thread, 
 
 def _threads(numba) -> None:
     """numba's kernels on as many threads as torch uses (set only when that changes: setting costs
-    microseconds, on a path called per chunk)."""
+    microseconds, on a path called per chunk; a count someone else sets on this thread stands until
+    torch's changes, which only affects speed)."""
     wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if getattr(_threads_set, "count", None) != wanted:
         numba.set_num_threads(wanted)
@@ -283,15 +287,15 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     spikes = currents.new_empty(steps, batch, neurons)
     counts = currents.new_zeros(steps, batch) if counts is None else counts
     unused = _UNUSED[2]
-    v = currents.new_empty(batch, neurons).numpy() if keep_state and rows is None else unused
+    v = currents.new_empty(batch, neurons) if keep_state and rows is None else None
     _threads(numba)
     source = currents[:1] if currents.stride(0) == 0 else currents
     start = unused if v0 is None else v0.detach().contiguous().numpy()
     kernel(source.detach().contiguous().numpy(), start, v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           spikes.numpy(), counts.numpy(), v, keep_state, row_index, by_row)
+           spikes.numpy(), counts.numpy(), unused if v is None else v.numpy(), keep_state, row_index, by_row)
     if rows is not None:
         return spikes, v0
-    return spikes, torch.from_numpy(v) if keep_state else None
+    return spikes, v
 
 
 def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias: torch.Tensor | None, max_events: int,

@@ -410,8 +410,8 @@ def lif_multistep_pooled(
     [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient; added into ``counts`` if
     given, which it then holds) and the state after step T (``state`` None: from rest;
     ``final_state=False`` returns None instead, which spares compiled CPU inference writing it).
-    ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel;
-    out [T, B]): also add into out the synaptic operations the pooled spikes cause in the next layer,
+    ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel:
+    synapse counts, whole numbers, which the compiled kernels sum in any order; out [T, B]): also add into out the synaptic operations the pooled spikes cause in the next layer,
     Σ fan-out × spike (no gradient; the compiled kernels sum them while the spikes are in cache).
     ``counts`` and out: contiguous, float32 (float64 for float64 currents). ``rows``: as :func:`lif_multistep` (the state updated in place).
 

@@ -118,7 +118,7 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
         if len(dense_rows) == len(flat):
             return F.linear(inputs, layer.weight, layer.bias)
         if len(dense_rows):
-            dense_rows = torch.from_numpy(dense_rows)
+            dense_rows = torch.from_numpy(dense_rows).long()  # intp is 32-bit on some platforms; index_copy_ takes int64
             out.index_copy_(0, dense_rows, F.linear(flat[dense_rows], layer.weight, layer.bias))
         return out.view(*inputs.shape[:-1], layer.out_features)
     rows, cols = flat.detach().nonzero(as_tuple=True)  # row-major: each row's events in column order
