@@ -12,5 +12,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 python3 -m pytest -q -x -p no:cacheprovider tests/spiking tests/systems 2>&1 | tail -5
 python3 bench/cuda_host_overhead.py 2>&1 | tee "$OUT/cuda_host_overhead.txt"
+# The serving block trains and serves on MNIST: carried as .whl/MNIST/raw (cp -r ../shared/data/MNIST .whl/)
+# where ../shared is not on the machine; without it the block is skipped.
+DATA=()
+if [ -d .whl/MNIST/raw ]; then DATA=(--data "mnist:$PWD/.whl"); fi
 python3 bench/simulation_speed.py --device cuda --peers-here --rounds "${ROUNDS:-10}" --json "$OUT/simulation_speed_cuda.json" \
-    2>&1 | tee "$OUT/simulation_speed_cuda.txt"
+    ${DATA[@]+"${DATA[@]}"} 2>&1 | tee "$OUT/simulation_speed_cuda.txt"
