@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
-from fastslow.errors import ConfigError
+from fastslow.errors import ConfigError, first_validation_problem
 from fastslow.evaluation.evaluate import DEFAULT_THRESHOLDS
 from fastslow.spiking import LIFParams
 
@@ -180,6 +180,5 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
     try:
         return FitConfig(**data)
     except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"])
-        raise ConfigError(f"config option {where or '(top level)'}: {problem['msg']} (see `fastslow fit --help` and the README's config section)") from None
+        where, message = first_validation_problem(err)
+        raise ConfigError(f"config option {where}: {message} (see `fastslow fit --help` and the README's config section)") from None

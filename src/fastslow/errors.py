@@ -3,6 +3,13 @@
 The CLI prints them as ``error: <message>`` and exits with code 2, no traceback.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class FastslowError(Exception):
     """A problem with what the user gave (data, config, checkpoint, profile)."""
@@ -22,3 +29,10 @@ class CheckpointError(FastslowError):
 
 class ProfileError(FastslowError):
     """An energy profile is unknown or malformed."""
+
+
+def first_validation_problem(err: ValidationError) -> tuple[str, str]:
+    """A pydantic ``ValidationError``'s first problem as (where, message): the field path dotted
+    ("(top level)" for the model itself), pydantic's message. Its own text lists every problem, with links."""
+    problem = err.errors()[0]
+    return ".".join(str(part) for part in problem["loc"]) or "(top level)", problem["msg"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fastslow.errors import ProfileError
+from fastslow.errors import ProfileError, first_validation_problem
 
 
 class EnergyProfile(BaseModel):
@@ -59,10 +59,9 @@ def load_profile(name_or_path: str | Path = "cmos45nm") -> EnergyProfile:
         else:
             data = tomllib.loads(raw)
         return EnergyProfile(**data)
-    except ValidationError as err:  # the first problem, named by field (pydantic's dump lists them all, with links)
-        problem = err.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        raise ProfileError(f"energy profile {origin} is malformed ({where}: {problem['msg']}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, "
+    except ValidationError as err:
+        where, message = first_validation_problem(err)
+        raise ProfileError(f"energy profile {origin} is malformed ({where}: {message}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, "
                            f"weight_bits, state_bits") from None
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as err:
         first = str(err).replace("\n", " ")
