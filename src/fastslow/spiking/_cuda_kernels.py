@@ -7,8 +7,9 @@ leak, integrate, fire, reset (and, pooled, the 2×2 max-pool), each input's spik
 added into the run's records (pooled, also the synaptic operations the pooled spikes cause next:
 float32 atomic sums of whole numbers, exact below 2^24 per input and step, beyond which their
 rounding depends on the order of the adds); a second launch runs the backward, recomputing spikes
-and surrogate slopes from the recorded pre-reset potentials. Same arithmetic as :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current:
-floating-point contraction is off), so the spikes and potentials are the torch path's bits and the
+and surrogate slopes from the recorded pre-reset potentials. Same arithmetic as
+:func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current: floating-point contraction is
+off), so the spikes and potentials are the torch path's bits and the
 gradients equal it up to rounding (tests; on a CPU they run in Triton's interpreter).
 ``FASTSLOW_CUDA_KERNELS=0`` turns them off.
 """

@@ -239,8 +239,9 @@ def lif_multistep(
 
     ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
     (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous, float32, or float64
-    for float64 currents; no gradient): each input's spike count per step (of currents [T, B, ...]) is added into it, by the
-    LIF kernels themselves where they run (a firing rate is the count over the neurons per input).
+    for float64 currents; no gradient): each input's spike count per step (of currents [T, B, ...]) is
+    added into it, by the LIF kernels themselves where they run (a firing rate is the count over the
+    neurons per input).
     ``rows`` [n] (inference; distinct positions): advance only those inputs of ``state``, updating it
     in place and returning it whatever ``final_state``; ``currents`` and the outputs hold the n
     inputs in order, except a constant current expanded over T (stride 0 in T), which holds all of
@@ -411,9 +412,11 @@ def lif_multistep_pooled(
     given, which it then holds) and the state after step T (``state`` None: from rest;
     ``final_state=False`` returns None instead, which spares compiled CPU inference writing it).
     ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel:
-    synapse counts, whole numbers, which the compiled kernels sum in any order; out [T, B]): also add into out the synaptic operations the pooled spikes cause in the next layer,
-    Σ fan-out × spike (no gradient; the compiled kernels sum them while the spikes are in cache).
-    ``counts`` and out: contiguous, float32 (float64 for float64 currents). ``rows``: as :func:`lif_multistep` (the state updated in place).
+    synapse counts, whole numbers, which the compiled kernels sum in any order; out [T, B]): also add
+    into out the synaptic operations the pooled spikes cause in the next layer, Σ fan-out × spike (no
+    gradient; the compiled kernels sum them while the spikes are in cache). ``counts`` and out:
+    contiguous, float32 (float64 for float64 currents). ``rows``: as :func:`lif_multistep` (the state
+    updated in place).
 
     Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
     (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike

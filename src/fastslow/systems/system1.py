@@ -573,8 +573,7 @@ class System1(nn.Module):
         # each small kernel costs a launch, and stacking per-layer records would cost one more per record.
         # Each layer's spike counts land in its rows of `counts` (from the LIF kernels) and become its
         # firing rates, and the synaptic ops of the components they feed, after the last layer.
-        n_layers = len(self.layers)
-        components = n_layers + len(self.exit_layers)
+        components, n_layers = self.n_components, len(self.layers)
         # float32 at least (float64 for a float64 model): counts and operation totals stay exact under autocast too
         buffer = like.new_zeros(2 * components + n_layers, steps, batch, dtype=torch.promote_types(like.dtype, torch.float32))
         syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
