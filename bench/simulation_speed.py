@@ -109,9 +109,11 @@ def mixed_stops(batch: int, device: str = "cpu") -> torch.Tensor:
     return torch.tensor([1] * (batch // 2) + [2] * (batch // 4) + [4] * (batch - batch // 2 - batch // 4), device=device)
 
 
-def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor) -> None:
-    """System 1 as serving advances it on a CPU: chunks of 1, 1, 2, 4 steps; inputs that stopped
-    (``stop_after`` [B], steps) leave between chunks, the others advance their own rows of the state in place."""
+def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor, planner=None) -> None:
+    """System 1 as serving advances it on a CPU: chunks of steps, planned by ``planner`` (a
+    :class:`~fastslow.serving.chunks.ChunkPlanner`, which also learns from this run's chunk times and
+    stops) or doubling (1, 1, 2, 4); inputs that stopped (``stop_after`` [B], steps) leave between
+    chunks, the others advance their own rows of the state in place."""
     from fastslow.systems.system1 import doubling_chunks
 
     timesteps, batch = model.spec.timesteps, x.shape[0]
@@ -119,13 +121,18 @@ def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor) -> None:
     state = None  # at rest
     active = torch.arange(batch, device=x.device)
     done = 0
-    for count in doubling_chunks(timesteps):
+    for count in doubling_chunks(timesteps) if planner is None else planner.plan(batch):
+        started, entering = time.perf_counter(), len(active)
         rows = None if len(active) == batch else active
         _, state = model.advance(None, state, constant, count, keep_state=done + count < timesteps, rows=rows)
         done += count
         active = active[stop_after[active] > done]
+        if planner is not None:
+            planner.record_chunk(entering, count, time.perf_counter() - started)
         if len(active) == 0:
             break
+    if planner is not None:
+        planner.record_stops(stop_after)
 
 
 def early_stop_bound(first_layer_ms: float, full_ms: float) -> float:
@@ -136,13 +143,17 @@ def early_stop_bound(first_layer_ms: float, full_ms: float) -> float:
 
 def alternating_medians(runs: dict, rounds: int, device: str = "cpu") -> dict[str, float]:
     """Each of ``runs`` (name → callable) once to warm up, then ``rounds`` rounds of all of them in
-    turn: the median ms of each (the device synchronised around every run)."""
+    turn: the median ms of each (the device synchronised around every run). In each round a run is
+    timed right after an untimed run of itself, as a server meets it batch after batch: what ran
+    just before (the other runs' thread pools, caches) otherwise changes a short run's time by
+    10–20% of the full run's (whichever run followed the full run measured slowest)."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for run in runs.values():
         run()
     for _ in range(rounds):
         for name, run in runs.items():
+            run()
             sync()
             started = time.perf_counter()
             run()
@@ -154,7 +165,9 @@ def alternating_medians(runs: dict, rounds: int, device: str = "cpu") -> dict[st
 def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cpu", scales: tuple[int, ...] = (1, 4, 8)) -> list[dict]:
     """The mixed schedule of mean T/4 against the full run at ``batch`` × each of ``scales`` (ms, medians
     of ``rounds`` alternating rounds): each chunk's fixed cost (~70 small torch operators and three
-    compiled calls for the MLP) is shared by more inputs as the batch grows."""
+    compiled calls for the MLP) is shared by more inputs as the batch grows. Chunks planned as
+    serving plans them, and doubling."""
+    from fastslow.serving.chunks import ChunkPlanner
     from fastslow.systems import System1
 
     torch.manual_seed(0)
@@ -166,10 +179,13 @@ def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cp
             size = batch * scale
             x = torch.rand(size, *spec.input_shape, device=device)
             stops = mixed_stops(size, device)
-            runs = {"full": lambda: model.run(x), "early": lambda: compacted_run(model, x, stops),
+            planner = ChunkPlanner(spec.timesteps)
+            runs = {"full": lambda: model.run(x), "early": lambda: compacted_run(model, x, stops, planner),
+                    "early, doubling": lambda: compacted_run(model, x, stops),
                     "first-layer current": lambda: model.input_current(model.prepare(x))}
             ms = alternating_medians(runs, rounds, device)
             rows.append({"batch": size, "full_T_ms": ms["full"], "early_stop_T4_ms": ms["early"], "ratio": ms["early"] / ms["full"],
+                         "chunks": planner.plan(size), "doubling_ms": ms["early, doubling"], "doubling_ratio": ms["early, doubling"] / ms["full"],
                          "bound": early_stop_bound(ms["first-layer current"], ms["full"])})
     return rows
 
@@ -179,14 +195,16 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     ``rounds`` alternating rounds).
 
     Mean timesteps: inputs stop after a given step and leave the batch (the others advance their own
-    rows of the state, in place), System 1 advancing in chunks of 1, 1, 2, 4 steps as serving does
-    on a CPU, for all stopping at 1, 2, 4 or 8, for the mixed schedule of mean T/4 (half after step 1, a quarter after 2, a
-    quarter after 4) and for one of about the same mean off the chunks' ends (a third each after
-    steps 1, 2 and 3); ratios are to the full multi-step run. Also the mixed schedule read from one
-    full run's records, as serving does on a GPU.
+    rows of the state, in place), System 1 advancing in chunks planned as serving plans them on a
+    CPU (each schedule with its own planner, which learns the schedule's stops and its chunks'
+    cost), for all stopping at 1, 2, 4 or 8, for the mixed schedule of mean T/4 (half after step 1, a
+    quarter after 2, a quarter after 4) and for one of about the same mean (a third each after
+    steps 1, 2 and 3); ratios are to the full multi-step run. Also the mixed schedule in doubling
+    chunks (1, 1, 2, 4), and read from one full run's records, as serving does on a GPU.
     Escalation: the full System 1 run plus the default System 2 (LeNet-5) on the escalated share of
     the batch only (each timed on its own); ratios are to escalating every input."""
     from fastslow.energy.accounting import s1_op_counts
+    from fastslow.serving.chunks import ChunkPlanner
     from fastslow.systems import System1, System2Spec, build_system2
 
     torch.manual_seed(0)
@@ -198,8 +216,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     mixed = mixed_stops(batch, device)
     schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
     schedules["mixed, mean T/4"] = mixed
-    # Stops inside a chunk (after step 3, in the chunk of steps 3–4) pay for the chunk's rest.
-    schedules["off chunk ends, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
+    schedules["thirds, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
                                                          device=device)
 
     def from_records(run_all, stop_after: torch.Tensor) -> None:
@@ -209,7 +226,9 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
 
     # Every input runs step 1, so the first layer's current (computed once) is paid whatever the stops.
     runs = {"full": lambda: model.run(x), "first-layer current": lambda: model.input_current(model.prepare(x))}
-    runs.update({name: (lambda stop=stop: compacted_run(model, x, stop)) for name, stop in schedules.items()})
+    planners = {name: ChunkPlanner(spec.timesteps) for name in schedules}  # each learns its own schedule, as a server would
+    runs.update({name: (lambda stop=stop, planner=planners[name]: compacted_run(model, x, stop, planner)) for name, stop in schedules.items()})
+    runs["mixed, doubling chunks"] = lambda: compacted_run(model, x, mixed)
     runs["records"] = lambda: from_records(model.run, mixed)
     if torch.device(device).type == "cuda":  # and with the run replayed from a CUDA graph (serving's cuda_graphs=True)
         from fastslow.systems import GraphedSystem1
@@ -229,13 +248,16 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
         "full_T_ms": full,
         "early_stop_T4_ms": ms["mixed, mean T/4"],
         "early_stop_ratio": ms["mixed, mean T/4"] / full,
+        "early_stop_chunks": planners["mixed, mean T/4"].plan(batch),
+        "early_stop_doubling_ms": ms["mixed, doubling chunks"],
+        "early_stop_doubling_ratio": ms["mixed, doubling chunks"] / full,
         "first_layer_current_ms": ms["first-layer current"],
         "early_stop_bound": early_stop_bound(ms["first-layer current"], full),
         "from_records_ms": ms["records"],
         "from_records_ratio": ms["records"] / full,
         **({"full_T_graphs_ms": ms["full, graphs"], "from_records_graphs_ms": ms["records, graphs"]} if "full, graphs" in ms else {}),
         "wall_vs_mean_timesteps": [{"schedule": name, "mean_timesteps": float(stop.float().mean()), "ms": ms[name],
-                                    "ratio_to_full": ms[name] / full} for name, stop in schedules.items()],
+                                    "ratio_to_full": ms[name] / full, "chunks": planners[name].plan(batch)} for name, stop in schedules.items()],
         "wall_vs_escalation": [{"escalation_rate": rate, "system2_ms": cascade[rate] - full, "ms": cascade[rate],
                                 "ratio_to_all_escalated": cascade[rate] / all_escalated} for rate in ESCALATION_RATES],
     }
@@ -250,9 +272,9 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
     no escalation, so System 2 stays out of the time) on a System 1 of the benchmark's shape trained for
     one epoch on ``train_images`` images of ``data``, for ``batch`` × each of ``scales`` test images
     (while the test split holds them): the stops are the policy's own, not a schedule. Each threshold
-    with compaction (chunks of 1, 1, 2, 4 steps, the CPU default) and with the stops read from one full
-    run's records (the GPU default); ms, medians of ``rounds`` alternating rounds, ratios to the full
-    multi-step run."""
+    with compaction in planned chunks (the CPU default), in doubling chunks (1, 1, 2, 4), and with the
+    stops read from one full run's records (the GPU default); ms, medians of ``rounds`` alternating
+    rounds, ratios to the full multi-step run."""
     from fastslow.data import load_dataset
     from fastslow.serving import FastSlow
     from fastslow.systems import System1, System2Spec, build_system2
@@ -279,18 +301,21 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
                 continue
             x = as_inputs(dataset.x_test[:size]).to(device)
             labels = torch.from_numpy(dataset.y_test[:size]).to(device)
-            servers = {(threshold, compaction): FastSlow(model, system2, 0, threshold=threshold, escalate=False, compaction=compaction)
-                       for threshold in SERVING_THRESHOLDS for compaction in (True, False)}
+            modes = {"compaction": {"compaction": True}, "doubling": {"compaction": True, "chunking": "doubling"},
+                     "records": {"compaction": False}}
+            servers = {(threshold, mode): FastSlow(model, system2, 0, threshold=threshold, escalate=False, **options)
+                       for threshold in SERVING_THRESHOLDS for mode, options in modes.items()}
             runs = {"full": lambda: model.run(x)}
             runs.update({key: (lambda server=server: server.predict(x)) for key, server in servers.items()})
             ms = alternating_medians(runs, rounds, device)
             points = []
             for threshold in SERVING_THRESHOLDS:
-                answer = servers[threshold, True].predict(x)
+                server = servers[threshold, "compaction"]
+                answer = server.predict(x)
                 points.append({"threshold": threshold, "mean_timesteps": float(answer.timesteps.float().mean()),
-                               "accuracy": float((answer.predictions == labels).float().mean()),
-                               "compaction_ms": ms[threshold, True], "compaction_ratio": ms[threshold, True] / ms["full"],
-                               "records_ms": ms[threshold, False], "records_ratio": ms[threshold, False] / ms["full"]})
+                               "accuracy": float((answer.predictions == labels).float().mean()), "chunks": server.planner.plan(size),
+                               **{f"{mode}_{unit}": value for mode in modes
+                                  for unit, value in (("ms", ms[threshold, mode]), ("ratio", ms[threshold, mode] / ms["full"]))}})
             rows.append({"batch": size, "full_T_ms": ms["full"], "thresholds": points})
     return {"data": data, "train_images": min(train_images, len(dataset.x_train)), "train_s": trained_s, "rows": rows}
 
@@ -459,13 +484,15 @@ def main(argv: list[str] | None = None) -> int:
                               f"{graphs['forward_ms'] / fastest_fwd:.2f}×, train {graphs['train_ms'] / fastest_train:.2f}×")
             if "matmul_floor" in medians:
                 out.print(f"LIF overhead: fastslow inference / matmuls alone = {own['forward_ms'] / medians['matmul_floor']['forward_ms']:.2f}× (target ≤ 1.25×)")
-            out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×)")
+            out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×), "
+                      f"in planned chunks {curves['early_stop_chunks']}; in doubling chunks {curves['early_stop_doubling_ms']:.2f} ms = "
+                      f"{curves['early_stop_doubling_ratio']:.2f}×")
             out.print(f"  the first layer's current, which every input needs whatever its stop: {curves['first_layer_current_ms']:.2f} ms; "
                       f"with no per-call cost and every step costing the full run's average, mean T/4 would take "
                       f"{curves['early_stop_bound']:.2f}× (0.25 + 0.75 × its share)")
             out.print("  the same at larger batches (the fixed cost of each chunk shared by more inputs): " + "; ".join(
-                f"batch {row['batch']}: {row['early_stop_T4_ms']:.2f} / {row['full_T_ms']:.2f} ms = {row['ratio']:.2f}× (bound {row['bound']:.2f}×)"
-                for row in by_batch))
+                f"batch {row['batch']}: {row['early_stop_T4_ms']:.2f} / {row['full_T_ms']:.2f} ms = {row['ratio']:.2f}× in chunks {row['chunks']} "
+                f"(doubling {row['doubling_ratio']:.2f}×; bound {row['bound']:.2f}×)" for row in by_batch))
             out.print(f"all T steps at once, stops read from the records (serving's GPU default): {curves['from_records_ms']:.2f} ms = "
                       f"{curves['from_records_ratio']:.2f}× the full run")
             if "full_T_graphs_ms" in curves:
@@ -473,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{curves['from_records_graphs_ms'] / full:.2f}× the eager full run, "
                           f"{curves['from_records_graphs_ms'] / curves['full_T_graphs_ms']:.2f}× the graphed full run ({curves['full_T_graphs_ms']:.2f} ms)")
             out.print("wall time against mean timesteps (inputs leave the batch as they stop; × the full multi-step run): "
-                      + "; ".join(f"{p['schedule']} (mean {p['mean_timesteps']:g}) {p['ms']:.2f} ms = {p['ratio_to_full']:.2f}×"
+                      + "; ".join(f"{p['schedule']} (mean {p['mean_timesteps']:g}) {p['ms']:.2f} ms = {p['ratio_to_full']:.2f}× in {p['chunks']}"
                                   for p in curves["wall_vs_mean_timesteps"]))
             out.print("wall time against escalation rate (full System 1, then LeNet-5 System 2 on the escalated inputs only; "
                       "× escalating all): " + "; ".join(f"{p['escalation_rate']:.0%} {p['ms']:.2f} ms (S2 {p['system2_ms']:.2f}) = "
@@ -483,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"on {serving['train_images']} images of {serving['data']} ({serving['train_s']:.0f} s): " + "; ".join(
                               f"batch {row['batch']} (full run {row['full_T_ms']:.2f} ms): " + ", ".join(
                                   f"θ {p['threshold']:g} (mean {p['mean_timesteps']:.2f} steps, accuracy {p['accuracy']:.1%}) "
-                                  f"compaction {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}×, "
+                                  f"compaction {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}× in {p['chunks']}, "
+                                  f"doubling {p['doubling_ms']:.2f} ms = {p['doubling_ratio']:.2f}×, "
                                   f"records {p['records_ms']:.2f} ms = {p['records_ratio']:.2f}×" for p in row["thresholds"])
                               for row in serving["rows"]))
             out.print(f"peak {'GPU ' if args.device == 'cuda' else ''}memory of one training step (MiB above model and inputs): "

@@ -50,9 +50,11 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     assert data["meta"]["seed"] == 0 and data["meta"]["config"]["rounds"] == 1 and "torch" in data["meta"]["versions"]
     curve = {p["schedule"]: p["mean_timesteps"] for p in data["mlp"]["wall_vs_mean_timesteps"]}
     assert [curve[f"all stop at {t}"] for t in (1, 2, 4, 8)] == [1.0, 2.0, 4.0, 8.0] and "mixed, mean T/4" in curve
-    assert "off chunk ends, mean T/4" in curve and 0.25 < data["mlp"]["early_stop_bound"] < 1 and "0.25 + 0.75" in out
+    assert "thirds, mean T/4" in curve and 0.25 < data["mlp"]["early_stop_bound"] < 1 and "0.25 + 0.75" in out
     assert [row["batch"] for row in data["mlp"]["early_stop_by_batch"]] == [6, 24, 48] and "at larger batches" in out
-    assert all(row["early_stop_T4_ms"] > 0 and row["ratio"] > 0 for row in data["mlp"]["early_stop_by_batch"])
+    assert all(row["early_stop_T4_ms"] > 0 and row["ratio"] > 0 and row["doubling_ms"] > 0 and sum(row["chunks"]) == 8
+               for row in data["mlp"]["early_stop_by_batch"])
+    assert sum(data["mlp"]["early_stop_chunks"]) == 8 and data["mlp"]["early_stop_doubling_ms"] > 0 and "in doubling chunks" in out
     assert "wall time against escalation rate" in out
     escalation = data["mlp"]["wall_vs_escalation"]
     assert [p["escalation_rate"] for p in escalation] == [0.0, 0.1, 0.25, 0.5, 1.0]
@@ -61,7 +63,8 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     assert serving["train_images"] == 64 and [row["batch"] for row in serving["rows"]] == [6, 48] and "FastSlow.predict" in out
     for row in serving["rows"]:
         assert [p["threshold"] for p in row["thresholds"]] == list(bench.SERVING_THRESHOLDS)
-        assert all(1 <= p["mean_timesteps"] <= 8 and p["compaction_ms"] > 0 and p["records_ratio"] > 0 for p in row["thresholds"])
+        assert all(1 <= p["mean_timesteps"] <= 8 and p["compaction_ms"] > 0 and p["doubling_ms"] > 0 and p["records_ratio"] > 0
+                   and sum(p["chunks"]) == 8 for p in row["thresholds"])
 
 
 def test_cuda_host_overhead_bench_runs_its_side_by_side_on_cpu(capsys):

@@ -122,7 +122,7 @@ def test_compaction_advances_in_doubling_chunks_of_the_inputs_still_running():
     original = system1.advance
     system1.advance = lambda inp, state, constant, count, **kw: (
         calls.append((constant.shape[0] if kw.get("rows") is None else len(kw["rows"]), count)), original(inp, state, constant, count, **kw))[1]
-    FastSlow(system1, system2, 1000, threshold=0.45, compaction=True).predict(x)
+    FastSlow(system1, system2, 1000, threshold=0.45, compaction=True, chunking="doubling").predict(x)
     done, expected = 0, []
     for count in doubling_chunks(4):
         if (routing.timesteps > done).any():

@@ -8,12 +8,14 @@ after each step it stops, continues or escalates each input. The spike encoder d
 batch every step and keeps the active rows, so every input sees exactly the spikes of a full run:
 answers and energies equal the evaluation's ``seenn1@θ+s2`` or ``router@steps`` (tests check this).
 
-On a CPU, System 1 advances in chunks of 1, 1, 2, 4, … steps, each one multi-step call (a call
-costs a fixed ~0.3 ms of dispatch, as much as a small batch's arithmetic); each input's stop is
+On a CPU, System 1 advances in chunks of steps, each one multi-step call (a call costs a fixed
+~0.3 ms of dispatch and decisions, as much as a small batch's arithmetic); each input's stop is
 decided for each step from the chunk's records (all of the chunk's steps at once: each input's
-first stop), and the inputs that stopped leave the batch before
-the next chunk (the others advance their own rows of the state, in place: with the compiled CPU
-kernels nobody's state is copied). An input that stops inside a chunk is simulated to the chunk's
+first stop), and the inputs that stopped leave the batch before the next chunk (the others advance
+their own rows of the state, in place: with the compiled CPU kernels nobody's state is copied).
+Each chunk's length is planned from the measured cost of the server's chunks and the stops of the
+batches it has served (:mod:`fastslow.serving.chunks`; doubling chunks 1, 1, 2, 4, … until it knows
+both). An input that stops inside a chunk is simulated to the chunk's
 end, never charged for it. On a GPU, batches of a few hundred inputs are bound by kernel launches,
 not arithmetic: stepping with compaction was 3.3–3.8× slower than one multi-step run of all T
 steps (an H100 and an H200, one step per call). There the server runs all T steps at once and reads each input's
@@ -24,6 +26,7 @@ however the simulation computed them).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +40,7 @@ from fastslow.policies.dynamic import seenn1_routing
 from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_router_features, step_state_features
 from fastslow.spiking import encode_step, is_spiking
 from fastslow.systems.cuda_graphs import GraphedSystem1
+from fastslow.serving.chunks import ChunkPlanner
 from fastslow.systems.system1 import System1, doubling_chunks
 
 
@@ -66,11 +70,16 @@ class FastSlow:
         profile: EnergyProfile | str = "cmos45nm",
         router: StepRouter | None = None,
         compaction: bool | None = None,
+        chunking: str = "adaptive",
         cuda_graphs: bool = False,
     ) -> None:
-        """``compaction``: advance in chunks of 1, 1, 2, 4, … steps with stopped inputs leaving the
-        batch between them (True), or run all T steps at once and read the stops from the records
-        (False); None picks compaction on a CPU only.
+        """``compaction``: advance in chunks of steps with stopped inputs leaving the batch between
+        them (True), or run all T steps at once and read the stops from the records (False); None
+        picks compaction on a CPU only.
+        ``chunking`` (with compaction): ``"adaptive"`` picks each chunk's length from the chunks'
+        measured cost and the stops of the batches served so far (:class:`~fastslow.serving.chunks.ChunkPlanner`,
+        kept as ``self.planner``); ``"doubling"`` always advances 1, 1, 2, 4, … steps. Either way the
+        answers, timesteps and energies are the same: only wall time differs.
         ``cuda_graphs``: without compaction on a GPU, replay that run from a CUDA graph per batch
         shape (:class:`~fastslow.systems.GraphedSystem1`; deterministic encodings only)."""
         if not 0.0 <= threshold <= 1.0:
@@ -90,7 +99,10 @@ class FastSlow:
         if router is not None and router.net[0].in_features != features:
             raise ValueError(f"the router reads {router.net[0].in_features} features but this System 1 gives {features}: train it on this System 1")
         self.router = None if router is None else router.eval().to(next(system1.parameters()).device)
+        if chunking not in ("adaptive", "doubling"):
+            raise ValueError(f"chunking must be 'adaptive' or 'doubling', got {chunking!r}")
         self.compaction = compaction
+        self.planner = ChunkPlanner(system1.spec.timesteps) if chunking == "adaptive" else None
         self._graphed = GraphedSystem1(system1) if cuda_graphs else None
         # What an answer from the last exit charges (fixed by the architecture, so not rebuilt per batch):
         # the components it needs, and their neuron updates per step.
@@ -125,7 +137,7 @@ class FastSlow:
         return AdaptiveAnswer(predictions, routing.escalate, steps, sum(terms.values()), terms)
 
     def _predict_compacted(self, x: torch.Tensor, generator: torch.Generator | None) -> AdaptiveAnswer:
-        """Chunks of 1, 1, 2, 4, … steps (:func:`~fastslow.systems.system1.doubling_chunks`), each in one
+        """Chunks of steps (planned, or 1, 1, 2, 4, …: :func:`~fastslow.systems.system1.doubling_chunks`), each in one
         multi-step call; each input's decision at each step of the chunk is read from the chunk's
         records (all steps at once: its first stop counts), and the inputs that stopped leave the
         batch before the next chunk."""
@@ -151,7 +163,9 @@ class FastSlow:
         last_answer = None if self.router is None else torch.zeros(n, dtype=torch.long, device=x.device)
         last = s1.n_exits - 1
         first = 0
-        for count in doubling_chunks(steps):
+        planner = self.planner
+        for count in doubling_chunks(steps) if planner is None else planner.plan(n):
+            started, entering = time.perf_counter(), len(active)
             # The encoder draws for the whole batch every step, as a full run does.
             inp = torch.stack([encode_step(flat, t, steps, s1.spec.encoding, generator)[active] for t in range(first, first + count)]) if spiking else None
             # Once some inputs have left, only the others advance: their rows of the state (updated in
@@ -196,8 +210,12 @@ class FastSlow:
                 last_answer[active] = mean_logits[-1].argmax(-1)
             first += count
             active = active[~stops]  # the stopped inputs leave the batch
+            if planner is not None:  # (reading the survivors' count has waited for the device)
+                planner.record_chunk(entering, count, time.perf_counter() - started)
             if len(active) == 0:
                 break
+        if planner is not None:
+            planner.record_stops(stopped_at)
         if self.router is None:
             escalated = ~confident & self.escalate
         else:
