@@ -121,17 +121,20 @@ def compacted_run(model, x: torch.Tensor, stop_after: torch.Tensor, planner=None
     state = None  # at rest
     active = torch.arange(batch, device=x.device)
     done = 0
-    for count in doubling_chunks(timesteps) if planner is None else planner.plan(batch):
+    chunks = doubling_chunks(timesteps) if planner is None else planner.plan(batch)
+    batch_started = time.perf_counter()
+    for count in chunks:
         started, entering = time.perf_counter(), len(active)
         rows = None if len(active) == batch else active
         _, state = model.advance(None, state, constant, count, keep_state=done + count < timesteps, rows=rows)
         done += count
         active = active[stop_after[active] > done]
         if planner is not None:
-            planner.record_chunk(entering, count, time.perf_counter() - started)
+            planner.record_chunk(done - count, count, entering, time.perf_counter() - started)
         if len(active) == 0:
             break
     if planner is not None:
+        planner.record_batch(chunks, batch, time.perf_counter() - batch_started)
         planner.record_stops(stop_after)
 
 

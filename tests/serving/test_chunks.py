@@ -4,16 +4,22 @@ import pytest
 import torch
 
 from fastslow.serving import FastSlow
-from fastslow.serving.chunks import ChunkPlanner
+from fastslow.serving.chunks import EXPLORE_EVERY, ChunkPlanner
 from fastslow.systems.system1 import doubling_chunks
 
 
-def _taught(timesteps: int, fixed_s: float, per_input_step_s: float, stops: list[int]) -> ChunkPlanner:
-    """A planner that has timed chunks costing exactly ``fixed_s + per_input_step_s × inputs × steps``
-    and seen a batch stop after ``stops``."""
-    planner = ChunkPlanner(timesteps)
-    for inputs, steps in [(128, 1), (64, 1), (32, 2), (16, 4), (100, 3)]:
-        planner.record_chunk(inputs, steps, fixed_s + per_input_step_s * inputs * steps)
+def _every_plan(left: int) -> list[list[int]]:
+    return [[]] if left == 0 else [[first, *rest] for first in range(1, left + 1) for rest in _every_plan(left - first)]
+
+
+def _taught(timesteps: int, fixed_s: float, per_input_s: list[float], stops: list[int]) -> ChunkPlanner:
+    """A planner that has timed chunks of every shape costing exactly ``fixed_s`` plus, for each of
+    their steps t, ``per_input_s[t - 1]`` per input, and seen one batch stop after ``stops``."""
+    planner = ChunkPlanner(timesteps, window=256)
+    for done in range(timesteps):
+        for steps in range(1, timesteps - done + 1):
+            for inputs in (16, 100):
+                planner.record_chunk(done, steps, inputs, fixed_s + inputs * sum(per_input_s[done : done + steps]))
     planner.record_stops(torch.tensor(stops))
     return planner
 
@@ -21,58 +27,86 @@ def _taught(timesteps: int, fixed_s: float, per_input_step_s: float, stops: list
 def test_it_advances_in_doubling_chunks_until_it_has_a_cost_and_stops():
     planner = ChunkPlanner(8)
     assert planner.plan(128) == doubling_chunks(8) == [1, 1, 2, 4] and planner.cost is None
-    planner.record_chunk(128, 1, 1e-3)
+    planner.record_chunk(0, 1, 128, 1e-3)
     planner.record_stops(torch.tensor([2, 3]))
-    assert planner.plan(128) == [1, 1, 2, 4] and planner.cost is None  # one chunk size: no line yet
+    assert planner.plan(128) == [1, 1, 2, 4] and planner.cost is None  # one timing: no cost yet
 
 
-def test_the_fitted_cost_is_the_line_through_the_chunk_times_whatever_one_outlier():
-    planner = ChunkPlanner(8)
-    for work in range(1, 30):
-        planner.record_chunk(work, 1, 3e-4 + 2e-6 * work)
-    planner.record_chunk(10, 1, 0.05)  # a descheduled chunk
+def test_the_fitted_cost_is_each_steps_cost_per_input_whatever_one_outlier():
+    per_input = [1e-7, 5e-7, 2e-6, 2e-6, 3e-6, 3e-6, 4e-6, 4e-6]
+    planner = _taught(8, 3e-4, per_input, [8])
+    planner.record_chunk(2, 2, 50, 0.05)  # a descheduled chunk
+    planner._new_timings = 8  # refit now
     planner.record_stops(torch.tensor([8]))
-    fixed, per_step = planner.cost
-    assert fixed == pytest.approx(3e-4, rel=1e-6) and per_step == pytest.approx(2e-6, rel=1e-6)
+    fixed, fitted = planner.cost
+    assert fixed == pytest.approx(3e-4, rel=1e-6) and fitted == pytest.approx(per_input, rel=1e-6)
+
+
+def test_steps_only_timed_together_share_their_cost():
+    planner = ChunkPlanner(8)
+    for inputs in (128, 64, 32, 100, 50):  # doubling chunks only: steps 3–4 and 5–8 always together
+        for done, steps in ((0, 1), (1, 1), (2, 2), (4, 4)):
+            planner.record_chunk(done, steps, inputs, 2e-4 + inputs * steps * 1e-6)
+    planner.record_stops(torch.tensor([4, 8]))
+    fixed, fitted = planner.cost
+    assert fixed == pytest.approx(2e-4, rel=1e-6) and fitted == pytest.approx([1e-6] * 8, rel=1e-6)
 
 
 def test_the_plan_minimises_the_expected_time_of_a_batch():
     # Half the inputs stop after step 1, a quarter after 2, a quarter after 4 (mean T/4).
     stops = [1] * 64 + [2] * 32 + [4] * 32
-    # Free calls: a chunk per step until everyone stopped, then nothing is left to save.
-    assert _taught(8, 0.0, 1e-6, stops).plan(128)[:4] == [1, 1, 1, 1]
+    flat = [1e-6] * 8
+    # Free calls: a chunk after each step at which inputs stop.
+    assert _taught(8, 0.0, flat, stops).plan(128)[:2] == [1, 1]
     # Calls that cost as much as the whole batch's arithmetic: one chunk of all steps.
-    assert _taught(8, 1.0, 1e-6, stops).plan(128) == [8]
-    # In between, exactly the lengths that cost least, checked against every way to cut 8 steps.
-    fixed, per_step = 3e-4, 3e-6
+    assert _taught(8, 1.0, flat, stops).plan(128) == [8]
+    # In between, exactly the lengths that cost least, checked against every way to cut 8 steps,
+    # with steps whose cost per input differs (a nearly free first step).
+    fixed, per_input = 3e-4, [1e-8, 1e-6, 3e-6, 3e-6, 3e-6, 3e-6, 3e-6, 3e-6]
     running = [128, 64, 32, 32, 0, 0, 0, 0]  # inputs entering steps 1..8
 
     def expected(chunks):
         total, done = 0.0, 0
         for length in chunks:
-            total += fixed + per_step * running[done] * length
+            total += fixed + running[done] * sum(per_input[done : done + length])
             done += length
         return total
 
-    def every_plan(left):
-        return [[]] if left == 0 else [[first, *rest] for first in range(1, left + 1) for rest in every_plan(left - first)]
-
-    chosen = _taught(8, fixed, per_step, stops).plan(128)
-    assert sum(chosen) == 8 and expected(chosen) == pytest.approx(min(map(expected, every_plan(8))), rel=1e-9)
+    chosen = _taught(8, fixed, per_input, stops).plan(128)
+    assert sum(chosen) == 8 and expected(chosen) == pytest.approx(min(map(expected, _every_plan(8))), rel=1e-9)
 
 
 def test_it_follows_the_stops_of_the_batches_it_serves():
-    planner = _taught(8, 3e-4, 3e-6, [2] * 128)  # everyone stops after step 2: one chunk of 2, then the rest at once
+    planner = _taught(8, 3e-4, [3e-6] * 8, [2] * 128)  # everyone stops after step 2: one chunk of 2, then the rest at once
     assert planner.plan(128)[0] == 2
     planner.memory = 0.0  # forget: now nobody stops before T
     planner.record_stops(torch.full((128,), 8))
     assert planner.plan(128) == [8]
 
 
+@pytest.mark.parametrize("faster", ["model", "doubling"])
+def test_whole_batch_timings_decide_between_the_models_plan_and_doubling(faster):
+    planner = _taught(8, 3e-4, [3e-6] * 8, [8] * 128)  # the model's plan: one chunk of all steps
+    seconds = {(8,): 1e-3 if faster == "model" else 3e-3, (1, 1, 2, 4): 2e-3}
+    served = []
+    for _ in range(2 * EXPLORE_EVERY):
+        chunks = planner.plan(128)
+        served.append(tuple(chunks))
+        planner.record_batch(chunks, 128, seconds[tuple(chunks)])
+        planner.record_stops(torch.full((128,), 8))
+    assert served[:6] == [(8,)] * 3 + [(1, 1, 2, 4)] * 3  # each timed three times first
+    best, other = ((8,), (1, 1, 2, 4)) if faster == "model" else ((1, 1, 2, 4), (8,))
+    assert served[6:].count(other) == 2 and served[6:].count(best) == len(served) - 8  # the slower one now and then
+
+
 def test_long_runs_plan_over_powers_of_two_beyond_the_exhaustive_search():
-    planner = _taught(100, 3e-4, 3e-6, list(range(1, 101)))
+    planner = ChunkPlanner(100)
+    for done, steps in ((0, 1), (1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32), (64, 36)):
+        for inputs in (256, 100, 40):
+            planner.record_chunk(done, steps, inputs, 3e-4 + 3e-6 * inputs * steps)
+    planner.record_stops(torch.arange(1, 101))
     chunks = planner.plan(256)
-    assert sum(chunks) == 100 and all(length >= 1 for length in chunks)
+    assert sum(chunks) == 100 and chunks != doubling_chunks(100)
 
 
 @pytest.mark.parametrize("bad", [{"timesteps": 0}, {"timesteps": 8, "window": 1}, {"timesteps": 8, "memory": 1.5}])

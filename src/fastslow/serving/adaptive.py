@@ -164,7 +164,9 @@ class FastSlow:
         last = s1.n_exits - 1
         first = 0
         planner = self.planner
-        for count in doubling_chunks(steps) if planner is None else planner.plan(n):
+        chunks = doubling_chunks(steps) if planner is None else planner.plan(n)
+        batch_started = time.perf_counter()
+        for count in chunks:
             started, entering = time.perf_counter(), len(active)
             # The encoder draws for the whole batch every step, as a full run does.
             inp = torch.stack([encode_step(flat, t, steps, s1.spec.encoding, generator)[active] for t in range(first, first + count)]) if spiking else None
@@ -211,10 +213,11 @@ class FastSlow:
             first += count
             active = active[~stops]  # the stopped inputs leave the batch
             if planner is not None:  # (reading the survivors' count has waited for the device)
-                planner.record_chunk(entering, count, time.perf_counter() - started)
+                planner.record_chunk(first - count, count, entering, time.perf_counter() - started)
             if len(active) == 0:
                 break
         if planner is not None:
+            planner.record_batch(chunks, n, time.perf_counter() - batch_started)
             planner.record_stops(stopped_at)
         if self.router is None:
             escalated = ~confident & self.escalate
