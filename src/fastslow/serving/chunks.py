@@ -27,8 +27,10 @@ from fastslow.systems.system1 import doubling_chunks
 # Planning looks at every chunk length up to this many remaining steps, and at powers of two (and
 # the rest) beyond it: the search is quadratic in the steps and runs once per batch.
 _EXHAUSTIVE_STEPS = 32
-# The cost is refitted once this many chunks were timed since the last fit (a fit is tens of µs).
-_REFIT_TIMINGS = 8
+# The cost is refitted once this many chunks were timed since the last fit (a fit takes ~0.1 ms).
+_REFIT_TIMINGS = 32
+# The model's plan is worked out again every this many batches (and at each refit).
+_REPLAN_BATCHES = 4
 # Every this many batches, the plan that timed slower runs again: its timings stay current, and
 # its chunks (doubling ones) keep the cost fit supplied with shapes the faster plan never runs.
 EXPLORE_EVERY = 16
@@ -57,6 +59,8 @@ class ChunkPlanner:
         self._cost: tuple[float, list[float]] | None = None
         self._new_timings = 0  # timings recorded since the cost was last fitted
         self._batches = 0
+        self._doubling = tuple(doubling_chunks(timesteps))
+        self._proposed: tuple[int, tuple[int, ...]] | None = None  # (batch size, the model's plan for it)
         self._batch_times: dict[tuple[int, ...], deque[float]] = {}  # plan → its last seconds per input
 
     @property
@@ -82,8 +86,10 @@ class ChunkPlanner:
             still[d] = total
         self._still = still
         self._batches += 1
+        if self._batches % _REPLAN_BATCHES == 0:
+            self._proposed = None
         if self._cost is None or self._new_timings >= _REFIT_TIMINGS:
-            self._cost, self._new_timings = self._fit(), 0
+            self._cost, self._new_timings, self._proposed = self._fit(), 0, None
 
     def _fit(self) -> tuple[float, list[float]] | None:
         """Least squares of each chunk's seconds on a fixed cost plus its inputs at each of its steps,
@@ -92,21 +98,18 @@ class ChunkPlanner:
         chunk) share their cost evenly: the minimum-norm solution, on columns scaled alike."""
         if len(self._timings) < 3:
             return self._cost
-        features = np.zeros((len(self._timings), self.timesteps + 1))
-        features[:, 0] = 1.0
-        seconds = np.empty(len(self._timings))
-        for row, (done, steps, inputs, took) in enumerate(self._timings):
-            features[row, 1 + done : 1 + done + steps] = inputs
-            seconds[row] = took
+        done, steps, inputs, seconds = np.array(self._timings, dtype=np.float64).T
+        step = np.arange(1, self.timesteps + 1)
+        in_chunk = (step > done[:, None]) & (step <= (done + steps)[:, None])
+        features = np.concatenate([np.ones((len(seconds), 1)), in_chunk * inputs[:, None]], axis=1)
         scale = np.sqrt((features**2).mean(0))
         scale[scale == 0] = 1.0  # steps never timed: no information, cost 0 from the minimum norm
-        kept = np.ones(len(seconds), dtype=bool)
-        for _ in range(2):
-            solution = np.linalg.lstsq(features[kept] / scale, seconds[kept], rcond=None)[0] / scale
-            residuals = np.abs(features @ solution - seconds)
-            kept = residuals <= 3.0 * np.median(residuals[kept])
-            if kept.sum() < 3:
-                break
+        solve = lambda rows: np.linalg.lstsq(features[rows] / scale, seconds[rows], rcond=None)[0] / scale  # noqa: E731
+        solution = solve(slice(None))
+        residuals = np.abs(features @ solution - seconds)
+        kept = residuals <= 3.0 * np.median(residuals)
+        if 3 <= kept.sum() < len(kept):
+            solution = solve(kept)
         fixed, per_input = float(solution[0]), solution[1:]
         # Costs too small to measure still grow with the work: never free, never negative.
         return max(fixed, 0.0), [max(float(value), 1e-12) for value in per_input]
@@ -120,18 +123,22 @@ class ChunkPlanner:
         steps taken apart, as caches overflow): whole batches are timed in the model's plan and in
         doubling chunks, and the faster of the two per input (median of its last
         :data:`_BATCH_TIMINGS`) serves, the other every :data:`EXPLORE_EVERY`-th batch."""
-        doubling = doubling_chunks(self.timesteps)
+        doubling = self._doubling
         if self._cost is None or self._still[0] <= 0:
-            return doubling
-        proposed = self._best_plan(inputs)
+            return list(doubling)
+        # The model's plan is worked out again every few batches, when the cost is refitted or when
+        # the batch size changes, so that most batches pay for no planning at all.
+        if self._proposed is None or self._proposed[0] != inputs:
+            self._proposed = inputs, tuple(self._best_plan(inputs))
+        proposed = self._proposed[1]
         if proposed == doubling:
-            return doubling
-        timed = [self._batch_times.get(tuple(plan), ()) for plan in (proposed, doubling)]
+            return list(doubling)
+        timed = [self._batch_times.get(plan, ()) for plan in (proposed, doubling)]
         for plan, times in zip((proposed, doubling), timed):
             if len(times) < 3:
-                return plan
-        faster, slower = (proposed, doubling) if np.median(timed[0]) <= np.median(timed[1]) else (doubling, proposed)
-        return slower if self._batches % EXPLORE_EVERY == EXPLORE_EVERY - 1 else faster
+                return list(plan)
+        faster, slower = (proposed, doubling) if _median(timed[0]) <= _median(timed[1]) else (doubling, proposed)
+        return list(slower if self._batches % EXPLORE_EVERY == EXPLORE_EVERY - 1 else faster)
 
     def record_batch(self, chunks: list[int], inputs: int, seconds: float) -> None:
         """A batch of ``inputs`` inputs took ``seconds`` to advance through ``chunks`` (their decisions included)."""
@@ -162,3 +169,9 @@ class ChunkPlanner:
             chunks.append(first[done])
             done += first[done]
         return chunks
+
+
+def _median(values) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
