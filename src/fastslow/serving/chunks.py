@@ -7,9 +7,9 @@ chunks pay the fixed cost less often. :class:`ChunkPlanner` fits that cost to th
 timed (least squares), learns when inputs stop from the batches it has served, and plans each
 batch's chunks to minimise its expected time (dynamic programming over the steps, the inputs
 expected to enter each step being the share of past inputs that got that far). Until it has both,
-it plans doubling chunks (1, 1, 2, 4, …). Since real costs are not quite the model's (a long chunk
-over many inputs can cost more than its steps apart), whole batches are timed too, and the
-model's plan serves only while it is faster than doubling chunks.
+it plans doubling chunks (1, 1, 2, 4, …). Real costs are not quite the model's (a long chunk over
+many inputs can cost more than its steps apart), so whole batches are timed too: the model only
+proposes plans to try, and the plan that timed fastest serves.
 
 The plan changes wall time only: an input that stops inside a chunk is never charged for the
 chunk's rest, so answers, timesteps and energies are the same whatever the chunks (tests check).
@@ -17,6 +17,7 @@ chunk's rest, so answers, timesteps and energies are the same whatever the chunk
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 import numpy as np
@@ -31,9 +32,12 @@ _EXHAUSTIVE_STEPS = 32
 _REFIT_TIMINGS = 32
 # The model's plan is worked out again every this many batches (and at each refit).
 _REPLAN_BATCHES = 4
-# Every this many batches, the plan that timed slower runs again: its timings stay current, and
-# its chunks (doubling ones) keep the cost fit supplied with shapes the faster plan never runs.
+# Every this many batches, the runner-up plan serves: its timings stay current, and its chunks keep
+# the cost fit supplied with shapes the serving plan never runs.
 EXPLORE_EVERY = 16
+# The model's plan is tried when it is expected to take at most this much less than the serving
+# plan: a smaller gain is within the model's error, and every trial costs three batches.
+_TRY_MARGIN = 0.05
 # Whole-batch timings kept per plan, and plans kept.
 _BATCH_TIMINGS = 8
 _PLANS_TIMED = 16
@@ -43,7 +47,8 @@ class ChunkPlanner:
     """Plans a batch's chunks from the measured cost of chunks and the stops seen so far.
 
     ``window``: how many recent chunk timings the cost is fitted to. ``memory``: the weight the
-    stops of earlier batches keep each time a batch is recorded (1: never forget)."""
+    stops of earlier batches keep each time a batch is recorded (1: never forget). Safe to share
+    between threads (one lock; a server's batches then teach it in whatever order they finish)."""
 
     def __init__(self, timesteps: int, window: int = 64, memory: float = 0.9) -> None:
         if not (isinstance(timesteps, int) and timesteps >= 1):
@@ -62,6 +67,7 @@ class ChunkPlanner:
         self._doubling = tuple(doubling_chunks(timesteps))
         self._proposed: tuple[int, tuple[int, ...]] | None = None  # (batch size, the model's plan for it)
         self._batch_times: dict[tuple[int, ...], deque[float]] = {}  # plan → its last seconds per input
+        self._lock = threading.Lock()
 
     @property
     def cost(self) -> tuple[float, list[float]] | None:
@@ -72,13 +78,18 @@ class ChunkPlanner:
     def record_chunk(self, done: int, steps: int, inputs: int, seconds: float) -> None:
         """A chunk of ``steps`` steps from ``done`` steps in, over ``inputs`` inputs, took ``seconds``
         (its decisions included)."""
-        self._timings.append((done, steps, inputs, seconds))
-        self._new_timings += 1
+        with self._lock:
+            self._timings.append((done, steps, inputs, seconds))
+            self._new_timings += 1
 
     def record_stops(self, stopped_after: torch.Tensor) -> None:
         """The steps after which a batch's inputs stopped (``[N]``, 1..T); refits the cost once
         enough new chunks were timed."""
         counts = torch.bincount(stopped_after.long().flatten(), minlength=self.timesteps + 1).tolist()[1 : self.timesteps + 1]
+        with self._lock:
+            self._record_stops(counts)
+
+    def _record_stops(self, counts: list[int]) -> None:
         self._stops = [self.memory * old + new for old, new in zip(self._stops, counts)]
         still, total = [0.0] * (self.timesteps + 1), 0.0
         for d in range(self.timesteps - 1, -1, -1):
@@ -117,37 +128,54 @@ class ChunkPlanner:
     def plan(self, inputs: int) -> list[int]:
         """The chunk lengths (steps, summing to T) for a batch of ``inputs`` inputs.
 
-        Doubling chunks until a cost and some stops are known. Then the model's plan: the chunks
-        that minimise the batch's expected seconds, were its inputs to stop as the past ones did.
-        The model is a guide, not the truth (a long chunk over many inputs can cost more than its
-        steps taken apart, as caches overflow): whole batches are timed in the model's plan and in
-        doubling chunks, and the faster of the two per input (median of its last
-        :data:`_BATCH_TIMINGS`) serves, the other every :data:`EXPLORE_EVERY`-th batch."""
+        Doubling chunks until a cost and some stops are known. Then measurements decide, the model
+        proposes: whole batches are timed, and the plan with the least median seconds per input
+        over its last :data:`_BATCH_TIMINGS` batches serves (the runner-up every
+        :data:`EXPLORE_EVERY`-th batch, so that its timings stay current). The model's plan (the
+        chunks that minimise the batch's expected seconds, were its inputs to stop as the past ones
+        did) is tried, three batches, when it is untimed and expected to beat the serving plan by
+        :data:`_TRY_MARGIN`: the model is a guide, not the truth (a long chunk over many inputs can
+        cost more than its steps taken apart, as caches overflow)."""
+        with self._lock:
+            return list(self._plan(inputs))
+
+    def _plan(self, inputs: int) -> tuple[int, ...]:
         doubling = self._doubling
-        if self._cost is None or self._still[0] <= 0:
-            return list(doubling)
+        if self._cost is None or self._still[0] <= 0 or len(self._batch_times.get(doubling, ())) < 3:
+            return doubling  # doubling is timed first: the yardstick
         # The model's plan is worked out again every few batches, when the cost is refitted or when
         # the batch size changes, so that most batches pay for no planning at all.
         if self._proposed is None or self._proposed[0] != inputs:
             self._proposed = inputs, tuple(self._best_plan(inputs))
         proposed = self._proposed[1]
-        if proposed == doubling:
-            return list(doubling)
-        timed = [self._batch_times.get(plan, ()) for plan in (proposed, doubling)]
-        for plan, times in zip((proposed, doubling), timed):
-            if len(times) < 3:
-                return list(plan)
-        faster, slower = (proposed, doubling) if _median(timed[0]) <= _median(timed[1]) else (doubling, proposed)
-        return list(slower if self._batches % EXPLORE_EVERY == EXPLORE_EVERY - 1 else faster)
+        ranked = sorted((plan for plan, times in self._batch_times.items() if len(times) >= 3),
+                        key=lambda plan: _median(self._batch_times[plan]))
+        serving = ranked[0]
+        trying = len(self._batch_times.get(proposed, ())) < 3
+        if trying and self._expected(proposed, inputs) < (1.0 - _TRY_MARGIN) * self._expected(serving, inputs):
+            return proposed
+        if len(ranked) > 1 and self._batches % EXPLORE_EVERY == EXPLORE_EVERY - 1:
+            return ranked[1]
+        return serving
+
+    def _expected(self, chunks: tuple[int, ...], inputs: int) -> float:
+        """The model's expected seconds for a batch of ``inputs`` in ``chunks``."""
+        fixed, per_input = self._cost
+        total, done = 0.0, 0
+        for length in chunks:
+            total += fixed + inputs * self._still[done] / self._still[0] * sum(per_input[done : done + length])
+            done += length
+        return total
 
     def record_batch(self, chunks: list[int], inputs: int, seconds: float) -> None:
         """A batch of ``inputs`` inputs took ``seconds`` to advance through ``chunks`` (their decisions included)."""
         key = tuple(chunks)
-        if key not in self._batch_times and len(self._batch_times) >= _PLANS_TIMED:
-            del self._batch_times[next(iter(self._batch_times))]  # the plan timed least recently first
-        times = self._batch_times.pop(key, None) or deque(maxlen=_BATCH_TIMINGS)
-        times.append(seconds / max(inputs, 1))
-        self._batch_times[key] = times
+        with self._lock:
+            if key not in self._batch_times and len(self._batch_times) >= _PLANS_TIMED:
+                del self._batch_times[next(iter(self._batch_times))]  # the plan timed least recently first
+            times = self._batch_times.pop(key, None) or deque(maxlen=_BATCH_TIMINGS)
+            times.append(seconds / max(inputs, 1))
+            self._batch_times[key] = times
 
     def _best_plan(self, inputs: int) -> list[int]:
         fixed, per_input = self._cost
