@@ -163,7 +163,9 @@ class ChunkPlanner:
         fixed, per_input = self._cost
         total, done = 0.0, 0
         for length in chunks:
-            total += fixed + inputs * self._still[done] / self._still[0] * sum(per_input[done : done + length])
+            entering = inputs * self._still[done] / self._still[0]
+            if entering > 0:  # (a batch whose inputs all stopped runs no more chunks)
+                total += fixed + entering * sum(per_input[done : done + length])
             done += length
         return total
 
@@ -191,6 +193,9 @@ class ChunkPlanner:
         for d in range(steps - 1, -1, -1):
             left, entering = steps - d, scale * self._still[d]
             lengths = range(1, left + 1) if left <= _EXHAUSTIVE_STEPS else {*(2**k for k in range(left.bit_length())), left}
+            if entering <= 0:  # nobody is expected to get this far: no more chunks
+                best[d], first[d] = 0.0, left
+                continue
             best[d], first[d] = min((fixed + entering * (through[d + length] - through[d]) + best[d + length], length) for length in lengths)
         chunks, done = [], 0
         while done < steps:
