@@ -70,7 +70,8 @@ def test_the_plan_minimises_the_expected_time_of_a_batch():
     def expected(chunks):
         total, done = 0.0, 0
         for length in chunks:
-            total += fixed + running[done] * sum(per_input[done : done + length])
+            if running[done]:  # once every input stopped, no more chunks run
+                total += fixed + running[done] * sum(per_input[done : done + length])
             done += length
         return total
 
