@@ -13,13 +13,14 @@ On a CPU, System 1 advances in chunks of steps, each one multi-step call (a call
 decided for each step from the chunk's records (all of the chunk's steps at once: each input's
 first stop), and the inputs that stopped leave the batch before the next chunk (the others advance
 their own rows of the state, in place: with the compiled CPU kernels nobody's state is copied).
-Each chunk's length is planned from the measured cost of the server's chunks and the stops of the
-batches it has served (:mod:`fastslow.serving.chunks`; doubling chunks 1, 1, 2, 4, … until it knows
-both). An input that stops inside a chunk is simulated to the chunk's
-end, never charged for it. On a GPU, batches of a few hundred inputs are bound by kernel launches,
-not arithmetic: stepping with compaction was 3.3–3.8× slower than one multi-step run of all T
-steps (an H100 and an H200, one step per call). There the server runs all T steps at once and reads each input's
-stop from the records, as the evaluation does: the same answers, timesteps and energies (energy
+The chunks are planned from the timings and stops of the batches the server has served
+(:mod:`fastslow.serving.chunks`; doubling chunks 1, 1, 2, 4, … until it knows them). An input that
+stops inside a chunk is simulated to the chunk's end, never charged for it.
+
+On a GPU, batches of a few hundred inputs are bound by kernel launches, not arithmetic: stepping
+with compaction was 3.3–3.8× slower than one multi-step run of all T steps (an H100 and an H200,
+one step per call). There the server runs all T steps at once and reads each input's stop from
+the records, as the evaluation does: the same answers, timesteps and energies (energy
 always charges the steps each input needed, which is what event-driven hardware would run,
 however the simulation computed them).
 """
@@ -38,9 +39,9 @@ from fastslow.energy.profile import EnergyProfile, load_profile
 from fastslow.policies.confidence import confidence_policy_macs, confidence_score
 from fastslow.policies.dynamic import seenn1_routing
 from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_router_features, step_state_features
+from fastslow.serving.chunks import ChunkPlanner
 from fastslow.spiking import encode_step, is_spiking
 from fastslow.systems.cuda_graphs import GraphedSystem1
-from fastslow.serving.chunks import ChunkPlanner
 from fastslow.systems.system1 import System1, doubling_chunks
 
 
@@ -76,9 +77,9 @@ class FastSlow:
         """``compaction``: advance in chunks of steps with stopped inputs leaving the batch between
         them (True), or run all T steps at once and read the stops from the records (False); None
         picks compaction on a CPU only.
-        ``chunking`` (with compaction): ``"adaptive"`` picks each chunk's length from the chunks'
-        measured cost and the stops of the batches served so far (:class:`~fastslow.serving.chunks.ChunkPlanner`,
-        kept as ``self.planner``); ``"doubling"`` always advances 1, 1, 2, 4, … steps. Either way the
+        ``chunking`` (with compaction): ``"adaptive"`` plans each batch's chunks from the timings and
+        stops of the batches served so far (:class:`~fastslow.serving.chunks.ChunkPlanner`, kept as
+        ``self.planner``); ``"doubling"`` always advances 1, 1, 2, 4, … steps. Either way the
         answers, timesteps and energies are the same: only wall time differs.
         ``cuda_graphs``: without compaction on a GPU, replay that run from a CUDA graph per batch
         shape (:class:`~fastslow.systems.GraphedSystem1`; deterministic encodings only)."""
