@@ -130,16 +130,22 @@ def test_bad_settings_are_refused(bad):
         ChunkPlanner(**bad)
 
 
-def test_serving_answers_the_same_whatever_the_plan():
-    """Adaptive chunks, doubling chunks and the records give the same answers, timesteps and µJ, on
-    batches served while the planner learns (its plans change between them)."""
+def _systems_whose_inputs_stop_at_many_steps():
+    """An untrained System 1 (T = 8), its head scaled so that SEENN-I at θ = 0.6 stops inputs after
+    steps 2 to 8, and a System 2."""
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     torch.manual_seed(1)
     system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, hidden=(32,), timesteps=8, encoding="direct")).eval()
-    with torch.no_grad():  # untrained, scaled so that inputs stop after steps 2 to 8
+    with torch.no_grad():
         system1.heads[-1].weight.mul_(8.0)
-    system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
+    return system1, build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
+
+
+def test_serving_answers_the_same_whatever_the_plan():
+    """Adaptive chunks, doubling chunks and the records give the same answers, timesteps and µJ, on
+    batches served while the planner learns (its plans change between them)."""
+    system1, system2 = _systems_whose_inputs_stop_at_many_steps()
     adaptive = FastSlow(system1, system2, 1000, threshold=0.6, compaction=True)
     doubling = FastSlow(system1, system2, 1000, threshold=0.6, compaction=True, chunking="doubling")
     records = FastSlow(system1, system2, 1000, threshold=0.6, compaction=False)
@@ -167,13 +173,7 @@ def test_an_unknown_chunking_is_refused():
 def test_one_server_answers_the_same_from_several_threads():
     from concurrent.futures import ThreadPoolExecutor
 
-    from fastslow.systems import System1, System1Spec, System2Spec, build_system2
-
-    torch.manual_seed(1)
-    system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, hidden=(32,), timesteps=8, encoding="direct")).eval()
-    with torch.no_grad():
-        system1.heads[-1].weight.mul_(8.0)
-    system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
+    system1, system2 = _systems_whose_inputs_stop_at_many_steps()
     server = FastSlow(system1, system2, 1000, threshold=0.6, compaction=True)
     batches = [torch.rand(40, 1, 10, 10, generator=torch.Generator().manual_seed(seed)) for seed in range(12)]
     alone = [FastSlow(system1, system2, 1000, threshold=0.6, compaction=True, chunking="doubling").predict(x) for x in batches]
