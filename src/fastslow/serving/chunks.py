@@ -26,7 +26,7 @@ import torch
 from fastslow.systems.system1 import doubling_chunks
 
 # Planning looks at every chunk length up to this many remaining steps, and at powers of two (and
-# the rest) beyond it: the search is quadratic in the steps and runs once per batch.
+# the rest) beyond it: the search is quadratic in the steps.
 _EXHAUSTIVE_STEPS = 32
 # The cost is refitted once this many chunks were timed since the last fit (a fit takes ~0.1 ms).
 _REFIT_TIMINGS = 32
@@ -35,8 +35,8 @@ _REPLAN_BATCHES = 4
 # Every this many batches, the runner-up plan serves: its timings stay current, and its chunks keep
 # the cost fit supplied with shapes the serving plan never runs.
 EXPLORE_EVERY = 16
-# The model's plan is tried when it is expected to take at most this much less than the serving
-# plan: a smaller gain is within the model's error, and every trial costs three batches.
+# The model's plan is tried when it is expected to take at least this share less time than the
+# serving plan: a smaller gain is within the model's error, and every trial costs three batches.
 _TRY_MARGIN = 0.05
 # Whole-batch timings kept per plan, and plans kept.
 _BATCH_TIMINGS = 8
