@@ -232,7 +232,7 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
     schedules["mixed, mean T/4"] = mixed
     schedules["thirds, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
-                                                         device=device)
+                                                 device=device)
 
     def from_records(run_all, stop_after: torch.Tensor) -> None:
         # Serving's GPU default: all T steps at once, then each input's charges up to its stop.

@@ -17,6 +17,8 @@ chunk's rest, so answers, timesteps and energies are the same whatever the chunk
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import threading
 from collections import deque
 
@@ -62,6 +64,7 @@ class ChunkPlanner:
         self._stops = [0.0] * timesteps  # weighted count of inputs that stopped after step t + 1
         self._still = [0.0] * (timesteps + 1)  # still[d]: the (weighted) inputs that ran past step d
         self._cost: tuple[float, list[float]] | None = None
+        self._through: list[float] = []  # the cost's seconds per input summed over steps 1..d, at d
         self._new_timings = 0  # timings recorded since the cost was last fitted
         self._batches = 0
         self._doubling = tuple(doubling_chunks(timesteps))
@@ -101,6 +104,8 @@ class ChunkPlanner:
             self._proposed = None
         if self._cost is None or self._new_timings >= _REFIT_TIMINGS:
             self._cost, self._new_timings, self._proposed = self._fit(), 0, None
+            if self._cost is not None:
+                self._through = [0.0, *itertools.accumulate(self._cost[1])]
 
     def _fit(self) -> tuple[float, list[float]] | None:
         """Least squares of each chunk's seconds on a fixed cost plus its inputs at each of its steps,
@@ -149,7 +154,7 @@ class ChunkPlanner:
             self._proposed = inputs, tuple(self._best_plan(inputs))
         proposed = self._proposed[1]
         ranked = sorted((plan for plan, times in self._batch_times.items() if len(times) >= 3),
-                        key=lambda plan: _median(self._batch_times[plan]))
+                        key=lambda plan: statistics.median(self._batch_times[plan]))
         serving = ranked[0]
         trying = len(self._batch_times.get(proposed, ())) < 3
         if trying and self._expected(proposed, inputs) < (1.0 - _TRY_MARGIN) * self._expected(serving, inputs):
@@ -160,14 +165,19 @@ class ChunkPlanner:
 
     def _expected(self, chunks: tuple[int, ...], inputs: int) -> float:
         """The model's expected seconds for a batch of ``inputs`` in ``chunks``."""
-        fixed, per_input = self._cost
         total, done = 0.0, 0
         for length in chunks:
-            entering = inputs * self._still[done] / self._still[0]
-            if entering > 0:  # (a batch whose inputs all stopped runs no more chunks)
-                total += fixed + entering * sum(per_input[done : done + length])
+            total += self._chunk_seconds(inputs * self._still[done] / self._still[0], done, length)
             done += length
         return total
+
+    def _chunk_seconds(self, entering: float, done: int, length: int) -> float:
+        """The model's seconds for a chunk of ``length`` steps from ``done`` steps in that ``entering``
+        inputs enter (none: the batch is over, no chunk runs)."""
+        if entering <= 0:
+            return 0.0
+        fixed, _ = self._cost
+        return fixed + entering * (self._through[done + length] - self._through[done])
 
     def record_batch(self, chunks: list[int], inputs: int, seconds: float) -> None:
         """A batch of ``inputs`` inputs took ``seconds`` to advance through ``chunks`` (their decisions included)."""
@@ -180,11 +190,7 @@ class ChunkPlanner:
             self._batch_times[key] = times
 
     def _best_plan(self, inputs: int) -> list[int]:
-        fixed, per_input = self._cost
         steps = self.timesteps
-        through = [0.0]  # through[d]: seconds per input for steps 1..d
-        for value in per_input:
-            through.append(through[-1] + value)
         # Backwards over the steps: best[d], the least expected seconds to finish from d steps in,
         # with the inputs expected to enter step d + 1 (the share of the past inputs that ran past
         # step d). Plain floats: for a few steps, numpy's per-call cost would exceed the arithmetic.
@@ -192,19 +198,13 @@ class ChunkPlanner:
         best, first = [0.0] * (steps + 1), [1] * (steps + 1)
         for d in range(steps - 1, -1, -1):
             left, entering = steps - d, scale * self._still[d]
-            lengths = range(1, left + 1) if left <= _EXHAUSTIVE_STEPS else {*(2**k for k in range(left.bit_length())), left}
             if entering <= 0:  # nobody is expected to get this far: no more chunks
                 best[d], first[d] = 0.0, left
                 continue
-            best[d], first[d] = min((fixed + entering * (through[d + length] - through[d]) + best[d + length], length) for length in lengths)
+            lengths = range(1, left + 1) if left <= _EXHAUSTIVE_STEPS else {*(2**k for k in range(left.bit_length())), left}
+            best[d], first[d] = min((self._chunk_seconds(entering, d, length) + best[d + length], length) for length in lengths)
         chunks, done = [], 0
         while done < steps:
             chunks.append(first[done])
             done += first[done]
         return chunks
-
-
-def _median(values) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
