@@ -450,3 +450,44 @@ def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_r
         assert torch.equal(getattr(grouped, name), getattr(whole, name)), name
     for name in ("step_outputs", "logits"):  # bit for bit here; a BLAS elsewhere may round by batch shape (see the README)
         torch.testing.assert_close(getattr(grouped, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", [
+    System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(160, 12), timesteps=6, exit_heads=(0,), encoding="rate"),
+    System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(200, 140), timesteps=5, encoding="direct",
+                lif=LIFParams(threshold=0.5, reset="zero")),
+], ids=["rate-exits-subtract", "direct-zero"])
+def test_compiled_mlp_inference_records_what_training_records(monkeypatch, spec):
+    """An MLP under no_grad on a CPU runs each chunk of steps as one compiled call (every layer and
+    readout summed over events): the same spikes, records and final state as the autograd path, the
+    potentials and readouts to float rounding (a dense row or a readout is a BLAS matmul there)."""
+    _needs_compiled_kernels()
+    from fastslow.spiking import _cpu_kernels
+
+    torch.manual_seed(0)
+    model = System1(spec)
+    x = torch.rand(9, *spec.input_shape)
+    calls = []
+    original = _cpu_kernels.mlp_inference
+    monkeypatch.setattr(_cpu_kernels, "mlp_inference", lambda *args, **kwargs: (calls.append(1), original(*args, **kwargs))[1])
+    trained = model.run(x, generator=torch.Generator().manual_seed(5))
+    assert not calls  # gradients on: the autograd path
+    with torch.no_grad():
+        inferred = model.run(x, generator=torch.Generator().manual_seed(5))
+        assert len(calls) == 1
+        steps = spec.timesteps
+        inputs = None if spec.encoding == "direct" else torch.stack(
+            [torch.rand(9, 64, generator=torch.Generator().manual_seed(t)).lt(0.3).float() for t in range(steps)])
+        constant = model.input_current(model.prepare(x)) if inputs is None else None
+        with monkeypatch.context() as off:  # the per-layer path, for the final state
+            off.setattr(model, "_mlp_membrane", False)
+            reference, reference_state = model.advance(inputs, None, constant, steps)
+        record, state = model.advance(inputs, None, constant, steps)
+    for field in ("synaptic_ops", "dense_macs", "spike_rates"):
+        assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field
+    torch.testing.assert_close(inferred.step_outputs, trained.step_outputs.detach(), rtol=0, atol=1e-5)
+    assert torch.equal(record.spike_rates, reference.spike_rates) and torch.equal(record.synaptic_ops, reference.synaptic_ops)
+    torch.testing.assert_close(record.outputs, reference.outputs, rtol=0, atol=1e-5)
+    if spec.encoding == "direct":  # layer 0 integrates the same current tensor on both paths: the same bits
+        assert torch.equal(state.layers[0], reference_state.layers[0])
+    torch.testing.assert_close(state.layers + state.heads, reference_state.layers + reference_state.heads, rtol=0, atol=1e-5)

@@ -163,7 +163,74 @@ def _kernel():
                 for j in range(outs):
                     acc[j] += bias[j]
 
-    return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear)
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def event_sum(row, found, fanout_rows, bias, acc):  # pragma: no cover - compiled
+        """acc = Σ over the non-zeros of ``row`` (in column order) of value × fan-out row, then + bias:
+        event_linear's arithmetic for one row, whatever its density."""
+        events = 0
+        for i in range(row.shape[0]):
+            found[events] = i
+            events += np.int32(row[i] != 0)
+        acc[:] = np.float32(0.0)
+        for k in range(events):
+            column = found[k]
+            value = row[column]
+            weights = fanout_rows[column]
+            for j in range(acc.shape[0]):
+                acc[j] += value * weights[j]
+        if bias.shape[0] > 0:
+            for j in range(acc.shape[0]):
+                acc[j] += bias[j]
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
+    def mlp(constant, inputs, fanouts, biases, heads, head_biases, exit_layers, widths, v_in, from_rest, beta, threshold,
+            reset_zero, v_out, keep_state, state_rows, outputs, counts, input_sums):  # pragma: no cover - compiled
+        steps, batch = counts.shape[1], counts.shape[2]
+        n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
+        has_constant = constant.shape[0] > 0  # layer 0's current, the same every step (direct encoding)
+        in_place = state_rows.shape[0] > 0
+        offsets = np.zeros(n_layers + 1, np.int64)
+        for layer in range(n_layers):
+            offsets[layer + 1] = offsets[layer] + widths[layer]
+        widest = max(widths.max(), inputs.shape[2])
+        for b in numba.prange(batch):
+            state_row = np.int64(state_rows[b]) if in_place else np.int64(b)  # one integer type (prange's index is unsigned)
+            # Every layer's potentials and spikes side by side in scratch memory that stays in cache.
+            potentials = np.empty(offsets[n_layers], np.float32)
+            spikes = np.empty(offsets[n_layers], np.float32)
+            current = np.empty(widest, np.float32)
+            found = np.empty(widest, np.int32)
+            for layer in range(n_layers):
+                cells = potentials[offsets[layer] : offsets[layer + 1]]
+                if from_rest:
+                    cells[:] = np.float32(0.0)
+                else:
+                    cells[:] = v_in[layer][state_row]
+            for t in range(steps):
+                for layer in range(n_layers):
+                    width = widths[layer]
+                    if layer == 0 and has_constant:
+                        layer_current = constant[state_row]  # (b itself unless rows were given)
+                    else:
+                        source = inputs[t, b] if layer == 0 else spikes[offsets[layer - 1] : offsets[layer]]
+                        if layer == 0:
+                            total = np.float32(0.0)
+                            for i in range(source.shape[0]):
+                                total += source[i]
+                            input_sums[t, b] = total
+                        layer_current = current[:width]
+                        event_sum(source, found, fanouts[layer], biases[layer], layer_current)
+                    counts[layer, t, b] = lif_span(potentials[offsets[layer] : offsets[layer + 1]], layer_current,
+                                                   spikes[offsets[layer] : offsets[layer + 1]], beta, threshold, reset_zero)
+                for e in range(n_exits):
+                    h = exit_layers[e]
+                    event_sum(spikes[offsets[h] : offsets[h + 1]], found, heads[e], head_biases[e], outputs[t, e, b])
+            if in_place or keep_state:
+                for layer in range(n_layers):
+                    target = v_in[layer][state_row] if in_place else v_out[layer][b]
+                    target[:] = potentials[offsets[layer] : offsets[layer + 1]]
+
+    return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear, mlp=mlp)
 
 
 def cpu_kernels_available() -> bool:
@@ -312,3 +379,60 @@ def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias
     kernel(inputs.detach().numpy(), fanout_rows.numpy(), _NO_BIAS if bias is None else bias.detach().numpy(),
            int(max_events), out.numpy(), dense)
     return out, dense
+
+
+def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, fanout_rows: tuple[torch.Tensor | None, ...],
+                  biases: tuple[torch.Tensor | None, ...], head_rows: tuple[torch.Tensor, ...], head_biases: tuple[torch.Tensor | None, ...],
+                  exit_layers: tuple[int, ...], states: tuple[torch.Tensor, ...] | None, beta: float, threshold: float, reset_zero: bool,
+                  steps: int, counts: torch.Tensor, keep_state: bool = True, rows: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+    """A spiking MLP (linear layers → LIF, membrane readouts) over ``steps`` steps in one compiled
+    call, one input per thread at a time, every layer's potentials and spikes in cache: per step, each
+    layer's current is summed over its input's events (:func:`event_linear_inference`'s arithmetic,
+    for rows of any density), then the LIF (:func:`lif_inference`'s), then each exit's readout.
+
+    Layer 0 takes ``constant`` [B, H0] (its current every step: direct encoding) or ``inputs``
+    [steps, B, in] (encoded spikes, summed through ``fanout_rows[0]``). ``fanout_rows[l]`` is layer
+    l's Wᵀ [in, out] (None for layer 0 with a constant current), ``head_rows[e]`` exit e's Wᵀ [H, C]
+    reading layer ``exit_layers[e]``. ``states``: each layer's potentials [B, H] (None: at rest).
+    Writes each layer's spike count per step and input into ``counts`` [L, steps, B] (contiguous
+    float32). Returns (readouts [steps, E, B, C], each step's sum of ``inputs`` [steps, B] or None,
+    the new states or None without ``keep_state``). ``rows``: as :func:`lif_inference` (the constant
+    current holds every row of the state, ``inputs`` and the outputs the n rows in order)."""
+    kernels = _kernel()
+    n_layers = len(biases)
+    batch = (constant.shape[0] if inputs is None else inputs.shape[1]) if rows is None else len(rows)
+    row_index = _NO_ROWS if rows is None else rows.to("cpu", torch.int64).contiguous().numpy()
+    if rows is not None and (states is None or constant is not None and constant.shape[0] != states[0].shape[0]):
+        raise ValueError("advancing rows in place needs the state, and a constant current for every row of it")
+    widths = np.array([constant.shape[1] if weights is None else weights.shape[1] for weights in fanout_rows], np.int64)
+    state_rows = (constant.shape[0] if inputs is None else inputs.shape[1]) if rows is None else states[0].shape[0]
+    if states is not None and any(tuple(v.shape) != (state_rows, int(w)) or not v.is_contiguous() for v, w in zip(states, widths)):
+        raise ValueError(f"the state must be each layer's contiguous [B, H] for {state_rows} inputs")
+    # The compiled loop checks no bounds: a row outside the state would be written past its end.
+    if rows is not None and (row_index.min() < 0 or row_index.max() >= state_rows):
+        raise ValueError(f"rows must be positions among the state's {state_rows} inputs, got {row_index.min()}…{row_index.max()}")
+    if tuple(counts.shape) != (n_layers, steps, batch) or not counts.is_contiguous() or counts.dtype != torch.float32:
+        raise ValueError(f"counts must be a contiguous float32 [L, T, B] = {[n_layers, steps, batch]}")
+    like = constant if inputs is None else inputs
+    outputs = like.new_empty(steps, len(head_rows), batch, head_rows[0].shape[1])
+    input_sums = None if inputs is None else like.new_empty(steps, batch)
+    new_states = tuple(like.new_empty(batch, int(w)) for w in widths) if keep_state and rows is None else None
+    unused = _UNUSED[2]
+    numpy = lambda tensor: tensor.detach().contiguous().numpy()  # noqa: E731
+    _threads(kernels.numba)
+    kernels.mlp(
+        np.zeros((0, 0), np.float32) if constant is None else numpy(constant),
+        np.zeros((0, 0, 0), np.float32) if inputs is None else numpy(inputs),
+        tuple(unused if rows_ is None else numpy(rows_) for rows_ in fanout_rows),
+        tuple(_NO_BIAS if bias is None else numpy(bias) for bias in biases),
+        tuple(numpy(rows_) for rows_ in head_rows),
+        tuple(_NO_BIAS if bias is None else numpy(bias) for bias in head_biases),
+        np.array(exit_layers, np.int64), widths,
+        tuple(unused for _ in widths) if states is None else tuple(v.numpy() for v in states), states is None,
+        np.float32(beta), np.float32(threshold), bool(reset_zero),
+        tuple(unused for _ in widths) if new_states is None else tuple(v.numpy() for v in new_states), keep_state, row_index,
+        outputs.numpy(), counts.numpy(), unused if input_sums is None else input_sums.numpy())
+    if rows is not None:
+        return outputs, input_sums, states
+    return outputs, input_sums, new_states

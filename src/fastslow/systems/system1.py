@@ -23,7 +23,8 @@ from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
 from fastslow.spiking.lif import check_params
-from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
+from fastslow.spiking import _cpu_kernels
+from fastslow.spiking.synapses import EVENT_DENSITY, _fanout_rows, conv_channels_last, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -323,6 +324,8 @@ class System1(nn.Module):
         self._flatten_for_next = tuple(index + 1 < len(layers) and isinstance(layers[index + 1].op, nn.Linear)
                                        for index in range(len(layers)))
         self._head_reads_conv = tuple(layers[h].is_conv for h in exit_points)
+        # Inference of such a network runs each chunk of steps as one compiled call (CPU, numba).
+        self._mlp_membrane = spec.arch == "mlp" and spec.readout == "membrane" and spec.event_density > 0
         plan = _records_plan(layers, exit_points, spec.n_classes)
         self._count_runs, self._pool_fanned, self._rows_filled = plan.count_runs, plan.pool_fanned, plan.rows_filled
         self.register_buffer("_count_factors", plan.count_factors, persistent=False)
@@ -567,6 +570,8 @@ class System1(nn.Module):
         batch = like.shape[0] if rows is None else len(rows)
         if rows is not None:
             self._check_rows(rows, state)
+        if self._compiled_mlp_applies(like, state):
+            return self._advance_compiled_mlp(inp, state, constant_current, steps, keep_state, rows, batch)
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
         # Records are written in place, a row per component or layer, into one zeroed buffer: on a GPU
@@ -644,6 +649,46 @@ class System1(nn.Module):
             return record, None
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) if v is None else v for v in head_states)
         return record, S1State(layers=tuple(layer_states), heads=heads)
+
+    def _compiled_mlp_applies(self, like: torch.Tensor, state: S1State | None) -> bool:
+        """Whether :meth:`advance` can run as one compiled call (:func:`_cpu_kernels.mlp_inference`): a
+        CPU float32 MLP with membrane readouts, without gradients, events on (``event_density`` > 0)."""
+        return (self._mlp_membrane and like.device.type == "cpu" and like.dtype == torch.float32 and not torch.is_grad_enabled()
+                and (state is None or all(v.dtype == torch.float32 and v.is_contiguous() for v in state.layers))
+                and _cpu_kernels.cpu_kernels_available())
+
+    def _advance_compiled_mlp(
+        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int, keep_state: bool,
+        rows: torch.Tensor | None, batch: int,
+    ) -> tuple[S1Step, S1State | None]:
+        """:meth:`advance` for an MLP in one compiled call per chunk instead of a few calls and ~70 small
+        torch operators: every linear layer after a spiking input, and every readout, sums its input's
+        events (whatever their density: no dense matmul, so a dense row may round differently from the
+        autograd path's, by ~1e-7), the LIF as :func:`lif_multistep` (the same bits)."""
+        components, n_layers = self.n_components, len(self.layers)
+        like = constant_current if inp is None else inp
+        buffer = like.new_zeros(2 * components + n_layers, steps, batch)
+        syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
+        constant = constant_current is not None
+        params = self.lif_params
+        outputs, input_sums, layer_states = _cpu_kernels.mlp_inference(
+            constant_current if constant else None, None if constant else inp,
+            tuple(None if index == 0 and constant else _fanout_rows(layer.op) for index, layer in enumerate(self.layers)),
+            tuple(layer.op.bias for layer in self.layers), tuple(_fanout_rows(head) for head in self.heads),
+            tuple(head.bias for head in self.heads), self.exit_layers, None if state is None else state.layers,
+            params.beta, params.threshold, params.reset == "zero", steps, counts, keep_state=keep_state, rows=rows)
+        if constant:
+            dense[0].fill_(float(self.layers[0].dense_macs))
+        else:
+            torch.mul(input_sums, self.layers[0].fanout, out=syn[0])
+        for rows_fed, layers_feeding, factors in self._count_runs:
+            torch.mul(counts[layers_feeding], self._count_factors[factors], out=syn[rows_fed])
+        rates = counts.div_(self._neuron_counts[:n_layers, None, None])
+        record = S1Step(outputs=outputs, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
+        if not keep_state and rows is None:
+            return record, None
+        heads = tuple(like.new_zeros(batch, self.spec.n_classes) for _ in self.heads) if state is None else state.heads
+        return record, S1State(layers=layer_states, heads=heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final-exit logits after T steps, [B, C] (for use as a plain classifier)."""
