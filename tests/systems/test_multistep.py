@@ -491,3 +491,31 @@ def test_compiled_mlp_inference_records_what_training_records(monkeypatch, spec)
     if spec.encoding == "direct":  # layer 0 integrates the same current tensor on both paths: the same bits
         assert torch.equal(state.layers[0], reference_state.layers[0])
     torch.testing.assert_close(state.layers + state.heads, reference_state.layers + reference_state.heads, rtol=0, atol=1e-5)
+
+
+def test_compiled_mlp_inference_follows_changed_weights(monkeypatch):
+    """The weights the compiled kernel reads are rebuilt after an optimiser's in-place step or a load."""
+    _needs_compiled_kernels()
+    spec = System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(160,), timesteps=4, encoding="direct")
+    torch.manual_seed(0)
+    model, other = System1(spec), System1(spec)
+    x = torch.rand(6, *spec.input_shape)
+
+    def both_paths():
+        with torch.no_grad():
+            compiled = model.run(x)
+            with monkeypatch.context() as off:
+                off.setattr(model, "_mlp_membrane", False)
+                reference = model.run(x)
+        assert torch.equal(compiled.spike_rates, reference.spike_rates)
+        torch.testing.assert_close(compiled.step_outputs, reference.step_outputs, rtol=0, atol=1e-5)
+        return compiled
+
+    before = both_paths()
+    with torch.no_grad():
+        model.layers[0].op.weight.mul_(3.0)
+        model.heads[0].bias.add_(1.0)
+    changed = both_paths()
+    assert not torch.equal(before.spike_rates, changed.spike_rates)
+    model.load_state_dict(other.state_dict())
+    both_paths()

@@ -19,6 +19,7 @@ import os
 import threading
 from functools import lru_cache
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -183,10 +184,12 @@ def _kernel():
                 acc[j] += bias[j]
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-    def mlp(constant, inputs, fanouts, biases, heads, head_biases, exit_layers, widths, v_in, from_rest, beta, threshold,
-            reset_zero, v_out, keep_state, state_rows, outputs, counts, input_sums):  # pragma: no cover - compiled
-        steps, batch = counts.shape[1], counts.shape[2]
+    def mlp(constant, inputs, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v_in, from_rest, beta,
+            threshold, reset_zero, v_out, keep_state, state_rows, outputs, records):  # pragma: no cover - compiled
+        steps, batch = records.shape[1], records.shape[2]
         n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
+        components = n_layers + n_exits
+        classes = np.float32(outputs.shape[3])
         has_constant = constant.shape[0] > 0  # layer 0's current, the same every step (direct encoding)
         in_place = state_rows.shape[0] > 0
         offsets = np.zeros(n_layers + 1, np.int64)
@@ -213,15 +216,23 @@ def _kernel():
                         layer_current = constant[state_row]  # (b itself unless rows were given)
                     else:
                         source = inputs[t, b] if layer == 0 else spikes[offsets[layer - 1] : offsets[layer]]
-                        if layer == 0:
+                        if layer == 0:  # synaptic ops: the input spikes × the fan-out
                             total = np.float32(0.0)
                             for i in range(source.shape[0]):
                                 total += source[i]
-                            input_sums[t, b] = total
+                            records[0, t, b] = total * np.float32(width)
                         layer_current = current[:width]
                         event_sum(source, found, fanouts[layer], biases[layer], layer_current)
-                    counts[layer, t, b] = lif_span(potentials[offsets[layer] : offsets[layer + 1]], layer_current,
-                                                   spikes[offsets[layer] : offsets[layer + 1]], beta, threshold, reset_zero)
+                    count = lif_span(potentials[offsets[layer] : offsets[layer + 1]], layer_current,
+                                     spikes[offsets[layer] : offsets[layer + 1]], beta, threshold, reset_zero)
+                    records[2 * components + layer, t, b] = count / np.float32(width)  # the share of neurons that fired
+                    if layer + 1 < n_layers:
+                        records[layer + 1, t, b] = count * np.float32(widths[layer + 1])
+                    for e in range(n_exits):
+                        if exit_layers[e] == layer:
+                            records[n_layers + e, t, b] = count * classes
+                if has_constant:
+                    records[components, t, b] = first_dense_macs
                 for e in range(n_exits):
                     h = exit_layers[e]
                     event_sum(spikes[offsets[h] : offsets[h + 1]], found, heads[e], head_biases[e], outputs[t, e, b])
@@ -256,6 +267,7 @@ _NO_ROWS = np.zeros(0, np.int64)
 _NO_BIAS = np.zeros(0, np.float32)
 _NO_FANOUT = np.zeros(0, np.float64)
 _UNUSED = {ndim: np.zeros((1,) * ndim, np.float32) for ndim in (2, 4)}
+_NO_CONSTANT, _NO_INPUTS = np.zeros((0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
 
 
 def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor | None) -> tuple[int, np.ndarray, bool]:
@@ -381,58 +393,75 @@ def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias
     return out, dense
 
 
-def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, fanout_rows: tuple[torch.Tensor | None, ...],
-                  biases: tuple[torch.Tensor | None, ...], head_rows: tuple[torch.Tensor, ...], head_biases: tuple[torch.Tensor | None, ...],
-                  exit_layers: tuple[int, ...], states: tuple[torch.Tensor, ...] | None, beta: float, threshold: float, reset_zero: bool,
-                  steps: int, counts: torch.Tensor, keep_state: bool = True, rows: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
-    """A spiking MLP (linear layers → LIF, membrane readouts) over ``steps`` steps in one compiled
-    call, one input per thread at a time, every layer's potentials and spikes in cache: per step, each
-    layer's current is summed over its input's events (:func:`event_linear_inference`'s arithmetic,
-    for rows of any density), then the LIF (:func:`lif_inference`'s), then each exit's readout.
+class MLPWeights(NamedTuple):
+    """A spiking MLP's weights as :func:`mlp_inference` reads them (numpy views), built once per
+    version of the weights by :func:`mlp_weights`."""
+
+    fanouts: tuple[np.ndarray, ...]  # each layer's Wᵀ [in, out]
+    biases: tuple[np.ndarray, ...]
+    heads: tuple[np.ndarray, ...]  # each exit's Wᵀ [H, C]
+    head_biases: tuple[np.ndarray, ...]
+    exit_layers: np.ndarray  # the layer each exit reads
+    widths: np.ndarray  # each layer's neurons
+    first_dense_macs: np.float32  # layer 0's MACs per step from a constant current
+    key: tuple  # the weights' versions and addresses it was built from
+
+
+def mlp_weights(layers: list[torch.nn.Linear], heads: list[torch.nn.Linear], exit_layers: tuple[int, ...], key: tuple) -> MLPWeights:
+    """:class:`MLPWeights` for these layers and exit heads (float32, on the CPU)."""
+    numpy = lambda tensor: tensor.detach().contiguous().numpy()  # noqa: E731
+    transposed = lambda layer: numpy(layer.weight.detach().t())  # noqa: E731
+    bias = lambda layer: _NO_BIAS if layer.bias is None else numpy(layer.bias)  # noqa: E731
+    return MLPWeights(tuple(transposed(layer) for layer in layers), tuple(bias(layer) for layer in layers),
+                      tuple(transposed(head) for head in heads), tuple(bias(head) for head in heads),
+                      np.array(exit_layers, np.int64), np.array([layer.out_features for layer in layers], np.int64),
+                      np.float32(layers[0].in_features * layers[0].out_features), key)
+
+
+def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, weights: MLPWeights, states: tuple[torch.Tensor, ...] | None,
+                  beta: float, threshold: float, reset_zero: bool, records: torch.Tensor, keep_state: bool = True,
+                  rows: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """A spiking MLP (linear layers → LIF, membrane readouts) over T steps in one compiled call, one
+    input per thread at a time, every layer's potentials and spikes in cache: per step, each layer's
+    current is summed over its input's events (:func:`event_linear_inference`'s arithmetic, for rows
+    of any density), then the LIF (:func:`lif_inference`'s), then each exit's readout.
 
     Layer 0 takes ``constant`` [B, H0] (its current every step: direct encoding) or ``inputs``
-    [steps, B, in] (encoded spikes, summed through ``fanout_rows[0]``). ``fanout_rows[l]`` is layer
-    l's Wᵀ [in, out] (None for layer 0 with a constant current), ``head_rows[e]`` exit e's Wᵀ [H, C]
-    reading layer ``exit_layers[e]``. ``states``: each layer's potentials [B, H] (None: at rest).
-    Writes each layer's spike count per step and input into ``counts`` [L, steps, B] (contiguous
-    float32). Returns (readouts [steps, E, B, C], each step's sum of ``inputs`` [steps, B] or None,
-    the new states or None without ``keep_state``). ``rows``: as :func:`lif_inference` (the constant
-    current holds every row of the state, ``inputs`` and the outputs the n rows in order)."""
+    [T, B, in] (encoded spikes, summed over their events). ``states``: each layer's potentials [B, H]
+    (None: at rest). ``records`` [2K + L, T, B] (contiguous float32, K = L + E components) receives
+    System 1's records: each component's synaptic ops (layers, then exits), dense MACs (layer 0's,
+    from a constant current), then each layer's share of neurons that fired. Returns (readouts [T,
+    E, B, C], the new states, or None without ``keep_state``). ``rows``: as :func:`lif_inference`
+    (the constant current holds every row of the state; ``inputs`` and the outputs the n rows in order)."""
     kernels = _kernel()
-    n_layers = len(biases)
+    n_layers, n_exits = len(weights.widths), len(weights.heads)
+    steps = records.shape[1]
     batch = (constant.shape[0] if inputs is None else inputs.shape[1]) if rows is None else len(rows)
-    row_index = _NO_ROWS if rows is None else rows.to("cpu", torch.int64).contiguous().numpy()
+    state_rows = (constant.shape[0] if inputs is None else inputs.shape[1]) if rows is None else states[0].shape[0]
     if rows is not None and (states is None or constant is not None and constant.shape[0] != states[0].shape[0]):
         raise ValueError("advancing rows in place needs the state, and a constant current for every row of it")
-    widths = np.array([constant.shape[1] if weights is None else weights.shape[1] for weights in fanout_rows], np.int64)
-    state_rows = (constant.shape[0] if inputs is None else inputs.shape[1]) if rows is None else states[0].shape[0]
-    if states is not None and any(tuple(v.shape) != (state_rows, int(w)) or not v.is_contiguous() for v, w in zip(states, widths)):
+    # The compiled loop checks no bounds: misshapen buffers or rows outside the state would be read or written past their end.
+    if states is not None and any(tuple(v.shape) != (state_rows, int(width)) or not v.is_contiguous() for v, width in zip(states, weights.widths)):
         raise ValueError(f"the state must be each layer's contiguous [B, H] for {state_rows} inputs")
-    # The compiled loop checks no bounds: a row outside the state would be written past its end.
-    if rows is not None and (row_index.min() < 0 or row_index.max() >= state_rows):
-        raise ValueError(f"rows must be positions among the state's {state_rows} inputs, got {row_index.min()}…{row_index.max()}")
-    if tuple(counts.shape) != (n_layers, steps, batch) or not counts.is_contiguous() or counts.dtype != torch.float32:
-        raise ValueError(f"counts must be a contiguous float32 [L, T, B] = {[n_layers, steps, batch]}")
-    like = constant if inputs is None else inputs
-    outputs = like.new_empty(steps, len(head_rows), batch, head_rows[0].shape[1])
-    input_sums = None if inputs is None else like.new_empty(steps, batch)
-    new_states = tuple(like.new_empty(batch, int(w)) for w in widths) if keep_state and rows is None else None
-    unused = _UNUSED[2]
-    numpy = lambda tensor: tensor.detach().contiguous().numpy()  # noqa: E731
-    _threads(kernels.numba)
-    kernels.mlp(
-        np.zeros((0, 0), np.float32) if constant is None else numpy(constant),
-        np.zeros((0, 0, 0), np.float32) if inputs is None else numpy(inputs),
-        tuple(unused if rows_ is None else numpy(rows_) for rows_ in fanout_rows),
-        tuple(_NO_BIAS if bias is None else numpy(bias) for bias in biases),
-        tuple(numpy(rows_) for rows_ in head_rows),
-        tuple(_NO_BIAS if bias is None else numpy(bias) for bias in head_biases),
-        np.array(exit_layers, np.int64), widths,
-        tuple(unused for _ in widths) if states is None else tuple(v.numpy() for v in states), states is None,
-        np.float32(beta), np.float32(threshold), bool(reset_zero),
-        tuple(unused for _ in widths) if new_states is None else tuple(v.numpy() for v in new_states), keep_state, row_index,
-        outputs.numpy(), counts.numpy(), unused if input_sums is None else input_sums.numpy())
+    if tuple(records.shape) != (2 * (n_layers + n_exits) + n_layers, steps, batch) or not records.is_contiguous() or records.dtype != torch.float32:
+        raise ValueError(f"records must be a contiguous float32 [2K + L, T, B] = {[2 * (n_layers + n_exits) + n_layers, steps, batch]}")
+    row_index = _NO_ROWS
     if rows is not None:
-        return outputs, input_sums, states
-    return outputs, input_sums, new_states
+        lowest, highest = (int(bound) for bound in torch.aminmax(rows))
+        if lowest < 0 or highest >= state_rows:
+            raise ValueError(f"rows must be positions among the state's {state_rows} inputs, got {lowest}…{highest}")
+        row_index = rows.to("cpu", torch.int64).contiguous().numpy()
+    like = constant if inputs is None else inputs
+    outputs = like.new_empty(steps, n_exits, batch, weights.heads[0].shape[1])
+    new_states = tuple(like.new_empty(batch, int(width)) for width in weights.widths) if keep_state and rows is None else None
+    unused = _UNUSED[2]
+    no_states = (unused,) * n_layers
+    _threads(kernels.numba)
+    kernels.mlp(_NO_CONSTANT if constant is None else constant.detach().contiguous().numpy(),
+                _NO_INPUTS if inputs is None else inputs.detach().contiguous().numpy(),
+                weights.fanouts, weights.biases, weights.heads, weights.head_biases, weights.exit_layers, weights.widths,
+                weights.first_dense_macs, no_states if states is None else tuple(v.numpy() for v in states), states is None,
+                np.float32(beta), np.float32(threshold), bool(reset_zero),
+                no_states if new_states is None else tuple(v.numpy() for v in new_states), keep_state, row_index,
+                outputs.numpy(), records.numpy())
+    return outputs, states if rows is not None else new_states

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
 from fastslow.spiking.lif import check_params
 from fastslow.spiking import _cpu_kernels
-from fastslow.spiking.synapses import EVENT_DENSITY, _fanout_rows, conv_channels_last, spike_linear
+from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -664,31 +664,33 @@ class System1(nn.Module):
         """:meth:`advance` for an MLP in one compiled call per chunk instead of a few calls and ~70 small
         torch operators: every linear layer after a spiking input, and every readout, sums its input's
         events (whatever their density: no dense matmul, so a dense row may round differently from the
-        autograd path's, by ~1e-7), the LIF as :func:`lif_multistep` (the same bits)."""
+        autograd path's, by ~1e-7), the LIF as :func:`lif_multistep` (the same bits); the kernel
+        writes the records too."""
         components, n_layers = self.n_components, len(self.layers)
         like = constant_current if inp is None else inp
-        buffer = like.new_zeros(2 * components + n_layers, steps, batch)
-        syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
-        constant = constant_current is not None
+        records = like.new_zeros(2 * components + n_layers, steps, batch)
         params = self.lif_params
-        outputs, input_sums, layer_states = _cpu_kernels.mlp_inference(
-            constant_current if constant else None, None if constant else inp,
-            tuple(None if index == 0 and constant else _fanout_rows(layer.op) for index, layer in enumerate(self.layers)),
-            tuple(layer.op.bias for layer in self.layers), tuple(_fanout_rows(head) for head in self.heads),
-            tuple(head.bias for head in self.heads), self.exit_layers, None if state is None else state.layers,
-            params.beta, params.threshold, params.reset == "zero", steps, counts, keep_state=keep_state, rows=rows)
-        if constant:
-            dense[0].fill_(float(self.layers[0].dense_macs))
-        else:
-            torch.mul(input_sums, self.layers[0].fanout, out=syn[0])
-        for rows_fed, layers_feeding, factors in self._count_runs:
-            torch.mul(counts[layers_feeding], self._count_factors[factors], out=syn[rows_fed])
-        rates = counts.div_(self._neuron_counts[:n_layers, None, None])
-        record = S1Step(outputs=outputs, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
+        outputs, layer_states = _cpu_kernels.mlp_inference(
+            constant_current, None if constant_current is not None else inp, self._compiled_weights(),
+            None if state is None else state.layers, params.beta, params.threshold, params.reset == "zero", records,
+            keep_state=keep_state, rows=rows)
+        record = S1Step(outputs=outputs, synaptic_ops=records[:components], dense_macs=records[components : 2 * components],
+                        spike_rates=records[2 * components :])
         if not keep_state and rows is None:
             return record, None
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) for _ in self.heads) if state is None else state.heads
         return record, S1State(layers=layer_states, heads=heads)
+
+    def _compiled_weights(self) -> "_cpu_kernels.MLPWeights":
+        """The weights as the compiled MLP kernel reads them, rebuilt when any changed (an optimiser's
+        in-place step bumps a version; a load or a move gives new storage)."""
+        ops = [layer.op for layer in self.layers] + list(self.heads)
+        key = tuple((p._version, p.data_ptr()) for op in ops for p in (op.weight, op.bias) if p is not None)
+        cached = self.__dict__.get("_compiled_mlp_weights")
+        if cached is None or cached.key != key:
+            cached = _cpu_kernels.mlp_weights(ops[: len(self.layers)], ops[len(self.layers) :], self.exit_layers, key)
+            self.__dict__["_compiled_mlp_weights"] = cached
+        return cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Final-exit logits after T steps, [B, C] (for use as a plain classifier)."""
