@@ -9,7 +9,7 @@ batch every step and keeps the active rows, so every input sees exactly the spik
 answers and energies equal the evaluation's ``seenn1@θ+s2`` or ``router@steps`` (tests check this).
 
 On a CPU, System 1 advances in chunks of steps, each one multi-step call (a call costs a fixed
-~0.3 ms of dispatch and decisions, as much as a small batch's arithmetic); each input's stop is
+0.3–0.5 ms of dispatch and decisions, as much as a small batch's arithmetic); each input's stop is
 decided for each step from the chunk's records (all of the chunk's steps at once: each input's
 first stop), and the inputs that stopped leave the batch before the next chunk (the others advance
 their own rows of the state, in place: with the compiled CPU kernels nobody's state is copied).
