@@ -249,3 +249,50 @@ def test_thresholds_on_a_confidence_value_decide_as_the_evaluation_does():
         routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
         answer = FastSlow(s1, s2, 1000, threshold=threshold, compaction=True).predict(x, generator=torch.Generator().manual_seed(7))
         assert torch.equal(answer.timesteps, routing.timesteps.long()) and torch.equal(answer.escalated, routing.escalate), threshold
+
+
+@pytest.mark.parametrize("margin", ["default", "every step torch's"])
+def test_a_direct_mlp_is_served_in_one_compiled_call_with_the_evaluations_answers(monkeypatch, margin):
+    """SEENN-I over a direct-encoded MLP on a CPU runs each input until confident inside one compiled
+    call (no chunks): the same stops, escalations, answers and µJ as the evaluation, also with θ equal
+    to an input's confidence (torch's float32 confidence decides near θ; with a margin of 1 it decides
+    every step, and every input is stepped again from where it was)."""
+    import fastslow.serving.adaptive as adaptive
+    from fastslow.energy.profile import load_profile
+    from fastslow.policies.dynamic import seenn1_confidence
+    from fastslow.spiking import _cpu_kernels
+    from fastslow.systems import System1, System1Spec, System2Spec, build_system2
+
+    if not _cpu_kernels.cpu_kernels_available():
+        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+    if margin != "default":
+        monkeypatch.setattr(adaptive, "CONFIDENCE_MARGIN", 1.0)
+    torch.manual_seed(1)
+    s1 = System1(System1Spec(input_shape=(1, 12, 12), n_classes=5, hidden=(160, 48), timesteps=5, encoding="direct",
+                             exit_heads=(0,))).eval()
+    with torch.no_grad():
+        s1.heads[-1].weight.mul_(3.0)
+    s2 = build_system2(System2Spec(input_shape=(1, 12, 12), n_classes=5)).eval()
+    x, y = torch.rand(23, 1, 12, 12) * 2, torch.randint(0, 5, (23,))
+    s2_macs = sum(count_macs(s2, (1, 12, 12)).values())
+    profile = load_profile("cmos45nm")
+    outputs = collect_outputs(s1, s2, x, y, s2_macs, batch_size=23, seed=7)
+    calls = []
+    original = _cpu_kernels.mlp_until_confident
+    monkeypatch.setattr(_cpu_kernels, "mlp_until_confident", lambda *args: (calls.append(len(args[3])), original(*args))[1])
+    monkeypatch.setattr(s1, "advance", lambda *args, **kwargs: pytest.fail("advanced in chunks"))
+    exact = sorted(set(seenn1_confidence(outputs.s1_logits[:, -1])[:-1].flatten().tolist()))
+    thresholds = [0.3, 0.6, 0.9, 1.0] + exact[:: max(1, len(exact) // 12)]
+    for threshold in thresholds:
+        routing = seenn1_routing(outputs.s1_logits, threshold, escalate_unconfident=True)
+        expected = score_routing("seenn1", "seenn1+s2", routing, outputs, profile)
+        calls.clear()
+        answer = FastSlow(s1, s2, s2_macs, threshold=threshold, profile=profile).predict(x)
+        _assert_same_as_evaluated(answer, routing, expected, y)
+        assert calls[0] == 23
+        if margin == "default" and threshold in (0.3, 0.6, 0.9, 1.0):
+            assert len(calls) == 1  # no confidence within 1e-4 of a round θ here: one call
+        elif margin != "default" and threshold < 1.0 and bool((routing.timesteps > 1).any()):
+            assert len(calls) > 1
+    assert any(0 < (routing.timesteps < 5).float().mean() < 1 for routing in
+               [seenn1_routing(outputs.s1_logits, threshold) for threshold in thresholds])  # some inputs stop early, others run on

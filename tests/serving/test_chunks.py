@@ -131,14 +131,16 @@ def test_bad_settings_are_refused(bad):
 
 
 def _systems_whose_inputs_stop_at_many_steps():
-    """An untrained System 1 (T = 8), its head scaled so that SEENN-I at θ = 0.6 stops inputs after
-    steps 2 to 8, and a System 2."""
+    """An untrained conv System 1 (T = 8; served in chunks: a direct-encoded MLP is served in one
+    compiled call), its head scaled so that SEENN-I at θ = 0.6 stops inputs after steps 2 to 7, and a
+    System 2."""
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     torch.manual_seed(1)
-    system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, hidden=(32,), timesteps=8, encoding="direct")).eval()
+    system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=8,
+                                  encoding="direct")).eval()
     with torch.no_grad():
-        system1.heads[-1].weight.mul_(8.0)
+        system1.heads[-1].weight.mul_(4.0)
     return system1, build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
 
 

@@ -27,6 +27,7 @@ however the simulation computed them).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -40,9 +41,14 @@ from fastslow.policies.confidence import confidence_policy_macs, confidence_scor
 from fastslow.policies.dynamic import seenn1_routing
 from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_router_features, step_state_features
 from fastslow.serving.chunks import ChunkPlanner
-from fastslow.spiking import encode_step, is_spiking
+from fastslow.spiking import _cpu_kernels, encode_step, is_spiking
 from fastslow.systems.cuda_graphs import GraphedSystem1
 from fastslow.systems.system1 import System1, doubling_chunks
+
+
+# How close (absolute) to θ the compiled path's float64 confidence may come before torch's float32 one
+# decides: far above their difference (a few float32 roundings of logits, softmax and sum).
+CONFIDENCE_MARGIN = 1e-4
 
 
 @dataclass
@@ -116,7 +122,12 @@ class FastSlow:
         self.system1._check_input(x)
         check_batch(x)
         compaction = x.device.type == "cpu" if self.compaction is None else self.compaction
-        return self._predict_compacted(x, generator) if compaction else self._predict_from_records(x, generator)
+        if not compaction:
+            return self._predict_from_records(x, generator)
+        flat = self.system1.prepare(x)
+        if self.router is None and self.system1.spec.encoding == "direct" and self.system1._compiled_mlp_applies(flat, None):
+            return self._predict_compiled(x, flat)
+        return self._predict_compacted(x, generator)
 
     def _predict_from_records(self, x: torch.Tensor, generator: torch.Generator | None) -> AdaptiveAnswer:
         """All T steps at once; each input's stop and escalation read from the records (the evaluation's rules)."""
@@ -220,22 +231,63 @@ class FastSlow:
         if planner is not None:
             planner.record_batch(chunks, n, time.perf_counter() - batch_started)
             planner.record_stops(stopped_at)
-        if self.router is None:
-            escalated = ~confident & self.escalate
-        else:
-            escalated = routed_to_s2
+        escalated = ~confident & self.escalate if self.router is None else routed_to_s2
+        return self._answer(x, answer, escalated, stopped_at, charges)
+
+    def _predict_compiled(self, x: torch.Tensor, flat: torch.Tensor) -> AdaptiveAnswer:
+        """SEENN-I over an MLP with direct encoding on a CPU, in one compiled call
+        (:func:`~fastslow.spiking._cpu_kernels.mlp_until_confident`): each input runs step by step
+        until confident or at T, with no chunks and no call per step; its steps, answer and charges
+        are those of :meth:`_predict_compacted`. Where the kernel's float64 confidence is too close to
+        θ to be sure of the evaluation's float32 one, torch decides (the evaluation's formula), and
+        the inputs that go on are stepped again from where they were."""
+        s1 = self.system1
+        n, steps, classes = x.shape[0], s1.spec.timesteps, s1.spec.n_classes
+        constant = s1.input_current(flat).contiguous()
+        weights = s1._compiled_weights()
+        states = tuple(flat.new_empty(n, layer.neurons) for layer in s1.layers)
+        sums = flat.new_zeros(n, classes, dtype=torch.float64)
+        charges = flat.new_zeros(n, 2 * s1.n_components, dtype=torch.float64)
+        answer = flat.new_empty(n, classes)
+        stopped_at = torch.empty(n, dtype=torch.long)
+        status = torch.empty(n, dtype=torch.int8)
+        rows, starts = torch.arange(n), torch.zeros(n, dtype=torch.long)
+        # θ ≥ 1 is never exceeded (a float32 softmax is at most 1): no confidence needs a closer look.
+        threshold, margin = (math.inf, -1.0) if self.threshold >= 1.0 else (self.threshold, CONFIDENCE_MARGIN)
+        params = s1.lif_params
+        while len(rows):
+            _cpu_kernels.mlp_until_confident(constant, weights, states, rows, starts, steps, params.beta, params.threshold,
+                                             params.reset == "zero", threshold, self.temperature, margin, sums, charges, answer,
+                                             stopped_at, status)
+            close = rows[status[rows] == _cpu_kernels.TOO_CLOSE]
+            if len(close) == 0:
+                break
+            taken = stopped_at[close]
+            sure = confidence_score(answer[close] * taken[:, None].to(flat.dtype) / self.temperature) > self.threshold
+            status[close] = torch.where(sure, _cpu_kernels.CONFIDENT, _cpu_kernels.UNCONFIDENT).to(torch.int8)
+            going_on = ~sure & (taken < steps)
+            rows, starts = close[going_on], taken[going_on]
+        escalated = (status != _cpu_kernels.CONFIDENT) & self.escalate
+        return self._answer(x, answer, escalated, stopped_at, charges.t())
+
+    def _answer(self, x: torch.Tensor, answer: torch.Tensor, escalated: torch.Tensor, stopped_at: torch.Tensor, charges: torch.Tensor
+                ) -> AdaptiveAnswer:
+        """Each input's class (System 2's where ``escalated``) and energy from System 1's ``answer`` [N, C]
+        at its stop, its steps ``stopped_at`` [N] and its charges [2K, N] (synaptic ops, then dense
+        MACs, per component)."""
+        s1, dtype = self.system1, answer.dtype
         predictions = answer.argmax(1)
         if escalated.any():
             predictions[escalated] = self.system2(x[escalated]).argmax(1)
-        components = self._components.to(flat)
-        neurons = stopped_at.to(flat.dtype) * self._neurons_per_step
-        synaptic, dense = charges.to(flat.dtype).view(2, s1.n_components, n)
+        components = self._components.to(answer)
+        neurons = stopped_at.to(dtype) * self._neurons_per_step
+        synaptic, dense = charges.to(dtype).reshape(2, s1.n_components, x.shape[0])
         counts = OpCounts(
             synaptic_ops=(synaptic * components[:, None]).sum(0),
             s1_dense_macs=(dense * components[:, None]).sum(0),
             neuron_updates=neurons,
-            policy_macs=stopped_at.to(flat.dtype) * (confidence_policy_macs(s1.spec.n_classes) if self.router is None else self.router.macs()),
-            s2_macs=escalated.to(flat.dtype) * self.s2_macs,
+            policy_macs=stopped_at.to(dtype) * (confidence_policy_macs(s1.spec.n_classes) if self.router is None else self.router.macs()),
+            s2_macs=escalated.to(dtype) * self.s2_macs,
         )
         terms = counts.energy_terms_uj(self.profile)
         return AdaptiveAnswer(predictions, escalated, stopped_at, sum(terms.values()), terms)

@@ -183,6 +183,31 @@ def _kernel():
             for j in range(acc.shape[0]):
                 acc[j] += bias[j]
 
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def mlp_step(layer0_current, layer0_input, fanouts, biases, heads, head_biases, exit_layers, first_exit, widths, offsets,
+                 potentials, spikes, current, found, beta, threshold, reset_zero, counts, readouts):  # pragma: no cover - compiled
+        """One step of one input through every layer (layer 0 from its constant current, or else by
+        summing the events of ``layer0_input``), then the readouts of the exits from ``first_exit`` on
+        into ``readouts`` [E, C]: each layer's spike count into ``counts`` [L]; returns the sum of
+        ``layer0_input`` (its spikes: 0 with a constant current)."""
+        input_total = np.float32(0.0)
+        for layer in range(widths.shape[0]):
+            cells, fired = potentials[offsets[layer] : offsets[layer + 1]], spikes[offsets[layer] : offsets[layer + 1]]
+            if layer == 0 and layer0_current.shape[0] > 0:
+                layer_current = layer0_current
+            else:
+                source = layer0_input if layer == 0 else spikes[offsets[layer - 1] : offsets[layer]]
+                if layer == 0:
+                    for i in range(source.shape[0]):
+                        input_total += source[i]
+                layer_current = current[: widths[layer]]
+                event_sum(source, found, fanouts[layer], biases[layer], layer_current)
+            counts[layer] = lif_span(cells, layer_current, fired, beta, threshold, reset_zero)
+        for e in range(first_exit, exit_layers.shape[0]):
+            h = exit_layers[e]
+            event_sum(spikes[offsets[h] : offsets[h + 1]], found, heads[e], head_biases[e], readouts[e])
+        return input_total
+
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
     def mlp(constant, inputs, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v_in, from_rest, beta,
             threshold, reset_zero, v_out, keep_state, state_rows, outputs, records):  # pragma: no cover - compiled
@@ -196,6 +221,7 @@ def _kernel():
         for layer in range(n_layers):
             offsets[layer + 1] = offsets[layer] + widths[layer]
         widest = max(widths.max(), inputs.shape[2])
+        no_row = np.empty(0, np.float32)
         for b in numba.prange(batch):
             state_row = np.int64(state_rows[b]) if in_place else np.int64(b)  # one integer type (prange's index is unsigned)
             # Every layer's potentials and spikes side by side in scratch memory that stays in cache.
@@ -203,45 +229,106 @@ def _kernel():
             spikes = np.empty(offsets[n_layers], np.float32)
             current = np.empty(widest, np.float32)
             found = np.empty(widest, np.int32)
+            counts = np.empty(n_layers, np.float32)
             for layer in range(n_layers):
                 cells = potentials[offsets[layer] : offsets[layer + 1]]
                 if from_rest:
                     cells[:] = np.float32(0.0)
                 else:
                     cells[:] = v_in[layer][state_row]
+            layer0_current = constant[state_row] if has_constant else no_row  # (b itself unless rows were given)
             for t in range(steps):
+                input_total = mlp_step(layer0_current, no_row if has_constant else inputs[t, b], fanouts, biases, heads, head_biases,
+                                       exit_layers, 0, widths, offsets, potentials, spikes, current, found, beta, threshold, reset_zero,
+                                       counts, outputs[t, :, b])
+                if has_constant:
+                    records[components, t, b] = first_dense_macs
+                else:  # synaptic ops: the input spikes × the fan-out
+                    records[0, t, b] = input_total * np.float32(widths[0])
                 for layer in range(n_layers):
-                    width = widths[layer]
-                    if layer == 0 and has_constant:
-                        layer_current = constant[state_row]  # (b itself unless rows were given)
-                    else:
-                        source = inputs[t, b] if layer == 0 else spikes[offsets[layer - 1] : offsets[layer]]
-                        if layer == 0:  # synaptic ops: the input spikes × the fan-out
-                            total = np.float32(0.0)
-                            for i in range(source.shape[0]):
-                                total += source[i]
-                            records[0, t, b] = total * np.float32(width)
-                        layer_current = current[:width]
-                        event_sum(source, found, fanouts[layer], biases[layer], layer_current)
-                    count = lif_span(potentials[offsets[layer] : offsets[layer + 1]], layer_current,
-                                     spikes[offsets[layer] : offsets[layer + 1]], beta, threshold, reset_zero)
-                    records[2 * components + layer, t, b] = count / np.float32(width)  # the share of neurons that fired
+                    count = counts[layer]
+                    records[2 * components + layer, t, b] = count / np.float32(widths[layer])  # the share of neurons that fired
                     if layer + 1 < n_layers:
                         records[layer + 1, t, b] = count * np.float32(widths[layer + 1])
                     for e in range(n_exits):
                         if exit_layers[e] == layer:
                             records[n_layers + e, t, b] = count * classes
-                if has_constant:
-                    records[components, t, b] = first_dense_macs
-                for e in range(n_exits):
-                    h = exit_layers[e]
-                    event_sum(spikes[offsets[h] : offsets[h + 1]], found, heads[e], head_biases[e], outputs[t, e, b])
             if in_place or keep_state:
                 for layer in range(n_layers):
                     target = v_in[layer][state_row] if in_place else v_out[layer][b]
                     target[:] = potentials[offsets[layer] : offsets[layer + 1]]
 
-    return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear, mlp=mlp)
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
+    def mlp_until_confident(constant, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v, state_rows,
+                            starts, steps, beta, threshold, reset_zero, confidence_threshold, temperature, margin, sums, charges,
+                            answers, stopped_at, status):  # pragma: no cover - compiled
+        n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
+        last = n_exits - 1
+        classes = heads[last].shape[1]
+        offsets = np.zeros(n_layers + 1, np.int64)
+        for layer in range(n_layers):
+            offsets[layer + 1] = offsets[layer] + widths[layer]
+        no_row = np.empty(0, np.float32)
+        for b in numba.prange(state_rows.shape[0]):
+            row = np.int64(state_rows[b])
+            start = starts[b]
+            potentials = np.empty(offsets[n_layers], np.float32)
+            spikes = np.empty(offsets[n_layers], np.float32)
+            current = np.empty(widths.max(), np.float32)
+            found = np.empty(widths.max(), np.int32)
+            counts = np.empty(n_layers, np.float32)
+            readouts = np.empty((n_exits, classes), np.float32)
+            logits = np.empty(classes, np.float64)
+            for layer in range(n_layers):
+                cells = potentials[offsets[layer] : offsets[layer + 1]]
+                if start == 0:
+                    cells[:] = np.float32(0.0)
+                else:
+                    cells[:] = v[layer][row]
+            total = sums[row]
+            answer = answers[row]
+            t = start
+            decided = 0
+            while decided == 0:
+                mlp_step(constant[row], no_row, fanouts, biases, heads, head_biases, exit_layers, last, widths, offsets, potentials,
+                         spikes, current, found, beta, threshold, reset_zero, counts, readouts)
+                t += 1
+                # What this step costs (synaptic ops of every layer fed by spikes and of the final
+                # exit, layer 0's dense MACs): whole numbers, exact in float64 in any order.
+                charges[row, n_layers + n_exits] += first_dense_macs
+                for layer in range(n_layers):
+                    if layer + 1 < n_layers:
+                        charges[row, layer + 1] += np.float64(counts[layer]) * widths[layer + 1]
+                    if exit_layers[last] == layer:
+                        charges[row, n_layers + last] += np.float64(counts[layer]) * classes
+                # The answer at t, as serving and the evaluation compute it: the running sum in
+                # float64 rounded to float32 (torch's CPU cumsum), over t in float32; the confidence
+                # max softmax(answer · t / τ), here in float64.
+                t32 = np.float32(t)
+                top = -np.inf
+                for c in range(classes):
+                    total[c] += np.float64(readouts[last, c])
+                    answer[c] = np.float32(total[c]) / t32
+                    logits[c] = np.float64(np.float32(answer[c] * t32) / temperature)
+                    top = max(top, logits[c])
+                normaliser = 0.0
+                for c in range(classes):
+                    normaliser += np.exp(logits[c] - top)
+                confidence = 1.0 / normaliser
+                if abs(confidence - confidence_threshold) <= margin:
+                    decided = 3  # too close to call here: torch decides, from the answer
+                elif confidence > confidence_threshold:
+                    decided = 1
+                elif t == steps:
+                    decided = 2
+            stopped_at[row] = t
+            status[row] = decided
+            if decided == 3:  # it may go on: keep its potentials
+                for layer in range(n_layers):
+                    v[layer][row][:] = potentials[offsets[layer] : offsets[layer + 1]]
+
+    return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear, mlp=mlp,
+                           mlp_until_confident=mlp_until_confident)
 
 
 def cpu_kernels_available() -> bool:
@@ -465,3 +552,47 @@ def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, we
                 no_states if new_states is None else tuple(v.numpy() for v in new_states), keep_state, row_index,
                 outputs.numpy(), records.numpy())
     return outputs, states if rows is not None else new_states
+
+
+# What mlp_until_confident says of each input: it stopped confident, it reached the last step
+# unconfident, or its confidence was too close to the threshold to call in float64.
+CONFIDENT, UNCONFIDENT, TOO_CLOSE = 1, 2, 3
+
+
+def mlp_until_confident(constant: torch.Tensor, weights: MLPWeights, states: tuple[torch.Tensor, ...], rows: torch.Tensor,
+                        starts: torch.Tensor, steps: int, beta: float, threshold: float, reset_zero: bool, confidence_threshold: float,
+                        temperature: float, margin: float, sums: torch.Tensor, charges: torch.Tensor, answers: torch.Tensor,
+                        stopped_at: torch.Tensor, status: torch.Tensor) -> None:
+    """SEENN-I over a spiking MLP (:func:`mlp_inference`'s arithmetic, direct encoding), each input
+    stepped until its confidence max softmax(S_t / τ) exceeds ``confidence_threshold`` or it reaches
+    ``steps``: the inputs leave one by one, with no chunks and no call per step.
+
+    For the inputs ``rows`` [m] (distinct, of the n in ``constant`` [n, H0]), each from step
+    ``starts`` [m] (0: at rest; else from its potentials in ``states``, each layer's [n, H], and its
+    running sum of readouts in ``sums`` [n, C] float64), it writes, by row: ``answers`` [n, C] (the
+    mean readout at its last step, as torch's cumsum and division give it), ``stopped_at`` [n]
+    (int64, that step), ``status`` [n] (int8: :data:`CONFIDENT`, :data:`UNCONFIDENT`, or
+    :data:`TOO_CLOSE` where the float64 confidence lies within ``margin`` of the threshold: torch's
+    float32 confidence decides those, and an input that goes on is passed again with its step as its
+    start; its potentials are then in ``states``), and adds into ``charges`` [n, 2K] (float64) the
+    synaptic ops of every component (layers, then exits; only the final exit runs) and dense MACs."""
+    kernels = _kernel()
+    count = len(weights.widths)
+    n = constant.shape[0]
+    for name, tensor, shape, dtype in (("sums", sums, (n, answers.shape[1]), torch.float64), ("answers", answers, (n, sums.shape[1]), torch.float32),
+                                       ("charges", charges, (n, 2 * (count + len(weights.heads))), torch.float64),
+                                       ("stopped_at", stopped_at, (n,), torch.int64), ("status", status, (n,), torch.int8),
+                                       ("constant", constant, (n, int(weights.widths[0])), torch.float32)):
+        # The compiled loop checks no bounds: a misshapen buffer would be written past its end.
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype or not tensor.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {dtype} {list(shape)}, got {tensor.dtype} {list(tensor.shape)}")
+    if len(states) != count or any(tuple(v.shape) != (n, int(width)) or not v.is_contiguous() for v, width in zip(states, weights.widths)):
+        raise ValueError(f"the states must be each layer's contiguous [B, H] for {n} inputs")
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n or int(starts.min()) < 0 or int(starts.max()) >= steps):
+        raise ValueError(f"rows must be positions among {n} inputs and starts steps before {steps}")
+    _threads(kernels.numba)
+    kernels.mlp_until_confident(constant.detach().contiguous().numpy(), weights.fanouts, weights.biases, weights.heads, weights.head_biases,
+                                weights.exit_layers, weights.widths, np.float64(weights.first_dense_macs), tuple(v.numpy() for v in states),
+                                rows.to(torch.int64).contiguous().numpy(), starts.to(torch.int64).contiguous().numpy(), int(steps),
+                                np.float32(beta), np.float32(threshold), bool(reset_zero), float(confidence_threshold), float(temperature),
+                                float(margin), sums.numpy(), charges.numpy(), answers.numpy(), stopped_at.numpy(), status.numpy())
