@@ -64,7 +64,8 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     for row in serving["rows"]:
         assert [p["threshold"] for p in row["thresholds"]] == list(bench.SERVING_THRESHOLDS)
         assert all(1 <= p["mean_timesteps"] <= 8 and p["compaction_ms"] > 0 and p["doubling_ms"] > 0 and p["records_ratio"] > 0
-                   and sum(p["chunks"]) == 8 for p in row["thresholds"])
+                   and p["planned_ms"] > 0 and sum(p["chunks"]) == 8 for p in row["thresholds"])
+    assert "compiled" in out and "planned chunks" in out  # the MLP served in one compiled call, and in serving's chunks
 
 
 def test_cuda_host_overhead_bench_runs_its_side_by_side_on_cpu(capsys):
