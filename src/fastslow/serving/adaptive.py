@@ -17,6 +17,9 @@ The chunks are planned from the timings and stops of the batches the server has 
 (:mod:`fastslow.serving.chunks`; doubling chunks 1, 1, 2, 4, … until it knows them). An input that
 stops inside a chunk is simulated to the chunk's end, never charged for it.
 
+A direct-encoded MLP under SEENN-I on a CPU needs no chunks: one compiled call steps each input
+until it is confident or reaches T (:meth:`FastSlow._predict_compiled`), with the same answers.
+
 On a GPU, batches of a few hundred inputs are bound by kernel launches, not arithmetic: stepping
 with compaction was 3.3–3.8× slower than one multi-step run of all T steps (an H100 and an H200,
 one step per call). There the server runs all T steps at once and reads each input's stop from
