@@ -9,6 +9,11 @@
 - Event-driven linear synapses: the fan-out rows of each input row's events summed in one pass
   per row (the same order as the autograd path's ``embedding_bag``: the same bits for 0/1 spikes;
   graded inputs may round differently); rows too dense for events are left to the caller's matmul.
+- A spiking MLP (linear layers, membrane readouts): every layer, step and readout of a chunk in one
+  call, one input per thread with all its layers' potentials and spikes in cache, the records
+  written in place (:func:`mlp_inference`); and SEENN-I serving that steps each input until it is
+  confident (:func:`mlp_until_confident`). Their event sums take rows of any density, so a row
+  that the autograd path would give to a matmul rounds differently (~1e-7).
 
 Compiled on first use (a few seconds) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
 """

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
+from fastslow.spiking import LIFParams, LIFState, _cpu_kernels, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
 from fastslow.spiking.lif import check_params
-from fastslow.spiking import _cpu_kernels
 from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
 
 ReadoutName = Literal["membrane", "spike_count"]
