@@ -140,43 +140,21 @@ def _kernel():
                 counts[t, b] += lif_span(potentials, currents[0 if constant else t, current_row], spikes[t, b], beta, threshold,
                                          reset_zero)
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
-        rows, width = inputs.shape
-        outs = out.shape[1]
-        has_bias = bias.shape[0] > 0
-        for r in numba.prange(rows):
-            row = inputs[r]
-            # The row's events (non-zero columns, in order), listed without a branch: every column
-            # is stored and only a non-zero one advances the count (a branch per column mispredicts).
-            found = np.empty(width, np.int32)
-            events = 0
-            for i in range(width):
-                found[events] = i
-                events += np.int32(row[i] != 0)
-            dense[r] = events > max_events
-            if events > max_events:
-                continue
-            acc = out[r]
-            acc[:] = np.float32(0.0)
-            for k in range(events):
-                column = found[k]
-                value = row[column]
-                weights = fanout_rows[column]
-                for j in range(outs):
-                    acc[j] += value * weights[j]
-            if has_bias:
-                for j in range(outs):
-                    acc[j] += bias[j]
-
     @numba.njit(inline="always", cache=True, nogil=True)
-    def event_sum(row, found, fanout_rows, bias, acc):  # pragma: no cover - compiled
-        """acc = Σ over the non-zeros of ``row`` (in column order) of value × fan-out row, then + bias:
-        event_linear's arithmetic for one row, whatever its density."""
+    def list_events(row, found):  # pragma: no cover - compiled
+        """The row's events (non-zero columns, in order) into ``found``; returns how many. Listed
+        without a branch: every column is stored and only a non-zero one advances the count (a branch
+        per column mispredicts)."""
         events = 0
         for i in range(row.shape[0]):
             found[events] = i
             events += np.int32(row[i] != 0)
+        return events
+
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def sum_events(row, found, events, fanout_rows, bias, acc):  # pragma: no cover - compiled
+        """acc = Σ over the row's ``events`` listed in ``found`` (column order) of value × fan-out row,
+        then + bias (none: an empty bias)."""
         acc[:] = np.float32(0.0)
         for k in range(events):
             column = found[k]
@@ -188,13 +166,48 @@ def _kernel():
             for j in range(acc.shape[0]):
                 acc[j] += bias[j]
 
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def event_linear(inputs, fanout_rows, bias, max_events, out, dense):  # pragma: no cover - compiled
+        rows, width = inputs.shape
+        for r in numba.prange(rows):
+            row = inputs[r]
+            found = np.empty(width, np.int32)
+            events = list_events(row, found)
+            dense[r] = events > max_events
+            if events <= max_events:
+                sum_events(row, found, events, fanout_rows, bias, out[r])
+
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def layer_offsets(widths):  # pragma: no cover - compiled
+        """Where each layer's neurons start in one input's scratch row of every layer, and the end."""
+        offsets = np.zeros(widths.shape[0] + 1, np.int64)
+        for layer in range(widths.shape[0]):
+            offsets[layer + 1] = offsets[layer] + widths[layer]
+        return offsets
+
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def load_potentials(potentials, offsets, states, row, from_rest):  # pragma: no cover - compiled
+        """Every layer's potentials of input ``row`` (of ``states``, each layer's [B, H]) into scratch, or zeros."""
+        for layer in range(offsets.shape[0] - 1):
+            cells = potentials[offsets[layer] : offsets[layer + 1]]
+            if from_rest:
+                cells[:] = np.float32(0.0)
+            else:
+                cells[:] = states[layer][row]
+
+    @numba.njit(inline="always", cache=True, nogil=True)
+    def store_potentials(potentials, offsets, states, row):  # pragma: no cover - compiled
+        for layer in range(offsets.shape[0] - 1):
+            states[layer][row][:] = potentials[offsets[layer] : offsets[layer + 1]]
+
     @numba.njit(inline="always", cache=True, nogil=True)
     def mlp_step(layer0_current, layer0_input, fanouts, biases, heads, head_biases, exit_layers, first_exit, widths, offsets,
-                 potentials, spikes, current, found, beta, threshold, reset_zero, counts, readouts):  # pragma: no cover - compiled
+                 potentials, spikes, current, found, beta, threshold, reset_zero, counts, readouts, ops):  # pragma: no cover - compiled
         """One step of one input through every layer (layer 0 from its constant current, or else by
         summing the events of ``layer0_input``), then the readouts of the exits from ``first_exit`` on
-        into ``readouts`` [E, C]: each layer's spike count into ``counts`` [L]; returns the sum of
-        ``layer0_input`` (its spikes: 0 with a constant current)."""
+        into ``readouts`` [E, C]: each layer's spike count into ``counts`` [L], and each component's
+        synaptic ops (input spikes × fan-out: layers, then exits; none for layer 0's constant current
+        or an exit not read) into ``ops`` [L + E] (float64: whole numbers, exact)."""
         input_total = np.float32(0.0)
         for layer in range(widths.shape[0]):
             cells, fired = potentials[offsets[layer] : offsets[layer + 1]], spikes[offsets[layer] : offsets[layer + 1]]
@@ -206,12 +219,19 @@ def _kernel():
                     for i in range(source.shape[0]):
                         input_total += source[i]
                 layer_current = current[: widths[layer]]
-                event_sum(source, found, fanouts[layer], biases[layer], layer_current)
+                sum_events(source, found, list_events(source, found), fanouts[layer], biases[layer], layer_current)
             counts[layer] = lif_span(cells, layer_current, fired, beta, threshold, reset_zero)
+        n_layers, classes = widths.shape[0], readouts.shape[1]
+        ops[0] = np.float64(input_total) * widths[0]
+        for layer in range(1, n_layers):
+            ops[layer] = np.float64(counts[layer - 1]) * widths[layer]
+        for e in range(exit_layers.shape[0]):
+            ops[n_layers + e] = 0.0
         for e in range(first_exit, exit_layers.shape[0]):
             h = exit_layers[e]
-            event_sum(spikes[offsets[h] : offsets[h + 1]], found, heads[e], head_biases[e], readouts[e])
-        return input_total
+            source = spikes[offsets[h] : offsets[h + 1]]
+            sum_events(source, found, list_events(source, found), heads[e], head_biases[e], readouts[e])
+            ops[n_layers + e] = np.float64(counts[h]) * classes
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
     def mlp(constant, inputs, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v_in, from_rest, beta,
@@ -219,12 +239,9 @@ def _kernel():
         steps, batch = records.shape[1], records.shape[2]
         n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
         components = n_layers + n_exits
-        classes = np.float32(outputs.shape[3])
         has_constant = constant.shape[0] > 0  # layer 0's current, the same every step (direct encoding)
         in_place = state_rows.shape[0] > 0
-        offsets = np.zeros(n_layers + 1, np.int64)
-        for layer in range(n_layers):
-            offsets[layer + 1] = offsets[layer] + widths[layer]
+        offsets = layer_offsets(widths)
         widest = max(widths.max(), inputs.shape[2])
         no_row = np.empty(0, np.float32)
         for b in numba.prange(batch):
@@ -235,44 +252,31 @@ def _kernel():
             current = np.empty(widest, np.float32)
             found = np.empty(widest, np.int32)
             counts = np.empty(n_layers, np.float32)
-            for layer in range(n_layers):
-                cells = potentials[offsets[layer] : offsets[layer + 1]]
-                if from_rest:
-                    cells[:] = np.float32(0.0)
-                else:
-                    cells[:] = v_in[layer][state_row]
+            ops = np.empty(components, np.float64)
+            load_potentials(potentials, offsets, v_in, state_row, from_rest)
             layer0_current = constant[state_row] if has_constant else no_row  # (b itself unless rows were given)
             for t in range(steps):
-                input_total = mlp_step(layer0_current, no_row if has_constant else inputs[t, b], fanouts, biases, heads, head_biases,
-                                       exit_layers, 0, widths, offsets, potentials, spikes, current, found, beta, threshold, reset_zero,
-                                       counts, outputs[t, :, b])
+                mlp_step(layer0_current, no_row if has_constant else inputs[t, b], fanouts, biases, heads, head_biases, exit_layers, 0,
+                         widths, offsets, potentials, spikes, current, found, beta, threshold, reset_zero, counts, outputs[t, :, b], ops)
+                for component in range(components):  # (float32 of a float64 product of float32s: the float32 product's bits)
+                    records[component, t, b] = ops[component]
                 if has_constant:
                     records[components, t, b] = first_dense_macs
-                else:  # synaptic ops: the input spikes × the fan-out
-                    records[0, t, b] = input_total * np.float32(widths[0])
-                for layer in range(n_layers):
-                    count = counts[layer]
-                    records[2 * components + layer, t, b] = count / np.float32(widths[layer])  # the share of neurons that fired
-                    if layer + 1 < n_layers:
-                        records[layer + 1, t, b] = count * np.float32(widths[layer + 1])
-                    for e in range(n_exits):
-                        if exit_layers[e] == layer:
-                            records[n_layers + e, t, b] = count * classes
-            if in_place or keep_state:
-                for layer in range(n_layers):
-                    target = v_in[layer][state_row] if in_place else v_out[layer][b]
-                    target[:] = potentials[offsets[layer] : offsets[layer + 1]]
+                for layer in range(n_layers):  # the share of neurons that fired
+                    records[2 * components + layer, t, b] = counts[layer] / np.float32(widths[layer])
+            if in_place:
+                store_potentials(potentials, offsets, v_in, state_row)
+            elif keep_state:
+                store_potentials(potentials, offsets, v_out, np.int64(b))
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
     def mlp_until_confident(constant, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v, state_rows,
                             starts, steps, beta, threshold, reset_zero, confidence_threshold, temperature, margin, sums, charges,
                             answers, stopped_at, status):  # pragma: no cover - compiled
         n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
-        last = n_exits - 1
+        components, last = n_layers + n_exits, n_exits - 1
         classes = heads[last].shape[1]
-        offsets = np.zeros(n_layers + 1, np.int64)
-        for layer in range(n_layers):
-            offsets[layer + 1] = offsets[layer] + widths[layer]
+        offsets = layer_offsets(widths)
         no_row = np.empty(0, np.float32)
         for b in numba.prange(state_rows.shape[0]):
             row = np.int64(state_rows[b])
@@ -283,29 +287,22 @@ def _kernel():
             found = np.empty(widths.max(), np.int32)
             counts = np.empty(n_layers, np.float32)
             readouts = np.empty((n_exits, classes), np.float32)
+            ops = np.empty(components, np.float64)
             logits = np.empty(classes, np.float64)
-            for layer in range(n_layers):
-                cells = potentials[offsets[layer] : offsets[layer + 1]]
-                if start == 0:
-                    cells[:] = np.float32(0.0)
-                else:
-                    cells[:] = v[layer][row]
+            load_potentials(potentials, offsets, v, row, start == 0)
             total = sums[row]
             answer = answers[row]
             t = start
             decided = 0
             while decided == 0:
                 mlp_step(constant[row], no_row, fanouts, biases, heads, head_biases, exit_layers, last, widths, offsets, potentials,
-                         spikes, current, found, beta, threshold, reset_zero, counts, readouts)
+                         spikes, current, found, beta, threshold, reset_zero, counts, readouts, ops)
                 t += 1
-                # What this step costs (synaptic ops of every layer fed by spikes and of the final
-                # exit, layer 0's dense MACs): whole numbers, exact in float64 in any order.
-                charges[row, n_layers + n_exits] += first_dense_macs
-                for layer in range(n_layers):
-                    if layer + 1 < n_layers:
-                        charges[row, layer + 1] += np.float64(counts[layer]) * widths[layer + 1]
-                    if exit_layers[last] == layer:
-                        charges[row, n_layers + last] += np.float64(counts[layer]) * classes
+                # What this step costs (synaptic ops, only the final exit's among the exits, and
+                # layer 0's dense MACs): whole numbers, exact in float64 in any order.
+                for component in range(components):
+                    charges[row, component] += ops[component]
+                charges[row, components] += first_dense_macs
                 # The answer at t, as serving and the evaluation compute it: the running sum in
                 # float64 rounded to float32 (torch's CPU cumsum), over t in float32; the confidence
                 # max softmax(answer · t / τ), here in float64.
@@ -329,8 +326,7 @@ def _kernel():
             stopped_at[row] = t
             status[row] = decided
             if decided == 3:  # it may go on: keep its potentials
-                for layer in range(n_layers):
-                    v[layer][row][:] = potentials[offsets[layer] : offsets[layer + 1]]
+                store_potentials(potentials, offsets, v, row)
 
     return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear, mlp=mlp,
                            mlp_until_confident=mlp_until_confident)
@@ -582,9 +578,9 @@ def mlp_until_confident(constant: torch.Tensor, weights: MLPWeights, states: tup
     start; its potentials are then in ``states``), and adds into ``charges`` [n, 2K] (float64) the
     synaptic ops of every component (layers, then exits; only the final exit runs) and dense MACs."""
     kernels = _kernel()
-    count = len(weights.widths)
+    count, classes = len(weights.widths), weights.heads[-1].shape[1]
     n = constant.shape[0]
-    for name, tensor, shape, dtype in (("sums", sums, (n, answers.shape[1]), torch.float64), ("answers", answers, (n, sums.shape[1]), torch.float32),
+    for name, tensor, shape, dtype in (("sums", sums, (n, classes), torch.float64), ("answers", answers, (n, classes), torch.float32),
                                        ("charges", charges, (n, 2 * (count + len(weights.heads))), torch.float64),
                                        ("stopped_at", stopped_at, (n,), torch.int64), ("status", status, (n,), torch.int8),
                                        ("constant", constant, (n, int(weights.widths[0])), torch.float32)):
