@@ -22,13 +22,17 @@ def _first_true(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first.long(), mask.any(0)
 
 
-def seenn1_confidence(logits: torch.Tensor, temperature: float = 1.0, measure: ConfidenceMeasure = "max_softmax") -> torch.Tensor:
+def seenn1_confidence(logits: torch.Tensor, temperature: float = 1.0, measure: ConfidenceMeasure = "max_softmax",
+                      steps: torch.Tensor | None = None) -> torch.Tensor:
     """SEENN-I's confidence at every step [T, N]: softmax(S_t / τ) of the cumulative *sum* S_t of outputs.
 
-    ``logits`` [T, N, C] are cumulative means, so S_t = t · logits[t-1].
+    ``logits`` [T, N, C] are cumulative means, so S_t = t · logits[t-1]. ``steps``: the t of each row
+    of ``logits`` instead, shaped as its leading dimensions or broadcast to them (serving's chunks
+    start after step 1, and its stragglers each have their own t).
     """
-    steps = torch.arange(1, logits.shape[0] + 1, dtype=logits.dtype, device=logits.device)[:, None, None]
-    return confidence_score(logits * steps / temperature, measure)
+    if steps is None:
+        steps = torch.arange(1, logits.shape[0] + 1, device=logits.device)[:, None]
+    return confidence_score(logits * steps[..., None].to(logits.dtype) / temperature, measure)
 
 
 def seenn1_routing(

@@ -40,8 +40,8 @@ from torch import nn
 from fastslow.data import check_batch
 from fastslow.energy.accounting import OpCounts, s1_op_counts
 from fastslow.energy.profile import EnergyProfile, load_profile
-from fastslow.policies.confidence import confidence_policy_macs, confidence_score
-from fastslow.policies.dynamic import seenn1_routing
+from fastslow.policies.confidence import confidence_policy_macs
+from fastslow.policies.dynamic import seenn1_confidence, seenn1_routing
 from fastslow.policies.step_router import CONTINUE, ESCALATE, StepRouter, step_router_features, step_state_features
 from fastslow.serving.chunks import ChunkPlanner
 from fastslow.spiking import _cpu_kernels, encode_step, is_spiking
@@ -192,10 +192,10 @@ class FastSlow:
             # Every step of the chunk at once, for every input that entered it (each input's answers and
             # choices depend on its own outputs only; those after its stop are never read).
             step_outputs[first : first + count, active] = record.outputs[:, last]
-            taken = torch.arange(first + 1, first + count + 1, dtype=flat.dtype, device=x.device)[:, None, None]  # t at each step
-            mean_logits = step_outputs[: first + count, active].cumsum(0)[first:] / taken  # [count, active, C]
+            taken = torch.arange(first + 1, first + count + 1, dtype=flat.dtype, device=x.device)[:, None]  # t at each step
+            mean_logits = step_outputs[: first + count, active].cumsum(0)[first:] / taken[..., None]  # [count, active, C]
             if self.router is None:
-                sure = confidence_score(mean_logits * taken / self.temperature) > self.threshold  # SEENN-I: of the sum S_t
+                sure = seenn1_confidence(mean_logits, self.temperature, steps=taken) > self.threshold
                 stop = sure
             else:
                 choices = []
@@ -266,7 +266,7 @@ class FastSlow:
             if len(close) == 0:
                 break
             taken = stopped_at[close]
-            sure = confidence_score(answer[close] * taken[:, None].to(flat.dtype) / self.temperature) > self.threshold
+            sure = seenn1_confidence(answer[close], self.temperature, steps=taken) > self.threshold
             status[close] = torch.where(sure, _cpu_kernels.CONFIDENT, _cpu_kernels.UNCONFIDENT).to(torch.int8)
             going_on = ~sure & (taken < steps)
             rows, starts = close[going_on], taken[going_on]

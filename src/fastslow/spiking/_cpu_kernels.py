@@ -30,6 +30,12 @@ import numpy as np
 import torch
 
 
+# What mlp_until_confident says of each input: it stopped confident, it reached the last step
+# unconfident, or its confidence was too close to the threshold to call in float64 (the compiled
+# kernel reads them as constants).
+CONFIDENT, UNCONFIDENT, TOO_CLOSE = 1, 2, 3
+
+
 @lru_cache(maxsize=1)
 def _kernel():
     try:
@@ -293,7 +299,7 @@ def _kernel():
             total = sums[row]
             answer = answers[row]
             t = start
-            decided = 0
+            decided = 0  # not yet
             while decided == 0:
                 mlp_step(constant[row], no_row, fanouts, biases, heads, head_biases, exit_layers, last, widths, offsets, potentials,
                          spikes, current, found, beta, threshold, reset_zero, counts, readouts, ops)
@@ -318,14 +324,14 @@ def _kernel():
                     normaliser += np.exp(logits[c] - top)
                 confidence = 1.0 / normaliser
                 if abs(confidence - confidence_threshold) <= margin:
-                    decided = 3  # too close to call here: torch decides, from the answer
+                    decided = TOO_CLOSE  # torch decides, from the answer
                 elif confidence > confidence_threshold:
-                    decided = 1
+                    decided = CONFIDENT
                 elif t == steps:
-                    decided = 2
+                    decided = UNCONFIDENT
             stopped_at[row] = t
             status[row] = decided
-            if decided == 3:  # it may go on: keep its potentials
+            if decided == TOO_CLOSE:  # it may go on: keep its potentials
                 store_potentials(potentials, offsets, v, row)
 
     return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear, mlp=mlp,
@@ -553,11 +559,6 @@ def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, we
                 no_states if new_states is None else tuple(v.numpy() for v in new_states), keep_state, row_index,
                 outputs.numpy(), records.numpy())
     return outputs, states if rows is not None else new_states
-
-
-# What mlp_until_confident says of each input: it stopped confident, it reached the last step
-# unconfident, or its confidence was too close to the threshold to call in float64.
-CONFIDENT, UNCONFIDENT, TOO_CLOSE = 1, 2, 3
 
 
 def mlp_until_confident(constant: torch.Tensor, weights: MLPWeights, states: tuple[torch.Tensor, ...], rows: torch.Tensor,
