@@ -122,13 +122,13 @@ class FastSlow:
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> AdaptiveAnswer:
         """Answers for a batch ``x`` [N, *input_shape]; ``generator`` draws a rate code's spikes."""
-        self.system1._check_input(x)
+        self.system1.check_input(x)
         check_batch(x)
         compaction = x.device.type == "cpu" if self.compaction is None else self.compaction
         if not compaction:
             return self._predict_from_records(x, generator)
         flat = self.system1.prepare(x)
-        if self.router is None and self.system1.spec.encoding == "direct" and self.system1._compiled_mlp_applies(flat, None):
+        if self.router is None and self.system1.spec.encoding == "direct" and self.system1.compiled_mlp_applies(flat, None):
             return self._predict_compiled(x, flat)
         return self._predict_compacted(x, generator)
 
@@ -247,7 +247,7 @@ class FastSlow:
         s1 = self.system1
         n, steps, classes = x.shape[0], s1.spec.timesteps, s1.spec.n_classes
         constant = s1.input_current(flat).contiguous()
-        weights = s1._compiled_weights()
+        weights = s1.compiled_weights()
         states = tuple(flat.new_empty(n, layer.neurons) for layer in s1.layers)
         sums = flat.new_zeros(n, classes, dtype=torch.float64)
         charges = flat.new_zeros(n, 2 * s1.n_components, dtype=torch.float64)

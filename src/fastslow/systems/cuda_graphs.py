@@ -55,7 +55,7 @@ class GraphedSystem1:
         """As ``model.run(x, timesteps)``; ``x`` on the model's CUDA device."""
         if x.device.type != "cuda":
             raise ValueError(f"GraphedSystem1 runs CUDA tensors; got one on {x.device}: use model.run on a CPU")
-        self.model._check_input(x)
+        self.model.check_input(x)
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters())
         key = (training, self.model.training, tuple(x.shape), x.dtype, x.device, timesteps)
         if key not in self._graphs:
@@ -67,7 +67,7 @@ class GraphedSystem1:
             step_outputs, logits, synaptic_ops, dense_macs, spike_rates = self._graphs[key](x)
             # The counts carry no gradient (the graph's autograd node marks every output differentiable).
             return S1Run(step_outputs, logits, synaptic_ops.detach(), dense_macs.detach(),
-                         neuron_updates=self.model._neuron_counts.to(x.dtype, copy=True), spike_rates=spike_rates.detach())
+                         neuron_updates=self.model.neuron_counts(x.dtype), spike_rates=spike_rates.detach())
         graph, static_input, static_run = self._graphs[key]
         static_input.copy_(x)
         graph.replay()

@@ -346,6 +346,11 @@ class System1(nn.Module):
     def neurons_per_component(self) -> list[int]:
         return [layer.neurons for layer in self.layers] + [self.spec.n_classes] * len(self.heads)
 
+    def neuron_counts(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[K] neurons per component (the neuron state updates each timestep costs), as a new ``dtype``
+        tensor on the model's device: copied from a buffer, not from the host, so a CUDA graph capture may call it."""
+        return self._neuron_counts.to(dtype, copy=True)
+
     def exit_component_mask_for_last(self) -> torch.Tensor:
         """[K] mask of the components an answer from the last exit needs (backbone + its head)."""
         from fastslow.energy.accounting import exit_component_mask
@@ -378,7 +383,7 @@ class System1(nn.Module):
         steps = spec.timesteps if timesteps is None else timesteps
         if steps < 1:
             raise ValueError(f"timesteps must be at least 1, got {steps}")
-        self._check_input(x)
+        self.check_input(x)
         x = self.prepare(x)
         if mode == "multistep":
             return self._run_multistep(x, steps, generator)
@@ -394,7 +399,7 @@ class System1(nn.Module):
             step_outputs=torch.stack([r.outputs for r in records]),
             synaptic_ops=torch.stack([r.synaptic_ops for r in records], dim=1),
             dense_macs=torch.stack([r.dense_macs for r in records], dim=1),
-            neuron_updates=self._neuron_counts.to(x.dtype, copy=True),
+            neuron_updates=self.neuron_counts(x.dtype),
             spike_rates=torch.stack([r.spike_rates for r in records], dim=1),
         )
 
@@ -447,8 +452,9 @@ class System1(nn.Module):
             if layer.is_conv and not v.is_contiguous(memory_format=torch.channels_last):
                 raise ValueError("a conv layer's state must be channels-last in memory (as advance returns it) to advance rows in place")
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Type, dtype and shape (nothing that reads the values: a run may be captured in a CUDA graph)."""
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a TypeError or ValueError unless ``x`` is a tensor batch [B, *input_shape] of the weights'
+        dtype. Checks type, dtype and shape only (nothing that reads the values: a run may be captured in a CUDA graph)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"System 1 takes a torch.Tensor batch, got a {type(x).__name__}: convert it with torch.as_tensor(x, dtype=torch.float32)")
         dtype = self.heads[0].weight.dtype
@@ -505,7 +511,7 @@ class System1(nn.Module):
             step_outputs=merged.outputs,  # [T, E, B, C]
             synaptic_ops=merged.synaptic_ops,
             dense_macs=merged.dense_macs,
-            neuron_updates=self._neuron_counts.to(x.dtype, copy=True),
+            neuron_updates=self.neuron_counts(x.dtype),
             spike_rates=merged.spike_rates,
         )
 
@@ -569,7 +575,7 @@ class System1(nn.Module):
         batch = like.shape[0] if rows is None else len(rows)
         if rows is not None:
             self._check_rows(rows, state)
-        if self._compiled_mlp_applies(like, state):
+        if self.compiled_mlp_applies(like, state):
             return self._advance_compiled_mlp(inp, state, constant_current, steps, keep_state, rows, batch)
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
@@ -649,7 +655,7 @@ class System1(nn.Module):
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) if v is None else v for v in head_states)
         return record, S1State(layers=tuple(layer_states), heads=heads)
 
-    def _compiled_mlp_applies(self, like: torch.Tensor, state: S1State | None) -> bool:
+    def compiled_mlp_applies(self, like: torch.Tensor, state: S1State | None) -> bool:
         """Whether :meth:`advance` can run as one compiled call (:func:`_cpu_kernels.mlp_inference`): a
         CPU float32 MLP with membrane readouts, without gradients, events on (``event_density`` > 0)."""
         return (self._mlp_membrane and like.device.type == "cpu" and like.dtype == torch.float32 and not torch.is_grad_enabled()
@@ -670,7 +676,7 @@ class System1(nn.Module):
         records = like.new_zeros(2 * components + n_layers, steps, batch)
         params = self.lif_params
         outputs, layer_states = _cpu_kernels.mlp_inference(
-            constant_current, None if constant_current is not None else inp, self._compiled_weights(),
+            constant_current, None if constant_current is not None else inp, self.compiled_weights(),
             None if state is None else state.layers, params.beta, params.threshold, params.reset == "zero", records,
             keep_state=keep_state, rows=rows)
         record = S1Step(outputs=outputs, synaptic_ops=records[:components], dense_macs=records[components : 2 * components],
@@ -680,7 +686,7 @@ class System1(nn.Module):
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) for _ in self.heads) if state is None else state.heads
         return record, S1State(layers=layer_states, heads=heads)
 
-    def _compiled_weights(self) -> "_cpu_kernels.MLPWeights":
+    def compiled_weights(self) -> "_cpu_kernels.MLPWeights":
         """The weights as the compiled MLP kernel reads them, rebuilt when any changed (an optimiser's
         in-place step bumps a version; a load or a move gives new storage)."""
         ops = [layer.op for layer in self.layers] + list(self.heads)
