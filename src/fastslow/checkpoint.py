@@ -13,10 +13,7 @@ from torch import nn
 
 from fastslow import _atomic
 from fastslow.errors import CheckpointError
-from fastslow.policies.exit_router import ExitRouter
-from fastslow.policies.step_router import StepRouter
-from fastslow.policies.router import Router
-from fastslow.policies.seenn2 import TimestepPolicy
+from fastslow.policies import POLICIES, Policy
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 
@@ -30,17 +27,24 @@ def save_module(folder: Path, stem: str, module: nn.Module, config: dict) -> Non
     _atomic.write_json(folder / f"{stem}.json", {"format": FORMAT_VERSION, **config})
 
 
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
+    try:
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {path} is corrupt ({err}): re-run `fastslow fit`") from None
+    return config
+
+
 def _read(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]]:
     paths = [folder / f"{stem}.json", folder / f"{stem}.safetensors"]
     for path in paths:
         if not path.is_file():
             raise CheckpointError(f"checkpoint file {path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
-    try:
-        config = json.loads(paths[0].read_text())
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint file {paths[0]} is corrupt ({err}): re-run `fastslow fit`") from None
+    config = _read_json(paths[0])
     try:
         tensors = load_tensors(paths[1].read_bytes())
     except (SafetensorError, ValueError, RuntimeError) as err:
@@ -48,10 +52,14 @@ def _read(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, tensors
 
 
-def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+def _check_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
     for name, tensor in tensors.items():  # a parseable file can still hold what no training writes
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"checkpoint {where} holds NaN/inf values in {name}: re-run `fastslow fit`")
+
+
+def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    _check_finite(tensors, where)
     try:
         module.load_state_dict(tensors)
     except RuntimeError as err:
@@ -89,77 +97,45 @@ def load_system2(folder: Path) -> tuple[nn.Module, System2Spec]:
     return model.eval(), spec
 
 
-def _build_router(c: dict) -> nn.Module:
-    return Router(int(c["n_features"]), int(c["hidden"]), float(c["knob"]))
+def policy_stem(index: int) -> str:
+    return f"policy-{index:03d}"
 
 
-def _build_exit_router(c: dict) -> nn.Module:
-    return ExitRouter(int(c["n_features"]), int(c["n_exits"]), int(c["timesteps"]), int(c["hidden"]), float(c["knob"]))
+def save_policies(folder: Path, policies: list[Policy]) -> list[dict]:
+    """Write each policy point as ``policy-NNN.json`` (its kind and :meth:`~fastslow.policies.Policy.to_config`)
+    and, where it has trained weights, ``policy-NNN.safetensors``; returns the manifest's entries."""
+    entries = []
+    for index, policy in enumerate(policies):
+        stem = policy_stem(index)
+        record = {"kind": policy.kind, "name": policy.name, "config": policy.to_config()}
+        if policy.module is not None:
+            save_module(folder, stem, policy.module, record)
+        else:
+            _atomic.write_json(folder / f"{stem}.json", {"format": FORMAT_VERSION, **record})
+        entries.append({"kind": policy.kind, "name": policy.name, "file": stem, "weights": policy.module is not None})
+    return entries
 
 
-def _build_exit_router_budget(c: dict) -> nn.Module:
-    return ExitRouter(int(c["n_features"]), int(c["n_exits"]), int(c["timesteps"]), int(c["hidden"]), 0.0, energy_budget_uj=float(c["knob"]))
-
-
-def _build_step_router(c: dict) -> nn.Module:
-    return StepRouter(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), float(c["knob"]))
-
-
-def _build_step_router_budget(c: dict) -> nn.Module:
-    return StepRouter(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), 0.0, energy_budget_uj=float(c["knob"]))
-
-
-def _build_seenn2(c: dict) -> nn.Module:
-    return TimestepPolicy(int(c["n_features"]), int(c["timesteps"]), int(c["hidden"]), tuple(c["input_shape"]))
-
-
-def _build_halting(c: dict) -> nn.Module:
-    from fastslow.policies.ponder import HaltingHead
-
-    return HaltingHead(int(c["n_features"]), int(c["hidden"]))
-
-
-# kind → (file stem prefix, knob name, builder from the saved config)
-POLICY_KINDS = {
-    "router": ("router-share=", "target_share", _build_router),
-    "exit_router": ("router-exits-share=", "target_share", _build_exit_router),
-    "exit_router_budget": ("router-exits-budget=", "energy_budget_uj", _build_exit_router_budget),
-    "step_router": ("router-steps-share=", "target_share", _build_step_router),
-    "step_router_budget": ("router-steps-budget=", "energy_budget_uj", _build_step_router_budget),
-    "seenn2": ("seenn2-beta=", "beta", _build_seenn2),
-    "ponder": ("ponder-lambda_p=", "lambda_p", _build_halting),
-}
-
-
-def policy_config(kind: str, module: nn.Module) -> dict:
-    """What rebuilds a trained policy module (sizes read off its first linear layer)."""
-    first = next(m for m in module.modules() if isinstance(m, nn.Linear))
-    config = {"n_features": first.in_features, "hidden": first.out_features}
-    if kind in ("exit_router", "exit_router_budget"):
-        config.update(n_exits=module.n_exits, timesteps=module.timesteps)
-    if kind in ("step_router", "step_router_budget"):
-        config.update(timesteps=module.timesteps)
-    if kind == "seenn2":
-        config.update(timesteps=module.timesteps, input_shape=list(module.input_shape))
-    if kind == "router":
-        config.update(soft_share=getattr(module, "soft_share", None))
-    return config
-
-
-def save_policy(folder: Path, kind: str, knob: float, module: nn.Module) -> None:
-    prefix, knob_name, _ = POLICY_KINDS[kind]
-    save_module(folder, f"{prefix}{knob:.10g}", module, {"kind": kind, knob_name: knob, "knob": knob, **policy_config(kind, module)})
-
-
-def load_policy(folder: Path, kind: str, knob: float) -> nn.Module:
-    prefix, _, build = POLICY_KINDS[kind]
-    stem = f"{prefix}{knob:.10g}"
-    config, tensors = _read(folder, stem)
-    try:
-        module = build(config)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint file {folder / (stem + '.json')} is invalid ({err}): re-run `fastslow fit`") from None
-    _load_state(module, tensors, folder / f"{stem}.safetensors")
-    if kind == "router":
-        module.soft_share = config.get("soft_share")
-    return module.eval()
+def load_policies(folder: Path, entries: list[dict]) -> list[Policy]:
+    """The policy points a manifest lists, rebuilt through :data:`~fastslow.policies.POLICIES`."""
+    policies = []
+    for entry in entries:
+        try:
+            kind, stem, weights = entry["kind"], entry["file"], bool(entry["weights"])
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint file {folder / 'manifest.json'} lists a policy without {err}: re-run `fastslow fit`") from None
+        if kind not in POLICIES:
+            raise CheckpointError(f"checkpoint {folder / stem}.json is a policy of kind {kind!r}, which is not registered "
+                                  f"(known: {', '.join(POLICIES)}): import the module that registers it before loading")
+        if weights:
+            config, tensors = _read(folder, stem)
+            _check_finite(tensors, folder / f"{stem}.safetensors")
+        else:
+            config, tensors = _read_json(folder / f"{stem}.json"), None
+        try:
+            policy = POLICIES[kind].from_config(config["config"], tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"checkpoint {folder / stem} does not rebuild its {kind} policy ({problem}): re-run `fastslow fit`") from None
+        policies.append(policy)
+    return policies

@@ -1,4 +1,4 @@
-"""Command line: ``fastslow demo | fit | evaluate | calibrate | continual | search``.
+"""Command line: ``fastslow demo | fit | evaluate | calibrate | predict | continual | search``.
 
 User errors print one line (``error: ...``) and exit with code 2, no traceback.
 """
@@ -13,9 +13,6 @@ from pathlib import Path
 from fastslow.errors import FastslowError
 
 DEMO_OUT = "report"
-# The demo's System 1 has a second hidden layer with an exit head on the first, so the cascade
-# family (exits@…) is shown too; `fit` defaults to a single hidden layer (half the energy).
-DEMO_SYSTEM1 = {"hidden": [128, 64], "exit_heads": [0]}
 
 
 def _seed(text: str) -> int:
@@ -57,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--delta", type=float, default=0.1, help="failure probability of the guarantee (default 0.1)")
     calibrate.add_argument("--calibration-fraction", type=float, default=0.5, help="share of the test split used to calibrate (default 0.5)")
 
+    predict = sub.add_parser("predict", help="answer inputs with any strategy of DIR's results.json; write predictions.jsonl and summary.json")
+    predict.add_argument("dir", help="a report folder written by fit or demo")
+    predict.add_argument("--strategy", required=True, help="a strategy named in DIR/results.json, e.g. seenn1@0.9+s2 or router@share=0.1")
+    predict.add_argument("--data", help="digits | mnist:ROOT | an .npz with X (y optional) (default: the fit's own test split)")
+    predict.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
+
     continual = sub.add_parser("continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)")
     continual.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
     continual.add_argument("--model", required=True, choices=["diehl-cook", "spikedyn"])
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
     search.add_argument("--seed", type=_seed, default=0)
 
-    for p in (demo, fit, evaluate, calibrate, continual, search):
+    for p in (demo, fit, evaluate, calibrate, predict, continual, search):
         p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     return parser
 
@@ -95,7 +98,7 @@ def _run(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from fastslow.config import load_config
-    from fastslow.pipeline import calibrate_folder, evaluate_folder, fit
+    from fastslow.pipeline import calibrate_folder, evaluate_folder, fit, predict_folder
 
     # Piped output gets a fixed width so the table is not truncated to 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=110)
@@ -117,13 +120,23 @@ def _run(args: argparse.Namespace) -> None:
                    console=console, progress=show, show_table=show)
         return
     if args.command == "demo":
-        config = load_config(None, data="digits", seed=args.seed, system1=DEMO_SYSTEM1)
+        config = load_config(None, data="digits", seed=args.seed)
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "fit":
         config = load_config(args.config, data=args.data, seed=args.seed, epochs=args.epochs, profile=args.profile, device=args.device)
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
+    elif args.command == "predict":
+        summary = predict_folder(args.dir, args.strategy, args.out, data=args.data, console=console, progress=show)
+        if show:
+            accuracy = "n/a (no labels)" if summary["accuracy"] is None else f"{100 * summary['accuracy']:.2f}%"
+            console.print(f"{summary['strategy']}: {summary['inputs']} inputs, accuracy {accuracy}, escalated "
+                          f"{100 * summary['escalation_rate']:.1f}%, {summary['mean_timesteps']:.2f} steps, "
+                          f"{summary['energy_uj']:.4g} µJ/input ({summary['profile']['name']})")
+            console.print(f"predictions: {Path(args.out) / 'predictions.jsonl'}, {Path(args.out) / 'summary.json'} "
+                          f"({time.perf_counter() - started:.1f} s)")
+        return
     elif args.command == "calibrate":
         calibrate_folder(args.dir, max_accuracy_drop=args.max_accuracy_drop, delta=args.delta,
                          calibration_fraction=args.calibration_fraction, console=console, show_table=show)

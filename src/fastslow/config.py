@@ -11,11 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
 from fastslow.errors import ConfigError, first_validation_problem
-from fastslow.evaluation.evaluate import DEFAULT_THRESHOLDS
 from fastslow.spiking import LIFParams
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 def check_seed(seed: int) -> int:
@@ -44,18 +44,27 @@ class LIFConfig(_Strict):
 
 class System1Config(_Strict):
     arch: Literal["auto", "mlp", "conv"] = "auto"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [128], min_length=0)
+    # Two hidden layers with an exit head on the first, so every fit shows the cascade family (exits@…) too.
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [128, 64], min_length=0)
     conv_channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16])
     timesteps: int = Field(8, ge=1, le=256)
     encoding: Literal["direct", "rate", "latency"] = "rate"
     readout: Literal["membrane", "spike_count"] = "membrane"
     loss: Literal["tet", "cumulative", "final"] = "tet"
-    exit_heads: list[NonNegativeInt] = Field(default_factory=list, description="hidden-layer indices with an early exit")
+    exit_heads: list[NonNegativeInt] | None = Field(
+        None, description="hidden-layer indices with an early exit (default: one on the first layer where there are two or more)")
     checkpoint_steps: int = Field(0, ge=0, description="0: BPTT keeps every step; k: recompute k-step segments (less memory)")
     lif: LIFConfig = Field(default_factory=LIFConfig)
     epochs: int = Field(30, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, ge=1)
+
+    def resolved_exit_heads(self, input_shape: tuple[int, ...]) -> list[int]:
+        """``exit_heads``, or by default an exit on the first layer when System 1 has two or more."""
+        if self.exit_heads is not None:
+            return list(self.exit_heads)
+        layers = len(self.hidden) + (len(self.conv_channels) if self.resolved_arch(input_shape) == "conv" else 0)
+        return [0] if layers > 1 else []
 
     def resolved_arch(self, input_shape: tuple[int, ...]) -> str:
         """``auto``: conv for colour or large images (≥ 3 channels or ≥ 32×32), else an MLP."""
@@ -145,6 +154,7 @@ class FitConfig(_Strict):
     profile: str = "cmos45nm"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(256, ge=1)
+    policies: list[str] | None = Field(None, description="policy kinds to fit (default: every registered family; system1 and system2 always)")
     system1: System1Config = Field(default_factory=System1Config)
     system2: System2Config = Field(default_factory=System2Config)
     confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)

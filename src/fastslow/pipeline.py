@@ -21,33 +21,32 @@ from torch import nn
 
 from fastslow import _atomic, checkpoint
 from fastslow.config import FitConfig
-from fastslow.data import Dataset, load_dataset, resolved_data
+from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
 from fastslow.errors import CheckpointError, ConfigError, DataError
+from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request
 from fastslow.evaluation.evaluate import (
     REFERENCE_FAMILIES,
-    PolicySet,
     StrategyResult,
-    SystemOutputs,
     best_within,
     collect_outputs,
+    enumerate_strategies,
     evaluate_strategies,
     family_metrics,
     per_input_energy,
+    routing_predictions,
     score_routing,
 )
 from fastslow.evaluation.report import print_table, write_report
-from fastslow.policies import Routing, share_for_energy_budget, train_router
-from fastslow.policies.base import FeatureMLP
-from fastslow.policies.exit_router import train_exit_router
-from fastslow.policies.step_router import train_step_router
-from fastslow.policies.router import per_input_cross_entropy
-from fastslow.policies.seenn2 import train_seenn2
+from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
+from fastslow.serving.deploy import Deployment, UnknownStrategy
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
 
 CHECKPOINTS = "checkpoints"
+# The spike encoder's seed offsets from the fit's seed: the router split's records, then the test split's.
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 1, 2
 
 
 @dataclass
@@ -67,7 +66,7 @@ class FitResult:
 
     system1: System1
     system2: nn.Module
-    policies: PolicySet
+    policies: list[Policy]
     results: list[StrategyResult]
     payload: dict
 
@@ -112,7 +111,7 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
         encoding=c.encoding,
         readout=c.readout,
         lif=c.lif.params(),
-        exit_heads=tuple(c.exit_heads),
+        exit_heads=tuple(c.resolved_exit_heads(tuple(input_shape))),
         checkpoint_steps=c.checkpoint_steps,
     )
 
@@ -157,18 +156,6 @@ def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_of
     return collect_outputs(system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device)
 
 
-def _router_shares(config: FitConfig, val: SystemOutputs, profile: EnergyProfile, policy_macs: int) -> list[float]:
-    """Requested shares plus the shares that meet each requested energy budget on the router split."""
-    shares = list(config.router.shares)
-    if config.router.energy_budgets_uj:
-        n = len(val.labels)
-        s1 = score_routing("s1", "s1", Routing.full_system1(n, val.timesteps, val.last_exit), val, profile).energy_uj
-        s2 = val.s2_macs * profile.E_MAC_pJ / 1e6
-        policy = policy_macs * profile.E_MAC_pJ / 1e6
-        shares += [round(share_for_energy_budget(b, s1, s2, policy), 4) for b in config.router.energy_budgets_uj]
-    return sorted(set(shares))
-
-
 def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: dict[str, int], profile: EnergyProfile, s1_result: StrategyResult) -> dict:
     s1_spec = system1.spec
     s2_params = sum(p.numel() for p in system2.parameters())
@@ -196,15 +183,12 @@ def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: di
 
 
 def _evaluate_and_report(
-    out: Path, config: FitConfig, splits: Splits, system1: System1, system2: nn.Module, policies: PolicySet,
+    out: Path, config: FitConfig, splits: Splits, system1: System1, system2: nn.Module, policies: list[Policy],
     profile: EnergyProfile, device: torch.device, console: Console, show_table: bool,
 ) -> tuple[list[StrategyResult], dict]:
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
-    test = _outputs(system1, system2, sum(s2_macs_per_layer.values()), splits.x_test, splits.y_test, config, device, seed_offset=2)
-    results = evaluate_strategies(
-        test, profile, policies=policies, thresholds=tuple(config.confidence.thresholds), measure=config.confidence.measure,
-        temperature=config.confidence.temperature, seed=config.seed,
-    )
+    test = _outputs(system1, system2, sum(s2_macs_per_layer.values()), splits.x_test, splits.y_test, config, device, seed_offset=TEST_SEED_OFFSET)
+    results = evaluate_strategies(test, profile, policies, seed=config.seed)
     s1_result = next(r for r in results if r.name == "system1")
     dataset = splits.dataset
     payload = {
@@ -216,9 +200,10 @@ def _evaluate_and_report(
         "versions": versions(),
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
-        "routers": [
-            {"target_share": r.target_share, "soft_share_on_router_split": getattr(r, "soft_share", None), "macs": r.macs()}
-            for r in policies.routers
+        "policies": [
+            {"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config(),
+             "macs": None if p.module is None else p.module.macs()}
+            for p in policies
         ],
         "strategies": [r.to_dict() for r in results],
         "routing_metrics": family_metrics(results),
@@ -230,82 +215,27 @@ def _evaluate_and_report(
     return results, payload
 
 
-def _policy_items(policies: PolicySet) -> list[tuple[str, float, nn.Module]]:
-    return (
-        [("router", r.target_share, r) for r in policies.routers]
-        + [("exit_router", r.target_share, r) for r in policies.exit_routers if r.energy_budget_uj is None and r.target_distribution is None]
-        + [("exit_router_budget", r.energy_budget_uj, r) for r in policies.exit_routers if r.energy_budget_uj is not None]
-        + [("step_router", r.target_share, r) for r in policies.step_routers if r.energy_budget_uj is None and r.target_distribution is None]
-        + [("step_router_budget", r.energy_budget_uj, r) for r in policies.step_routers if r.energy_budget_uj is not None]
-        + [("seenn2", beta, p) for beta, p in policies.seenn2]
-        + [("ponder", lambda_p, h) for lambda_p, h in policies.halting]
-    )
+def policy_kinds(config: FitConfig) -> list[str]:
+    """The registered families a fit makes: ``config.policies`` (checked) or all; the references
+    ``system1`` and ``system2`` always (every ratio and metric is against them)."""
+    if config.policies is None:
+        return list(POLICIES)
+    unknown = [kind for kind in config.policies if kind not in POLICIES]
+    if unknown:
+        raise ConfigError(f"config option policies: unknown policy kind(s) {unknown}: use some of {', '.join(POLICIES)}")
+    return [kind for kind in POLICIES if kind in config.policies or kind in ("system1", "system2")]
 
 
-def train_policies(
-    config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress
-) -> PolicySet:
-    """Train every learned policy on the router split's recorded outputs (both systems frozen)."""
-    from fastslow.policies.ponder import train_halting_head
-
-    rc, sc, pc = config.router, config.seenn2, config.ponder
-    features = val.router_features()
-    s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
-    s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
-    shares = _router_shares(config, val, profile, FeatureMLP.macs_for(features.shape[1], rc.hidden, 1))
-    step_targets = [(share, None) for share in rc.step_shares] + [(0.0, budget) for budget in rc.step_energy_budgets_uj]
-    total = len(shares) + len(rc.exit_shares) + len(rc.exit_energy_budgets_uj) + len(step_targets) + len(sc.betas) + len(pc.lambda_ps)
-    task = bars.add_task("policies (router, SEENN-II, ponder)", total=total)
-    policies = PolicySet()
-    for share in shares:
-        policies.routers.append(
-            train_router(features, s1_loss, s2_loss, share, hidden=rc.hidden, epochs=rc.epochs, lr=rc.lr,
-                         kl_weight=rc.kl_weight, energy_weight=rc.energy_weight, seed=config.seed)
-        )
-        bars.advance(task)
-    exit_features = val.exit_router_features()
-    n_exits = val.s1_logits.shape[1]
-    exit_macs = FeatureMLP.macs_for(exit_features.shape[1], rc.hidden, n_exits * val.timesteps + 1)
-    exit_energy = val.action_energies(profile, exit_macs, s2_after_first_step=True)
-    exit_losses = val.action_losses()
-    targets = [(share, None) for share in rc.exit_shares] + [(0.0, budget) for budget in rc.exit_energy_budgets_uj]
-    for share, budget in targets:
-        policies.exit_routers.append(
-            train_exit_router(exit_features, exit_losses, exit_energy, n_exits, val.timesteps, share, energy_budget_uj=budget,
-                              energy_weight=rc.exit_energy_weight, kl_weight=rc.kl_weight, hidden=rc.hidden,
-                              epochs=rc.exit_epochs, lr=rc.lr, seed=config.seed)
-        )
-        bars.advance(task)
-    step_losses = val.step_losses()
-    sequential_features = val.step_router_features()
-    stop_energy, escalate_energy = val.step_outcome_energies(profile, FeatureMLP.macs_for(sequential_features.shape[-1], rc.hidden, 3))
-    s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
-    step_errors, s2_errors = (~s1_correct).float(), (~s2_correct).float()
-    for share, budget in step_targets:
-        policies.step_routers.append(
-            train_step_router(sequential_features, step_errors, s2_errors, stop_energy, escalate_energy, share, energy_budget_uj=budget,
-                              energy_weight=rc.step_energy_weight, kl_weight=rc.step_kl_weight, hidden=rc.hidden,
-                              epochs=rc.step_epochs, lr=rc.lr, seed=config.seed)
-        )
-        bars.advance(task)
-    seenn2_energy = _seenn2_action_energies(val, profile)
-    for beta in sc.betas:
-        policy, _ = train_seenn2(val.policy_inputs, s1_correct, s2_correct, seenn2_energy, beta, input_shape=input_shape,
-                                 hidden=sc.hidden, pretrain_epochs=sc.pretrain_epochs, rl_epochs=sc.rl_epochs, lr=sc.lr, seed=config.seed)
-        policies.seenn2.append((beta, policy))
-        bars.advance(task)
-    step_features = val.step_features()
-    for lambda_p in pc.lambda_ps:
-        head = train_halting_head(step_features, step_losses, lambda_p, kl_weight=pc.kl_weight, epochs=pc.epochs, lr=pc.lr, seed=config.seed)
-        policies.halting.append((lambda_p, head))
+def fit_policies(config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress) -> list[Policy]:
+    """Every registered family's points, fitted on the router split's recorded outputs (both systems frozen)."""
+    kinds = policy_kinds(config)
+    context = FitContext(config=config, val=val, profile=profile, input_shape=tuple(input_shape), seed=config.seed)
+    task = bars.add_task("policies (" + ", ".join(k for k in kinds if POLICIES[k].fit is not Policy.fit) + ")", total=len(kinds))
+    policies: list[Policy] = []
+    for kind in kinds:
+        policies += POLICIES[kind].fit(context)
         bars.advance(task)
     return policies
-
-
-def _seenn2_action_energies(val: SystemOutputs, profile: EnergyProfile) -> torch.Tensor:
-    """[N, T + 1] µJ: System 1 for t steps at its last exit, then System 2 alone (policy cost excluded: same for all)."""
-    s1_steps, _ = val.step_outcome_energies(profile, 0.0)
-    return torch.cat([s1_steps.T, per_input_energy(Routing.system2_only(len(val.labels)), val, profile)[:, None]], dim=1)
 
 
 def fit(
@@ -346,18 +276,15 @@ def fit(
         _train(bars, "System 1 (SNN, BPTT)", s1, lambda m, x, y: system1_loss(m, x, y, c1.loss), xd, yd, c1.epochs, c1.lr, c1.batch_size, config.seed)
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
-        val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=1)
-        policies = train_policies(config, val, tuple(dataset.input_shape), profile, bars)
+        val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET)
+        policies = fit_policies(config, val, tuple(dataset.input_shape), profile, bars)
     folder = out / CHECKPOINTS
     # A calibration belongs to the checkpoints it chose knobs for: an earlier fit's would be stale here.
     (out / "calibration.json").unlink(missing_ok=True)
     checkpoint.save_system1(folder, s1)
     if system2 is None:
         checkpoint.save_system2(folder, s2, s2_spec)
-    manifest = {"system2": "default" if system2 is None else "custom"}
-    for kind, knob, module in _policy_items(policies):
-        checkpoint.save_policy(folder, kind, knob, module)
-        manifest.setdefault(kind, []).append(knob)
+    manifest = {"system2": "default" if system2 is None else "custom", "policies": checkpoint.save_policies(folder, policies)}
     _atomic.write_json(folder / "manifest.json", manifest)
     _atomic.write_json(out / "config.json", config.model_dump())
     results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table)
@@ -374,12 +301,12 @@ class LoadedFit:
     device: torch.device
     system1: System1
     system2: nn.Module
-    policies: PolicySet
-    splits: Splits
+    policies: list[Policy]
+    splits: Splits | None
 
 
-def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None = None) -> LoadedFit:
-    """Reload the checkpoints of a ``fit``/``demo`` folder and its data split (or ``data``)."""
+def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str | None = None) -> LoadedFit:
+    """A fit's folder reloaded, its splits not yet loaded (``splits`` None)."""
     import json
 
     from fastslow.config import load_config
@@ -401,35 +328,116 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
         raise CheckpointError(f"checkpoint file {manifest_path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
     try:
         manifest = json.loads(manifest_path.read_text())
-        knobs = {kind: [float(k) for k in manifest.get(kind, [])] for kind in checkpoint.POLICY_KINDS}
-    except (ValueError, AttributeError, TypeError) as err:
-        raise CheckpointError(f"checkpoint file {manifest_path} is corrupt ({err}): re-run `fastslow fit`") from None
+        entries = manifest["policies"]
+        if not isinstance(entries, list):
+            raise ValueError("its policies are not a list")
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint file {manifest_path} is corrupt or from an older fastslow ({err}): re-run `fastslow fit`") from None
     if manifest.get("system2") == "custom":
         raise CheckpointError("this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module")
     s1 = checkpoint.load_system1(ckpt).to(device)
     s2, _ = checkpoint.load_system2(ckpt)
-    loaded = {kind: [(k, checkpoint.load_policy(ckpt, kind, k)) for k in values] for kind, values in knobs.items()}
-    for kind, modules in loaded.items():
-        for knob, module in modules:
-            steps = getattr(module, "timesteps", s1.spec.timesteps)
-            if steps != s1.spec.timesteps:
-                raise CheckpointError(f"checkpoint {kind} {knob:g} decides over {steps} timesteps but system1.json runs "
-                                      f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`")
-    policies = PolicySet(
-        routers=[m for _, m in loaded["router"]],
-        exit_routers=[m for _, m in loaded["exit_router"] + loaded["exit_router_budget"]],
-        step_routers=[m for _, m in loaded["step_router"] + loaded["step_router_budget"]],
-        seenn2=loaded["seenn2"],
-        halting=loaded["ponder"],
-    )
-    seed_everything(config.seed)
-    splits = make_splits(config)
-    if tuple(splits.dataset.input_shape) != tuple(s1.spec.input_shape) or splits.dataset.n_classes != s1.spec.n_classes:
-        raise DataError(
-            f"data {config.data!r} has inputs {tuple(splits.dataset.input_shape)} and {splits.dataset.n_classes} classes, "
-            f"but the checkpoints expect {tuple(s1.spec.input_shape)} and {s1.spec.n_classes}: pass matching --data"
-        )
-    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, splits)
+    policies = checkpoint.load_policies(ckpt, entries)
+    for policy in policies:
+        steps = getattr(policy.module, "timesteps", s1.spec.timesteps)
+        if steps != s1.spec.timesteps:
+            raise CheckpointError(f"checkpoint policy {policy.name} decides over {steps} timesteps but system1.json runs "
+                                  f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`")
+    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), [p.to(device) for p in policies], None)
+
+
+def _check_inputs_fit(what: str, input_shape: tuple[int, ...], n_classes: int | None, system1: System1, exact: bool = True) -> None:
+    """A clear error unless inputs of ``input_shape`` with ``n_classes`` classes (labels up to
+    ``n_classes`` − 1 unless ``exact``; None: no labels) fit the checkpoints."""
+    classes_fit = n_classes is None or (n_classes == system1.spec.n_classes if exact else n_classes <= system1.spec.n_classes)
+    if tuple(input_shape) != tuple(system1.spec.input_shape) or not classes_fit:
+        classes = "" if n_classes is None else f" and {n_classes} classes"
+        raise DataError(f"{what} has inputs {tuple(input_shape)}{classes}, but the checkpoints expect {tuple(system1.spec.input_shape)} "
+                        f"and {system1.spec.n_classes}: pass matching --data")
+
+
+def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None = None) -> LoadedFit:
+    """Reload the checkpoints of a ``fit``/``demo`` folder and its data split (or ``data``)."""
+    loaded = _load_checkpoints(folder, data, profile)
+    seed_everything(loaded.config.seed)
+    splits = make_splits(loaded.config)
+    _check_inputs_fit(f"data {loaded.config.data!r}", splits.dataset.input_shape, splits.dataset.n_classes, loaded.system1)
+    loaded.splits = splits
+    return loaded
+
+
+def _deployment(loaded: LoadedFit) -> Deployment:
+    s2_macs = sum(count_macs(loaded.system2, tuple(loaded.system1.spec.input_shape)).values())
+    return Deployment(loaded.system1, loaded.system2, loaded.policies, loaded.profile, s2_macs,
+                      seed=loaded.config.seed + TEST_SEED_OFFSET, batch_size=loaded.config.eval_batch_size)
+
+
+def load(folder: str | Path, *, profile: str | None = None) -> Deployment:
+    """A fit's folder as a :class:`~fastslow.serving.Deployment`: ``load(DIR).predict(x, strategy=NAME)``
+    answers with any strategy of the fit's results.json (see ``.strategies``); System 2's MACs are
+    counted from the loaded System 2. Predicting the fit's test split reproduces its results.json."""
+    return _deployment(_load_checkpoints(folder, profile=profile))
+
+
+def predict_folder(
+    folder: str | Path, strategy: str, out: str | Path, *, data: str | None = None, console: Console | None = None,
+    progress: bool = True,
+) -> dict:
+    """Answer the fit's test split (or ``data``: any data the loaders take, labels optional) with
+    ``strategy``; write ``out/predictions.jsonl`` (one object per input, in input order) and
+    ``out/summary.json``. Returns the summary."""
+    import json
+
+    out = _atomic.check_folder(out)
+    loaded = _load_checkpoints(folder)
+    deployment, loaded_config = _deployment(loaded), loaded.config
+    try:
+        deployment.policy(strategy)
+    except UnknownStrategy as err:
+        raise ConfigError(str(err)) from None
+    if data is None:
+        seed_everything(loaded_config.seed)
+        splits = make_splits(loaded_config)
+        x, y, source = splits.x_test, splits.y_test, f"the fit's test split ({splits.dataset.name})"
+    else:
+        inputs = load_inputs(resolved_data(data), seed=loaded_config.seed, test_fraction=loaded_config.test_fraction)
+        x = torch.as_tensor(inputs.x, dtype=torch.float32)
+        y = None if inputs.y is None else torch.as_tensor(inputs.y, dtype=torch.long)
+        source = inputs.note
+    n_classes = None if y is None or len(y) == 0 else int(y.max()) + 1
+    _check_inputs_fit(f"data {data or loaded_config.data!r}", tuple(x.shape[1:]), n_classes, deployment.system1, exact=False)
+    with _progress(console or Console(), progress) as bars:
+        task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
+        answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
+    correct = None if y is None else answer.predictions == y
+    lines = []
+    for i in range(len(x)):
+        escalated = bool(answer.escalated[i])
+        row = {"index": i, "answer": int(answer.predictions[i]), "system": "system2" if escalated else "system1",
+               "exit": None if escalated else int(answer.exits[i]), "timesteps": int(answer.timesteps[i]),
+               "energy_uj": float(answer.energy_uj[i]), "degraded": False}
+        if y is not None:
+            row.update(label=int(y[i]), correct=bool(correct[i]))
+        lines.append(json.dumps(row))
+    summary = {
+        "strategy": strategy,
+        "inputs": len(x),
+        "data": source,
+        "accuracy": None if correct is None else float(correct.float().mean()),
+        "escalation_rate": float(answer.escalated.float().mean()),
+        "mean_timesteps": float(answer.timesteps.float().mean()),
+        "energy_uj": float(answer.energy_uj.mean()),
+        "energy_terms_uj": {term: float(v.mean()) for term, v in answer.energy_terms_uj.items()},
+        "degraded": 0,
+        "profile": deployment.profile.summary(),
+        "fit": str(Path(folder).absolute()),
+        "seed": deployment.seed,
+        "versions": versions(),
+        "config": loaded_config.model_dump(),
+    }
+    _atomic.write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    _atomic.write_json(out / "summary.json", summary)
+    return summary
 
 
 def evaluate_folder(
@@ -447,13 +455,6 @@ def evaluate_folder(
                                 fit_.device, console or Console(), show_table)
 
 
-# Knob order for fixed-sequence testing, safest (most System 2 / most timesteps) first.
-_SAFETY_ORDER = {"threshold": True, "target_share": True, "energy_budget_uj": True, "lambda_p": False, "beta": False}
-
-
-def _safest_first(items: list[tuple[str, str, dict, Routing]]) -> list[tuple[str, str, dict, Routing]]:
-    knob_name = next(k for k in _SAFETY_ORDER if k in items[0][2])
-    return sorted(items, key=lambda item: item[2][knob_name], reverse=_SAFETY_ORDER[knob_name])
 
 
 def calibrate_folder(
@@ -471,16 +472,13 @@ def calibrate_folder(
     The fit's test split is divided (stratified, seeded) into a calibration part and a held-out part;
     the held-out accuracy and energy at the chosen knob are reported. Writes ``calibration.json``.
     """
-    from fastslow.evaluation.calibration import METHOD, _check, calibrate_knob
-    from fastslow.evaluation.evaluate import enumerate_strategies, routing_predictions
-
-    _check(max_accuracy_drop, delta)
+    check_calibration_request(max_accuracy_drop, delta)
     if not 0.0 < calibration_fraction < 1.0:
         raise ConfigError(f"calibration fraction {calibration_fraction} is outside (0, 1): pass e.g. 0.5")
     fit_ = load_fit(folder)
     config, splits = fit_.config, fit_.splits
     s2_macs = sum(count_macs(fit_.system2, tuple(splits.x_test.shape[1:])).values())
-    test = _outputs(fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=2)
+    test = _outputs(fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=TEST_SEED_OFFSET)
     try:
         cal_index, held_index = train_test_split(
             np.arange(len(test.labels)), train_size=calibration_fraction, stratify=test.labels.numpy(), random_state=config.seed
@@ -488,37 +486,35 @@ def calibrate_folder(
     except ValueError as err:
         raise DataError(f"cannot split the test split for calibration ({err}): choose a --calibration-fraction that leaves every class at least one input on each side (e.g. 0.5), or use a larger test split") from None
     parts = {"calibration": test.subset(torch.as_tensor(cal_index)), "held_out": test.subset(torch.as_tensor(held_index))}
-    strategies = {
-        part: enumerate_strategies(outputs, fit_.policies, thresholds=tuple(config.confidence.thresholds),
-                                   measure=config.confidence.measure, temperature=config.confidence.temperature)
-        for part, outputs in parts.items()
-    }
+    strategies = {part: enumerate_strategies(outputs, fit_.policies) for part, outputs in parts.items()}
     held_scores = {
-        name: score_routing(name, family, routing, parts["held_out"], fit_.profile, knob)
-        for name, family, knob, routing in strategies["held_out"]
+        s.name: score_routing(s.name, s.policy.family, s.routing, parts["held_out"], fit_.profile, s.policy.knob)
+        for s in strategies["held_out"]
     }
     s2_held = held_scores["system2"]
     cal = parts["calibration"]
     s2_right = (cal.s2_logits.argmax(1) == cal.labels).numpy()
     families: dict[str, dict] = {}
-    for family in dict.fromkeys(f for _, f, _, _ in strategies["calibration"]):
+    for family in dict.fromkeys(s.policy.family for s in strategies["calibration"]):
         if family in REFERENCE_FAMILIES:
             continue
-        items = [item for item in strategies["calibration"] if item[1] == family]
-        if not any(name in items[0][2] for name in _SAFETY_ORDER):  # e.g. a router trained for a target distribution
-            families[family] = {"chosen": None, "note": f"not calibrated: its knob {sorted(items[0][2])} has no safest-first order"}
+        items = [s for s in strategies["calibration"] if s.policy.family == family]
+        order = items[0].policy.knob_order
+        if order is None:  # e.g. a router trained for a target distribution
+            families[family] = {"chosen": None, "note": f"not calibrated: its knob {sorted(items[0].policy.knob)} has no safest-first order"}
             continue
-        items = _safest_first(items)
-        losses = np.stack([((routing_predictions(r, cal) != cal.labels).numpy() & s2_right) for _, _, _, r in items], axis=1).astype(float)
-        energies = np.array([float(per_input_energy(r, cal, fit_.profile).mean()) for _, _, _, r in items])
+        knob_name, larger_is_safer = order
+        items = sorted(items, key=lambda s: s.policy.knob[knob_name], reverse=larger_is_safer)  # safest first
+        losses = np.stack([((routing_predictions(s.routing, cal) != cal.labels).numpy() & s2_right) for s in items], axis=1).astype(float)
+        energies = np.array([float(per_input_energy(s.routing, cal, fit_.profile).mean()) for s in items])
         result = calibrate_knob(losses, energies, max_accuracy_drop, delta)
-        entry = {"knobs_safest_first": [name for name, _, _, _ in items], "certified": [items[j][0] for j in result.certified],
+        entry = {"knobs_safest_first": [s.name for s in items], "certified": [items[j].name for j in result.certified],
                  "pvalues": result.pvalues, "chosen": None, "note": result.note}
         if result.chosen is not None:
-            name, _, knob, _ = items[result.chosen]
-            held = held_scores[name]
+            chosen = items[result.chosen]
+            held = held_scores[chosen.name]
             entry.update(
-                chosen=name, knob=knob, calibration_energy_uj=float(energies[result.chosen]),
+                chosen=chosen.name, knob=chosen.policy.knob, calibration_energy_uj=float(energies[result.chosen]),
                 held_out_accuracy=held.accuracy, held_out_energy_uj=held.energy_uj,
                 held_out_energy_ratio_vs_s2=held.energy_uj / s2_held.energy_uj,
                 held_out_drop_vs_s2=s2_held.accuracy - held.accuracy,

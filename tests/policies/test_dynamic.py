@@ -3,7 +3,8 @@
 import torch
 
 from fastslow.energy import s1_op_counts
-from fastslow.policies.dynamic import aet_oracle_routing, cascade_routing, seenn1_confidence, seenn1_routing
+from fastslow.policies.dynamic import cascade_routing, seenn1_confidence, seenn1_routing
+from fastslow.policies.references import aet_oracle_routing
 from fastslow.systems import System1, System1Spec
 
 

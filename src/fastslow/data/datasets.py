@@ -61,6 +61,41 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     raise DataError(f"unknown dataset {spec!r} (not a name and no such file): {KNOWN}")
 
 
+@dataclass
+class Inputs:
+    """Inputs to answer [N, ...] float32 in [0, 1], their labels [N] where known, and where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    note: str
+
+
+def load_inputs(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Inputs:
+    """What ``fastslow predict --data`` answers: for ``digits`` and ``mnist:ROOT`` their test split (as
+    a fit with ``seed`` and ``test_fraction`` splits them); for an ``.npz`` every input in ``X`` (with
+    ``y`` if it holds one: labels are optional), uint8 divided by 255, floats already in [0, 1]."""
+    spec = str(spec)
+    path = Path(spec)
+    if spec == "digits" or spec.startswith("mnist:") or not path.is_file():
+        dataset = load_dataset(spec, seed=seed, test_fraction=test_fraction)
+        return Inputs(dataset.x_test, dataset.y_test, f"{dataset.name} test split ({dataset.note})")
+    arrays = _load_npz(path)
+    if "X" not in arrays:
+        found = ", ".join(sorted(arrays)) or "none"
+        raise DataError(f"{path} has no array 'X' (found: {found}): save the inputs with numpy.savez(path, X=...) (y optional)")
+    x = _as_inputs(arrays["X"], f"{path}: X")
+    y = _as_labels(arrays["y"], len(x), f"{path}: y") if "y" in arrays else None
+    if x.dtype == np.uint8:
+        x, scaling = x.astype(np.float32) / 255.0, "uint8 inputs divided by 255"
+    else:
+        low, high = float(x.min()), float(x.max())
+        if low < 0.0 or high > 1.0:
+            raise DataError(f"{path}: X holds values in [{low:g}, {high:g}], outside [0, 1]: scale them as the fit's data was (e.g. uint8, or floats in [0, 1])")
+        x, scaling = x.astype(np.float32), "inputs in [0, 1]"
+    labels = f"{len(x)} labelled inputs" if y is not None else f"{len(x)} inputs without labels"
+    return Inputs(np.ascontiguousarray(x), y, f"{path.name}: {labels}; {scaling}")
+
+
 def resolved_data(spec: str) -> str:
     """``spec`` with its path made absolute (``mnist:ROOT``'s ROOT, an .npz path), so that a fit's
     recorded data still names the same files when ``evaluate`` runs from another folder."""

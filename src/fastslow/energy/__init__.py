@@ -1,15 +1,18 @@
 """Energy model: hardware profiles and per-input operation/energy accounting."""
 
-from fastslow.energy.accounting import ENERGY_TERMS, OpCounts, count_macs, memory_bytes, s1_op_counts
+from fastslow.energy.accounting import ENERGY_TERMS, Charge, OpCounts, charge, count_macs, mac_energy_uj, memory_bytes, s1_op_counts
 from fastslow.energy.profile import EnergyProfile, available_profiles, load_profile
 
 __all__ = [
     "ENERGY_TERMS",
+    "Charge",
     "EnergyProfile",
     "OpCounts",
     "available_profiles",
+    "charge",
     "count_macs",
     "load_profile",
+    "mac_energy_uj",
     "memory_bytes",
     "s1_op_counts",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -39,6 +40,62 @@ class OpCounts:
             "policy": self.policy_macs * profile.E_MAC_pJ / PJ_PER_UJ,
             "s2": self.s2_macs * profile.E_MAC_pJ / PJ_PER_UJ,
         }
+
+
+def mac_energy_uj(macs: float, profile: EnergyProfile) -> float:
+    """µJ of ``macs`` multiply-accumulates under ``profile`` (e.g. System 2's MACs per input)."""
+    return macs * profile.E_MAC_pJ / PJ_PER_UJ
+
+
+class RecordedRun(Protocol):
+    """What :func:`charge` reads of System 1's record (:class:`fastslow.systems.records.S1Record`)."""
+
+    synaptic_ops: torch.Tensor  # [K, T, N]
+    dense_macs: torch.Tensor  # [K, T, N]
+    neuron_updates: torch.Tensor  # [K]
+    exit_layers: tuple[int, ...]
+
+
+class WhatRan(Protocol):
+    """What :func:`charge` reads of a routing (:class:`fastslow.policies.Routing`), tensors [N]."""
+
+    escalate: torch.Tensor
+    timesteps: torch.Tensor
+    exit_taken: torch.Tensor
+    policy_macs: torch.Tensor
+    cascade: bool
+
+
+@dataclass
+class Charge:
+    """Per-input operation counts and energy terms (µJ, keys :data:`ENERGY_TERMS`), tensors [N]."""
+
+    ops: OpCounts
+    terms_uj: dict[str, torch.Tensor]
+
+    @property
+    def total_uj(self) -> torch.Tensor:
+        """µJ per input [N]: the sum of the terms."""
+        return sum(self.terms_uj.values())
+
+
+def charge(record: RecordedRun, routing: WhatRan, s2_macs: float, profile: EnergyProfile) -> Charge:
+    """The one energy charge: what ``routing`` ran on each input of ``record`` under ``profile``.
+
+    System 1 is charged from its recorded spikes up to each input's ``timesteps`` at the components
+    its exit needs (every head up to it for a cascade), the policy its own MACs, System 2 ``s2_macs``
+    per escalated input. Evaluation and serving both call this.
+    """
+    synaptic, dense, neurons = s1_op_counts(record.synaptic_ops, record.dense_macs, record.neuron_updates, record.exit_layers,
+                                            routing.timesteps.long(), routing.exit_taken.long(), routing.cascade)
+    ops = OpCounts(
+        synaptic_ops=synaptic,
+        s1_dense_macs=dense,
+        neuron_updates=neurons,
+        policy_macs=routing.policy_macs.to(synaptic.dtype),
+        s2_macs=routing.escalate.to(synaptic.dtype) * s2_macs,
+    )
+    return Charge(ops, ops.energy_terms_uj(profile))
 
 
 def exit_component_mask(exit_layers: tuple[int, ...], n_layers: int, cascade: bool = False) -> torch.Tensor:

@@ -1,9 +1,7 @@
 """Evaluation: strategies over recorded outputs, routing metrics, and the report."""
 
 from fastslow.evaluation.evaluate import (
-    PolicySet,
     StrategyResult,
-    SystemOutputs,
     best_within,
     collect_outputs,
     evaluate_strategies,
@@ -13,10 +11,8 @@ from fastslow.evaluation.evaluate import (
 from fastslow.evaluation.metrics import RoutingMetrics, routing_metrics
 
 __all__ = [
-    "PolicySet",
     "RoutingMetrics",
     "StrategyResult",
-    "SystemOutputs",
     "best_within",
     "collect_outputs",
     "evaluate_strategies",

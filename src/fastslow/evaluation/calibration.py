@@ -114,7 +114,8 @@ def _check_alpha(alpha: float) -> None:
         raise ConfigError(f"allowed accuracy drop {alpha} is outside (0, 1): pass e.g. --max-accuracy-drop 0.005")
 
 
-def _check(alpha: float, delta: float) -> None:
+def check_calibration_request(alpha: float, delta: float) -> None:
+    """A clear error unless the allowed drop ``alpha`` and failure probability ``delta`` both lie in (0, 1)."""
     _check_alpha(alpha)
     if not (isinstance(delta, numbers.Real) and 0.0 < delta < 1.0):
         raise ConfigError(f"delta {delta} is outside (0, 1): pass e.g. --delta 0.1")
@@ -169,7 +170,7 @@ def learn_then_test(
     tests in that order at level δ each and stops at the first non-rejection, ``bonferroni`` rejects
     where p ≤ δ/J.
     """
-    _check(alpha, delta)
+    check_calibration_request(alpha, delta)
     _check_order(order)
     return _reject(ltt_pvalues(losses, alpha, loss_form), delta, order)
 
@@ -177,7 +178,7 @@ def learn_then_test(
 def min_calibration_size(alpha: float, delta: float, loss_form: LossForm = "upper") -> int:
     """The fewest calibration inputs for which a mean loss of 0 (the policy never worse than System 2
     in the ``upper`` form; no net change in the ``signed`` form) certifies risk ≤ α at level δ."""
-    _check(alpha, delta)
+    check_calibration_request(alpha, delta)
     low, high = _BOUNDS[loss_form]
 
     def rejects(n: int) -> bool:
@@ -224,7 +225,7 @@ def calibrate_knob(
     per input at each knob on the calibration split. With probability ≥ 1 − δ over the calibration
     split, the chosen knob's accuracy is at most α below System 2's.
     """
-    _check(alpha, delta)
+    check_calibration_request(alpha, delta)
     _check_order(order)
     losses = _check_losses(losses, loss_form)
     energies = np.asarray(energies, dtype=float)

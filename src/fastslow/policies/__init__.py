@@ -1,18 +1,56 @@
-"""Policies: who answers each input (which System 1 exit, or System 2)."""
+"""Policies: who answers each input (which System 1 exit after how many steps, or System 2).
 
-from fastslow.policies.base import Routing
-from fastslow.policies.confidence import CONFIDENCE_MEASURES, confidence_routing, confidence_score
-from fastslow.policies.references import oracle_routing, random_routing
-from fastslow.policies.router import Router, router_features, router_loss, share_for_energy_budget, train_router
+Every family is a :class:`Policy` in the one :data:`POLICIES` registry, which fitting, evaluation,
+checkpoints, calibration and serving iterate. Importing this package registers the built-in
+families in the order results list them; a new family is one module that subclasses
+:class:`Policy` and decorates it with :func:`register_policy`.
+"""
+
+from fastslow.policies.base import (
+    POLICIES,
+    Decision,
+    FitContext,
+    Policy,
+    Routing,
+    SystemOutputs,
+    register_policy,
+)
+from fastslow.policies.references import AETOracle, Oracle, RandomEscalation, System1Alone, System2Alone, oracle_routing, random_routing
+from fastslow.policies.confidence import CONFIDENCE_MEASURES, ConfidencePolicy, confidence_routing, confidence_score
+from fastslow.policies.dynamic import CascadeExits, Seenn1
+from fastslow.policies.seenn2 import Seenn2
+from fastslow.policies.ponder import Ponder
+from fastslow.policies.router import Router, RouterPolicy, router_features, router_loss, share_for_energy_budget, train_router
+from fastslow.policies.exit_router import ExitRouterPolicy
+from fastslow.policies.step_router import StepRouterPolicy
 
 __all__ = [
+    "AETOracle",
     "CONFIDENCE_MEASURES",
+    "CascadeExits",
+    "ConfidencePolicy",
+    "Decision",
+    "ExitRouterPolicy",
+    "FitContext",
+    "Oracle",
+    "POLICIES",
+    "Policy",
+    "Ponder",
+    "RandomEscalation",
     "Router",
+    "RouterPolicy",
     "Routing",
+    "Seenn1",
+    "Seenn2",
+    "StepRouterPolicy",
+    "System1Alone",
+    "System2Alone",
+    "SystemOutputs",
     "confidence_routing",
     "confidence_score",
     "oracle_routing",
     "random_routing",
+    "register_policy",
     "router_features",
     "router_loss",
     "share_for_energy_budget",

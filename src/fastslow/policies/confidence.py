@@ -1,4 +1,4 @@
-"""Confidence policy: escalate to System 2 when System 1's confidence is below a threshold."""
+"""Confidence policy: escalate to System 2 when System 1's confidence after T steps is below a threshold."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from fastslow.policies.base import Routing
+from fastslow.policies.base import Decision, FitContext, Policy, Routing, SystemOutputs, at_last_step, register_policy
 
 ConfidenceMeasure = Literal["max_softmax", "margin", "neg_entropy"]
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max_softmax", "margin", "neg_entropy")
@@ -42,3 +42,35 @@ def confidence_routing(
     """System 1 runs to T; inputs whose confidence is below ``threshold`` escalate."""
     escalate = confidence_score(logits, measure) < threshold
     return Routing.full_system1(len(logits), timesteps, last_exit, escalate, confidence_policy_macs(logits.shape[-1]))
+
+
+@register_policy
+class ConfidencePolicy(Policy):
+    """``confidence@θ``: System 1 runs all T steps; an answer less confident than θ escalates."""
+
+    kind = "confidence"
+    knob_order = ("threshold", True)
+
+    def __init__(self, threshold: float, measure: ConfidenceMeasure = "max_softmax") -> None:
+        self.threshold, self.measure = float(threshold), measure
+
+    @property
+    def name(self) -> str:
+        return f"confidence@{self.threshold:.10g}"
+
+    @property
+    def knob(self) -> dict:
+        return {"threshold": self.threshold, "measure": self.measure}
+
+    @classmethod
+    def fit(cls, context: FitContext) -> list[Policy]:
+        c = context.config.confidence
+        return [cls(threshold, c.measure) for threshold in c.thresholds]
+
+    @classmethod
+    def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
+        return cls(float(config["threshold"]), config.get("measure", "max_softmax"))
+
+    def decide(self, outputs: SystemOutputs) -> Decision:
+        return at_last_step(outputs, lambda: confidence_routing(outputs.s1_final_logits(), self.threshold, outputs.timesteps,
+                                                                outputs.last_exit, self.measure))

@@ -21,7 +21,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, distribution_kl, fit_biases_to_frequencies, largest_feasible, resolve_target, share_kl
+from fastslow.policies.base import (
+    Decision, FeatureMLP, FitContext, Policy, Routing, SystemOutputs, WholeSpaceRouter, distribution_kl, fit_biases_to_frequencies, largest_feasible,
+    load_state, register_policy, resolve_target, share_kl,
+)
 from fastslow.policies.confidence import confidence_score
 
 
@@ -173,3 +176,69 @@ def _calibrate_s2_bias(router: ExitRouter, features: torch.Tensor, share: float)
         if k >= len(ordered):
             return -(ordered[-1] - 1.0)
         return -(ordered[k - 1] + ordered[k]) / 2
+
+
+def action_losses(outputs: SystemOutputs) -> torch.Tensor:
+    """[N, E·T + 1] cross-entropy of every (exit, t) answer, then System 2's (see :func:`action_table`)."""
+    steps, exits, n, classes = outputs.s1.logits.shape
+    per_exit_step = F.cross_entropy(
+        outputs.s1.logits.permute(1, 0, 2, 3).reshape(-1, classes).float(), outputs.labels.repeat(exits * steps), reduction="none"
+    ).reshape(exits * steps, n)
+    s2 = F.cross_entropy(outputs.s2_logits.float(), outputs.labels, reduction="none")
+    return torch.cat([per_exit_step, s2[None]]).T
+
+
+def action_energies(outputs: SystemOutputs, profile, policy_macs: float, s2_after_first_step: bool) -> torch.Tensor:
+    """[N, E·T + 1] µJ of every (exit, t) action (cascade-charged), then System 2's: after System 1's
+    first step at exit 0 when ``s2_after_first_step``, else System 2 alone."""
+    n = len(outputs)
+    columns = []
+    for action in action_table(outputs.s1.logits.shape[1], outputs.timesteps):
+        if action is None:
+            steps = 1 if s2_after_first_step else 0
+            routing = Routing(torch.ones(n, dtype=torch.bool), torch.full((n,), steps), torch.zeros(n, dtype=torch.long),
+                              torch.full((n,), float(policy_macs)), cascade=True)
+        else:
+            exit_index, steps = action
+            routing = Routing(torch.zeros(n, dtype=torch.bool), torch.full((n,), steps), torch.full((n,), exit_index),
+                              torch.full((n,), float(policy_macs)), cascade=True)
+        columns.append(outputs.energy_uj(routing, profile))
+    return torch.stack(columns, dim=1)
+
+
+@register_policy
+class ExitRouterPolicy(WholeSpaceRouter):
+    """``router@exits,…``: after System 1's first step, a learned :class:`ExitRouter` commits each
+    input to one (exit, t) or to System 2."""
+
+    kind = "router_exits"
+    space = "exits"
+
+    def to_config(self) -> dict:
+        return {**super().to_config(), "n_exits": self.module.n_exits}
+
+    @classmethod
+    def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
+        module = ExitRouter(int(config["n_features"]), int(config["n_exits"]), int(config["timesteps"]), int(config["hidden"]),
+                            float(config["target_share"]), config.get("energy_budget_uj"), config.get("target_distribution"))
+        return cls(load_state(module, state), int(config.get("index", 0)))
+
+    @classmethod
+    def fit(cls, context: FitContext) -> list[Policy]:
+        rc, val = context.config.router, context.val
+        features = exit_router_features(val.s1.logits, val.s1.spike_rates)
+        n_exits = val.s1.logits.shape[1]
+        macs = FeatureMLP.macs_for(features.shape[1], rc.hidden, n_exits * val.timesteps + 1)
+        energy = action_energies(val, context.profile, macs, s2_after_first_step=True)
+        losses = action_losses(val)
+        targets = [(share, None) for share in rc.exit_shares] + [(0.0, budget) for budget in rc.exit_energy_budgets_uj]
+        return [cls(train_exit_router(features, losses, energy, n_exits, val.timesteps, share, energy_budget_uj=budget,
+                                      energy_weight=rc.exit_energy_weight, kl_weight=rc.kl_weight, hidden=rc.hidden,
+                                      epochs=rc.exit_epochs, lr=rc.lr, seed=context.seed))
+                for share, budget in targets]
+
+    def decide(self, outputs: SystemOutputs) -> Decision:
+        if outputs.steps_run == 0:
+            return Decision.undecided(len(outputs), outputs.policy_inputs.device)
+        routing = self.module.route(exit_router_features(outputs.s1.logits, outputs.s1.spike_rates))
+        return Decision(routing.escalate | (routing.timesteps <= outputs.steps_run), routing)

@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, share_kl
+from fastslow.energy.accounting import mac_energy_uj
+from fastslow.policies.base import (
+    Decision, FeatureMLP, FitContext, Policy, Routing, SystemOutputs, at_last_step, load_state, register_policy, share_kl,
+)
 from fastslow.policies.confidence import confidence_score
 
 
@@ -134,3 +137,60 @@ def _quantile_threshold(logits: torch.Tensor, share: float) -> torch.Tensor:
 
 def per_input_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def router_shares(context: FitContext, policy_macs: int) -> list[float]:
+    """The requested shares plus the shares that meet each requested energy budget on the router split."""
+    rc, val, profile = context.config.router, context.val, context.profile
+    shares = list(rc.shares)
+    if rc.energy_budgets_uj:
+        n = len(val)
+        s1 = float(val.energy_uj(Routing.full_system1(n, val.timesteps, val.last_exit), profile).mean())
+        s2, policy = mac_energy_uj(val.s2_macs, profile), mac_energy_uj(policy_macs, profile)
+        shares += [round(share_for_energy_budget(b, s1, s2, policy), 4) for b in rc.energy_budgets_uj]
+    return sorted(set(shares))
+
+
+@register_policy
+class RouterPolicy(Policy):
+    """``router@share=ρ``: after System 1's T steps, a learned :class:`Router` escalates a share ρ."""
+
+    kind = "router"
+    knob_order = ("target_share", True)
+
+    def __init__(self, module: Router) -> None:
+        self.module = module.eval()
+
+    @property
+    def name(self) -> str:
+        return f"router@share={self.module.target_share:g}"
+
+    @property
+    def knob(self) -> dict:
+        return {"target_share": self.module.target_share}
+
+    def to_config(self) -> dict:
+        m = self.module
+        return {"target_share": m.target_share, "n_features": m.net[0].in_features, "hidden": m.net[0].out_features,
+                "soft_share": getattr(m, "soft_share", None)}
+
+    @classmethod
+    def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
+        module = Router(int(config["n_features"]), int(config["hidden"]), float(config["target_share"]))
+        module.soft_share = config.get("soft_share")
+        return cls(load_state(module, state))
+
+    @classmethod
+    def fit(cls, context: FitContext) -> list[Policy]:
+        rc, val = context.config.router, context.val
+        features = router_features(val.s1.logits[:, -1], val.s1.spike_rates)
+        s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
+        s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
+        shares = router_shares(context, FeatureMLP.macs_for(features.shape[1], rc.hidden, 1))
+        return [cls(train_router(features, s1_loss, s2_loss, share, hidden=rc.hidden, epochs=rc.epochs, lr=rc.lr,
+                                 kl_weight=rc.kl_weight, energy_weight=rc.energy_weight, seed=context.seed))
+                for share in shares]
+
+    def decide(self, outputs: SystemOutputs) -> Decision:
+        return at_last_step(outputs, lambda: self.module.route(router_features(outputs.s1.logits[:, -1], outputs.s1.spike_rates),
+                                                               outputs.timesteps, outputs.last_exit))

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing
+from fastslow.policies.base import Decision, FeatureMLP, FitContext, Policy, Routing, SystemOutputs, load_state, register_policy
 
 POLICY_INPUT_SIDE = 7  # images are average-pooled to at most 7×7 per channel before the policy reads them
 
@@ -141,3 +141,54 @@ def train_seenn2(
             history.append(float(rewards[rows, policy(features).argmax(1)].mean()))
     policy.eval()
     return policy, history
+
+
+def seenn2_action_energies(outputs: SystemOutputs, profile) -> torch.Tensor:
+    """[N, T + 1] µJ: System 1 for t steps at its last exit, then System 2 alone (policy cost excluded: same for all)."""
+    s1_steps, _ = outputs.step_outcome_energies(profile, 0.0)
+    return torch.cat([s1_steps.T, outputs.energy_uj(Routing.system2_only(len(outputs)), profile)[:, None]], dim=1)
+
+
+@register_policy
+class Seenn2(Policy):
+    """``seenn2@beta=β``: before System 1 runs, a :class:`TimestepPolicy` reads the (pooled) input and
+    picks the steps to run, or System 2; β weighs energy against accuracy in its reward."""
+
+    kind = "seenn2"
+    knob_order = ("beta", False)  # a larger β buys less energy: less safe
+    decides_before_system1 = True
+
+    def __init__(self, module: TimestepPolicy, beta: float) -> None:
+        self.module, self.beta = module.eval(), float(beta)
+
+    @property
+    def name(self) -> str:
+        return f"seenn2@beta={self.beta:g}"
+
+    @property
+    def knob(self) -> dict:
+        return {"beta": self.beta}
+
+    def to_config(self) -> dict:
+        m = self.module
+        return {"beta": self.beta, "n_features": m.net[0].in_features, "hidden": m.net[0].out_features, "timesteps": m.timesteps,
+                "input_shape": list(m.input_shape)}
+
+    @classmethod
+    def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
+        module = TimestepPolicy(int(config["n_features"]), int(config["timesteps"]), int(config["hidden"]), tuple(config["input_shape"]))
+        return cls(load_state(module, state), float(config["beta"]))
+
+    @classmethod
+    def fit(cls, context: FitContext) -> list[Policy]:
+        sc, val = context.config.seenn2, context.val
+        energy = seenn2_action_energies(val, context.profile)
+        s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
+        return [cls(train_seenn2(val.policy_inputs, s1_correct, s2_correct, energy, beta, input_shape=context.input_shape,
+                                 hidden=sc.hidden, pretrain_epochs=sc.pretrain_epochs, rl_epochs=sc.rl_epochs, lr=sc.lr,
+                                 seed=context.seed)[0], beta)
+                for beta in sc.betas]
+
+    def decide(self, outputs: SystemOutputs) -> Decision:
+        routing = self.module.route(outputs.policy_inputs, outputs.last_exit)
+        return Decision(routing.escalate | (routing.timesteps <= outputs.steps_run), routing)

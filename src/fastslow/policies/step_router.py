@@ -28,7 +28,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.policies.base import FeatureMLP, Routing, fit_biases_to_frequencies, largest_feasible, resolve_target, share_kl
+from fastslow.policies.base import (
+    Decision, FeatureMLP, FitContext, Routing, SystemOutputs, WholeSpaceRouter, fit_biases_to_frequencies, first_true, largest_feasible, load_state,
+    register_policy, resolve_target, share_kl,
+)
 from fastslow.policies.confidence import confidence_score
 
 STOP, CONTINUE, ESCALATE = 0, 1, 2
@@ -50,13 +53,15 @@ def step_state_features(
     return torch.cat([summed, torch.stack([*confidences, progress, same], dim=-1), spike_rates.float().T], dim=-1)
 
 
-def step_router_features(logits: torch.Tensor, spike_rates: torch.Tensor) -> torch.Tensor:
-    """:func:`step_state_features` at every step [T, N, F], from a recorded run's ``logits``
-    [T, E, N, C] (cumulative means) and ``spike_rates`` [H, T, N]."""
+def step_router_features(logits: torch.Tensor, spike_rates: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+    """:func:`step_state_features` at every step recorded [t, N, F], from a run's ``logits``
+    [t, E, N, C] (cumulative means) and ``spike_rates`` [H, t, N]; ``timesteps`` System 1's T
+    (default: the steps recorded, a full run)."""
     final = logits[:, -1]
     steps = final.shape[0]
+    timesteps = steps if timesteps is None else timesteps
     return torch.stack([
-        step_state_features(final[t], final[t - 1].argmax(-1) if t else None, t + 1, steps, spike_rates[:, t]) for t in range(steps)
+        step_state_features(final[t], final[t - 1].argmax(-1) if t else None, t + 1, timesteps, spike_rates[:, t]) for t in range(steps)
     ])
 
 
@@ -229,3 +234,66 @@ def _bias_for_distribution(router: StepRouter, features: torch.Tensor, target: t
         return bias
 
     return as_bias(fit_biases_to_frequencies(lambda b: router.outcome_frequencies(features, as_bias(b)), target))
+
+
+def step_router_fit_tables(outputs: SystemOutputs, profile, policy_macs_per_step: float) -> dict[str, torch.Tensor]:
+    """What a halting policy trains on, from a recorded split: per-step features [T, N, F], System 1's
+    0/1 error after t steps [T, N] and System 2's [N], and the µJ [T, N] of stopping or escalating after t."""
+    features = step_router_features(outputs.s1.logits, outputs.s1.spike_rates)
+    stop_energy, escalate_energy = outputs.step_outcome_energies(profile, policy_macs_per_step)
+    return {"features": features, "step_errors": (~outputs.s1_correct_by_step()).float(), "s2_errors": (~outputs.s2_correct()).float(),
+            "stop_energy": stop_energy, "escalate_energy": escalate_energy}
+
+
+def halting_decision(leaves: torch.Tensor, escalates: torch.Tensor, timesteps: int, policy_macs_per_step: float, last_exit: int,
+                     escalate_unsure_at_end: torch.Tensor | None = None) -> Decision:
+    """A per-step halting policy's decision over the t ≤ T steps recorded: ``leaves`` [t, N] where it
+    chose to stop or escalate, ``escalates`` [t, N] where that choice is System 2. An input leaves at
+    its first such step; at T every input leaves (escalating where ``escalate_unsure_at_end`` [N])."""
+    recorded, n = leaves.shape
+    first, any_leaves = first_true(leaves)
+    at_end = recorded >= timesteps
+    escalate = escalates.gather(0, first[None]).squeeze(0) & any_leaves
+    if at_end and escalate_unsure_at_end is not None:
+        escalate = escalate | (~any_leaves & escalate_unsure_at_end)
+    steps = torch.where(any_leaves, first + 1, torch.full_like(first, recorded))
+    routing = Routing(escalate=escalate, timesteps=steps, exit_taken=torch.full_like(steps, last_exit),
+                      policy_macs=steps.float() * policy_macs_per_step)
+    return Decision(any_leaves | at_end, routing)
+
+
+@register_policy
+class StepRouterPolicy(WholeSpaceRouter):
+    """``router@steps,…``: after every step a learned :class:`StepRouter` stops, continues or escalates each input."""
+
+    kind = "router_steps"
+    space = "steps"
+
+    @classmethod
+    def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> "StepRouterPolicy":
+        module = StepRouter(int(config["n_features"]), int(config["timesteps"]), int(config["hidden"]), float(config["target_share"]),
+                            config.get("energy_budget_uj"), config.get("target_distribution"))
+        return cls(load_state(module, state), int(config.get("index", 0)))
+
+    @classmethod
+    def fit(cls, context: FitContext) -> list["StepRouterPolicy"]:
+        rc, val = context.config.router, context.val
+        n_features = step_router_features(val.s1.logits[:1], val.s1.spike_rates[:, :1]).shape[-1]
+        tables = step_router_fit_tables(val, context.profile, FeatureMLP.macs_for(n_features, rc.hidden, 3))
+        targets = [(share, None) for share in rc.step_shares] + [(0.0, budget) for budget in rc.step_energy_budgets_uj]
+        return [cls(train_step_router(tables["features"], tables["step_errors"], tables["s2_errors"], tables["stop_energy"],
+                                      tables["escalate_energy"], share, energy_budget_uj=budget, energy_weight=rc.step_energy_weight,
+                                      kl_weight=rc.step_kl_weight, hidden=rc.hidden, epochs=rc.step_epochs, lr=rc.lr, seed=context.seed))
+                for share, budget in targets]
+
+    def decide(self, outputs: SystemOutputs) -> Decision:
+        recorded = outputs.steps_run
+        if recorded == 0:
+            return Decision.undecided(len(outputs), outputs.policy_inputs.device)
+        router = self.module
+        with torch.no_grad():
+            biased = router(step_router_features(outputs.s1.logits, outputs.s1.spike_rates, outputs.timesteps)) + router.step_bias[:recorded, None]
+            if recorded >= outputs.timesteps:
+                biased[-1, :, CONTINUE] = float("-inf")  # continuing past T is impossible
+            choice = F.log_softmax(biased, dim=-1).argmax(-1)  # [t, N], as route's arg-max
+        return halting_decision(choice != CONTINUE, choice == ESCALATE, outputs.timesteps, router.macs(), outputs.last_exit)

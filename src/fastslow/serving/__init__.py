@@ -1,6 +1,7 @@
-"""Serving: answer inputs with System 1 stopping early and System 2 only where needed."""
+"""Serving: answer inputs with any deployable policy, System 1 stopping early and System 2 only where needed."""
 
-from fastslow.serving.adaptive import AdaptiveAnswer, FastSlow
+from fastslow.serving.adaptive import Answer, FastSlow
 from fastslow.serving.chunks import ChunkPlanner
+from fastslow.serving.deploy import Deployment
 
-__all__ = ["AdaptiveAnswer", "ChunkPlanner", "FastSlow"]
+__all__ = ["Answer", "ChunkPlanner", "Deployment", "FastSlow"]

@@ -1,0 +1,76 @@
+"""A fit, deployed: every strategy it evaluated, answering new inputs (``fastslow.load(DIR)``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastslow.energy.profile import EnergyProfile
+from fastslow.policies import Policy
+from fastslow.serving.adaptive import Answer, FastSlow
+from fastslow.systems.system1 import System1
+
+
+class UnknownStrategy(ValueError):
+    """A strategy name that the fit does not deploy (the message lists those it does)."""
+
+
+@dataclass
+class Deployment:
+    """System 1, System 2 and every policy point of one fit, with its energy profile.
+
+    ``seed`` seeds the spike encoder's draws and ``batch_size`` splits the inputs as the evaluation
+    did, so predicting on the fit's test split reproduces its results.json entry for the strategy.
+    """
+
+    system1: System1
+    system2: nn.Module
+    policies: list[Policy]
+    profile: EnergyProfile
+    s2_macs: int
+    seed: int = 0
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        self._servers: dict[str, FastSlow] = {}
+
+    @property
+    def strategies(self) -> list[str]:
+        """The names :meth:`predict` takes (the references that read labels are left out)."""
+        return [p.name for p in self.policies if p.deployable]
+
+    def policy(self, strategy: str) -> Policy:
+        """The policy point named ``strategy``; :class:`UnknownStrategy` lists the known ones."""
+        for policy in self.policies:
+            if policy.name == strategy:
+                if not policy.deployable:
+                    raise UnknownStrategy(f"strategy {strategy!r} is a reference that reads the labels, not deployable: "
+                                          f"use one of {', '.join(self.strategies)}")
+                return policy
+        raise UnknownStrategy(f"unknown strategy {strategy!r}: use one of {', '.join(self.strategies)}")
+
+    def server(self, strategy: str) -> FastSlow:
+        """The :class:`FastSlow` that answers with ``strategy`` (kept, so its chunk planner learns)."""
+        if strategy not in self._servers:
+            self._servers[strategy] = FastSlow(self.system1, self.system2, self.policy(strategy), s2_macs=self.s2_macs, profile=self.profile)
+        return self._servers[strategy]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, strategy: str, *, seed: int | None = None, on_batch=None) -> Answer:
+        """Answers for inputs ``x`` [N, *input_shape] in [0, 1] with ``strategy`` (a name in
+        :attr:`strategies`), in batches of ``batch_size``; ``seed`` (default the fit's evaluation seed)
+        seeds a rate code's spikes; ``on_batch()`` is called after each batch."""
+        server = self.server(strategy)
+        device = next(self.system1.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(self.seed if seed is None else seed)
+        parts = []
+        for start in range(0, len(x), self.batch_size):
+            parts.append(server.predict(x[start : start + self.batch_size].to(device), generator=generator))
+            if on_batch is not None:
+                on_batch()
+        if not parts:
+            raise ValueError("no inputs to predict: pass a non-empty batch")
+        return Answer(*(torch.cat([getattr(p, name) for p in parts]) for name in ("predictions", "escalated", "exits", "timesteps", "energy_uj")),
+                      {term: torch.cat([p.energy_terms_uj[term] for p in parts]) for term in parts[0].energy_terms_uj})
