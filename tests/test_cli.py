@@ -22,10 +22,16 @@ def _accuracies(payload):
 def test_fit_writes_a_complete_report(fitted_folder):
     for name in ("results.json", "report.md", "pareto.png", "timesteps.png", "config.json"):
         assert (fitted_folder / name).is_file(), name
-    for name in ("system1.safetensors", "system1.json", "system2.safetensors", "system2.json", "router-share=0.2.safetensors",
-                 "router-exits-share=0.2.safetensors", "router-exits-budget=0.05.safetensors",
-                 "router-steps-share=0.1.safetensors", "router-steps-budget=0.05.safetensors", "seenn2-beta=0.05.safetensors", "ponder-lambda_p=0.5.safetensors", "manifest.json"):
+    for name in ("system1.safetensors", "system1.json", "system2.safetensors", "system2.json", "manifest.json"):
         assert (fitted_folder / "checkpoints" / name).is_file(), name
+    manifest = json.loads((fitted_folder / "checkpoints" / "manifest.json").read_text())
+    saved = {entry["name"]: entry for entry in manifest["policies"]}
+    for name in ("router@share=0.2", "router@exits,share=0.2", "router@exits,budget=0.05uJ", "router@steps,share=0.1",
+                 "router@steps,budget=0.05uJ", "seenn2@beta=0.05", "ponder@lambda_p=0.5", "seenn1@0.8+s2", "system2"):
+        stem = fitted_folder / "checkpoints" / saved[name]["file"]
+        assert stem.with_suffix(".json").is_file(), name
+        assert stem.with_suffix(".safetensors").is_file() == saved[name]["weights"], name
+    assert saved["router@share=0.2"]["weights"] and not saved["seenn1@0.8+s2"]["weights"]
     payload = _results(fitted_folder)
     assert payload["dataset"] == "digits" and payload["seed"] == 0
     assert payload["split"] == {"train": 1149, "val": 288, "test": 360}
@@ -270,20 +276,38 @@ def test_demo_runs_and_routes(tmp_path):
 
 
 def test_calibrate_skips_a_family_whose_knob_has_no_safest_first_order(fitted_folder, tmp_path, monkeypatch):
-    from fastslow.evaluation import evaluate
-    from fastslow.pipeline import calibrate_folder
+    from fastslow import pipeline
+    from fastslow.policies import RouterPolicy
 
-    real = evaluate.enumerate_strategies
+    class TargetRouter(RouterPolicy):
+        """A router point as one trained for a target distribution reports itself: no knob order."""
+
+        knob_order = None
+
+        @property
+        def name(self):
+            return "router@steps,target#0"
+
+        @property
+        def family(self):
+            return "router_steps_target"
+
+        @property
+        def knob(self):
+            return {"target_distribution": [0.5, 0.5]}
+
+    real = pipeline.load_fit
 
     def with_a_target_distribution_router(*args, **kwargs):
-        items = list(real(*args, **kwargs))
-        name, _, _, routing = next(item for item in items if item[1] == "router")
-        return items + [(name + "-target", "router_steps_target", {"target_distribution": [0.5, 0.5]}, routing)]
+        loaded = real(*args, **kwargs)
+        router = next(p for p in loaded.policies if p.kind == "router")
+        loaded.policies.append(TargetRouter(router.module))
+        return loaded
 
-    monkeypatch.setattr(evaluate, "enumerate_strategies", with_a_target_distribution_router)
+    monkeypatch.setattr(pipeline, "load_fit", with_a_target_distribution_router)
     copy = tmp_path / "copy"
     shutil.copytree(fitted_folder, copy)
-    payload = calibrate_folder(copy, max_accuracy_drop=0.05, delta=0.1, show_table=False)
+    payload = pipeline.calibrate_folder(copy, max_accuracy_drop=0.05, delta=0.1, show_table=False)
     assert payload["families"]["router_steps_target"]["chosen"] is None
     assert "no safest-first order" in payload["families"]["router_steps_target"]["note"] and "router" in payload["families"]
     assert "for each family on its own" in payload["guarantee"]

@@ -201,9 +201,7 @@ def _evaluate_and_report(
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
         "policies": [
-            {"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config(),
-             "macs": None if p.module is None else p.module.macs()}
-            for p in policies
+            {"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config()} for p in policies
         ],
         "strategies": [r.to_dict() for r in results],
         "routing_metrics": family_metrics(results),

@@ -3,28 +3,26 @@
 import torch
 
 from fastslow.energy import load_profile
-from fastslow.evaluation.evaluate import SystemOutputs, evaluate_strategies
+from fastslow.evaluation.evaluate import evaluate_strategies
+from fastslow.policies import ConfidencePolicy, Seenn1, System1Alone, System2Alone, SystemOutputs
+from fastslow.systems.records import S1Record
 
 
 def _outputs(n: int = 50, steps: int = 4, classes: int = 3) -> SystemOutputs:
     g = torch.Generator().manual_seed(0)
-    return SystemOutputs(
-        labels=torch.randint(0, classes, (n,), generator=g),
-        s1_logits=torch.randn(steps, 1, n, classes, generator=g) * 8,
-        s1_synaptic_ops=torch.rand(2, steps, n, generator=g) * 100,
-        s1_dense_macs=torch.zeros(2, steps, n),
-        s1_neuron_updates=torch.tensor([16.0, 3.0]),
-        s1_spike_rates=torch.rand(1, steps, n, generator=g),
-        exit_layers=(0,),
-        s2_logits=torch.randn(n, classes, generator=g),
-        s2_macs=1000,
-        policy_inputs=torch.rand(n, 4, generator=g),
-    )
+    step_outputs = torch.randn(steps, 1, n, classes, generator=g) * 8
+    record = S1Record.from_step_outputs(step_outputs, synaptic_ops=torch.rand(2, steps, n, generator=g) * 100,
+                                        dense_macs=torch.zeros(2, steps, n), neuron_updates=torch.tensor([16.0, 3.0]),
+                                        spike_rates=torch.rand(1, steps, n, generator=g), exit_layers=(0,))
+    return SystemOutputs(record, steps, torch.rand(n, 4, generator=g), s2_macs=1000,
+                         s2_logits=torch.randn(n, classes, generator=g), labels=torch.randint(0, classes, (n,), generator=g))
 
 
 def test_thresholds_that_differ_past_six_digits_keep_distinct_names():
     thresholds = (0.99999, 0.999999, 0.9999999)
-    results = evaluate_strategies(_outputs(), load_profile("cmos45nm"), thresholds=thresholds)
+    policies = [System1Alone(), System2Alone()] + [ConfidencePolicy(t) for t in thresholds]
+    policies += [Seenn1(t, escalate) for escalate in (False, True) for t in thresholds]
+    results = evaluate_strategies(_outputs(), load_profile("cmos45nm"), policies)
     names = [r.name for r in results]
     assert len(names) == len(set(names))
     assert {"confidence@0.9999999", "seenn1@0.999999", "seenn1@0.9999999+s2"} <= set(names)
