@@ -341,7 +341,8 @@ def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str 
         if steps != s1.spec.timesteps:
             raise CheckpointError(f"checkpoint policy {policy.name} decides over {steps} timesteps but system1.json runs "
                                   f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`")
-    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), [p.to(device) for p in policies], None)
+    # Policies stay on the CPU: they read records, which evaluation and serving keep there.
+    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, None)
 
 
 def _check_inputs_fit(what: str, input_shape: tuple[int, ...], n_classes: int | None, system1: System1, exact: bool = True) -> None:
