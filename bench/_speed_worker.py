@@ -94,7 +94,8 @@ class Plain(nn.Module):
 
 
 class Fastslow(nn.Module):
-    def __init__(self, network: str, ops: list[nn.Module], mode: str, dense: bool = False, graphs: bool = False) -> None:
+    def __init__(self, network: str, ops: list[nn.Module], mode: str, dense: bool = False, graphs: bool = False,
+                 backend: str = "auto") -> None:
         super().__init__()
         import dataclasses
 
@@ -104,7 +105,7 @@ class Fastslow(nn.Module):
         spec = benchmark_spec(network, STEPS)
         if dense:  # "fastslow_dense": every synapse a dense matmul
             spec = dataclasses.replace(spec, event_density=0.0)
-        self.model, self.mode = System1(spec), mode
+        self.model, self.mode = System1(spec, backend=backend), mode
         for layer, op in zip(list(self.model.layers) + [self.model.heads[0]], ops):
             target = layer.op if hasattr(layer, "op") else layer
             target.load_state_dict(op.state_dict())
@@ -166,8 +167,9 @@ def build(library: str, network: str, weights: dict) -> nn.Module:
     for index, op in enumerate(ops):
         op.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{index}.")})
     if library.startswith("fastslow"):
+        # "fastslow_torch": the torch backend (no compiled kernels), side by side with "auto"
         return Fastslow(network, ops, "stepwise" if library.endswith("stepwise") else "multistep", dense=library.endswith("dense"),
-                        graphs=library.endswith("graphs"))
+                        graphs=library.endswith("graphs"), backend="torch" if library == "fastslow_torch" else "auto")
     if library == "matmul_floor":
         return Floor(network, ops)
     return Plain(library, network, ops)

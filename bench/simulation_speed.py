@@ -12,7 +12,7 @@ mean T/4, also at 4× and 8× the batch) and against the share of inputs escalat
 serving itself takes (`FastSlow.predict` with SEENN-I stops, on a System 1 trained for one epoch on
 the benchmark data, ../shared/data, when present), peak training memory, and a check that every library emits the same spikes for the same
 weights and inputs (reset to zero). `fastslow` uses its compiled kernels (numba on CPU, from the
-`cpu` extra; Triton on CUDA); `fastslow_torch` is the same network with them off.
+`cpu` extra; Triton on CUDA: the "auto" backend); `fastslow_torch` is the same network on the "torch" backend.
 
     .venv/bin/python bench/simulation_speed.py [--rounds 10] [--json FILE] [--no-peers]
     python bench/simulation_speed.py --device cuda [--peers-here]   # on a GPU: its own table
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from fastslow.spiking import _cpu_kernels, _cuda_kernels
+from fastslow.spiking.backends import available_backends
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, default_data, peer_python  # noqa: E402
@@ -53,10 +53,9 @@ class Worker:
     def __init__(self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int,
                  device: str) -> None:
         self.library = library
-        # "fastslow_torch": fastslow with its compiled kernels (CPU and CUDA) turned off: the torch path, side by side
-        env = {**os.environ, "FASTSLOW_CPU_KERNELS": "0", "FASTSLOW_CUDA_KERNELS": "0"} if library == "fastslow_torch" else None
+        # "fastslow_torch" asks the worker for System 1's torch backend (no compiled kernels), side by side
         self.process = subprocess.Popen([python, str(WORKER), str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.send({"library": library, "network": network, "weights": str(weights), "inputs": str(inputs), "iterations": iterations,
                    "device": device})
 
@@ -293,6 +292,7 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
     in doubling chunks (1, 1, 2, 4), and with the stops read from one full run's records (the GPU
     default); ms, medians of ``rounds`` alternating rounds, ratios to the full multi-step run."""
     from fastslow.data import load_dataset
+    from fastslow.policies import Seenn1
     from fastslow.serving import FastSlow
     from fastslow.systems import System1, System2Spec, build_system2
     from fastslow.systems.training import system1_loss, train_classifier
@@ -322,12 +322,12 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
                      "records": {"compaction": False}}
             if network == "mlp":  # predict serves it in one compiled call: time serving's chunks too
                 modes["planned"] = {"compaction": True}
-            servers = {(threshold, mode): FastSlow(model, system2, 0, threshold=threshold, escalate=False, **options)
+            servers = {(threshold, mode): FastSlow(model, system2, Seenn1(threshold, escalate=False), s2_macs=0, **options)
                        for threshold in SERVING_THRESHOLDS for mode, options in modes.items()}
             # The chunked modes call the chunked path itself, which predict takes wherever the compiled one does not apply.
             chunked = ("planned", "doubling")
             runs = {"full": lambda: model.run(x)}
-            runs.update({key: (lambda server=server, mode=key[1]: server._predict_compacted(x, None) if mode in chunked else server.predict(x))
+            runs.update({key: (lambda server=server, mode=key[1]: server._predict_compacted(x, model.prepare(x), None) if mode in chunked else server.predict(x))
                          for key, server in servers.items()})
             learn_chunks(runs, [key for key in servers if key[1] in ("compaction", "planned")], LEARNING_BATCHES)
             ms = alternating_medians(runs, rounds, device)
@@ -474,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                          args.serving_train_images)
             entry = {lib: medians.get(lib) for lib in own_libraries[:-1] + list(PEERS)}
             entry["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-            entry["cpu_kernels"] = _cpu_kernels.cpu_kernels_available()
-            entry["cuda_kernels"] = args.device == "cuda" and _cuda_kernels.cuda_kernels_available()
+            entry["cpu_kernels"] = "numba" in available_backends(args.device, requires_grad=False)
+            entry["cuda_kernels"] = "triton" in available_backends(args.device, requires_grad=False)
             entry["matmul_floor_ms"] = medians.get("matmul_floor", {}).get("forward_ms")
             entry.update(curves)
             entry["early_stop_by_batch"] = by_batch

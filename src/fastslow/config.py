@@ -54,6 +54,8 @@ class System1Config(_Strict):
     exit_heads: list[NonNegativeInt] | None = Field(
         None, description="hidden-layer indices with an early exit (default: one on the first layer where there are two or more)")
     checkpoint_steps: int = Field(0, ge=0, description="0: BPTT keeps every step; k: recompute k-step segments (less memory)")
+    backend: Literal["auto", "torch", "numba", "triton"] = Field(
+        "auto", description="kernels that run the LIF layers (fastslow.spiking.backends): auto picks per call; a named one runs or raises")
     lif: LIFConfig = Field(default_factory=LIFConfig)
     epochs: int = Field(30, ge=1)
     lr: float = Field(3e-3, gt=0)

@@ -113,6 +113,7 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
         lif=c.lif.params(),
         exit_heads=tuple(c.resolved_exit_heads(tuple(input_shape))),
         checkpoint_steps=c.checkpoint_steps,
+        backend=c.backend,
     )
 
 

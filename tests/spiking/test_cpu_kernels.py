@@ -6,14 +6,14 @@ import threading
 import pytest
 import torch
 
-from fastslow.spiking import LIFParams, lif_multistep
-from fastslow.spiking import _cpu_kernels
+from fastslow.spiking import LIFParams, _cpu_kernels
+from fastslow.spiking.backends import fused_lif_multistep
 
 
 @pytest.fixture
 def kernels():
     if not _cpu_kernels.cpu_kernels_available():
-        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+        pytest.skip("the compiled CPU kernels need numba (the cpu extra)")
     return _cpu_kernels._kernel()
 
 
@@ -30,16 +30,16 @@ def test_kernels_follow_torchs_thread_count_in_each_thread(kernels):
     def elsewhere():  # a fresh thread starts with numba's default count, whatever this one set
         torch.set_num_threads(1)
         with torch.no_grad():
-            lif_multistep(currents, None, LIFParams())
+            fused_lif_multistep(currents, None, LIFParams(), backend="numba")
         seen.append(numba.get_num_threads())
 
     try:
         with torch.no_grad():
             torch.set_num_threads(2)
-            lif_multistep(currents, None, LIFParams())
+            fused_lif_multistep(currents, None, LIFParams(), backend="numba")
             assert numba.get_num_threads() == 2
             torch.set_num_threads(1)
-            lif_multistep(currents, None, LIFParams())
+            fused_lif_multistep(currents, None, LIFParams(), backend="numba")
             assert numba.get_num_threads() == 1
             worker = threading.Thread(target=elsewhere)
             worker.start()
@@ -60,18 +60,20 @@ def test_pooled_kernel_refuses_a_fan_out_without_its_sums(kernels):
 def test_shared_stand_ins_are_never_written(kernels):
     """The arrays a call leaves out (no state, no rows, no bias, no fan-out) are shared by every call:
     no path may write into them, or one call's output would leak into the next's."""
-    from fastslow.spiking import lif_multistep_pooled
+    from fastslow.spiking.backends import fused_lif_multistep_pooled
     from fastslow.spiking.lif import LIFState
     from fastslow.spiking.synapses import spike_linear
 
     torch.manual_seed(0)
+    numba = {"backend": "numba"}
     with torch.no_grad():
-        lif_multistep(torch.rand(3, 4, 16) * 3, None, LIFParams(), final_state=False)
-        lif_multistep(torch.rand(3, 4, 16) * 3, None, LIFParams())
+        fused_lif_multistep(torch.rand(3, 4, 16) * 3, None, LIFParams(), final_state=False, **numba)
+        fused_lif_multistep(torch.rand(3, 4, 16) * 3, None, LIFParams(), **numba)
         state = LIFState(torch.rand(4, 16))
-        lif_multistep(torch.rand(3, 2, 16) * 3, state, LIFParams(), rows=torch.tensor([2, 0]))
-        lif_multistep_pooled(torch.rand(3, 2, 6, 6, 4) * 3, None, LIFParams(), final_state=False)
-        lif_multistep_pooled(torch.rand(3, 1, 6, 6, 4) * 3, LIFState(torch.rand(2, 6, 6, 4)), LIFParams(), rows=torch.tensor([1]))
-        spike_linear((torch.rand(5, 200) > 0.95).float(), torch.nn.Linear(200, 300, bias=False))
+        fused_lif_multistep(torch.rand(3, 2, 16) * 3, state, LIFParams(), rows=torch.tensor([2, 0]), **numba)
+        fused_lif_multistep_pooled(torch.rand(3, 2, 6, 6, 4) * 3, None, LIFParams(), final_state=False, **numba)
+        fused_lif_multistep_pooled(torch.rand(3, 1, 6, 6, 4) * 3, LIFState(torch.rand(2, 6, 6, 4)), LIFParams(), rows=torch.tensor([1]),
+                                   **numba)
+        spike_linear((torch.rand(5, 200) > 0.95).float(), torch.nn.Linear(200, 300, bias=False), **numba)
     for stand_in in (_cpu_kernels._NO_ROWS, _cpu_kernels._NO_BIAS, _cpu_kernels._NO_FANOUT, *_cpu_kernels._UNUSED.values()):
         assert not stand_in.any()

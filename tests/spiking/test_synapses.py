@@ -1,20 +1,18 @@
 """Event-driven synapses: the same currents and gradients as a dense linear layer."""
 
+import pytest
 import torch
 from torch import nn
-
-import pytest
 
 from fastslow.spiking.synapses import conv_channels_last, spike_linear
 
 
-
 def _needs_compiled_kernels():
-    """Skip where the compiled CPU kernels cannot run (numba missing, or FASTSLOW_CPU_KERNELS=0)."""
+    """Skip where the compiled CPU kernels cannot run (numba missing)."""
     from fastslow.spiking import _cpu_kernels
 
     if not _cpu_kernels.cpu_kernels_available():
-        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+        pytest.skip("the compiled CPU kernels need numba (the cpu extra)")
 
 def _layer_and_spikes(density: float, rows: int = 64, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
     torch.manual_seed(seed)
@@ -117,13 +115,13 @@ def test_compiled_inference_equals_the_autograd_event_path(monkeypatch):
     monkeypatch.setattr(_cpu_kernels, "event_linear_inference", lambda *args: (calls.append(1), original(*args))[1])
     with torch.no_grad():
         assert _cpu_kernels.cpu_kernels_available()
-        compiled = [spike_linear(inputs, layer) for inputs in (spikes, graded, spikes[1::4], spikes[::4])]
-        part = spike_linear(spikes[10:40], layer)
+        compiled = [spike_linear(inputs, layer) for inputs in (spikes, graded, spikes[1::4], spikes[::4])]  # "auto": numba here
+        part = spike_linear(spikes[10:40], layer, backend="numba")
         assert len(calls) == 5
         readout = nn.Linear(200, 10)  # narrow: dense in inference too, as in training (the same spikes)
         assert torch.equal(spike_linear(spikes, readout), readout(spikes)) and len(calls) == 5
-        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
-        reference = [spike_linear(inputs, layer) for inputs in (spikes, graded, spikes[1::4], spikes[::4])]
+        reference = [spike_linear(inputs, layer, backend="torch") for inputs in (spikes, graded, spikes[1::4], spikes[::4])]
+        assert len(calls) == 5
     for index, (ours, theirs) in enumerate(zip(compiled, reference)):
         if index == 1:  # graded values: each event's product rounds as embedding_bag's may not
             torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-5)

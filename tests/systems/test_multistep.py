@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from fastslow.spiking import LIFParams, lif_init, lif_step
+from fastslow.spiking.backends import fused_lif_multistep, fused_lif_multistep_pooled, select_backend
 from fastslow.spiking.lif import lif_multistep
 from fastslow.systems import System1, System1Spec
 
 
 def _needs_compiled_kernels():
-    """Skip where the compiled CPU kernels cannot run (numba missing, or FASTSLOW_CPU_KERNELS=0)."""
+    """Skip where the compiled CPU kernels cannot run (numba missing)."""
     from fastslow.spiking import _cpu_kernels
 
     if not _cpu_kernels.cpu_kernels_available():
-        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+        pytest.skip("the compiled CPU kernels need numba (the cpu extra)")
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
@@ -196,7 +197,7 @@ def test_pooled_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, widt
     ((reference.unflatten(0, (5, 7)) * weights).sum() + v_weight * reference_state.v.square().sum()).backward()
     reference_grads = leaf.grad.clone(), v0.grad.clone()
     leaf.grad = v0.grad = None
-    pooled, counts, state = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+    pooled, counts, state = fused_lif_multistep_pooled(currents, lif.LIFState(v0), params)
     ((pooled * weights).sum() + v_weight * state.v.square().sum()).backward()
     assert torch.equal(pooled.detach().flatten(0, 1), reference.detach())
     assert torch.equal(counts, spikes.detach().sum(dim=(2, 3, 4))) and not counts.requires_grad
@@ -204,7 +205,7 @@ def test_pooled_lif_equals_lif_then_max_pooling(monkeypatch, reset, height, widt
     assert torch.allclose(leaf.grad, reference_grads[0], atol=1e-5)
     assert torch.allclose(v0.grad, reference_grads[1], atol=1e-6)
     with torch.no_grad():
-        inferred, inferred_counts, inferred_state = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+        inferred, inferred_counts, inferred_state = fused_lif_multistep_pooled(currents, lif.LIFState(v0), params)
     assert torch.equal(inferred, pooled.detach()) and torch.equal(inferred_counts, counts)
     assert torch.equal(inferred_state.v, state.v.detach())
 
@@ -222,7 +223,7 @@ def test_conv_inference_records_equal_the_training_path():
         assert torch.equal(getattr(inferred, field), getattr(trained, field).detach()), field
 
 
-def _reference_lif(currents, state, params, final_state=True, counts=None, rows=None):
+def _reference_lif(currents, state, params, backend="auto", final_state=True, counts=None, rows=None):
     """The functional core looped over time: the reference the fast kernels must not depart from."""
     assert rows is None  # full runs only
     state = lif_init(currents[0]) if state is None else state
@@ -236,7 +237,7 @@ def _reference_lif(currents, state, params, final_state=True, counts=None, rows=
     return spikes, state if final_state else None
 
 
-def _reference_pooled(currents, state, params, final_state=True, counts=None, next_synaptic_ops=None, rows=None):
+def _reference_pooled(currents, state, params, backend="auto", final_state=True, counts=None, next_synaptic_ops=None, rows=None):
     """The functional core, then ``max_pool2d``, on channels-last maps [T, B, H, W, C]."""
     assert rows is None
     spikes, new_state = _reference_lif(currents, state, params)
@@ -270,8 +271,8 @@ def test_fast_simulation_costs_no_accuracy_on_digits(monkeypatch, arch):
     accuracy = {}
     for path in ("fast", "reference"):
         if path == "reference":
-            monkeypatch.setattr(system1, "lif_multistep", _reference_lif)
-            monkeypatch.setattr(system1, "lif_multistep_pooled", _reference_pooled)
+            monkeypatch.setattr(system1, "fused_lif_multistep", _reference_lif)
+            monkeypatch.setattr(system1, "fused_lif_multistep_pooled", _reference_pooled)
             spec = dataclasses.replace(spec, event_density=0.0)
         torch.manual_seed(0)
         model = System1(spec)
@@ -283,28 +284,26 @@ def test_fast_simulation_costs_no_accuracy_on_digits(monkeypatch, arch):
 
 
 def test_pooled_lif_rejects_empty_or_misshapen_currents():
-    import fastslow.spiking.lif as lif
-
     for shape in [(0, 2, 4, 4, 3), (3, 0, 4, 4, 3), (3, 2, 4, 4)]:
         with pytest.raises(ValueError, match=r"\[T, B, H, W, C\]"):
-            lif.lif_multistep_pooled(torch.zeros(shape), None, LIFParams())
+            fused_lif_multistep_pooled(torch.zeros(shape), None, LIFParams())
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
-@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, kernels, steps):
+def test_advancing_rows_in_place_equals_advancing_them_alone(arch, backend, steps):
     """``advance(..., rows=)`` (what serving does once inputs stopped) gives those inputs the records
     and state of advancing them alone from their own state, bit for bit, writes that state into the
     caller's tensors (keep_state or not), and leaves the other rows untouched."""
-    if kernels == "torch":
-        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+    if backend == "numba":
+        _needs_compiled_kernels()
     spec = (System1Spec(input_shape=(12,), n_classes=4, hidden=(20, 16), timesteps=4, encoding="direct", readout="spike_count")
             if arch == "mlp" else
             System1Spec(input_shape=(1, 8, 8), n_classes=4, arch="conv", conv_channels=(3, 5), hidden=(), timesteps=4, encoding="direct",
                         readout="spike_count"))
     torch.manual_seed(0)
-    model = System1(spec).eval()
+    model = System1(spec, backend=backend).eval()
     x = torch.rand(7, *spec.input_shape) * 3
     rows = torch.tensor([5, 1, 2])
     others = torch.tensor([0, 3, 4, 6])
@@ -329,12 +328,11 @@ def test_advancing_rows_in_place_equals_advancing_them_alone(monkeypatch, arch, 
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
+def test_compiled_cpu_kernel_equals_the_torch_path(reset):
     """The numba LIF + pooling (inference) gives the torch path's pooled spikes, counts and state bit
     for bit: odd edges, a constant current expanded over T, infinities and NaN included."""
     _needs_compiled_kernels()
     import fastslow.spiking.lif as lif
-    from fastslow.spiking import _cpu_kernels
 
     params = LIFParams(beta=0.85, threshold=0.6, reset=reset)
     torch.manual_seed(1)
@@ -345,13 +343,10 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     v0_before = v0.clone()
     for currents in (varied, constant):
         with torch.no_grad():
-            assert _cpu_kernels.applies(currents, v0)
-            compiled = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
+            assert select_backend(currents.device, currents.dtype, False) == "numba"  # what "auto" runs here
+            compiled = fused_lif_multistep_pooled(currents, lif.LIFState(v0), params, backend="numba")
             assert torch.equal(v0, v0_before)  # the caller's state is read, never written
-            monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
-            assert not _cpu_kernels.applies(currents, v0)
-            reference = lif.lif_multistep_pooled(currents, lif.LIFState(v0), params)
-            monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+            reference = fused_lif_multistep_pooled(currents, lif.LIFState(v0), params, backend="torch")
         assert torch.equal(compiled[0], reference[0]) and torch.equal(compiled[1], reference[1])
         torch.testing.assert_close(compiled[2].v, reference[2].v, rtol=0, atol=0, equal_nan=True)
     # From rest (no state), and without writing the final state: the same spikes and counts; the
@@ -360,28 +355,26 @@ def test_compiled_cpu_kernel_equals_the_torch_path(monkeypatch, reset):
     ops, counts = {}, {}  # both added into (here onto ones)
     with torch.no_grad():
         ops["compiled"], counts["compiled"] = torch.ones(6, 5), torch.ones(6, 5)
-        from_rest = lif.lif_multistep_pooled(varied, None, params, final_state=False, counts=counts["compiled"],
-                                             next_synaptic_ops=(fanout, ops["compiled"]))
-        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
+        from_rest = fused_lif_multistep_pooled(varied, None, params, backend="numba", final_state=False, counts=counts["compiled"],
+                                               next_synaptic_ops=(fanout, ops["compiled"]))
         ops["torch"], counts["torch"] = torch.ones(6, 5), torch.ones(6, 5)
-        reference = lif.lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params, counts=counts["torch"],
-                                             next_synaptic_ops=(fanout, ops["torch"]))
-        monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+        reference = fused_lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params, backend="torch", counts=counts["torch"],
+                                               next_synaptic_ops=(fanout, ops["torch"]))
     assert torch.equal(from_rest[0], reference[0]) and from_rest[2] is None
     assert from_rest[1] is counts["compiled"] and reference[1] is counts["torch"] and torch.equal(counts["compiled"], counts["torch"])
     with torch.no_grad():
-        assert torch.equal(counts["torch"], 1 + lif.lif_multistep_pooled(varied, None, params)[1])  # a fresh buffer without counts=
+        assert torch.equal(counts["torch"], 1 + fused_lif_multistep_pooled(varied, None, params)[1])  # a fresh buffer without counts=
     expected = 1 + (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
     assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 30
     with torch.no_grad(), pytest.raises(ValueError, match=r"counts must be a contiguous torch.float32 \[T, B\]"):
-        lif.lif_multistep_pooled(varied, None, params, counts=torch.zeros(5, 6))
+        fused_lif_multistep_pooled(varied, None, params, counts=torch.zeros(5, 6))
     with torch.no_grad(), pytest.raises(ValueError, match=r"one entry per pooled position, \[12\], got \[11\]"):
-        lif.lif_multistep_pooled(varied, None, params, next_synaptic_ops=(fanout[:11], torch.zeros(6, 5)))
-    assert not _cpu_kernels.applies(varied.requires_grad_(), v0)  # training keeps the autograd path
+        fused_lif_multistep_pooled(varied, None, params, next_synaptic_ops=(fanout[:11], torch.zeros(6, 5)))
+    assert select_backend(varied.device, varied.dtype, True) == "torch"  # training: the autograd path
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
+def test_compiled_cpu_lif_equals_the_torch_path(reset):
     """The numba LIF for flat layers (inference) gives the torch path's spikes, firing rates and state
     bit for bit: a constant current expanded over T, infinities and NaN, from rest and without the
     final state included."""
@@ -400,28 +393,25 @@ def test_compiled_cpu_lif_equals_the_torch_path(monkeypatch, reset):
         for state in (lif.LIFState(v0), None):
             counts = {"compiled": torch.ones(6, 5), "torch": torch.ones(6, 5)}  # added into
             with torch.no_grad():
-                assert _cpu_kernels.applies(currents, v0)
-                compiled = lif.lif_multistep(currents, state, params, counts=counts["compiled"])
-                unkept = lif.lif_multistep(currents, state, params, final_state=False)
+                compiled = fused_lif_multistep(currents, state, params, backend="numba", counts=counts["compiled"])
+                unkept = fused_lif_multistep(currents, state, params, backend="numba", final_state=False)
                 assert torch.equal(v0, v0_before)  # the caller's state is read, never written
-                monkeypatch.setenv("FASTSLOW_CPU_KERNELS", "0")
-                reference = lif.lif_multistep(currents, state, params, counts=counts["torch"])
-                monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+                reference = fused_lif_multistep(currents, state, params, backend="torch", counts=counts["torch"])
             assert torch.equal(compiled[0], reference[0]) and torch.equal(unkept[0], reference[0]) and unkept[1] is None
             torch.testing.assert_close(compiled[1].v, reference[1].v, rtol=0, atol=0, equal_nan=True)
             assert torch.equal(counts["compiled"], counts["torch"])
             assert torch.equal(counts["torch"], 1 + reference[0].sum(-1)) and counts["torch"].sum() > 30
     with torch.no_grad(), pytest.raises(ValueError, match=r"\[T, B\]"):  # the compiled loop checks no bounds: the wrapper does
-        lif.lif_multistep(varied, None, params, counts=torch.zeros(5, 6))
+        fused_lif_multistep(varied, None, params, counts=torch.zeros(5, 6))
     with torch.no_grad(), pytest.raises(ValueError, match=r"\[B, N\]"):  # the wrapper itself
         _cpu_kernels.lif_inference(varied, v0[:1], params.beta, params.threshold, reset == "zero")
-    for kernels in ("1", "0"):  # a misshapen state is refused on either path, never broadcast or cut
-        monkeypatch.setenv("FASTSLOW_CPU_KERNELS", kernels)
+    for backend in ("numba", "torch"):  # a misshapen state is refused on either backend, never broadcast or cut
         with torch.no_grad(), pytest.raises(ValueError, match=r"shaped like one step's current, \[5, 33\], got \[1, 33\]"):
-            lif.lif_multistep(varied, lif.LIFState(v0[:1]), params)
+            fused_lif_multistep(varied, lif.LIFState(v0[:1]), params, backend=backend)
         with torch.no_grad(), pytest.raises(ValueError, match=r"got \[33\]"):
-            lif.lif_multistep(varied, lif.LIFState(v0[0]), params)
-    monkeypatch.delenv("FASTSLOW_CPU_KERNELS")
+            fused_lif_multistep(varied, lif.LIFState(v0[0]), params, backend=backend)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"shaped like one step's current"):  # the pure reference too
+        lif.lif_multistep(varied, lif.LIFState(v0[:1]), params)
 
 
 @pytest.mark.parametrize("spec", [

@@ -15,12 +15,12 @@
   confident (:func:`mlp_until_confident`). Their event sums take rows of any density, so a row
   that the autograd path would give to a matmul rounds differently (~1e-7).
 
-Compiled on first use (a few seconds) and cached on disk. ``FASTSLOW_CPU_KERNELS=0`` turns them off.
+Compiled on first use (a few seconds) and cached on disk. They run as the "numba" backend
+(:mod:`fastslow.spiking.backends` says when, and how to choose another).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from functools import lru_cache
 from types import SimpleNamespace
@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-
 
 # What mlp_until_confident says of each input: it stopped confident, it reached the last step
 # unconfident, or its confidence was too close to the threshold to call in float64 (the compiled
@@ -339,19 +338,8 @@ def _kernel():
 
 
 def cpu_kernels_available() -> bool:
-    """Whether the compiled kernels can run: numba installed and not turned off by ``FASTSLOW_CPU_KERNELS=0``."""
-    return os.environ.get("FASTSLOW_CPU_KERNELS", "1") != "0" and _kernel() is not None
-
-
-def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
-    """Whether :func:`lif_inference` and :func:`lif_pool_inference` can take these tensors (CPU float32,
-    no gradient; v0 None: at rest)."""
-    v0 = currents if v0 is None else v0
-    return (
-        currents.device.type == "cpu" and currents.dtype == torch.float32 and v0.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (currents.requires_grad or v0.requires_grad))
-        and cpu_kernels_available()
-    )
+    """Whether numba is importable (which backend runs is chosen in :mod:`fastslow.spiking.backends`)."""
+    return _kernel() is not None
 
 
 # Typed stand-ins for the arrays a call leaves out (no rows, no bias, no fan-out, no v0 or output
@@ -367,7 +355,7 @@ _NO_CONSTANT, _NO_INPUTS = np.zeros((0, 0), np.float32), np.zeros((0, 0, 0), np.
 def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor | None) -> tuple[int, np.ndarray, bool]:
     """(inputs advanced, the state rows as the kernel takes them, whether the currents are indexed by
     them too: a constant current, stride 0 in T, holds every row of the state). The rows themselves
-    (integer, in range) are checked by the caller, :func:`fastslow.spiking.lif._advanced_rows`."""
+    (integer, in range) are checked by the caller, :func:`fastslow.spiking.backends._advanced_rows`."""
     if rows is None:
         return currents.shape[1], _NO_ROWS, False
     if v0 is None or not v0.is_contiguous():

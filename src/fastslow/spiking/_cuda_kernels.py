@@ -11,7 +11,7 @@ and surrogate slopes from the recorded pre-reset potentials. Same arithmetic as
 :func:`fastslow.spiking.lif.lif_step` (β·v rounded, then + current: floating-point contraction is
 off), so the spikes and potentials are the torch path's bits and the
 gradients equal it up to rounding (tests; on a CPU they run in Triton's interpreter).
-``FASTSLOW_CUDA_KERNELS=0`` turns them off.
+They run as the "triton" backend (:mod:`fastslow.spiking.backends` says when, and how to choose another).
 """
 
 from __future__ import annotations
@@ -234,25 +234,14 @@ if triton is not None:
 
 
 def cuda_kernels_available() -> bool:
-    """Whether the fused kernels can run: Triton importable and not turned off by ``FASTSLOW_CUDA_KERNELS=0``."""
-    return triton is not None and os.environ.get("FASTSLOW_CUDA_KERNELS", "1") != "0"
+    """Whether Triton is importable (which backend runs is chosen in :mod:`fastslow.spiking.backends`)."""
+    return triton is not None
 
 
-def _interpreted() -> bool:
-    """Tests run the kernels on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``), when
-    asked to by ``FASTSLOW_CUDA_KERNELS=interpret``: someone interpreting their own Triton code
-    keeps fastslow's CPU paths."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" and os.environ.get("FASTSLOW_CUDA_KERNELS") == "interpret"
-
-
-def applies(currents: torch.Tensor, v0: torch.Tensor | None) -> bool:
-    """Whether the kernels can take these tensors (v0 None: at rest): CUDA float32 (CPU tensors too in
-    the tests' interpreter mode) with fewer than 2^31 elements (32-bit offsets)."""
-    return (
-        (currents.device.type == "cuda" or _interpreted())
-        and currents.dtype == torch.float32 and (v0 is None or v0.dtype == torch.float32)
-        and currents.numel() < 2**31 and cuda_kernels_available()
-    )
+def interpreted() -> bool:
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``, read when Triton defines the kernels):
+    then the kernels also run CPU tensors, when the "triton" backend is asked for by name (tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _per_step(currents: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -1,4 +1,5 @@
-"""Leaky integrate-and-fire neurons: a pure functional core and a thin module.
+"""Leaky integrate-and-fire neurons: a pure functional core, its torch implementation over all
+timesteps at once, and a thin module.
 
 Convention (per timestep, discrete time)::
 
@@ -11,6 +12,10 @@ The reset acts on the potential of the step that fired, *before* the next
 step's leak (as SpikingJelly and Norse do). snnTorch's default "subtract" takes
 the threshold off after the next leak instead, so its potentials differ by a
 factor beta after a spike; with reset="zero" the spikes are identical.
+
+:func:`lif_multistep` is the reference over all timesteps (torch operators only). System 1 runs its
+layers through :mod:`fastslow.spiking.backends`, which adds the accounting buffers and the compiled
+kernels (numba, Triton) and says which one runs; the torch pieces it uses live here.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from fastslow.spiking import _cpu_kernels, _cuda_kernels
+from fastslow.spiking import _cuda_kernels
 from fastslow.spiking.surrogate import SurrogateName, _surrogate, spike_fn
 
 ResetMode = Literal["subtract", "zero"]
@@ -90,7 +95,7 @@ def lif_step(current: torch.Tensor, state: LIFState, params: LIFParams) -> tuple
 # all T steps before the next: the slice's potential and spikes then stay in cache between the
 # element-wise kernels instead of streaming the whole map through memory four times a step.
 LIF_SLICE = 1 << 17
-# The pooled LIF (lif_multistep_pooled, forward and backward) runs about seven kernels per step on a
+# The pooled LIF (_FusedLIFPool and _lif_pool_forward, forward and backward) runs about seven kernels per step on a
 # slice of whole images; larger slices pay their dispatch less often (measured on the conv benchmark).
 POOLED_SLICE = 1 << 19
 
@@ -138,7 +143,8 @@ def _slice_grad(u: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor
 class _FusedLIF(torch.autograd.Function):
     """All T steps of :func:`lif_step` in one autograd node, on currents [T, ...] seen as [T, M].
 
-    Forward runs four element-wise kernels per step (leak, integrate, fire, reset) into
+    With ``triton`` the forward and backward are one Triton launch each (the "triton" backend);
+    without, forward runs four element-wise kernels per step (leak, integrate, fire, reset) into
     preallocated buffers, slice by slice of the neurons (see :data:`LIF_SLICE`), and keeps only the
     pre-reset potentials u_t. Backward walks time in reverse over the same slices, recomputing
     spikes and surrogate slopes from u_t; the gradients equal autograd through the step loop
@@ -146,8 +152,8 @@ class _FusedLIF(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None):
-        ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
+    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None, triton: bool):
+        ctx.fused = triton  # one launch for all steps (CUDA)
         if ctx.fused:
             spikes, v_last, potentials = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold,
                                                                    params.reset == "zero", record=True, counts=counts)
@@ -169,7 +175,7 @@ class _FusedLIF(torch.autograd.Function):
         if ctx.fused:
             grad_u, grad_v0 = _cuda_kernels.lif_backward(potentials, grad_spikes, grad_v_last, p.beta, p.threshold, p.reset == "zero",
                                                          p.surrogate, p.slope)
-            return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None
+            return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None, None
         derivative = _surrogate(p.surrogate).derivative
         steps = potentials.shape[0]
         grad_spikes = grad_spikes.reshape(steps, -1)
@@ -182,18 +188,7 @@ class _FusedLIF(torch.autograd.Function):
             grad_v = None if flat_grad_v_last is None else flat_grad_v_last[part]  # w.r.t. v after step t's reset
             for t in range(steps - 1, -1, -1):
                 grad_v = _slice_grad(potentials[t, part], grad_spikes[t, part], grad_v, grad_u[t, part], grad_v0[part], p, derivative)
-        return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None
-
-
-def _check_count_buffer(name: str, buffer: torch.Tensor | None, currents: torch.Tensor, batch: int) -> None:
-    """A buffer that per-step, per-input sums are added into: contiguous [T, B], no gradient, and float32
-    for float32 or narrower currents (float64 for float64 ones: counts stay exact)."""
-    if buffer is None:
-        return
-    dtype = torch.promote_types(currents.dtype, torch.float32)
-    if tuple(buffer.shape) != (currents.shape[0], batch) or not buffer.is_contiguous() or buffer.dtype != dtype or buffer.requires_grad:
-        raise ValueError(f"{name} must be a contiguous {dtype} [T, B] = {[currents.shape[0], batch]} without gradient, "
-                         f"got {list(buffer.shape)} {buffer.dtype}")
+        return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None, None
 
 
 def _add_counts(spikes: torch.Tensor, counts: torch.Tensor | None) -> None:
@@ -203,71 +198,24 @@ def _add_counts(spikes: torch.Tensor, counts: torch.Tensor | None) -> None:
             counts.add_(spikes.detach().flatten(2).sum(2, dtype=counts.dtype))
 
 
-def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.Tensor | None) -> int:
-    """How many inputs a call advances: ``rows`` of ``state`` (None: every input of ``currents``)."""
-    if rows is None:
-        if state is not None:
-            _check_state(state.v.shape, currents.shape[1:])
-        return currents.shape[1]
-    # Compiled kernels write the state through numpy, which autograd's version counter never sees.
-    if state is None or state.v.requires_grad or torch.is_grad_enabled() and currents.requires_grad:
-        raise ValueError("rows advance a given state in place, in inference only (a state without gradient)")
-    if rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1 or len(rows) == 0:
-        raise ValueError(f"rows must be a non-empty 1-D tensor of distinct integer positions, got {rows.dtype} {list(rows.shape)}")
-    # The compiled kernels check no bounds: a row outside the state would be written past its end.
-    lowest, highest = torch.aminmax(rows)
-    if int(lowest) < 0 or int(highest) >= state.v.shape[0]:
-        raise ValueError(f"rows must be positions among the state's {state.v.shape[0]} inputs")
-    _check_state(state.v.shape[1:], currents.shape[2:])
-    return len(rows)
+def lif_multistep(currents: torch.Tensor, state: LIFState | None, params: LIFParams) -> tuple[torch.Tensor, LIFState]:
+    """All timesteps of ``currents`` [T, ...] at once from ``state`` (None: at rest): (spikes in {0, 1}
+    [T, ...], the state after step T). The spikes and state of looping :func:`lif_step`, bit for bit,
+    and its gradients up to float rounding (one autograd node for all steps, which keeps only the
+    pre-reset potentials).
 
-
-def _gathered(currents: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The currents of ``rows``: a constant current (stride 0 in T) holds every row of the state
-    (gathered once, still constant over T)."""
-    if currents.stride(0) != 0:
-        return currents
-    rows_only = currents[0].index_select(0, rows)
-    return rows_only.as_strided((currents.shape[0], *rows_only.shape), (0, *rows_only.stride()))
-
-
-def lif_multistep(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    counts: torch.Tensor | None = None, rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, LIFState | None]:
-    """All timesteps of ``currents`` [T, ...] at once; same spikes and gradients as looping :func:`lif_step`.
-
-    ``state`` None starts from rest; ``final_state=False`` returns None for the state after step T
-    (compiled CPU inference then never writes it). ``counts`` [T, B] (contiguous, float32, or float64
-    for float64 currents; no gradient): each input's spike count per step (of currents [T, B, ...]) is
-    added into it, by the LIF kernels themselves where they run (a firing rate is the count over the
-    neurons per input).
-    ``rows`` [n] (inference; distinct positions): advance only those inputs of ``state``, updating it
-    in place and returning it whatever ``final_state``; ``currents`` and the outputs hold the n
-    inputs in order, except a constant current expanded over T (stride 0 in T), which holds all of
-    the state's."""
+    Torch operators only, on any device and dtype: the reference that every backend of
+    :mod:`fastslow.spiking.backends` matches (System 1 runs its layers there, with its accounting
+    buffers, on the backend it names)."""
     check_params(params)
-    batch = _advanced_rows(currents, state, rows)
-    _check_count_buffer("counts", counts, currents, batch)
-    if currents.dim() == 3 and _cpu_kernels.applies(currents, None if state is None else state.v):
-        # one compiled pass per input over all steps instead of four kernels per step (numba)
-        spikes, v = _cpu_kernels.lif_inference(currents, None if state is None else state.v, params.beta, params.threshold,
-                                               params.reset == "zero", keep_state=final_state, counts=counts, rows=rows)
-        return spikes, None if v is None else LIFState(v=v)
-    if rows is not None:
-        spikes, advanced = lif_multistep(_gathered(currents, rows), LIFState(state.v[rows]), params, counts=counts)
-        state.v.index_copy_(0, rows, advanced.v)
-        return spikes, state
-    v0 = None if state is None else state.v  # None: the kernels start from rest without a zero state
+    if state is not None:
+        _check_state(state.v.shape, currents.shape[1:])
+    v0 = None if state is None else state.v  # None: start from rest without a zero state
     if torch.is_grad_enabled() and (currents.requires_grad or v0 is not None and v0.requires_grad):
-        spikes, v = _FusedLIF.apply(currents, v0, params, counts)
-    elif _cuda_kernels.applies(currents, v0):
-        spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False,
-                                                 counts=counts)
+        spikes, v = _FusedLIF.apply(currents, v0, params, None, False)
     else:
         spikes, v = _lif_forward(currents, v0, params, None)
-        _add_counts(spikes, counts)
-    return spikes, LIFState(v=v) if final_state else None
+    return spikes, LIFState(v=v)
 
 
 def _lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
@@ -347,7 +295,8 @@ def _lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, params: L
 
 class _FusedLIFPool(torch.autograd.Function):
     """:class:`_FusedLIF` followed by 2×2 max-pooling of the spikes, over channels-last maps
-    [T, B, H, W, C], a few whole images at a time. Forward keeps the pre-reset potentials (as
+    [T, B, H, W, C]: with ``triton``, one Triton launch forward and one backward; without, a few
+    whole images at a time, as follows. Forward keeps the pre-reset potentials (as
     :class:`_FusedLIF`) and writes only the pooled spikes and each map's spike count (and, if asked,
     the synaptic operations the pooled spikes cause in the next layer); the full-size
     spike maps live in a small reused buffer, in cache. Backward recomputes them from the
@@ -356,8 +305,8 @@ class _FusedLIFPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None,
-                next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None):
-        ctx.fused = _cuda_kernels.applies(currents, v0)  # one launch for all steps on CUDA (Triton)
+                next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None, triton: bool):
+        ctx.fused = triton  # one launch for all steps (CUDA)
         if ctx.fused:
             pooled, counts, v_last, potentials = _cuda_kernels.lif_pool_forward(
                 currents, v0, params.beta, params.threshold, params.reset == "zero", record=True, counts=counts,
@@ -380,7 +329,7 @@ class _FusedLIFPool(torch.autograd.Function):
         if ctx.fused:
             grad_u, grad_v0 = _cuda_kernels.lif_pool_backward(potentials, grad_pooled, grad_v_last, p.beta, p.threshold,
                                                               p.reset == "zero", p.surrogate, p.slope)
-            return grad_u, None if ctx.from_rest else grad_v0, None, None, None
+            return grad_u, None if ctx.from_rest else grad_v0, None, None, None, None
         derivative = _surrogate(p.surrogate).derivative
         steps, _, height, width, channels = potentials.shape
         group, groups = _image_groups(potentials.shape[1:])
@@ -398,64 +347,7 @@ class _FusedLIFPool(torch.autograd.Function):
                 torch.gt(u, p.threshold, out=spikes)
                 _unpool_into(grad_pooled[t, images], spikes, grad_spikes, rest)
                 grad_v = _slice_grad(u, grad_spikes, grad_v, grad_u[t, images], grad_v0[images], p, derivative)
-        return grad_u, None if ctx.from_rest else grad_v0, None, None, None
-
-
-def lif_multistep_pooled(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, final_state: bool = True,
-    counts: torch.Tensor | None = None, next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
-    rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, LIFState | None]:
-    """:func:`lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2 max-pooling
-    of the spikes (odd edges dropped, as ``max_pool2d``). Returns the pooled spikes
-    [T, B, H//2, W//2, C], the spike count of each map [T, B] (no gradient; added into ``counts`` if
-    given, which it then holds) and the state after step T (``state`` None: from rest;
-    ``final_state=False`` returns None instead, which spares compiled CPU inference writing it).
-    ``next_synaptic_ops`` (fan-out of each pooled position [H//2 · W//2], the same for every channel:
-    synapse counts, whole numbers, which the compiled kernels sum in any order; out [T, B]): also add
-    into out the synaptic operations the pooled spikes cause in the next layer, Σ fan-out × spike (no
-    gradient; the compiled kernels sum them while the spikes are in cache). ``counts`` and out:
-    contiguous, float32 (float64 for float64 currents). ``rows``: as :func:`lif_multistep` (the state
-    updated in place).
-
-    Same spikes as the unpooled path, and gradients equal to ``max_pool2d``'s up to float rounding
-    (for finite gradients: an infinite one spreads as NaN over its window), but no full-size spike
-    map reaches memory: a few images at a time, each step's spikes land in a small reused buffer (in
-    cache), where they are counted and pooled; writing and re-reading full-size float maps (and
-    pooling indices) is what the unfused path spends most on."""
-    check_params(params)
-    if currents.dim() != 5 or min(currents.shape[:2]) == 0:
-        raise ValueError(f"lif_multistep_pooled expects currents [T, B, H, W, C] with T, B ≥ 1, got {list(currents.shape)}")
-    batch = _advanced_rows(currents, state, rows)
-    _check_count_buffer("counts", counts, currents, batch)
-    _check_count_buffer("next_synaptic_ops' out", None if next_synaptic_ops is None else next_synaptic_ops[1], currents, batch)
-    positions = (currents.shape[2] // 2) * (currents.shape[3] // 2)
-    if next_synaptic_ops is not None and tuple(next_synaptic_ops[0].shape) != (positions,):
-        # the compiled kernels read it unchecked, one entry per pooled position
-        raise ValueError(f"next_synaptic_ops' fan-out must hold one entry per pooled position, [{positions}], "
-                         f"got {list(next_synaptic_ops[0].shape)}")
-    v0 = None if state is None else state.v
-    if _cpu_kernels.applies(currents, v0):  # one compiled loop per neuron instead of seven passes (numba)
-        next_fanout, next_ops = (None, None) if next_synaptic_ops is None else next_synaptic_ops
-        pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                            keep_state=final_state, next_fanout=next_fanout, next_ops=next_ops,
-                                                            rows=rows, counts=counts)
-        return pooled, counts, None if v is None else LIFState(v=v)
-    if rows is not None:
-        pooled, counts, advanced = lif_multistep_pooled(_gathered(currents, rows), LIFState(v0[rows]), params, counts=counts,
-                                                        next_synaptic_ops=next_synaptic_ops)
-        v0.index_copy_(0, rows, advanced.v)
-        return pooled, counts, state
-    # v0 None: the kernels start from rest without a zero state
-    if torch.is_grad_enabled() and (currents.requires_grad or v0 is not None and v0.requires_grad):
-        pooled, counts, v = _FusedLIFPool.apply(currents, v0, params, counts, next_synaptic_ops)
-    elif _cuda_kernels.applies(currents, v0):  # one launch for all steps (Triton)
-        pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                              record=False, counts=counts, next_synaptic_ops=next_synaptic_ops)
-    else:  # nothing to record for a backward pass: the potential runs in place
-        pooled, map_counts, v = _lif_pool_forward(currents, v0, params, None)
-        counts = _pooled_records(pooled, map_counts, counts, next_synaptic_ops)
-    return pooled, counts, LIFState(v=v) if final_state else None
+        return grad_u, None if ctx.from_rest else grad_v0, None, None, None, None
 
 
 def _pooled_records(pooled: torch.Tensor, map_counts: torch.Tensor, counts: torch.Tensor | None,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastslow.spiking import _cpu_kernels
+from fastslow.spiking.backends import BackendChoice, select_backend
 
 EVENT_DENSITY = 0.1  # largest share of non-zero inputs in a row for which the event path is used
 # Finding the events costs a pass over the input whatever the layer's width; it pays only when
@@ -94,23 +95,25 @@ def _offsets(counts: torch.Tensor) -> torch.Tensor:
     return offsets
 
 
-def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = EVENT_DENSITY) -> torch.Tensor:
+def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = EVENT_DENSITY,
+                 backend: BackendChoice = "auto") -> torch.Tensor:
     """``layer`` applied to ``inputs`` [..., in] → [..., out].
 
     On CPU, for a layer at least :data:`MIN_EVENT_FANOUT` wide, each row with at most
     ``event_density`` non-zeros (a share) takes the event path and the other rows one dense
     matmul; otherwise (another device, a narrow layer, ``event_density`` 0) all rows are dense.
-    The event path is ``embedding_bag`` (an autograd node) where a gradient is needed, and a
-    compiled per-row sum (numba) in inference: the same rows take it either way, so training and
-    inference give the same spikes.
+    The event path is a compiled per-row sum on the "numba" backend (CPU float32 inference) and
+    ``embedding_bag`` (an autograd node) on "torch"; ``backend`` chooses as
+    :func:`fastslow.spiking.backends.select_backend` does ("auto": numba where it can run). The
+    same rows take the event path either way, so both give the same spikes.
     """
     if event_density <= 0 or inputs.device.type != "cpu" or inputs.numel() == 0 or layer.out_features < MIN_EVENT_FANOUT:
         return F.linear(inputs, layer.weight, layer.bias)
     flat = inputs.reshape(-1, inputs.shape[-1])
     max_events = math.floor(event_density * flat.shape[1])  # one integer cutoff for both paths
     parameters = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
-    if (flat.dtype == torch.float32 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (flat, *parameters)))
-            and _cpu_kernels.cpu_kernels_available()):
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (flat, *parameters))
+    if select_backend(flat.device, flat.dtype, needs_grad, backend) == "numba":
         # Inference: one compiled pass per row counts its events and sums their fan-out rows (numba;
         # the same order, so the same bits for spikes, as the embedding_bag below).
         out, dense = _cpu_kernels.event_linear_inference(flat.contiguous(), _fanout_rows(layer), layer.bias, max_events)

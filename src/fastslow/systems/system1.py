@@ -21,7 +21,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fastslow.spiking import LIFParams, LIFState, _cpu_kernels, encode_step, is_spiking, lif_multistep, lif_multistep_pooled
+from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking
+from fastslow.spiking.backends import (
+    BACKEND_CHOICES,
+    Backend,
+    BackendChoice,
+    MLPWeights,
+    check_backend_choice,
+    fused_lif_multistep,
+    fused_lif_multistep_pooled,
+    mlp_inference,
+    mlp_weights,
+    select_backend,
+)
 from fastslow.spiking.lif import check_params
 from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
 
@@ -66,6 +78,9 @@ class System1Spec:
     # k steps and recomputes each k-step segment in the backward pass (gradient checkpointing over
     # time): the same gradients, activation memory ∝ k instead of T, one more forward pass.
     checkpoint_steps: int = 0
+    # Which kernels run the LIF layers (see fastslow.spiking.backends): "auto" picks per call by device,
+    # dtype and gradient; a named one runs or raises.
+    backend: BackendChoice = "auto"
 
     def __post_init__(self) -> None:
         def integer(value, minimum: int) -> bool:
@@ -84,6 +99,7 @@ class System1Spec:
             (self.readout in ("membrane", "spike_count"), f"unknown readout {self.readout!r}: use 'membrane' or 'spike_count'"),
             (0.0 <= self.event_density <= 1.0, f"event_density must lie in [0, 1] (a share of active inputs), got {self.event_density!r}"),
             (integer(self.checkpoint_steps, 0), f"checkpoint_steps must be an integer ≥ 0 (0: plain BPTT), got {self.checkpoint_steps!r}"),
+            (self.backend in BACKEND_CHOICES, f"unknown backend {self.backend!r}: use one of {', '.join(map(repr, BACKEND_CHOICES))}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -280,11 +296,15 @@ def _records_plan(layers: list[_Layer], exit_points: list[int], n_classes: int) 
 
 
 class System1(nn.Module):
-    """Spiking MLP or small conv net; see :class:`System1Spec` and :meth:`run`."""
+    """Spiking MLP or small conv net; see :class:`System1Spec` and :meth:`run`.
 
-    def __init__(self, spec: System1Spec) -> None:
+    ``backend`` (default ``spec.backend``) chooses the kernels that run the LIF layers; it stays
+    settable as :attr:`requested_backend`, and :attr:`backend` says which one runs."""
+
+    def __init__(self, spec: System1Spec, backend: BackendChoice | None = None) -> None:
         super().__init__()
         self.spec = spec
+        self.requested_backend = spec.backend if backend is None else backend
         layers: list[_Layer] = []
         shape = tuple(spec.input_shape)
         if spec.arch == "conv":
@@ -323,13 +343,39 @@ class System1(nn.Module):
         self._flatten_for_next = tuple(index + 1 < len(layers) and isinstance(layers[index + 1].op, nn.Linear)
                                        for index in range(len(layers)))
         self._head_reads_conv = tuple(layers[h].is_conv for h in exit_points)
-        # Inference of such a network runs each chunk of steps as one compiled call (CPU, numba).
+        # Inference of such a network runs each chunk of steps as one compiled call (the numba backend).
         self._mlp_membrane = spec.arch == "mlp" and spec.readout == "membrane" and spec.event_density > 0
         plan = _records_plan(layers, exit_points, spec.n_classes)
         self._count_runs, self._pool_fanned, self._rows_filled = plan.count_runs, plan.pool_fanned, plan.rows_filled
         self.register_buffer("_count_factors", plan.count_factors, persistent=False)
         for index, fanout in plan.pool_fanouts.items():
             self.register_buffer(f"_pool_fanout_{index}", fanout, persistent=False)
+
+    # -- backend ------------------------------------------------------------
+    @property
+    def requested_backend(self) -> BackendChoice:
+        """The backend asked for: "auto" or one of "torch", "numba", "triton" (see
+        :mod:`fastslow.spiking.backends`). Setting it overrides ``spec.backend`` for this model."""
+        return self._requested_backend
+
+    @requested_backend.setter
+    def requested_backend(self, choice: BackendChoice) -> None:
+        check_backend_choice(choice)
+        self._requested_backend = choice
+
+    @property
+    def backend(self) -> Backend:
+        """The backend a run would use now: :attr:`requested_backend` resolved for the weights' device
+        and dtype, with gradients if grad mode is on and a parameter requires them (under autocast the
+        currents' dtype decides, so "auto" may run torch instead). Raises ValueError if the requested
+        backend cannot run here."""
+        return self.resolve_backend(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+
+    def resolve_backend(self, requires_grad: bool) -> Backend:
+        """The backend a run on the weights' device and dtype uses, with (training) or without
+        (inference) gradients; ValueError if the requested one cannot run such a run."""
+        weight = self.heads[0].weight
+        return select_backend(weight.device, weight.dtype, requires_grad, self._requested_backend)
 
     # -- static facts -------------------------------------------------------
     @property
@@ -437,7 +483,7 @@ class System1(nn.Module):
         """A layer's input current from its input spikes (linear layers event-driven where sparse;
         conv maps channels-last in memory)."""
         if isinstance(op, nn.Linear):
-            return spike_linear(inp, op, self.spec.event_density)
+            return spike_linear(inp, op, self.spec.event_density, self._requested_backend)
         return conv_channels_last(inp, op)
 
     def _check_rows(self, rows: torch.Tensor, state: S1State | None) -> None:
@@ -518,7 +564,7 @@ class System1(nn.Module):
     def _largest_step_tensor(self, constant_first: bool) -> int:
         """Elements of the largest tensor one step of one input makes in a layer: its current (none
         for a constant first-layer current) and its spikes or potentials (at inference a pooled conv
-        layer keeps neither, only its pooled spikes: see :func:`lif_multistep_pooled`)."""
+        layer keeps neither, only its pooled spikes: see :func:`fused_lif_multistep_pooled`)."""
         inference = not torch.is_grad_enabled()
         sizes = []
         for index, layer in enumerate(self.layers):
@@ -577,6 +623,7 @@ class System1(nn.Module):
             self._check_rows(rows, state)
         if self.compiled_mlp_applies(like, state):
             return self._advance_compiled_mlp(inp, state, constant_current, steps, keep_state, rows, batch)
+        backend = self._requested_backend  # each LIF call resolves "auto" for its own tensors
         merge = lambda a: a.reshape(steps * batch, *a.shape[2:])  # noqa: E731  [t, B, ...] → [t·B, ...]
         split = lambda a: a.reshape(steps, batch, *a.shape[1:])  # noqa: E731
         # Records are written in place, a row per component or layer, into one zeroed buffer: on a GPU
@@ -606,19 +653,19 @@ class System1(nn.Module):
                     current = _channels_last(current)
                 v0 = None if state is None else LIFState(_channels_last(state.layers[index]))
                 if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
-                    pooled, _, new_state = lif_multistep_pooled(
-                        current, v0, self.lif_params, final_state=keep_state, counts=counts[index],
+                    pooled, _, new_state = fused_lif_multistep_pooled(
+                        current, v0, self.lif_params, backend=backend, final_state=keep_state, counts=counts[index],
                         next_synaptic_ops=(getattr(self, f"_pool_fanout_{index}"), syn[self._pool_fanned[index]]), rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = lif_multistep(current, v0, self.lif_params, final_state=keep_state, counts=counts[index],
-                                                      rows=rows)
+                    spikes, new_state = fused_lif_multistep(current, v0, self.lif_params, backend=backend, final_state=keep_state,
+                                                            counts=counts[index], rows=rows)
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(spikes)
             else:
-                out, new_state = lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
-                                               final_state=keep_state, counts=counts[index], rows=rows)
+                out, new_state = fused_lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
+                                                     backend=backend, final_state=keep_state, counts=counts[index], rows=rows)
                 layer_states.append(None if new_state is None else new_state.v)
             layer_outputs.append(out)
             inp = out.flatten(2) if self._flatten_for_next[index] else out
@@ -638,8 +685,8 @@ class System1(nn.Module):
                 with torch.no_grad():
                     torch.mul(source.sum(2, dtype=syn.dtype), head.out_features, out=syn[n_layers + exit_index])
             if self.spec.readout == "spike_count":
-                head_spikes, new_head = lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
-                                                      final_state=keep_state, rows=rows)
+                head_spikes, new_head = fused_lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
+                                                            backend=backend, final_state=keep_state, rows=rows)
                 head_states.append(None if new_head is None else new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
             else:  # a non-leaking integrator read out step by step: its state never changes
@@ -656,11 +703,16 @@ class System1(nn.Module):
         return record, S1State(layers=tuple(layer_states), heads=heads)
 
     def compiled_mlp_applies(self, like: torch.Tensor, state: S1State | None) -> bool:
-        """Whether :meth:`advance` can run as one compiled call (:func:`_cpu_kernels.mlp_inference`): a
-        CPU float32 MLP with membrane readouts, without gradients, events on (``event_density`` > 0)."""
-        return (self._mlp_membrane and like.device.type == "cpu" and like.dtype == torch.float32 and not torch.is_grad_enabled()
-                and (state is None or all(v.dtype == torch.float32 and v.is_contiguous() for v in state.layers))
-                and _cpu_kernels.cpu_kernels_available())
+        """Whether :meth:`advance` runs as one compiled call (:func:`~fastslow.spiking.backends.mlp_inference`)
+        for inputs like ``like`` from ``state``: an MLP with membrane readouts and events on
+        (``event_density`` > 0) on the "numba" backend (CPU float32 inference), its state float32 and
+        contiguous. ValueError if the requested backend cannot run such inputs."""
+        if not self._mlp_membrane:
+            return False
+        # Gradients reach the run through the parameters (or the inputs, if they require them).
+        needs_grad = torch.is_grad_enabled() and (like.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return (select_backend(like.device, like.dtype, needs_grad, self._requested_backend) == "numba"
+                and (state is None or all(v.dtype == torch.float32 and v.is_contiguous() for v in state.layers)))
 
     def _advance_compiled_mlp(
         self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int, keep_state: bool,
@@ -669,13 +721,13 @@ class System1(nn.Module):
         """:meth:`advance` for an MLP in one compiled call per chunk instead of a few calls and ~70 small
         torch operators: every linear layer after a spiking input, and every readout, sums its input's
         events (whatever their density: no dense matmul, so a dense row may round differently from the
-        autograd path's, by ~1e-7), the LIF as :func:`lif_multistep` (the same bits); the kernel
+        autograd path's, by ~1e-7), the LIF as :func:`~fastslow.spiking.lif.lif_multistep` (the same bits); the kernel
         writes the records too."""
         components, n_layers = self.n_components, len(self.layers)
         like = constant_current if inp is None else inp
         records = like.new_zeros(2 * components + n_layers, steps, batch)
         params = self.lif_params
-        outputs, layer_states = _cpu_kernels.mlp_inference(
+        outputs, layer_states = mlp_inference(
             constant_current, None if constant_current is not None else inp, self.compiled_weights(),
             None if state is None else state.layers, params.beta, params.threshold, params.reset == "zero", records,
             keep_state=keep_state, rows=rows)
@@ -686,14 +738,14 @@ class System1(nn.Module):
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) for _ in self.heads) if state is None else state.heads
         return record, S1State(layers=layer_states, heads=heads)
 
-    def compiled_weights(self) -> "_cpu_kernels.MLPWeights":
+    def compiled_weights(self) -> MLPWeights:
         """The weights as the compiled MLP kernel reads them, rebuilt when any changed (an optimiser's
         in-place step bumps a version; a load or a move gives new storage)."""
         ops = [layer.op for layer in self.layers] + list(self.heads)
         key = tuple((p._version, p.data_ptr()) for op in ops for p in (op.weight, op.bias) if p is not None)
         cached = self.__dict__.get("_compiled_mlp_weights")
         if cached is None or cached.key != key:
-            cached = _cpu_kernels.mlp_weights(ops[: len(self.layers)], ops[len(self.layers) :], self.exit_layers, key)
+            cached = mlp_weights(ops[: len(self.layers)], ops[len(self.layers) :], self.exit_layers, key)
             self.__dict__["_compiled_mlp_weights"] = cached
         return cached
 
