@@ -168,6 +168,9 @@ def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: di
             "parameters": system1.parameter_count(),
             "stateful_neurons": system1.stateful_neurons(),
             "timesteps": s1_spec.timesteps,
+            # Which kernels ran the LIF layers (the config's system1.backend, resolved on this device).
+            "backend": {"requested": system1.requested_backend, "training": system1.resolve_backend(True),
+                        "inference": system1.resolve_backend(False)},
             "mean_synaptic_ops": s1_result.ops_per_input["synaptic_ops"],
             "mean_dense_macs": s1_result.ops_per_input["s1_dense_macs"],
             "neuron_updates": s1_result.ops_per_input["neuron_updates"],
