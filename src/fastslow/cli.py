@@ -105,14 +105,14 @@ def _run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     show = not args.quiet
     if args.command == "continual":
-        from fastslow.stdp.jobs import continual_job
+        from fastslow.stdp_jobs import continual_job
 
         continual_job(args.data, args.model, args.out, bits=args.bits, neurons=args.neurons, tasks=args.tasks,
                       samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, presentation_ms=args.presentation_ms,
                       seed=args.seed, profile=args.profile, s2_epochs=args.s2_epochs, console=console, progress=show, show_table=show)
         return
     if args.command == "search":
-        from fastslow.stdp.jobs import search_job
+        from fastslow.stdp_jobs import search_job
 
         search_job(args.data, args.max_memory_kb, args.max_energy_uj, args.out, model=args.model, neurons=tuple(args.neurons),
                    bits=tuple(args.bits), presentation_ms=tuple(args.presentation_ms), train_samples=args.train_samples,

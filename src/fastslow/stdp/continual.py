@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from fastslow import _atomic
 from fastslow.data.datasets import Dataset
 from fastslow.energy.accounting import stdp_energy_uj
 from fastslow.energy.profile import load_profile
@@ -128,52 +126,3 @@ def run_continual(
                            inference_energy_uj=inference_energy, counts=all_counts, seconds=time.perf_counter() - started,
                            network=network, train_index=np.concatenate(train_index), test_index=np.concatenate(test_index),
                            samples_used={"train_per_task": [len(i) for i in train_index], "test_per_task": [len(i) for i in test_index]})
-
-
-def continual_png(result: ContinualResult, title: str) -> bytes:
-    """Accuracy on each task (one line per task) after each learning phase."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fastslow.evaluation.report import figure_png
-
-    fig, ax = plt.subplots(figsize=(7.6, 4.4), dpi=150)
-    phases = np.arange(1, len(result.tasks) + 1)
-    for j, task in enumerate(result.tasks):
-        ys = [100 * row[j] if row[j] is not None else np.nan for row in result.accuracy]
-        ax.plot(phases, ys, marker="o", markersize=3.5, linewidth=1.2, label=f"task {j} {task}")
-    newest = [100 * a for a in result.newest_task_accuracy()]
-    ax.plot(phases, newest, "k--", linewidth=1.5, label="newest task")
-    ax.set_xlabel("after learning task (1 = first)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_xticks(phases)
-    ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return figure_png(fig)
-
-
-def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, config: dict, versions: dict) -> None:
-    """continual.json and continual.png in ``out``, each written atomically."""
-    out = Path(out)
-    payload = {
-        "model": result.model,
-        "tasks": result.tasks,
-        "accuracy": result.accuracy,
-        "newest_task_accuracy": result.newest_task_accuracy(),
-        "old_task_accuracy": result.old_task_accuracy(),
-        "energy_unit": "µJ per training sample (training) / per test input (inference), repeated presentations included; arithmetic only",
-        "training_energy_uj": result.training_energy_uj,
-        "inference_energy_uj": result.inference_energy_uj,
-        "counts_per_sample": result.counts,
-        "spec": spec.to_dict(),
-        "config": config,
-        "samples_used": result.samples_used,
-        "versions": versions,
-        "seconds": result.seconds,
-    }
-    _atomic.write_json(out / "continual.json", payload)
-    _atomic.write_bytes(out / "continual.png", continual_png(result, f"{result.model}, {spec.n_neurons} neurons, {spec.bits}-bit weights"))

@@ -21,8 +21,8 @@ import numpy as np
 from fastslow.data.datasets import Dataset
 from fastslow.energy.accounting import stdp_energy_uj
 from fastslow.energy.profile import EnergyProfile, load_profile
-from fastslow.evaluation.metrics import pareto_front
 from fastslow.errors import ConfigError
+from fastslow.pareto import pareto_front
 from fastslow.stdp.network import STDPCounts, STDPNetwork, STDPSpec, memory_bytes
 from fastslow.stdp.quantize import check_bits
 
@@ -160,28 +160,3 @@ def search(
 
 def candidate_rows(candidates: list[Candidate]) -> list[dict]:
     return [asdict(c) | {"name": c.name} for c in candidates]
-
-
-def search_png(candidates: list[Candidate], title: str, profile_name: str) -> bytes:
-    """Trained candidates: accuracy against measured energy, marker area ∝ memory; Pareto ringed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fastslow.evaluation.report import figure_png
-
-    trained = [c for c in candidates if c.accuracy is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
-    biggest = max(c.memory_kb for c in trained)
-    for c in trained:
-        size = 30 + 300 * c.memory_kb / biggest
-        ax.scatter([c.measured_inference_uj], [100 * c.accuracy], s=size, alpha=0.6,
-                   edgecolors="black" if c.pareto else "none", linewidths=1.5 if c.pareto else 0)
-        ax.annotate(c.name + (" (chosen)" if c.chosen else ""), (c.measured_inference_uj, 100 * c.accuracy), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel(f"inference energy per input (µJ, profile {profile_name}; arithmetic only)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title + " — area ∝ memory, ringed = Pareto-optimal", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    return figure_png(fig)

@@ -1,22 +1,28 @@
-"""The ``fastslow continual`` and ``fastslow search`` jobs: progress, tables, result files."""
+"""The ``fastslow continual`` and ``fastslow search`` jobs: progress, tables, result files and figures.
+
+The application layer over :mod:`fastslow.stdp` (which computes, and imports nothing from the
+pipeline, the evaluation or the CLI): what the commands print and write."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from fastslow import _atomic
 from fastslow.config import check_seed
 from fastslow.data.datasets import load_dataset
-from fastslow.errors import ConfigError
 from fastslow.energy.profile import load_profile
-from fastslow.pipeline import _progress, versions
-from fastslow.stdp.continual import parse_tasks, run_continual, write_continual
+from fastslow.errors import ConfigError
+from fastslow.evaluation.report import figure_png
+from fastslow.pipeline import versions
+from fastslow.progress import progress_bars
+from fastslow.stdp.continual import ContinualResult, parse_tasks, run_continual
 from fastslow.stdp.network import STDPSpec, memory_bytes
-from fastslow.stdp.search import candidate_rows, search, search_png
+from fastslow.stdp.search import Candidate, candidate_rows, search
 
 
 def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int = 400, tasks: str | None = None,
@@ -33,7 +39,7 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
     spec = STDPSpec(model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms)
     config = {"data": data, "model": model, "bits": bits, "neurons": neurons, "tasks": task_list, "samples_per_task": samples_per_task,
               "test_per_task": test_per_task, "presentation_ms": presentation_ms, "seed": seed, "profile": profile, "s2_epochs": s2_epochs}
-    with _progress(console, progress) as bars:
+    with progress_bars(console, progress) as bars:
         bar = bars.add_task(f"{model}: learning {len(task_list)} tasks (no labels)", total=len(task_list) * samples_per_task)
         result = run_continual(dataset, spec, task_list, samples_per_task=samples_per_task, test_per_task=test_per_task, seed=seed,
                                profile=profile, progress=lambda: bars.advance(bar))
@@ -98,7 +104,7 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
     config = {"data": data, "max_memory_kb": max_memory_kb, "max_energy_uj": max_energy_uj, "model": model, "neurons": list(neurons),
               "bits": list(bits), "presentation_ms": list(presentation_ms), "train_samples": train_samples, "test_samples": test_samples,
               "max_trained": max_trained, "seed": seed, "profile": profile}
-    with _progress(console, progress) as bars:
+    with progress_bars(console, progress) as bars:
         survivors = max_trained  # an upper bound for the bar; a search may train fewer
         bar = bars.add_task(f"training the candidates within budget ({train_samples} samples each)", total=survivors * train_samples)
         candidates = search(dataset, max_memory_kb, max_energy_uj, model=model, neurons=neurons, bits=bits, presentation_ms=presentation_ms,
@@ -132,3 +138,73 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
         within = sum(c.within_budget for c in candidates)
         console.print(f"{len(candidates)} candidates estimated, {within} within budget; search: {Path(out) / 'search.json'}, {Path(out) / 'search.png'}")
     return payload
+
+
+def continual_png(result: ContinualResult, title: str) -> bytes:
+    """Accuracy on each task (one line per task) after each learning phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.4), dpi=150)
+    phases = np.arange(1, len(result.tasks) + 1)
+    for j, task in enumerate(result.tasks):
+        ys = [100 * row[j] if row[j] is not None else np.nan for row in result.accuracy]
+        ax.plot(phases, ys, marker="o", markersize=3.5, linewidth=1.2, label=f"task {j} {task}")
+    newest = [100 * a for a in result.newest_task_accuracy()]
+    ax.plot(phases, newest, "k--", linewidth=1.5, label="newest task")
+    ax.set_xlabel("after learning task (1 = first)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(phases)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return figure_png(fig)
+
+
+def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, config: dict, versions: dict) -> None:
+    """continual.json and continual.png in ``out``, each written atomically."""
+    out = Path(out)
+    payload = {
+        "model": result.model,
+        "tasks": result.tasks,
+        "accuracy": result.accuracy,
+        "newest_task_accuracy": result.newest_task_accuracy(),
+        "old_task_accuracy": result.old_task_accuracy(),
+        "energy_unit": "µJ per training sample (training) / per test input (inference), repeated presentations included; arithmetic only",
+        "training_energy_uj": result.training_energy_uj,
+        "inference_energy_uj": result.inference_energy_uj,
+        "counts_per_sample": result.counts,
+        "spec": spec.to_dict(),
+        "config": config,
+        "samples_used": result.samples_used,
+        "versions": versions,
+        "seconds": result.seconds,
+    }
+    _atomic.write_json(out / "continual.json", payload)
+    _atomic.write_bytes(out / "continual.png", continual_png(result, f"{result.model}, {spec.n_neurons} neurons, {spec.bits}-bit weights"))
+
+
+def search_png(candidates: list[Candidate], title: str, profile_name: str) -> bytes:
+    """Trained candidates: accuracy against measured energy, marker area ∝ memory; Pareto ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = [c for c in candidates if c.accuracy is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    biggest = max(c.memory_kb for c in trained)
+    for c in trained:
+        size = 30 + 300 * c.memory_kb / biggest
+        ax.scatter([c.measured_inference_uj], [100 * c.accuracy], s=size, alpha=0.6,
+                   edgecolors="black" if c.pareto else "none", linewidths=1.5 if c.pareto else 0)
+        ax.annotate(c.name + (" (chosen)" if c.chosen else ""), (c.measured_inference_uj, 100 * c.accuracy), fontsize=6,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"inference energy per input (µJ, profile {profile_name}; arithmetic only)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title + " — area ∝ memory, ringed = Pareto-optimal", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    return figure_png(fig)

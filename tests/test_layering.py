@@ -1,0 +1,29 @@
+"""Lower layers never import upper ones: the simulation, the STDP networks, the energy model and
+the data import nothing from the pipeline, the evaluation, the serving or the command line."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "fastslow"
+LOWER = ("spiking", "systems", "stdp", "energy", "data")
+UPPER = ("fastslow.pipeline", "fastslow.cli", "fastslow.evaluation", "fastslow.serving", "fastslow.stdp_jobs")
+
+
+def _imported_modules(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):  # lazy imports inside functions too
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]  # from fastslow import pipeline
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+@pytest.mark.parametrize("package", LOWER)
+def test_lower_packages_import_no_upper_layer(package):
+    offending = [f"{path.relative_to(SOURCE)}: {name}" for path in sorted((SOURCE / package).rglob("*.py"))
+                 for name in _imported_modules(path) if name.startswith(UPPER)]
+    assert not offending, offending
