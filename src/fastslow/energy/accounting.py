@@ -1,7 +1,7 @@
 """Where the energy of a spike (and of a MAC) is counted.
 
 Operation counts come from real activity: System 1's recorded spikes (see
-:class:`fastslow.systems.system1.S1Run`), ANN MACs counted per layer by hooks.
+:class:`fastslow.systems.records.S1Record`), ANN MACs counted per layer by hooks.
 Energies are per input, in microjoules (µJ), under an :class:`EnergyProfile`.
 Memory traffic is not counted (see the profile's caveat).
 """

@@ -51,8 +51,7 @@ def collect_outputs(
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device)
             run = system1.run(xb, generator=generator)
-            records.append(S1Record(run.step_outputs, run.logits, run.synaptic_ops, run.dense_macs, run.neuron_updates,
-                                    run.spike_rates, system1.exit_layers).to("cpu"))
+            records.append(run.to("cpu"))
             s2_logits = system2(xb)
             if tuple(s2_logits.shape) != (len(xb), system1.spec.n_classes):
                 raise ValueError(f"System 2 returns {list(s2_logits.shape)} for {len(xb)} inputs, but System 1 has "

@@ -14,7 +14,8 @@ from dataclasses import fields
 import torch
 from torch import nn
 
-from fastslow.systems.system1 import S1Run, System1
+from fastslow.systems.records import S1Record
+from fastslow.systems.system1 import System1
 
 
 class _RunRecords(nn.Module):
@@ -46,12 +47,12 @@ class GraphedSystem1:
         if model.spec.encoding == "rate":
             raise ValueError("CUDA graphs replay fixed work: use a deterministic encoding (direct or latency), not 'rate'")
         self.model, self.max_shapes = model, max_shapes
-        self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, S1Run]] = OrderedDict()
+        self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, S1Record]] = OrderedDict()
 
     def clear(self) -> None:
         self._graphs.clear()
 
-    def run(self, x: torch.Tensor, timesteps: int | None = None) -> S1Run:
+    def run(self, x: torch.Tensor, timesteps: int | None = None) -> S1Record:
         """As ``model.run(x, timesteps)``; ``x`` on the model's CUDA device."""
         if x.device.type != "cuda":
             raise ValueError(f"GraphedSystem1 runs CUDA tensors; got one on {x.device}: use model.run on a CPU")
@@ -66,13 +67,15 @@ class GraphedSystem1:
         if training:
             step_outputs, logits, synaptic_ops, dense_macs, spike_rates = self._graphs[key](x)
             # The counts carry no gradient (the graph's autograd node marks every output differentiable).
-            return S1Run(step_outputs, logits, synaptic_ops.detach(), dense_macs.detach(),
-                         neuron_updates=self.model.neuron_counts(x.dtype), spike_rates=spike_rates.detach())
+            return S1Record(step_outputs, logits, synaptic_ops.detach(), dense_macs.detach(),
+                            neuron_updates=self.model.neuron_counts(x.dtype), spike_rates=spike_rates.detach(),
+                            exit_layers=self.model.exit_layers)
         graph, static_input, static_run = self._graphs[key]
         static_input.copy_(x)
         graph.replay()
         # The next replay overwrites the static outputs: hand out copies.
-        return S1Run(**{f.name: getattr(static_run, f.name).clone() for f in fields(S1Run)})
+        return S1Record(**{f.name: getattr(static_run, f.name).clone() for f in fields(S1Record) if f.name != "exit_layers"},
+                        exit_layers=static_run.exit_layers)
 
     def _capture_training(self, x: torch.Tensor, timesteps: int | None):
         # Warm-up (three forward and backward passes that leave .grad alone), then the forward and
@@ -80,7 +83,7 @@ class GraphedSystem1:
         return torch.cuda.make_graphed_callables(_RunRecords(self.model, timesteps), (x.clone(),))
 
     @torch.no_grad()
-    def _capture(self, x: torch.Tensor, timesteps: int | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, S1Run]:
+    def _capture(self, x: torch.Tensor, timesteps: int | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, S1Record]:
         static_input = x.clone()
         # Warm-up on a side stream first (kernels compile, the allocator settles), as capture requires.
         side = torch.cuda.Stream(device=x.device)

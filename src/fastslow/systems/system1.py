@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking
+from fastslow.systems.records import S1Record
 from fastslow.spiking.backends import (
     BACKEND_CHOICES,
     Backend,
@@ -120,31 +121,6 @@ class System1Spec:
         return System1Spec(**data)
 
 
-@dataclass
-class S1Run:
-    """What one run of System 1 recorded. B = batch, T = timesteps run, E = exits, K = components.
-
-    - ``step_outputs`` [T, E, B, C]: each exit's readout at step t (for per-step losses).
-    - ``logits`` [T, E, B, C]: each exit's cumulative mean output up to t (the answer at t).
-    - ``synaptic_ops`` [K, T, B]: accumulate ops (input spikes × fan-out) per component.
-    - ``dense_macs`` [K, T, B]: MACs of components fed by real values (direct encoding).
-    - ``neuron_updates`` [K]: neuron state updates per component per timestep.
-    - ``spike_rates`` [H, T, B]: fraction of each hidden layer's neurons that fired.
-    """
-
-    step_outputs: torch.Tensor
-    logits: torch.Tensor
-    synaptic_ops: torch.Tensor
-    dense_macs: torch.Tensor
-    neuron_updates: torch.Tensor
-    spike_rates: torch.Tensor
-
-    @property
-    def final_logits(self) -> torch.Tensor:
-        """[B, C] answer of the last exit after the last timestep."""
-        return self.logits[-1, -1]
-
-
 class _Layer(nn.Module):
     """A backbone layer: synaptic op → LIF, then optional 2×2 max-pool of the spikes."""
 
@@ -229,7 +205,9 @@ class S1State(NamedTuple):
 
 @dataclass
 class S1Step:
-    """One step's records for a batch: outputs [E, B, C], ops [K, B], firing rates [H, B]."""
+    """The raw records of one step, or of a chunk of steps, as :meth:`System1.advance` makes them:
+    outputs [(t,) E, B, C], ops [K, (t,) B], firing rates [H, (t,) B]. A run gathers them into its
+    one record, an :class:`~fastslow.systems.records.S1Record`."""
 
     outputs: torch.Tensor
     synaptic_ops: torch.Tensor
@@ -246,13 +224,6 @@ def _merged(records: list[S1Step], along_batch: bool = False) -> S1Step:
     return S1Step(outputs=torch.cat([r.outputs for r in records], dim=outputs_dim),
                   **{name: torch.cat([getattr(r, name) for r in records], dim=others_dim)
                      for name in ("synaptic_ops", "dense_macs", "spike_rates")})
-
-
-def _records(step_outputs: torch.Tensor, **records: torch.Tensor) -> S1Run:
-    """An :class:`S1Run` whose answer at t is the mean of the step outputs up to t."""
-    steps = step_outputs.shape[0]
-    counts = torch.arange(1, steps + 1, dtype=step_outputs.dtype, device=step_outputs.device).view(steps, 1, 1, 1)
-    return S1Run(step_outputs=step_outputs, logits=step_outputs.cumsum(0) / counts, **records)
 
 
 class _RecordsPlan(NamedTuple):
@@ -416,7 +387,7 @@ class System1(nn.Module):
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
         mode: Literal["multistep", "stepwise"] = "multistep",
-    ) -> S1Run:
+    ) -> S1Record:
         """Simulate ``timesteps`` (default T) steps on a batch ``x`` [B, *input_shape] in [0, 1].
 
         ``multistep`` (default) runs each layer over all steps at once: one matmul for every
@@ -441,12 +412,13 @@ class System1(nn.Module):
             inp = None if constant_current is not None else encode_step(x, t, steps, spec.encoding, generator)
             record, state = self.step(inp, state, constant_current)
             records.append(record)
-        return _records(
-            step_outputs=torch.stack([r.outputs for r in records]),
+        return S1Record.from_step_outputs(
+            torch.stack([r.outputs for r in records]),
             synaptic_ops=torch.stack([r.synaptic_ops for r in records], dim=1),
             dense_macs=torch.stack([r.dense_macs for r in records], dim=1),
             neuron_updates=self.neuron_counts(x.dtype),
             spike_rates=torch.stack([r.spike_rates for r in records], dim=1),
+            exit_layers=self.exit_layers,
         )
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -510,7 +482,7 @@ class System1(nn.Module):
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
             raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}")
 
-    def _run_multistep(self, x: torch.Tensor, steps: int, generator: torch.Generator | None) -> S1Run:
+    def _run_multistep(self, x: torch.Tensor, steps: int, generator: torch.Generator | None) -> S1Record:
         """:meth:`run`'s multistep mode over prepared, checked inputs ``x``."""
         spec = self.spec
         # Direct encoding feeds the same current every step: compute it once.
@@ -553,12 +525,13 @@ class System1(nn.Module):
                 segment_records = [_merged(parts, along_batch=True)]
             records += segment_records
         merged = _merged(records)
-        return _records(
-            step_outputs=merged.outputs,  # [T, E, B, C]
+        return S1Record.from_step_outputs(
+            merged.outputs,  # [T, E, B, C]
             synaptic_ops=merged.synaptic_ops,
             dense_macs=merged.dense_macs,
             neuron_updates=self.neuron_counts(x.dtype),
             spike_rates=merged.spike_rates,
+            exit_layers=self.exit_layers,
         )
 
     def _largest_step_tensor(self, constant_first: bool) -> int:
