@@ -11,7 +11,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from fastslow import _atomic
+from fastslow import atomic
 from fastslow.errors import CheckpointError
 from fastslow.policies import POLICIES, Policy
 from fastslow.systems.system1 import System1, System1Spec
@@ -23,8 +23,8 @@ FORMAT_VERSION = 1
 def save_module(folder: Path, stem: str, module: nn.Module, config: dict) -> None:
     """Write ``stem.safetensors`` (state dict) then ``stem.json`` (config) into ``folder``."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _atomic.write_bytes(folder / f"{stem}.safetensors", save_tensors(state))
-    _atomic.write_json(folder / f"{stem}.json", {"format": FORMAT_VERSION, **config})
+    atomic.write_bytes(folder / f"{stem}.safetensors", save_tensors(state))
+    atomic.write_json(folder / f"{stem}.json", {"format": FORMAT_VERSION, **config})
 
 
 def _read_json(path: Path) -> dict:
@@ -111,7 +111,7 @@ def save_policies(folder: Path, policies: list[Policy]) -> list[dict]:
         if policy.module is not None:
             save_module(folder, stem, policy.module, record)
         else:
-            _atomic.write_json(folder / f"{stem}.json", {"format": FORMAT_VERSION, **record})
+            atomic.write_json(folder / f"{stem}.json", {"format": FORMAT_VERSION, **record})
         entries.append({"kind": policy.kind, "name": policy.name, "file": stem, "weights": policy.module is not None})
     return entries
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from fastslow import _atomic, checkpoint
+from fastslow import atomic, checkpoint
 from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
@@ -255,7 +255,7 @@ def fit(
     (trained here like the default; only the default can be reloaded by ``evaluate``).
     """
     console = console or Console()
-    out = _atomic.check_folder(out)
+    out = atomic.check_folder(out)
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
     device = resolve_device(config.device)
@@ -287,8 +287,8 @@ def fit(
     if system2 is None:
         checkpoint.save_system2(folder, s2, s2_spec)
     manifest = {"system2": "default" if system2 is None else "custom", "policies": checkpoint.save_policies(folder, policies)}
-    _atomic.write_json(folder / "manifest.json", manifest)
-    _atomic.write_json(out / "config.json", config.model_dump())
+    atomic.write_json(folder / "manifest.json", manifest)
+    atomic.write_json(out / "config.json", config.model_dump())
     results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table)
     return FitResult(s1, s2, policies, results, payload)
 
@@ -391,7 +391,7 @@ def predict_folder(
     ``out/summary.json``. Returns the summary."""
     import json
 
-    out = _atomic.check_folder(out)
+    out = atomic.check_folder(out)
     loaded = _load_checkpoints(folder)
     deployment, loaded_config = _deployment(loaded), loaded.config
     try:
@@ -438,8 +438,8 @@ def predict_folder(
         "versions": versions(),
         "config": loaded_config.model_dump(),
     }
-    _atomic.write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
-    _atomic.write_json(out / "summary.json", summary)
+    atomic.write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    atomic.write_json(out / "summary.json", summary)
     return summary
 
 
@@ -453,7 +453,7 @@ def evaluate_folder(
 ) -> tuple[list[StrategyResult], dict]:
     """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
     fit_ = load_fit(folder, data=data, profile=profile)
-    _atomic.write_json(fit_.folder / "config.json", fit_.config.model_dump())
+    atomic.write_json(fit_.folder / "config.json", fit_.config.model_dump())
     return _evaluate_and_report(fit_.folder, fit_.config, fit_.splits, fit_.system1, fit_.system2, fit_.policies, fit_.profile,
                                 fit_.device, console or Console(), show_table)
 
@@ -541,7 +541,7 @@ def calibrate_folder(
         "system2_held_out_energy_uj": s2_held.energy_uj,
         "families": families,
     }
-    _atomic.write_json(fit_.folder / "calibration.json", payload)
+    atomic.write_json(fit_.folder / "calibration.json", payload)
     if show_table:
         _print_calibration(payload, console or Console())
     return payload

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fastslow import _atomic
+from fastslow import atomic
 from fastslow.config import check_seed
 from fastslow.data.datasets import load_dataset
 from fastslow.energy.profile import load_profile
@@ -30,7 +30,7 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
                   profile: str = "cmos45nm", s2_epochs: int = 10, console: Console | None = None, progress: bool = True,
                   show_table: bool = True) -> dict:
     console = console or Console()
-    _atomic.check_folder(out)
+    atomic.check_folder(out)
     check_seed(seed)
     if s2_epochs < 1:
         raise ConfigError(f"--s2-epochs {s2_epochs}: System 2 needs at least 1 training epoch")
@@ -51,7 +51,7 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
             console.print(f"[yellow]note: the data holds fewer {what} samples than asked for tasks "
                           + ", ".join(f"{i} ({n})" for i, n in tasks_short) + "; continual.json records the numbers used[/yellow]")
     strategies = _escalation(dataset, result, s2_epochs, seed, profile)
-    _atomic.write_json(Path(out) / "results.json", {
+    atomic.write_json(Path(out) / "results.json", {
         "dataset": dataset.name, "seed": seed, "profile": load_profile(profile).summary(), "versions": versions(), "config": config,
         "system1": {"kind": "stdp", "spec": spec.to_dict(), "memory_bytes": memory_bytes(spec)},
         "note": "after the last task, on every task's test samples; System 2 trained with labels on the same training samples",
@@ -98,7 +98,7 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
                max_trained: int = 8, seed: int = 0, profile: str = "cmos45nm", console: Console | None = None,
                progress: bool = True, show_table: bool = True) -> dict:
     console = console or Console()
-    _atomic.check_folder(out)
+    atomic.check_folder(out)
     check_seed(seed)
     dataset = load_dataset(data, seed=seed)
     config = {"data": data, "max_memory_kb": max_memory_kb, "max_energy_uj": max_energy_uj, "model": model, "neurons": list(neurons),
@@ -122,8 +122,8 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
         "samples_used": {"train": min(train_samples, len(dataset.x_train)), "test": min(test_samples, len(dataset.x_test))},
         "versions": versions(),
     }
-    _atomic.write_json(Path(out) / "search.json", payload)
-    _atomic.write_bytes(Path(out) / "search.png", search_png(candidates, f"model search on {dataset.name}", profile))
+    atomic.write_json(Path(out) / "search.json", payload)
+    atomic.write_bytes(Path(out) / "search.png", search_png(candidates, f"model search on {dataset.name}", profile))
     if show_table:
         table = Table(title=f"Candidates within {max_memory_kb:g} KB and {max_energy_uj:g} µJ/input that were trained")
         table.add_column("candidate", no_wrap=True)
@@ -183,8 +183,8 @@ def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, co
         "versions": versions,
         "seconds": result.seconds,
     }
-    _atomic.write_json(out / "continual.json", payload)
-    _atomic.write_bytes(out / "continual.png", continual_png(result, f"{result.model}, {spec.n_neurons} neurons, {spec.bits}-bit weights"))
+    atomic.write_json(out / "continual.json", payload)
+    atomic.write_bytes(out / "continual.png", continual_png(result, f"{result.model}, {spec.n_neurons} neurons, {spec.bits}-bit weights"))
 
 
 def search_png(candidates: list[Candidate], title: str, profile_name: str) -> bytes:

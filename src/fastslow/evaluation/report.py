@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fastslow import _atomic  # noqa: E402
+from fastslow import atomic  # noqa: E402
 from fastslow.evaluation.evaluate import REFERENCE_FAMILIES, S1_ONLY_FAMILIES, StrategyResult  # noqa: E402
 from fastslow.evaluation.metrics import pareto_front  # noqa: E402
 
@@ -180,7 +180,7 @@ def report_markdown(payload: dict) -> str:
 def write_report(folder: Path, payload: dict, results: list[StrategyResult]) -> None:
     """Write pareto.png, timesteps.png, report.md, then results.json (each atomically)."""
     title = f"{payload['dataset']}: accuracy vs energy ({payload['profile']['name']})"
-    _atomic.write_bytes(folder / "pareto.png", pareto_png(results, title, payload["profile"]["name"]))
-    _atomic.write_bytes(folder / "timesteps.png", timesteps_png(results, f"{payload['dataset']}: System 1 timesteps"))
-    _atomic.write_text(folder / "report.md", report_markdown(payload))
-    _atomic.write_json(folder / "results.json", payload)
+    atomic.write_bytes(folder / "pareto.png", pareto_png(results, title, payload["profile"]["name"]))
+    atomic.write_bytes(folder / "timesteps.png", timesteps_png(results, f"{payload['dataset']}: System 1 timesteps"))
+    atomic.write_text(folder / "report.md", report_markdown(payload))
+    atomic.write_json(folder / "results.json", payload)
