@@ -39,6 +39,7 @@ from fastslow.evaluation.evaluate import (
 )
 from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
+from fastslow.progress import progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
@@ -117,16 +118,6 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
     )
 
 
-@contextmanager
-def _progress(console: Console, enabled: bool):
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=not enabled, transient=False,
-    )
-    with progress:
-        yield progress
-
-
 def _train(progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed) -> None:
     batches = epochs * max(1, -(-len(x) // batch_size))
     task = progress.add_task(description, total=batches)
@@ -157,6 +148,14 @@ def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_of
     return collect_outputs(system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device)
 
 
+def _backend_or_why(system1: System1, requires_grad: bool) -> str:
+    """The backend a run with or without gradients uses here, or why the requested one cannot run it."""
+    try:
+        return system1.resolve_backend(requires_grad)
+    except ValueError as err:
+        return f"none: {err}"
+
+
 def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: dict[str, int], profile: EnergyProfile, s1_result: StrategyResult) -> dict:
     s1_spec = system1.spec
     s2_params = sum(p.numel() for p in system2.parameters())
@@ -169,8 +168,8 @@ def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: di
             "stateful_neurons": system1.stateful_neurons(),
             "timesteps": s1_spec.timesteps,
             # Which kernels ran the LIF layers (the config's system1.backend, resolved on this device).
-            "backend": {"requested": system1.requested_backend, "training": system1.resolve_backend(True),
-                        "inference": system1.resolve_backend(False)},
+            "backend": {"requested": system1.requested_backend, "training": _backend_or_why(system1, True),
+                        "inference": _backend_or_why(system1, False)},
             "mean_synaptic_ops": s1_result.ops_per_input["synaptic_ops"],
             "mean_dense_macs": s1_result.ops_per_input["s1_dense_macs"],
             "neuron_updates": s1_result.ops_per_input["neuron_updates"],
@@ -273,7 +272,7 @@ def fit(
     s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
     xd, yd = splits.x_train.to(device), splits.y_train.to(device)
     c1, c2 = config.system1, config.system2
-    with _progress(console, progress) as bars:
+    with progress_bars(console, progress) as bars:
         torch.manual_seed(config.seed)  # rate encoding draws from the global generator while training
         _train(bars, "System 1 (SNN, BPTT)", s1, lambda m, x, y: system1_loss(m, x, y, c1.loss), xd, yd, c1.epochs, c1.lr, c1.batch_size, config.seed)
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
@@ -409,7 +408,7 @@ def predict_folder(
         source = inputs.note
     n_classes = None if y is None or len(y) == 0 else int(y.max()) + 1
     _check_inputs_fit(f"data {data or loaded_config.data!r}", tuple(x.shape[1:]), n_classes, deployment.system1, exact=False)
-    with _progress(console or Console(), progress) as bars:
+    with progress_bars(console or Console(), progress) as bars:
         task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
         answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
     correct = None if y is None else answer.predictions == y

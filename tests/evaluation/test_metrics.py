@@ -47,7 +47,7 @@ def test_a_sweep_over_a_narrow_rate_range_says_it_was_extended():
 
 
 def test_pareto_front_of_accuracy_and_energy_keeps_ties_and_drops_the_beaten():
-    from fastslow.evaluation.metrics import pareto_front
+    from fastslow.pareto import pareto_front
 
     points = [(0.975, 0.098), (0.969, 0.115), (0.98, 0.2), (0.975, 0.098), (0.90, 0.05)]
     assert pareto_front(points) == [True, False, True, True, True]

@@ -11,7 +11,7 @@ from fastslow.energy.accounting import stdp_energy_uj
 from fastslow.energy.profile import load_profile
 from fastslow.errors import ConfigError
 from fastslow.stdp import DiehlCookConstants, STDPNetwork, STDPSpec
-from fastslow.evaluation.metrics import pareto_front
+from fastslow.pareto import pareto_front
 from fastslow.stdp.search import expected_counts, mean_input_rate, search
 
 

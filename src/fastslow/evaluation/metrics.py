@@ -42,16 +42,6 @@ def routing_metrics(points: list[tuple[float, float]], acc_s1: float, acc_s2: fl
     return RoutingMetrics(apgr=area, cpt50=_cpt(curve, 0.5), cpt80=_cpt(curve, 0.8), note=note)
 
 
-def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
-    """Which points (accuracy, cost, …) no other point beats: at least as accurate and no costlier in
-    every cost, and strictly better in one (ties are all kept)."""
-    def beats(other: Sequence[float], point: Sequence[float]) -> bool:
-        no_worse = other[0] >= point[0] and all(o <= p for o, p in zip(other[1:], point[1:]))
-        return no_worse and (other[0] > point[0] or any(o < p for o, p in zip(other[1:], point[1:])))
-
-    return [not any(beats(other, point) for j, other in enumerate(points) if j != i) for i, point in enumerate(points)]
-
-
 def _cpt(curve: list[tuple[float, float]], target: float) -> float | None:
     previous = None
     for rate, pgr in curve:

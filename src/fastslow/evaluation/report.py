@@ -14,7 +14,7 @@ from rich.table import Table  # noqa: E402
 
 from fastslow import atomic  # noqa: E402
 from fastslow.evaluation.evaluate import REFERENCE_FAMILIES, S1_ONLY_FAMILIES, StrategyResult  # noqa: E402
-from fastslow.evaluation.metrics import pareto_front  # noqa: E402
+from fastslow.pareto import pareto_front  # noqa: E402
 
 ENERGY_NOTE = (
     "Energy per input in µJ counts arithmetic only (synaptic accumulates from the real spikes, "
