@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fastslow.policies import Seenn1
 from fastslow.serving import FastSlow
 from fastslow.serving.chunks import EXPLORE_EVERY, ChunkPlanner
 from fastslow.systems.system1 import doubling_chunks
@@ -148,9 +149,9 @@ def test_serving_answers_the_same_whatever_the_plan():
     """Adaptive chunks, doubling chunks and the records give the same answers, timesteps and µJ, on
     batches served while the planner learns (its plans change between them)."""
     system1, system2 = _systems_whose_inputs_stop_at_many_steps()
-    adaptive = FastSlow(system1, system2, 1000, threshold=0.6, compaction=True)
-    doubling = FastSlow(system1, system2, 1000, threshold=0.6, compaction=True, chunking="doubling")
-    records = FastSlow(system1, system2, 1000, threshold=0.6, compaction=False)
+    adaptive = FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True)
+    doubling = FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True, chunking="doubling")
+    records = FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=False)
     plans = set()
     for batch in range(6):
         x = torch.rand(60, 1, 10, 10, generator=torch.Generator().manual_seed(batch))
@@ -169,16 +170,17 @@ def test_an_unknown_chunking_is_refused():
 
     system1 = System1(System1Spec(input_shape=(1, 4, 4), n_classes=2, hidden=(8,), timesteps=4, encoding="direct"))
     with pytest.raises(ValueError, match="chunking must be"):
-        FastSlow(system1, torch.nn.Linear(16, 2), 10, chunking="halving")
+        FastSlow(system1, torch.nn.Linear(16, 2), Seenn1(0.9, escalate=True), s2_macs=10, chunking="halving")
 
 
 def test_one_server_answers_the_same_from_several_threads():
     from concurrent.futures import ThreadPoolExecutor
 
     system1, system2 = _systems_whose_inputs_stop_at_many_steps()
-    server = FastSlow(system1, system2, 1000, threshold=0.6, compaction=True)
+    server = FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True)
     batches = [torch.rand(40, 1, 10, 10, generator=torch.Generator().manual_seed(seed)) for seed in range(12)]
-    alone = [FastSlow(system1, system2, 1000, threshold=0.6, compaction=True, chunking="doubling").predict(x) for x in batches]
+    alone = [FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True, chunking="doubling").predict(x)
+             for x in batches]
     with ThreadPoolExecutor(3) as pool:
         shared = list(pool.map(server.predict, batches))
     for one, other in zip(alone, shared):

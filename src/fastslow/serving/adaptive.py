@@ -95,17 +95,38 @@ class FastSlow:
         steps = getattr(policy.module, "timesteps", system1.spec.timesteps)
         if steps != system1.spec.timesteps:
             raise ValueError(f"the policy decides over {steps} timesteps but System 1 runs {system1.spec.timesteps}: fit it on this System 1")
+        exits = getattr(policy.module, "n_exits", system1.n_exits)
+        if exits != system1.n_exits:
+            raise ValueError(f"the policy answers from {exits} exits but System 1 has {system1.n_exits}: fit it on this System 1")
         if s2_macs is None:
             s2_macs = sum(count_macs(system2, tuple(system1.spec.input_shape)).values())
         if not s2_macs >= 0:
             raise ValueError(f"s2_macs (System 2's MACs per input) must be ≥ 0, got {s2_macs}")
         if chunking not in ("adaptive", "doubling"):
             raise ValueError(f"chunking must be 'adaptive' or 'doubling', got {chunking!r}")
-        self.system1, self.system2, self.policy, self.s2_macs = system1.eval(), system2.eval(), policy, s2_macs
+        # Every path hands the policy CPU records (as the evaluation does): its weights go there too.
+        self.system1, self.system2, self.policy, self.s2_macs = system1.eval(), system2.eval(), policy.to("cpu"), s2_macs
+        self._check_policy_reads_system1()
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.compaction = compaction
         self.planner = ChunkPlanner(system1.spec.timesteps) if chunking == "adaptive" else None
         self._graphed = GraphedSystem1(system1) if cuda_graphs else None
+
+    @torch.no_grad()
+    def _check_policy_reads_system1(self) -> None:
+        """A ValueError, in one line, for a policy fitted on another System 1 (other classes or layers,
+        so other features): it routes one blank input over a record of all T steps shaped as this System 1's."""
+        s1, policy = self.system1, self.policy
+        steps, classes = s1.spec.timesteps, s1.spec.n_classes
+        counts = torch.zeros(s1.n_components, steps, 1)
+        record = S1Record.from_step_outputs(torch.zeros(steps, s1.n_exits, 1, classes), synaptic_ops=counts, dense_macs=counts,
+                                            neuron_updates=s1.neuron_counts().cpu(), spike_rates=torch.zeros(len(s1.layers), steps, 1),
+                                            exit_layers=s1.exit_layers)
+        try:
+            policy.route(self._outputs(record, policy_input(torch.zeros(1, *s1.spec.input_shape))))
+        except (RuntimeError, IndexError) as err:
+            raise ValueError(f"{policy.name} does not read the features this System 1 gives ({str(err).splitlines()[0]}): "
+                             "fit it on this System 1") from None
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Answer:
