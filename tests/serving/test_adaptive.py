@@ -276,7 +276,7 @@ def test_a_direct_mlp_is_served_in_one_compiled_call_with_the_evaluations_answer
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     if not _cpu_kernels.cpu_kernels_available():
-        pytest.skip("the compiled CPU kernels are off (numba missing or FASTSLOW_CPU_KERNELS=0)")
+        pytest.skip("the compiled CPU kernels are off (numba is not installed)")
     if margin != "default":
         monkeypatch.setattr(adaptive, "CONFIDENCE_MARGIN", 1.0)
     torch.manual_seed(1)

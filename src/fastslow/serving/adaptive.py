@@ -39,7 +39,7 @@ from fastslow.policies.confidence import confidence_policy_macs
 from fastslow.policies.dynamic import seenn1_confidence
 from fastslow.policies.seenn2 import policy_input
 from fastslow.serving.chunks import ChunkPlanner
-from fastslow.spiking import _cpu_kernels, encode_step, is_spiking
+from fastslow.spiking import backends, encode_step, is_spiking
 from fastslow.systems.cuda_graphs import GraphedSystem1
 from fastslow.systems.records import S1Record
 from fastslow.systems.system1 import System1, doubling_chunks
@@ -235,7 +235,7 @@ class FastSlow:
 
     def _predict_compiled(self, x: torch.Tensor, flat: torch.Tensor) -> Answer:
         """SEENN-I over an MLP with direct encoding on a CPU, in one compiled call
-        (:func:`~fastslow.spiking._cpu_kernels.mlp_until_confident`): each input runs step by step
+        (:func:`~fastslow.spiking.backends.mlp_until_confident`): each input runs step by step
         until confident or at T, with no chunks and no call per step; its steps, answer and charges
         are those of :meth:`_predict_compacted`. Where the kernel's float64 confidence is too close to
         θ to be sure of the evaluation's float32 one, torch decides (the evaluation's formula), and
@@ -256,18 +256,18 @@ class FastSlow:
         threshold, margin = (math.inf, -1.0) if policy.threshold >= 1.0 else (policy.threshold, CONFIDENCE_MARGIN)
         params = s1.lif_params
         while len(rows):
-            _cpu_kernels.mlp_until_confident(constant, weights, states, rows, starts, steps, params.beta, params.threshold,
+            backends.mlp_until_confident(constant, weights, states, rows, starts, steps, params.beta, params.threshold,
                                              params.reset == "zero", threshold, policy.temperature, margin, sums, charges, answer,
                                              stopped_at, status)
-            close = rows[status[rows] == _cpu_kernels.TOO_CLOSE]
+            close = rows[status[rows] == backends.TOO_CLOSE]
             if len(close) == 0:
                 break
             taken = stopped_at[close]
             sure = seenn1_confidence(answer[close], policy.temperature, steps=taken) > policy.threshold
-            status[close] = torch.where(sure, _cpu_kernels.CONFIDENT, _cpu_kernels.UNCONFIDENT).to(torch.int8)
+            status[close] = torch.where(sure, backends.CONFIDENT, backends.UNCONFIDENT).to(torch.int8)
             going_on = ~sure & (taken < steps)
             rows, starts = close[going_on], taken[going_on]
-        escalated = (status != _cpu_kernels.CONFIDENT) & policy.escalate
+        escalated = (status != backends.CONFIDENT) & policy.escalate
         routing = Routing(escalate=escalated, timesteps=stopped_at, exit_taken=torch.full_like(stopped_at, s1.n_exits - 1),
                           policy_macs=stopped_at.to(flat.dtype) * confidence_policy_macs(classes))
         # Each input's charges as one step's record at its stop: the charge sums the steps up to it.
