@@ -65,8 +65,16 @@ def main() -> None:
     data = np.load(setup["train"])
     torch.manual_seed(setup["seed"])
     steps = int(setup["presentation_ms"] / setup["dt"])
-    network = DiehlAndCook2015(n_inpt=784, n_neurons=setup["neurons"], exc=22.5, inh=120.0, dt=setup["dt"], norm=78.4,
-                               theta_plus=0.05, inpt_shape=(1, 28, 28))
+    network = DiehlAndCook2015(
+        n_inpt=784,
+        n_neurons=setup["neurons"],
+        exc=22.5,
+        inh=120.0,
+        dt=setup["dt"],
+        norm=78.4,
+        theta_plus=0.05,
+        inpt_shape=(1, 28, 28),
+    )
     monitor = Monitor(network.layers["Ae"], state_vars=["s"], time=steps)
     network.add_monitor(monitor, name="Ae_spikes")
     encoder = PoissonEncoder(time=setup["presentation_ms"], dt=setup["dt"])
@@ -89,8 +97,16 @@ def main() -> None:
     assignments, _, _ = assign_labels(labelled[:, None, :], y_train, 10)
     tested = torch.stack([present(image, learning=False) for image in x_test])
     predicted = all_activity(tested[:, None, :], assignments, 10)
-    print(json.dumps({"train_samples_per_s": len(x_train) / train_seconds, "accuracy": float((predicted == y_test).float().mean()),
-                      "spikes_per_input": float(tested.sum(1).mean())}), flush=True)
+    print(
+        json.dumps(
+            {
+                "train_samples_per_s": len(x_train) / train_seconds,
+                "accuracy": float((predicted == y_test).float().mean()),
+                "spikes_per_input": float(tested.sum(1).mean()),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

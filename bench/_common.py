@@ -33,8 +33,12 @@ def peer_python(library: str, requirements: list[str], out) -> str | None:
         return str(python)
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
-        base = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
-        own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
+        base = subprocess.run(
+            [sys.executable, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        own = subprocess.run(
+            [str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         Path(own, "fastslow-bench-base.pth").write_text(base + "\n")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "setuptools", "wheel"], check=True, capture_output=True)
         # Download first, then install the files: Norse's sdist reports version 0.0.0 when built
@@ -42,7 +46,16 @@ def peer_python(library: str, requirements: list[str], out) -> str | None:
         downloads = venv / "downloads"
         for command in (
             lambda: [str(python), "-m", "pip", "download", "-q", "--no-deps", "-d", str(downloads), *requirements],
-            lambda: [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *map(str, sorted(downloads.iterdir()))],
+            lambda: [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                *map(str, sorted(downloads.iterdir())),
+            ],
         ):  # the install line is built only after the download has filled the folder
             result = subprocess.run(command(), capture_output=True, text=True)
             if result.returncode != 0:

@@ -49,7 +49,9 @@ class Plain(nn.Module):
         elif library == "norse":
             import norse.torch as norse
 
-            params = norse.LIFBoxParameters(tau_mem_inv=torch.tensor(1.0 - BETA), v_th=torch.tensor(THRESHOLD), v_reset=torch.tensor(0.0))
+            params = norse.LIFBoxParameters(
+                tau_mem_inv=torch.tensor(1.0 - BETA), v_th=torch.tensor(THRESHOLD), v_reset=torch.tensor(0.0)
+            )
             self.neurons = nn.ModuleList(norse.LIFBoxCell(params, dt=1.0) for _ in ops[:-1])
         else:
             raise ValueError(library)
@@ -94,13 +96,15 @@ class Plain(nn.Module):
 
 
 class Fastslow(nn.Module):
-    def __init__(self, network: str, ops: list[nn.Module], mode: str, dense: bool = False, graphs: bool = False,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self, network: str, ops: list[nn.Module], mode: str, dense: bool = False, graphs: bool = False, backend: str = "auto"
+    ) -> None:
         super().__init__()
         import dataclasses
 
-        from fastslow.systems import System1
         from simulation_speed import benchmark_spec  # this script's folder is on sys.path
+
+        from fastslow.systems import System1
 
         spec = benchmark_spec(network, STEPS)
         if dense:  # "fastslow_dense": every synapse a dense matmul
@@ -144,7 +148,9 @@ class Floor(nn.Module):
                     spikes = (current > 0.5).float()
                     if pool_after(self.network, index):
                         spikes = F.max_pool2d(spikes, 2)
-                    spikes = spikes.flatten(1) if isinstance(op, nn.Linear) else spikes.contiguous(memory_format=torch.channels_last)
+                    spikes = (
+                        spikes.flatten(1) if isinstance(op, nn.Linear) else spikes.contiguous(memory_format=torch.channels_last)
+                    )
                     made.append(spikes)
                     current = op(spikes)
             self.inputs[x.shape[0]] = made
@@ -168,8 +174,14 @@ def build(library: str, network: str, weights: dict) -> nn.Module:
         op.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{index}.")})
     if library.startswith("fastslow"):
         # "fastslow_torch": the torch backend (no compiled kernels), side by side with "auto"
-        return Fastslow(network, ops, "stepwise" if library.endswith("stepwise") else "multistep", dense=library.endswith("dense"),
-                        graphs=library.endswith("graphs"), backend="torch" if library == "fastslow_torch" else "auto")
+        return Fastslow(
+            network,
+            ops,
+            "stepwise" if library.endswith("stepwise") else "multistep",
+            dense=library.endswith("dense"),
+            graphs=library.endswith("graphs"),
+            backend="torch" if library == "fastslow_torch" else "auto",
+        )
     if library == "matmul_floor":
         return Floor(network, ops)
     return Plain(library, network, ops)

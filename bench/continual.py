@@ -34,10 +34,20 @@ MECHANISMS = ("direct_inhibition", "adaptive_rates", "adaptive_threshold", "weig
 def summarise(result) -> dict:
     newest = 100 * float(np.mean(result.newest_task_accuracy()))
     old = [a for a in result.old_task_accuracy() if a is not None]
-    train = float(np.mean([sum(v for k, v in p.items() if k not in ("presentations_per_sample", "samples")) for p in result.training_energy_uj]))
+    train = float(
+        np.mean(
+            [sum(v for k, v in p.items() if k not in ("presentations_per_sample", "samples")) for p in result.training_energy_uj]
+        )
+    )
     infer = float(np.mean([sum(p.values()) for p in result.inference_energy_uj]))
-    return {"newest_pct": newest, "old_pct": 100 * float(np.mean(old)) if old else float("nan"), "train_uj_per_sample": train,
-            "infer_uj_per_input": infer, "seconds": result.seconds, "accuracy": result.accuracy}
+    return {
+        "newest_pct": newest,
+        "old_pct": 100 * float(np.mean(old)) if old else float("nan"),
+        "train_uj_per_sample": train,
+        "infer_uj_per_input": infer,
+        "seconds": result.seconds,
+        "accuracy": result.accuracy,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,36 +69,69 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(data_spec, seed=args.seed)
     tasks = parse_tasks(args.tasks, data.n_classes)
     n_inputs = int(np.prod(data.input_shape))
-    runs = {"diehl-cook": STDPSpec(model="diehl-cook", n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms),
-            "spikedyn": STDPSpec(model="spikedyn", n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms)}
+    runs = {
+        "diehl-cook": STDPSpec(
+            model="diehl-cook", n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms
+        ),
+        "spikedyn": STDPSpec(model="spikedyn", n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms),
+    }
     if not args.no_ablation:
         for mechanism in MECHANISMS:
             runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
     report = {}
     for name, spec in runs.items():
         out.print(f"[dim]{name}: {len(tasks)} tasks × {args.samples_per_task} samples …[/dim]")
-        report[name] = summarise(run_continual(data, spec, tasks, samples_per_task=args.samples_per_task,
-                                               test_per_task=args.test_per_task, seed=args.seed))
-    table = Table(title=f"Continual protocol on {data.name}: {len(tasks)} tasks, {args.samples_per_task} samples each, "
-                        f"{args.neurons} neurons (mean over the tasks; energy cmos45nm, arithmetic only)")
+        report[name] = summarise(
+            run_continual(
+                data, spec, tasks, samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, seed=args.seed
+            )
+        )
+    table = Table(
+        title=f"Continual protocol on {data.name}: {len(tasks)} tasks, {args.samples_per_task} samples each, "
+        f"{args.neurons} neurons (mean over the tasks; energy cmos45nm, arithmetic only)"
+    )
     for column in ("model", "newest task %", "old tasks %", "train µJ/sample", "infer µJ/input", "time s"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, r in report.items():
-        table.add_row(name, f"{r['newest_pct']:.1f}", f"{r['old_pct']:.1f}", f"{r['train_uj_per_sample']:.2f}", f"{r['infer_uj_per_input']:.3f}", f"{r['seconds']:.0f}")
+        table.add_row(
+            name,
+            f"{r['newest_pct']:.1f}",
+            f"{r['old_pct']:.1f}",
+            f"{r['train_uj_per_sample']:.2f}",
+            f"{r['infer_uj_per_input']:.3f}",
+            f"{r['seconds']:.0f}",
+        )
     out.print(table)
     base, ours = report["diehl-cook"], report["spikedyn"]
-    measured = {"newest": ours["newest_pct"] - base["newest_pct"], "old": ours["old_pct"] - base["old_pct"],
-                "training": 100 * (ours["train_uj_per_sample"] / base["train_uj_per_sample"] - 1),
-                "inference": 100 * (ours["infer_uj_per_input"] / base["infer_uj_per_input"] - 1)}
+    measured = {
+        "newest": ours["newest_pct"] - base["newest_pct"],
+        "old": ours["old_pct"] - base["old_pct"],
+        "training": 100 * (ours["train_uj_per_sample"] / base["train_uj_per_sample"] - 1),
+        "inference": 100 * (ours["infer_uj_per_input"] / base["infer_uj_per_input"] - 1),
+    }
     deltas = Table(title="SpikeDyn against Diehl & Cook: measured here beside the paper's claims")
     for column in ("", "newest task (points)", "old tasks (points)", "training energy", "inference energy"):
         deltas.add_column(column, justify="right")
-    deltas.add_row("measured", f"{measured['newest']:+.1f}", f"{measured['old']:+.1f}", f"{measured['training']:+.0f}%", f"{measured['inference']:+.0f}%")
-    deltas.add_row("claimed", f"{CLAIMS['newest']:+.0f}", f"{CLAIMS['old']:+.0f}", f"{CLAIMS['training']:+.0f}%", f"{CLAIMS['inference']:+.0f}%")
+    deltas.add_row(
+        "measured",
+        f"{measured['newest']:+.1f}",
+        f"{measured['old']:+.1f}",
+        f"{measured['training']:+.0f}%",
+        f"{measured['inference']:+.0f}%",
+    )
+    deltas.add_row(
+        "claimed",
+        f"{CLAIMS['newest']:+.0f}",
+        f"{CLAIMS['old']:+.0f}",
+        f"{CLAIMS['training']:+.0f}%",
+        f"{CLAIMS['inference']:+.0f}%",
+    )
     out.print(deltas)
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": report, "measured_deltas": measured, "claimed_deltas": CLAIMS,
-                                               "config": vars(args)}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"runs": report, "measured_deltas": measured, "claimed_deltas": CLAIMS, "config": vars(args)}, indent=2)
+            + "\n"
+        )
     return 0
 
 

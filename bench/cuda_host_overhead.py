@@ -56,7 +56,9 @@ def _kernels_per_call(work) -> tuple[int, list[tuple[str, float, int]]]:
         work()
         torch.cuda.synchronize()
     events = prof.key_averages()
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    launches = sum(
+        e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+    )
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     return launches, [(e.key, e.self_cpu_time_total, e.count) for e in top]
 
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device("cuda")
     torch.manual_seed(0)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, kernels {'on' if _cuda_kernels.cuda_kernels_available() else 'off'}")
+    print(
+        f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, kernels {'on' if _cuda_kernels.cuda_kernels_available() else 'off'}"
+    )
 
     # One launch's host cost: a Triton LIF kernel against a torch element-wise kernel on the same small tensor.
     currents = torch.rand(8, 128, 512, device=device)
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
             work()
         host = (time.perf_counter() - started) / (args.runs * 5) * 1e6
         torch.cuda.synchronize()
-        print(f"launch host cost, {name}: {host:.1f} µs per call (no synchronisation; device time {_median_ms(work, args.runs) * 1000:.1f} µs)")
+        print(
+            f"launch host cost, {name}: {host:.1f} µs per call (no synchronisation; device time {_median_ms(work, args.runs) * 1000:.1f} µs)"
+        )
 
     for network, (shape, batch) in NETWORKS.items():
         model = System1(benchmark_spec(network)).to(device)
@@ -111,15 +117,21 @@ def main(argv: list[str] | None = None) -> None:
         for work in (infer, lambda: infer(graphed.run), train):
             for _ in range(3):
                 work()
-        eager, replay, training = _median_ms(infer, args.runs), _median_ms(lambda: infer(graphed.run), args.runs), _median_ms(train, args.runs)
+        eager, replay, training = (
+            _median_ms(infer, args.runs),
+            _median_ms(lambda: infer(graphed.run), args.runs),
+            _median_ms(train, args.runs),
+        )
         torch.cuda.synchronize()
         started = time.perf_counter()
         for _ in range(args.runs):
             infer()
         host_only = (time.perf_counter() - started) / args.runs * 1000  # the host's pace while the GPU queues up
         torch.cuda.synchronize()
-        print(f"\n## {network}, batch {batch}: eager inference {eager:.3f} ms, host time per run {host_only:.3f} ms, "
-              f"CUDA-graph replay {replay:.3f} ms (device-bound: {eager / replay:.2f}× the replay); training step {training:.3f} ms")
+        print(
+            f"\n## {network}, batch {batch}: eager inference {eager:.3f} ms, host time per run {host_only:.3f} ms, "
+            f"CUDA-graph replay {replay:.3f} ms (device-bound: {eager / replay:.2f}× the replay); training step {training:.3f} ms"
+        )
         for name, work in (("inference", infer), ("training", train)):
             launches, top = _kernels_per_call(work)
             print(f"{name}: {launches} kernel launches per run; top host ops (self CPU µs, calls):")
@@ -144,6 +156,7 @@ def side_by_side(network: str, rounds: int, runs: int = 10, device: str = "cuda"
     import importlib.util
 
     import _speed_worker
+
     device = torch.device(device)
     torch.manual_seed(0)
     ops = _speed_worker.layers_for(network)
@@ -160,9 +173,11 @@ def side_by_side(network: str, rounds: int, runs: int = 10, device: str = "cuda"
             forward = _median_ms(lambda: model(x), runs, repeats=1)
         train = float("nan")
         if lib != "matmul_floor":
+
             def step() -> None:
                 model.zero_grad(set_to_none=True)
                 torch.nn.functional.cross_entropy(model(x)[0], y).backward()
+
             train = _median_ms(step, runs, repeats=1)
         return forward, train
 
@@ -174,9 +189,15 @@ def side_by_side(network: str, rounds: int, runs: int = 10, device: str = "cuda"
             times[lib].append(timed(lib))
     medians = {lib: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for lib, ts in times.items()}
     reference = medians.get("spikingjelly")
-    print(f"\n## {network}: side by side in one process, median of {rounds} alternating rounds (each the mean of {runs} runs), ms")
+    print(
+        f"\n## {network}: side by side in one process, median of {rounds} alternating rounds (each the mean of {runs} runs), ms"
+    )
     for lib, (forward, train) in medians.items():
-        ratio = "" if reference is None else f"   / SpikingJelly: forward {forward / reference[0]:.2f}×, train {train / reference[1]:.2f}×"
+        ratio = (
+            ""
+            if reference is None
+            else f"   / SpikingJelly: forward {forward / reference[0]:.2f}×, train {train / reference[1]:.2f}×"
+        )
         print(f"    {lib:<24} forward {forward:7.3f}   train {train:7.3f}{ratio}")
 
 

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import console as wide_console  # noqa: E402
 from _common import default_data  # noqa: E402
 
-
 ROUTER_FAMILIES = ("router_exits", "router_exits_budget", "router_steps", "router_steps_budget")
 
 
@@ -47,10 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--timesteps", type=int, default=8)
     parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp", help="System 1 architecture")
-    parser.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden widths (default: 256 128 for mlp, none for conv)")
+    parser.add_argument(
+        "--hidden", type=int, nargs="*", default=None, help="hidden widths (default: 256 128 for mlp, none for conv)"
+    )
     parser.add_argument("--conv-channels", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budgets", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.4], help="µJ per input for budget-driven whole-space routers")
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="*",
+        default=[0.1, 0.15, 0.2, 0.4],
+        help="µJ per input for budget-driven whole-space routers",
+    )
     parser.add_argument("--profile", default="cmos45nm")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -60,44 +67,106 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     hidden = args.hidden if args.hidden is not None else ([256, 128] if args.arch == "mlp" else [])
     config = load_config(
-        None, data=data, seed=args.seed, profile=args.profile,
-        system1={"arch": args.arch, "hidden": hidden, "conv_channels": args.conv_channels, "exit_heads": [0],
-                 "timesteps": args.timesteps, "epochs": args.epochs},
+        None,
+        data=data,
+        seed=args.seed,
+        profile=args.profile,
+        system1={
+            "arch": args.arch,
+            "hidden": hidden,
+            "conv_channels": args.conv_channels,
+            "exit_heads": [0],
+            "timesteps": args.timesteps,
+            "epochs": args.epochs,
+        },
         system2={"epochs": args.epochs, "lr": 3e-3},
-        confidence={"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999, 0.99999, 0.999999, 0.9999999]},
-        router={"exit_shares": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4], "exit_energy_budgets_uj": args.budgets,
-                "step_shares": [0.005, 0.01, 0.02, 0.03, 0.05, 0.1], "step_energy_budgets_uj": args.budgets},
+        confidence={
+            "thresholds": [
+                0.5,
+                0.6,
+                0.7,
+                0.8,
+                0.85,
+                0.9,
+                0.95,
+                0.97,
+                0.98,
+                0.99,
+                0.995,
+                0.998,
+                0.999,
+                0.9995,
+                0.9999,
+                0.99999,
+                0.999999,
+                0.9999999,
+            ]
+        },
+        router={
+            "exit_shares": [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4],
+            "exit_energy_budgets_uj": args.budgets,
+            "step_shares": [0.005, 0.01, 0.02, 0.03, 0.05, 0.1],
+            "step_energy_budgets_uj": args.budgets,
+        },
     )
     with tempfile.TemporaryDirectory() as scratch:
-        result = fit(config, Path(args.out) if args.out else Path(scratch), console=console, progress=sys.stdout.isatty(), show_table=False)
+        result = fit(
+            config, Path(args.out) if args.out else Path(scratch), console=console, progress=sys.stdout.isatty(), show_table=False
+        )
     results = result.results
     by_name = {r.name: r for r in results}
     s1, s2 = by_name["system1"], by_name["system2"]
-    rows = [("System 1, full T", "reference", s1), ("System 2", "reference", s2), ("AET oracle", "reference", by_name["aet_oracle"])]
+    rows = [
+        ("System 1, full T", "reference", s1),
+        ("System 2", "reference", s2),
+        ("AET oracle", "reference", by_name["aet_oracle"]),
+    ]
     for label, family in [("SEENN-I", "seenn1"), ("cascade exits", "exits"), ("pondering", "ponder")]:
         pick = _cheapest(results, family, s1.accuracy - 0.002)
         rows.append((label, "cheapest ≥ S1−0.2pt" if pick else "most accurate", pick or _best(results, family)))
     rows.append(("SEENN-II", "most accurate", _best(results, "seenn2")))
-    for label, family in [("SEENN-I + S2", "seenn1+s2"), ("router, one-shot", "router_exits"), ("router, sequential", "router_steps"),
-                          ("router, seq. budget", "router_steps_budget"), ("confidence", "confidence")]:
+    for label, family in [
+        ("SEENN-I + S2", "seenn1+s2"),
+        ("router, one-shot", "router_exits"),
+        ("router, sequential", "router_steps"),
+        ("router, seq. budget", "router_steps_budget"),
+        ("confidence", "confidence"),
+    ]:
         pick = _cheapest(results, family, s2.accuracy - 0.003)
         rows.append((label, "cheapest ≥ S2−0.3pt" if pick else "most accurate", pick or _best(results, family)))
-    table = Table(title=f"{result.payload['data_note']}; profile {result.payload['profile']['name']}, T = {args.timesteps}, seed {args.seed}")
+    table = Table(
+        title=f"{result.payload['data_note']}; profile {result.payload['profile']['name']}, T = {args.timesteps}, seed {args.seed}"
+    )
     for column in ("policy", "pick", "point", "acc %", "esc %", "mean T", "T share", "µJ/in", "×S2"):
         table.add_column(column, justify="left" if column in ("policy", "pick", "point") else "right", no_wrap=True)
     for label, pick, r in rows:
         if r is None:
             continue
-        table.add_row(label, pick, r.name, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}",
-                      f"{r.mean_timesteps / args.timesteps:.2f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
+        table.add_row(
+            label,
+            pick,
+            r.name,
+            f"{100 * r.accuracy:.2f}",
+            f"{100 * r.escalation_rate:.1f}",
+            f"{r.mean_timesteps:.2f}",
+            f"{r.mean_timesteps / args.timesteps:.2f}",
+            f"{r.energy_uj:.4f}",
+            f"{r.energy_ratio_vs_s2:.3f}",
+        )
     console.print(table)
-    console.print(f"System 1: {result.payload['systems']['system1']['description']}. Energy counts arithmetic only (no memory traffic).")
+    console.print(
+        f"System 1: {result.payload['systems']['system1']['description']}. Energy counts arithmetic only (no memory traffic)."
+    )
     for r in (r for r in results if r.family in ("router_exits_budget", "router_steps_budget")):
         budget = r.knob["energy_budget_uj"]
-        console.print(f"{r.name}: held-out {r.energy_uj:.4f} µJ/input ({100 * (r.energy_uj / budget - 1):+.1f}% of the budget), "
-                      f"{100 * r.accuracy:.2f}%, {100 * r.escalation_rate:.1f}% to System 2, mean T {r.mean_timesteps:.2f}")
+        console.print(
+            f"{r.name}: held-out {r.energy_uj:.4f} µJ/input ({100 * (r.energy_uj / budget - 1):+.1f}% of the budget), "
+            f"{100 * r.accuracy:.2f}%, {100 * r.escalation_rate:.1f}% to System 2, mean T {r.mean_timesteps:.2f}"
+        )
     s1_only = [r for _, _, r in rows[3:6] if r and r.accuracy >= s1.accuracy - 0.002 and r.mean_timesteps <= 0.3 * args.timesteps]
-    console.print("target S1-only (≥ S1 − 0.2 pt at ≤ 30% of T): " + (", ".join(r.name for r in s1_only) if s1_only else "not met"))
+    console.print(
+        "target S1-only (≥ S1 − 0.2 pt at ≤ 30% of T): " + (", ".join(r.name for r in s1_only) if s1_only else "not met")
+    )
     routers = [p for p in (_cheapest(results, f, s2.accuracy - 0.003) for f in ROUTER_FAMILIES) if p is not None]
     router = min(routers, key=lambda r: r.energy_uj) if routers else None
     if router is None:
@@ -115,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         cascades = [r for r in results if r.family == "seenn1+s2" and r.accuracy >= router.accuracy]
         if cascades:
             cascade = min(cascades, key=lambda r: r.energy_uj)
-            console.print(f"beside the cheapest threshold cascade of equal or better accuracy, {cascade.name} "
-                          f"({100 * cascade.accuracy:.2f}% at {cascade.energy_ratio_vs_s2:.3f}×): the router spends {router.energy_uj / cascade.energy_uj:.2f}× its energy")
+            console.print(
+                f"beside the cheapest threshold cascade of equal or better accuracy, {cascade.name} "
+                f"({100 * cascade.accuracy:.2f}% at {cascade.energy_ratio_vs_s2:.3f}×): the router spends {router.energy_uj / cascade.energy_uj:.2f}× its energy"
+            )
     return 0
 
 

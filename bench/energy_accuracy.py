@@ -31,7 +31,12 @@ from _common import default_data  # noqa: E402
 
 def _bench_config(data: str, epochs: int | None, seed: int, profile: str, timesteps: int):
     overrides = {
-        "system1": {"hidden": [256], "timesteps": timesteps, "encoding": "rate", **({"epochs": epochs} if epochs else {"epochs": 15})},
+        "system1": {
+            "hidden": [256],
+            "timesteps": timesteps,
+            "encoding": "rate",
+            **({"epochs": epochs} if epochs else {"epochs": 15}),
+        },
         "system2": {"epochs": epochs or 15, "lr": 3e-3},
         "router": {"shares": [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
         "confidence": {"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999]},
@@ -68,16 +73,27 @@ def main(argv: list[str] | None = None) -> int:
             top = max((r for r in result.results if r.family == family), key=lambda r: (r.accuracy, -r.energy_uj))
             rows.append((f"{family}: most accurate (none ≥ S2 − 0.5 pt)", top))
     rows.append(("oracle (reference)", by_name["oracle"]))
-    table = Table(title=f"{payload['dataset']} — {payload['data_note']}; profile {payload['profile']['name']}, "
-                        f"S1 T={config.system1.timesteps}, seed {config.seed}")
+    table = Table(
+        title=f"{payload['dataset']} — {payload['data_note']}; profile {payload['profile']['name']}, "
+        f"S1 T={config.system1.timesteps}, seed {config.seed}"
+    )
     for column in ("strategy", "point", "accuracy %", "escalated %", "µJ/input", "× S2 µJ"):
         table.add_column(column, justify="left" if column in ("strategy", "point") else "right", no_wrap=True)
     for label, r in rows:
-        table.add_row(label, r.name, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
+        table.add_row(
+            label,
+            r.name,
+            f"{100 * r.accuracy:.2f}",
+            f"{100 * r.escalation_rate:.1f}",
+            f"{r.energy_uj:.4f}",
+            f"{r.energy_ratio_vs_s2:.3f}",
+        )
     console.print(table)
     systems = payload["systems"]
-    console.print(f"System 1: {systems['system1']['description']}; System 2: {systems['system2']['description']} "
-                  f"({systems['system2']['macs']:,} MACs). Energy counts arithmetic only (no memory traffic).")
+    console.print(
+        f"System 1: {systems['system1']['description']}; System 2: {systems['system2']['description']} "
+        f"({systems['system2']['macs']:,} MACs). Energy counts arithmetic only (no memory traffic)."
+    )
     met = [r.name for _, r in rows[2:4] if r.accuracy >= s2.accuracy - 0.005 and r.energy_ratio_vs_s2 <= 0.30]
     console.print(f"target (≥ S2 − 0.5 pt at ≤ 30% of S2 energy): {'met by ' + ', '.join(met) if met else 'not met'}")
     return 0

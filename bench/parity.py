@@ -111,8 +111,12 @@ def evaluate(model: PonderGRU, ponder: bool, size: int, low: int, high: int, arg
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", "--iterations", dest="steps", type=int, default=3000, help="training steps (batches) per model")
-    parser.add_argument("--size", type=int, default=64, help="interpolation vector size D (the paper's 64); extrapolation uses 1.5·D")
+    parser.add_argument(
+        "--steps", "--iterations", dest="steps", type=int, default=3000, help="training steps (batches) per model"
+    )
+    parser.add_argument(
+        "--size", type=int, default=64, help="interpolation vector size D (the paper's 64); extrapolation uses 1.5·D"
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--lambda-p", type=float, default=0.2)
@@ -136,9 +140,18 @@ def _run(args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 130))
     d, wide = args.size, args.size * 3 // 2
     experiments = [("interpolation", d, (1, d), (1, d)), ("extrapolation", wide, (1, wide // 2), (wide // 2 + 1, wide))]
-    table = Table(title=f"Parity (PonderNet §3.1): {args.steps} training steps × batch {args.batch}, ≤ {args.max_steps} ponder steps, seed {args.seed}")
-    columns = ("experiment (size; train → test non-zero)", "model", "acc % sampled", "steps sampled", "acc % λ>0.5",
-               "steps λ>0.5", "train s")
+    table = Table(
+        title=f"Parity (PonderNet §3.1): {args.steps} training steps × batch {args.batch}, ≤ {args.max_steps} ponder steps, seed {args.seed}"
+    )
+    columns = (
+        "experiment (size; train → test non-zero)",
+        "model",
+        "acc % sampled",
+        "steps sampled",
+        "acc % λ>0.5",
+        "steps λ>0.5",
+        "train s",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in columns[:2] else "right")
     outcome = {}
@@ -152,9 +165,15 @@ def _run(args: argparse.Namespace) -> int:
             label = "PonderNet" if ponder else f"fixed {args.max_steps} steps"
             outcome[(name, ponder)] = r["accuracy_sample"]
             where = f"{name} ({size}; {train_range[0]}–{train_range[1]} → {test_range[0]}–{test_range[1]})"
-            table.add_row(where, label,
-                          f"{100 * r['accuracy_sample']:.1f}", f"{r['steps_sample']:.2f}",
-                          f"{100 * r['accuracy_threshold']:.1f}", f"{r['steps_threshold']:.2f}", f"{seconds:.0f}")
+            table.add_row(
+                where,
+                label,
+                f"{100 * r['accuracy_sample']:.1f}",
+                f"{r['steps_sample']:.2f}",
+                f"{100 * r['accuracy_threshold']:.1f}",
+                f"{r['steps_threshold']:.2f}",
+                f"{seconds:.0f}",
+            )
     console.print(table)
     console.print(
         "sampled: halt at step t with probability λ_t (the paper's inference); λ>0.5: halt at the first λ_t > 0.5, else "

@@ -50,14 +50,29 @@ NETWORKS = {"mlp": ((784,), 128), "conv": ((1, 28, 28), 64)}
 
 
 class Worker:
-    def __init__(self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int,
-                 device: str) -> None:
+    def __init__(
+        self, python: str, library: str, network: str, weights: Path, inputs: Path, threads: int, iterations: int, device: str
+    ) -> None:
         self.library = library
         # "fastslow_torch" asks the worker for System 1's torch backend (no compiled kernels), side by side
-        self.process = subprocess.Popen([python, str(WORKER), str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.send({"library": library, "network": network, "weights": str(weights), "inputs": str(inputs), "iterations": iterations,
-                   "device": device})
+        self.process = subprocess.Popen(
+            [python, str(WORKER), str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.send(
+            {
+                "library": library,
+                "network": network,
+                "weights": str(weights),
+                "inputs": str(inputs),
+                "iterations": iterations,
+                "device": device,
+            }
+        )
 
     def send(self, message) -> None:
         self.process.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
@@ -82,7 +97,9 @@ def peer_here(library: str, out) -> str | None:
     """This Python, for a peer importable here; None (after saying why) if it is not."""
     found = subprocess.run([sys.executable, "-c", f"import {library}"], capture_output=True, text=True)
     if found.returncode != 0:
-        out.print(f"[yellow]{library}: not importable here ({(found.stderr.strip().splitlines() or ['?'])[-1]}); going on without it[/yellow]")
+        out.print(
+            f"[yellow]{library}: not importable here ({(found.stderr.strip().splitlines() or ['?'])[-1]}); going on without it[/yellow]"
+        )
         return None
     return sys.executable
 
@@ -94,10 +111,26 @@ def benchmark_spec(network: str, timesteps: int = 8, checkpoint_steps: int = 0):
 
     lif = LIFParams(beta=0.9, threshold=1.0, reset="zero")
     if network == "mlp":
-        return System1Spec(input_shape=(784,), n_classes=10, hidden=(512, 512), timesteps=timesteps, encoding="direct", lif=lif,
-                           checkpoint_steps=checkpoint_steps)
-    return System1Spec(input_shape=(1, 28, 28), n_classes=10, arch="conv", conv_channels=(32, 64), hidden=(), timesteps=timesteps,
-                       encoding="direct", lif=lif, checkpoint_steps=checkpoint_steps)
+        return System1Spec(
+            input_shape=(784,),
+            n_classes=10,
+            hidden=(512, 512),
+            timesteps=timesteps,
+            encoding="direct",
+            lif=lif,
+            checkpoint_steps=checkpoint_steps,
+        )
+    return System1Spec(
+        input_shape=(1, 28, 28),
+        n_classes=10,
+        arch="conv",
+        conv_channels=(32, 64),
+        hidden=(),
+        timesteps=timesteps,
+        encoding="direct",
+        lif=lif,
+        checkpoint_steps=checkpoint_steps,
+    )
 
 
 ESCALATION_RATES = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -175,7 +208,9 @@ def alternating_medians(runs: dict, rounds: int, device: str = "cpu") -> dict[st
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cpu", scales: tuple[int, ...] = (1, 4, 8)) -> list[dict]:
+def early_stop_by_batch(
+    network: str, batch: int, rounds: int, device: str = "cpu", scales: tuple[int, ...] = (1, 4, 8)
+) -> list[dict]:
     """The mixed schedule of mean T/4 against the full run at ``batch`` × each of ``scales`` (ms, medians
     of ``rounds`` alternating rounds): each chunk's fixed cost (~70 small torch operators and three
     compiled calls for the MLP) is shared by more inputs as the batch grows. Chunks planned as
@@ -193,14 +228,26 @@ def early_stop_by_batch(network: str, batch: int, rounds: int, device: str = "cp
             x = torch.rand(size, *spec.input_shape, device=device)
             stops = mixed_stops(size, device)
             planner = ChunkPlanner(spec.timesteps)
-            runs = {"full": lambda: model.run(x), "early": lambda: compacted_run(model, x, stops, planner),
-                    "early, doubling": lambda: compacted_run(model, x, stops),
-                    "first-layer current": lambda: model.input_current(model.prepare(x))}
+            runs = {
+                "full": lambda: model.run(x),
+                "early": lambda: compacted_run(model, x, stops, planner),
+                "early, doubling": lambda: compacted_run(model, x, stops),
+                "first-layer current": lambda: model.input_current(model.prepare(x)),
+            }
             learn_chunks(runs, ["early"], LEARNING_BATCHES)
             ms = alternating_medians(runs, rounds, device)
-            rows.append({"batch": size, "full_T_ms": ms["full"], "early_stop_T4_ms": ms["early"], "ratio": ms["early"] / ms["full"],
-                         "chunks": planner.plan(size), "doubling_ms": ms["early, doubling"], "doubling_ratio": ms["early, doubling"] / ms["full"],
-                         "bound": early_stop_bound(ms["first-layer current"], ms["full"])})
+            rows.append(
+                {
+                    "batch": size,
+                    "full_T_ms": ms["full"],
+                    "early_stop_T4_ms": ms["early"],
+                    "ratio": ms["early"] / ms["full"],
+                    "chunks": planner.plan(size),
+                    "doubling_ms": ms["early, doubling"],
+                    "doubling_ratio": ms["early, doubling"] / ms["full"],
+                    "bound": early_stop_bound(ms["first-layer current"], ms["full"]),
+                }
+            )
     return rows
 
 
@@ -230,18 +277,26 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
     mixed = mixed_stops(batch, device)
     schedules = {f"all stop at {t}": torch.full((batch,), t, device=device) for t in (1, 2, 4, spec.timesteps)}
     schedules["mixed, mean T/4"] = mixed
-    schedules["thirds, mean T/4"] = torch.tensor([1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)),
-                                                 device=device)
+    schedules["thirds, mean T/4"] = torch.tensor(
+        [1] * (batch // 3) + [2] * (batch // 3) + [3] * (batch - 2 * (batch // 3)), device=device
+    )
 
     def from_records(run_all, stop_after: torch.Tensor) -> None:
         # Serving's GPU default: all T steps at once, then each input's charges up to its stop.
         run = run_all(x)
-        s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, stop_after, torch.zeros_like(stop_after))
+        s1_op_counts(
+            run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, stop_after, torch.zeros_like(stop_after)
+        )
 
     # Every input runs step 1, so the first layer's current (computed once) is paid whatever the stops.
     runs = {"full": lambda: model.run(x), "first-layer current": lambda: model.input_current(model.prepare(x))}
     planners = {name: ChunkPlanner(spec.timesteps) for name in schedules}  # each learns its own schedule, as a server would
-    runs.update({name: (lambda stop=stop, planner=planners[name]: compacted_run(model, x, stop, planner)) for name, stop in schedules.items()})
+    runs.update(
+        {
+            name: (lambda stop=stop, planner=planners[name]: compacted_run(model, x, stop, planner))
+            for name, stop in schedules.items()
+        }
+    )
     runs["mixed, doubling chunks"] = lambda: compacted_run(model, x, mixed)
     runs["records"] = lambda: from_records(model.run, mixed)
     if torch.device(device).type == "cuda":  # and with the run replayed from a CUDA graph (serving's cuda_graphs=True)
@@ -252,7 +307,13 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
         runs["records, graphs"] = lambda: from_records(graphed.run, mixed)
     # System 2 on the escalated rows alone, timed apart from System 1 (whose time does not depend on
     # the rate) so that System 1's noise does not swamp the difference.
-    runs.update({f"escalate {rate:g}": (lambda rate=rate: system2(images[: round(rate * batch)])) for rate in ESCALATION_RATES if rate > 0})
+    runs.update(
+        {
+            f"escalate {rate:g}": (lambda rate=rate: system2(images[: round(rate * batch)]))
+            for rate in ESCALATION_RATES
+            if rate > 0
+        }
+    )
     with torch.no_grad():
         learn_chunks(runs, schedules, LEARNING_BATCHES)
         ms = alternating_medians(runs, rounds, device)
@@ -270,19 +331,45 @@ def wall_time_curves(network: str, batch: int, rounds: int, device: str = "cpu")
         "early_stop_bound": early_stop_bound(ms["first-layer current"], full),
         "from_records_ms": ms["records"],
         "from_records_ratio": ms["records"] / full,
-        **({"full_T_graphs_ms": ms["full, graphs"], "from_records_graphs_ms": ms["records, graphs"]} if "full, graphs" in ms else {}),
-        "wall_vs_mean_timesteps": [{"schedule": name, "mean_timesteps": float(stop.float().mean()), "ms": ms[name],
-                                    "ratio_to_full": ms[name] / full, "chunks": planners[name].plan(batch)} for name, stop in schedules.items()],
-        "wall_vs_escalation": [{"escalation_rate": rate, "system2_ms": cascade[rate] - full, "ms": cascade[rate],
-                                "ratio_to_all_escalated": cascade[rate] / all_escalated} for rate in ESCALATION_RATES],
+        **(
+            {"full_T_graphs_ms": ms["full, graphs"], "from_records_graphs_ms": ms["records, graphs"]}
+            if "full, graphs" in ms
+            else {}
+        ),
+        "wall_vs_mean_timesteps": [
+            {
+                "schedule": name,
+                "mean_timesteps": float(stop.float().mean()),
+                "ms": ms[name],
+                "ratio_to_full": ms[name] / full,
+                "chunks": planners[name].plan(batch),
+            }
+            for name, stop in schedules.items()
+        ],
+        "wall_vs_escalation": [
+            {
+                "escalation_rate": rate,
+                "system2_ms": cascade[rate] - full,
+                "ms": cascade[rate],
+                "ratio_to_all_escalated": cascade[rate] / all_escalated,
+            }
+            for rate in ESCALATION_RATES
+        ],
     }
 
 
 SERVING_THRESHOLDS = (0.5, 0.9, 0.99)
 
 
-def serving_curves(network: str, batch: int, rounds: int, data: str, device: str = "cpu", train_images: int = 6000,
-                   scales: tuple[int, ...] = (1, 8)) -> dict:
+def serving_curves(
+    network: str,
+    batch: int,
+    rounds: int,
+    data: str,
+    device: str = "cpu",
+    train_images: int = 6000,
+    scales: tuple[int, ...] = (1, 8),
+) -> dict:
     """What a user's server takes: ``FastSlow.predict`` (SEENN-I at each of :data:`SERVING_THRESHOLDS`,
     no escalation, so System 2 stays out of the time) on a System 1 of the benchmark's shape trained for
     one epoch on ``train_images`` images of ``data``, for ``batch`` × each of ``scales`` test images
@@ -305,8 +392,16 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
     torch.manual_seed(0)
     model = System1(spec)
     started = time.perf_counter()
-    train_classifier(model, as_inputs(dataset.x_train[:train_images]), torch.from_numpy(dataset.y_train[:train_images]).long(),
-                     system1_loss, epochs=1, lr=1e-3, batch_size=64, seed=0)
+    train_classifier(
+        model,
+        as_inputs(dataset.x_train[:train_images]),
+        torch.from_numpy(dataset.y_train[:train_images]).long(),
+        system1_loss,
+        epochs=1,
+        lr=1e-3,
+        batch_size=64,
+        seed=0,
+    )
     trained_s = time.perf_counter() - started
     model = model.eval().to(device)
     system2 = build_system2(System2Spec(input_shape=(1, 28, 28), n_classes=10)).eval().to(device)  # never called: no escalation
@@ -318,17 +413,31 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
                 continue
             x = as_inputs(dataset.x_test[:size]).to(device)
             labels = torch.from_numpy(dataset.y_test[:size]).to(device)
-            modes = {"compaction": {"compaction": True}, "doubling": {"compaction": True, "chunking": "doubling"},
-                     "records": {"compaction": False}}
+            modes = {
+                "compaction": {"compaction": True},
+                "doubling": {"compaction": True, "chunking": "doubling"},
+                "records": {"compaction": False},
+            }
             if network == "mlp":  # predict serves it in one compiled call: time serving's chunks too
                 modes["planned"] = {"compaction": True}
-            servers = {(threshold, mode): FastSlow(model, system2, Seenn1(threshold, escalate=False), s2_macs=0, **options)
-                       for threshold in SERVING_THRESHOLDS for mode, options in modes.items()}
+            servers = {
+                (threshold, mode): FastSlow(model, system2, Seenn1(threshold, escalate=False), s2_macs=0, **options)
+                for threshold in SERVING_THRESHOLDS
+                for mode, options in modes.items()
+            }
             # The chunked modes call the chunked path itself, which predict takes wherever the compiled one does not apply.
             chunked = ("planned", "doubling")
             runs = {"full": lambda: model.run(x)}
-            runs.update({key: (lambda server=server, mode=key[1]: server._predict_compacted(x, model.prepare(x), None) if mode in chunked else server.predict(x))
-                         for key, server in servers.items()})
+            runs.update(
+                {
+                    key: (
+                        lambda server=server, mode=key[1]: (
+                            server._predict_compacted(x, model.prepare(x), None) if mode in chunked else server.predict(x)
+                        )
+                    )
+                    for key, server in servers.items()
+                }
+            )
             learn_chunks(runs, [key for key in servers if key[1] in ("compaction", "planned")], LEARNING_BATCHES)
             ms = alternating_medians(runs, rounds, device)
             points = []
@@ -336,10 +445,19 @@ def serving_curves(network: str, batch: int, rounds: int, data: str, device: str
                 server = servers[threshold, "compaction"]
                 answer = server.predict(x)
                 planner = servers[threshold, "planned" if "planned" in modes else "compaction"].planner
-                points.append({"threshold": threshold, "mean_timesteps": float(answer.timesteps.float().mean()),
-                               "accuracy": float((answer.predictions == labels).float().mean()), "chunks": planner.plan(size),
-                               **{f"{mode}_{unit}": value for mode in modes
-                                  for unit, value in (("ms", ms[threshold, mode]), ("ratio", ms[threshold, mode] / ms["full"]))}})
+                points.append(
+                    {
+                        "threshold": threshold,
+                        "mean_timesteps": float(answer.timesteps.float().mean()),
+                        "accuracy": float((answer.predictions == labels).float().mean()),
+                        "chunks": planner.plan(size),
+                        **{
+                            f"{mode}_{unit}": value
+                            for mode in modes
+                            for unit, value in (("ms", ms[threshold, mode]), ("ratio", ms[threshold, mode] / ms["full"]))
+                        },
+                    }
+                )
             rows.append({"batch": size, "full_T_ms": ms["full"], "thresholds": points})
     return {"data": data, "train_images": min(train_images, len(dataset.x_train)), "train_s": trained_s, "rows": rows}
 
@@ -382,8 +500,9 @@ else:
 """
 
 
-def peak_training_mib(network: str, batch: int, threads: int, timesteps: tuple[int, ...] = (8, 32), device: str = "cpu"
-                      ) -> dict[str, dict[str, float]]:
+def peak_training_mib(
+    network: str, batch: int, threads: int, timesteps: tuple[int, ...] = (8, 32), device: str = "cpu"
+) -> dict[str, dict[str, float]]:
     """Peak memory (MiB above the model and inputs; on CUDA, GPU memory) of one training step at each
     T, each simulation mode in a fresh process: BPTT multi-step, step by step, and gradient
     checkpointing every 4 steps."""
@@ -393,9 +512,25 @@ def peak_training_mib(network: str, batch: int, threads: int, timesteps: tuple[i
         for name, (mode, segment) in modes.items():
             # A fixed mmap threshold makes glibc map and unmap every tensor over 64 KiB, so the peak
             # resident size follows the live tensors instead of the heap's history.
-            done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, network, mode, str(segment), str(batch), str(threads), str(steps),
-                                   str(Path(__file__).resolve().parent), device],
-                                  capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _PEAK_SCRIPT,
+                    network,
+                    mode,
+                    str(segment),
+                    str(batch),
+                    str(threads),
+                    str(steps),
+                    str(Path(__file__).resolve().parent),
+                    device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+            )
             result.setdefault(f"T{steps}", {})[name] = round(float(done.stdout.strip().splitlines()[-1]), 1)
     return result
 
@@ -409,22 +544,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--no-peers", action="store_true", help="time fastslow and the matmul floor only")
     parser.add_argument("--only", nargs="+", default=None, help="time only these libraries (fastslow and the floor always run)")
-    parser.add_argument("--memory-timesteps", type=int, nargs="*", default=[8, 32], help="T at which to measure training peak memory")
+    parser.add_argument(
+        "--memory-timesteps", type=int, nargs="*", default=[8, 32], help="T at which to measure training peak memory"
+    )
     parser.add_argument("--json", default=None, help="also write the table as JSON")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (never both in one table: ratios compare one device)")
-    parser.add_argument("--data", default=None,
-                        help="images to train the served System 1 on and serve (default: mnist:../shared/data; without it the serving block is skipped)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="images to train the served System 1 on and serve (default: mnist:../shared/data; without it the serving block is skipped)",
+    )
     parser.add_argument("--serving-train-images", type=int, default=6000, help="images the served System 1 trains on, one epoch")
-    parser.add_argument("--peers-here", action="store_true",
-                        help="run the peers with this Python (installed beside fastslow, e.g. from carried wheels on a machine "
-                             "without internet) instead of virtual environments of their own")
+    parser.add_argument(
+        "--peers-here",
+        action="store_true",
+        help="run the peers with this Python (installed beside fastslow, e.g. from carried wheels on a machine "
+        "without internet) instead of virtual environments of their own",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     out = wide_console()
-    own_libraries = ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense"] + (
-        ["fastslow_graphs"] if args.device == "cuda" else []) + ["matmul_floor"]
+    own_libraries = (
+        ["fastslow", "fastslow_torch", "fastslow_stepwise", "fastslow_dense"]
+        + (["fastslow_graphs"] if args.device == "cuda" else [])
+        + ["matmul_floor"]
+    )
     libraries = own_libraries + ([] if args.no_peers else list(PEERS))
     if args.only:
         libraries = [lib for lib in libraries if lib in (*args.only, "fastslow", "matmul_floor")]
@@ -451,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                 if pythons[library] is None:
                     continue
                 try:
-                    workers[library] = Worker(pythons[library], library, network, weights, inputs, args.threads, args.iterations, args.device)
+                    workers[library] = Worker(
+                        pythons[library], library, network, weights, inputs, args.threads, args.iterations, args.device
+                    )
                     workers[library].ask("time")  # warm-up
                 except (RuntimeError, OSError, json.JSONDecodeError) as err:
                     out.print(f"[yellow]{library}: failed to run the {network} network ({err}); going on without it[/yellow]")
@@ -470,8 +618,11 @@ def main(argv: list[str] | None = None) -> int:
             full, early, ratio = curves["full_T_ms"], curves["early_stop_T4_ms"], curves["early_stop_ratio"]
             by_batch = early_stop_by_batch(network, batch, args.rounds, args.device)
             memory = peak_training_mib(network, batch, args.threads, tuple(args.memory_timesteps), args.device)
-            serving = None if serving_data is None else serving_curves(network, batch, args.rounds, serving_data, args.device,
-                                                                         args.serving_train_images)
+            serving = (
+                None
+                if serving_data is None
+                else serving_curves(network, batch, args.rounds, serving_data, args.device, args.serving_train_images)
+            )
             entry = {lib: medians.get(lib) for lib in own_libraries[:-1] + list(PEERS)}
             entry["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
             entry["cpu_kernels"] = "numba" in available_backends(args.device, requires_grad=False)
@@ -485,63 +636,115 @@ def main(argv: list[str] | None = None) -> int:
             report[network] = entry
             own = medians["fastslow"]
             where = entry["device"] if args.device == "cuda" else f"{args.threads} threads"
-            table = Table(title=f"{network}: T = 8, batch {batch}, {where}, median of {args.rounds} alternating rounds "
-                                f"(each the mean of {args.iterations} runs)")
+            table = Table(
+                title=f"{network}: T = 8, batch {batch}, {where}, median of {args.rounds} alternating rounds "
+                f"(each the mean of {args.iterations} runs)"
+            )
             for column in ("library", "forward ms", "train ms", "forward × fastslow", "train × fastslow", "spikes vs fastslow"):
                 table.add_column(column, justify="left" if column == "library" else "right")
             for library, m in medians.items():
-                match = "" if library not in spikes else (
-                    "same" if spikes[library] == spikes["fastslow"] else
-                    "differ: " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(spikes[library], spikes["fastslow"])))
+                match = (
+                    ""
+                    if library not in spikes
+                    else (
+                        "same"
+                        if spikes[library] == spikes["fastslow"]
+                        else "differ: " + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(spikes[library], spikes["fastslow"]))
+                    )
+                )
                 train = "—" if library == "matmul_floor" else f"{m['train_ms']:.2f}"
                 train_ratio = "—" if library == "matmul_floor" else f"{m['train_ms'] / own['train_ms']:.2f}"
-                table.add_row(library, f"{m['forward_ms']:.2f}", train, f"{m['forward_ms'] / own['forward_ms']:.2f}", train_ratio, match)
+                table.add_row(
+                    library, f"{m['forward_ms']:.2f}", train, f"{m['forward_ms'] / own['forward_ms']:.2f}", train_ratio, match
+                )
             out.print(table)
             peers = {lib: medians[lib] for lib in PEERS if lib in medians}
             if peers:
                 fastest_fwd = min(m["forward_ms"] for m in peers.values())
                 fastest_train = min(m["train_ms"] for m in peers.values())
-                out.print(f"fastslow / fastest peer: forward {own['forward_ms'] / fastest_fwd:.2f}×, train {own['train_ms'] / fastest_train:.2f}× (target ≤ 0.8×)")
+                out.print(
+                    f"fastslow / fastest peer: forward {own['forward_ms'] / fastest_fwd:.2f}×, train {own['train_ms'] / fastest_train:.2f}× (target ≤ 0.8×)"
+                )
                 if "fastslow_graphs" in medians:
                     graphs = medians["fastslow_graphs"]
-                    out.print(f"fastslow replayed from CUDA graphs (GraphedSystem1) / fastest peer: forward "
-                              f"{graphs['forward_ms'] / fastest_fwd:.2f}×, train {graphs['train_ms'] / fastest_train:.2f}×")
+                    out.print(
+                        f"fastslow replayed from CUDA graphs (GraphedSystem1) / fastest peer: forward "
+                        f"{graphs['forward_ms'] / fastest_fwd:.2f}×, train {graphs['train_ms'] / fastest_train:.2f}×"
+                    )
             if "matmul_floor" in medians:
-                out.print(f"LIF overhead: fastslow inference / matmuls alone = {own['forward_ms'] / medians['matmul_floor']['forward_ms']:.2f}× (target ≤ 1.25×)")
-            out.print(f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×), "
-                      f"in planned chunks {curves['early_stop_chunks']}; in doubling chunks {curves['early_stop_doubling_ms']:.2f} ms = "
-                      f"{curves['early_stop_doubling_ratio']:.2f}×")
-            out.print(f"  the first layer's current, which every input needs whatever its stop: {curves['first_layer_current_ms']:.2f} ms; "
-                      f"with no per-call cost and every step costing the full run's average, mean T/4 would take "
-                      f"{curves['early_stop_bound']:.2f}× (0.25 + 0.75 × its share)")
-            out.print("  the same at larger batches (the fixed cost of each chunk shared by more inputs): " + "; ".join(
-                f"batch {row['batch']}: {row['early_stop_T4_ms']:.2f} / {row['full_T_ms']:.2f} ms = {row['ratio']:.2f}× in chunks {row['chunks']} "
-                f"(doubling {row['doubling_ratio']:.2f}×; bound {row['bound']:.2f}×)" for row in by_batch))
-            out.print(f"all T steps at once, stops read from the records (serving's GPU default): {curves['from_records_ms']:.2f} ms = "
-                      f"{curves['from_records_ratio']:.2f}× the full run")
+                out.print(
+                    f"LIF overhead: fastslow inference / matmuls alone = {own['forward_ms'] / medians['matmul_floor']['forward_ms']:.2f}× (target ≤ 1.25×)"
+                )
+            out.print(
+                f"early stopping with compaction at mean T/4: {early:.2f} ms vs full T {full:.2f} ms = {ratio:.2f}× (target ≤ 0.40×), "
+                f"in planned chunks {curves['early_stop_chunks']}; in doubling chunks {curves['early_stop_doubling_ms']:.2f} ms = "
+                f"{curves['early_stop_doubling_ratio']:.2f}×"
+            )
+            out.print(
+                f"  the first layer's current, which every input needs whatever its stop: {curves['first_layer_current_ms']:.2f} ms; "
+                f"with no per-call cost and every step costing the full run's average, mean T/4 would take "
+                f"{curves['early_stop_bound']:.2f}× (0.25 + 0.75 × its share)"
+            )
+            out.print(
+                "  the same at larger batches (the fixed cost of each chunk shared by more inputs): "
+                + "; ".join(
+                    f"batch {row['batch']}: {row['early_stop_T4_ms']:.2f} / {row['full_T_ms']:.2f} ms = {row['ratio']:.2f}× in chunks {row['chunks']} "
+                    f"(doubling {row['doubling_ratio']:.2f}×; bound {row['bound']:.2f}×)"
+                    for row in by_batch
+                )
+            )
+            out.print(
+                f"all T steps at once, stops read from the records (serving's GPU default): {curves['from_records_ms']:.2f} ms = "
+                f"{curves['from_records_ratio']:.2f}× the full run"
+            )
             if "full_T_graphs_ms" in curves:
-                out.print(f"the same with the run replayed from a CUDA graph: {curves['from_records_graphs_ms']:.2f} ms = "
-                          f"{curves['from_records_graphs_ms'] / full:.2f}× the eager full run, "
-                          f"{curves['from_records_graphs_ms'] / curves['full_T_graphs_ms']:.2f}× the graphed full run ({curves['full_T_graphs_ms']:.2f} ms)")
-            out.print("wall time against mean timesteps (inputs leave the batch as they stop; × the full multi-step run): "
-                      + "; ".join(f"{p['schedule']} (mean {p['mean_timesteps']:g}) {p['ms']:.2f} ms = {p['ratio_to_full']:.2f}× in {p['chunks']}"
-                                  for p in curves["wall_vs_mean_timesteps"]))
-            out.print("wall time against escalation rate (full System 1, then LeNet-5 System 2 on the escalated inputs only; "
-                      "× escalating all): " + "; ".join(f"{p['escalation_rate']:.0%} {p['ms']:.2f} ms (S2 {p['system2_ms']:.2f}) = "
-                                                       f"{p['ratio_to_all_escalated']:.2f}×" for p in curves["wall_vs_escalation"]))
+                out.print(
+                    f"the same with the run replayed from a CUDA graph: {curves['from_records_graphs_ms']:.2f} ms = "
+                    f"{curves['from_records_graphs_ms'] / full:.2f}× the eager full run, "
+                    f"{curves['from_records_graphs_ms'] / curves['full_T_graphs_ms']:.2f}× the graphed full run ({curves['full_T_graphs_ms']:.2f} ms)"
+                )
+            out.print(
+                "wall time against mean timesteps (inputs leave the batch as they stop; × the full multi-step run): "
+                + "; ".join(
+                    f"{p['schedule']} (mean {p['mean_timesteps']:g}) {p['ms']:.2f} ms = {p['ratio_to_full']:.2f}× in {p['chunks']}"
+                    for p in curves["wall_vs_mean_timesteps"]
+                )
+            )
+            out.print(
+                "wall time against escalation rate (full System 1, then LeNet-5 System 2 on the escalated inputs only; "
+                "× escalating all): "
+                + "; ".join(
+                    f"{p['escalation_rate']:.0%} {p['ms']:.2f} ms (S2 {p['system2_ms']:.2f}) = {p['ratio_to_all_escalated']:.2f}×"
+                    for p in curves["wall_vs_escalation"]
+                )
+            )
             if serving is not None:
-                out.print(f"serving (FastSlow.predict: SEENN-I stops, no escalation; × the full run) with a System 1 trained for one epoch "
-                          f"on {serving['train_images']} images of {serving['data']} ({serving['train_s']:.0f} s): " + "; ".join(
-                              f"batch {row['batch']} (full run {row['full_T_ms']:.2f} ms): " + ", ".join(
-                                  f"θ {p['threshold']:g} (mean {p['mean_timesteps']:.2f} steps, accuracy {p['accuracy']:.1%}) "
-                                  + (f"compiled {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}×, planned chunks "
-                                     f"{p['planned_ms']:.2f} ms = {p['planned_ratio']:.2f}× in {p['chunks']}, " if "planned_ms" in p else
-                                     f"compaction {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}× in {p['chunks']}, ")
-                                  + f"doubling {p['doubling_ms']:.2f} ms = {p['doubling_ratio']:.2f}×, "
-                                  f"records {p['records_ms']:.2f} ms = {p['records_ratio']:.2f}×" for p in row["thresholds"])
-                              for row in serving["rows"]))
-            out.print(f"peak {'GPU ' if args.device == 'cuda' else ''}memory of one training step (MiB above model and inputs): "
-                      + "; ".join(f"{t}: " + ", ".join(f"{mode} {mib:.1f}" for mode, mib in by_mode.items()) for t, by_mode in memory.items()))
+                out.print(
+                    f"serving (FastSlow.predict: SEENN-I stops, no escalation; × the full run) with a System 1 trained for one epoch "
+                    f"on {serving['train_images']} images of {serving['data']} ({serving['train_s']:.0f} s): "
+                    + "; ".join(
+                        f"batch {row['batch']} (full run {row['full_T_ms']:.2f} ms): "
+                        + ", ".join(
+                            f"θ {p['threshold']:g} (mean {p['mean_timesteps']:.2f} steps, accuracy {p['accuracy']:.1%}) "
+                            + (
+                                f"compiled {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}×, planned chunks "
+                                f"{p['planned_ms']:.2f} ms = {p['planned_ratio']:.2f}× in {p['chunks']}, "
+                                if "planned_ms" in p
+                                else f"compaction {p['compaction_ms']:.2f} ms = {p['compaction_ratio']:.2f}× in {p['chunks']}, "
+                            )
+                            + f"doubling {p['doubling_ms']:.2f} ms = {p['doubling_ratio']:.2f}×, "
+                            f"records {p['records_ms']:.2f} ms = {p['records_ratio']:.2f}×"
+                            for p in row["thresholds"]
+                        )
+                        for row in serving["rows"]
+                    )
+                )
+            out.print(
+                f"peak {'GPU ' if args.device == 'cuda' else ''}memory of one training step (MiB above model and inputs): "
+                + "; ".join(
+                    f"{t}: " + ", ".join(f"{mode} {mib:.1f}" for mode, mib in by_mode.items()) for t, by_mode in memory.items()
+                )
+            )
     if args.json:
         report["meta"] = run_record(args)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -565,8 +768,12 @@ def run_record(args: argparse.Namespace) -> dict:
     # A tree that differs from its commit (edits, or a copy whose .git is older than its files) says so.
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
     found["fastslow_commit"] = (commit + ("+modified" if changed else "")) if commit else "unknown"
-    return {"config": {**vars(args), "timesteps": 8, "batches": {name: batch for name, (_, batch) in NETWORKS.items()}},
-            "seed": 0, "peers_pinned": PEERS, "versions": found}
+    return {
+        "config": {**vars(args), "timesteps": 8, "batches": {name: batch for name, (_, batch) in NETWORKS.items()}},
+        "seed": 0,
+        "peers_pinned": PEERS,
+        "versions": found,
+    }
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ BINDSNET = ["bindsnet==0.3.4"]
 
 
 def run_fastslow(x_train, y_train, x_test, y_test, neurons: int, presentation_ms: float, dt: float, seed: int) -> dict:
-    network = STDPNetwork(STDPSpec(model="diehl-cook", n_inputs=784, n_neurons=neurons, presentation_ms=presentation_ms, dt_ms=dt), seed=seed)
+    network = STDPNetwork(
+        STDPSpec(model="diehl-cook", n_inputs=784, n_neurons=neurons, presentation_ms=presentation_ms, dt_ms=dt), seed=seed
+    )
     started = time.perf_counter()
     network.learn(x_train)
     seconds = time.perf_counter() - started
@@ -46,13 +48,25 @@ def run_fastslow(x_train, y_train, x_test, y_test, neurons: int, presentation_ms
     network.assign_labels(labelled, y_train, 10)
     tested, _ = network.respond(x_test)
     predicted = network.class_votes(tested, 10).argmax(1)
-    return {"train_samples_per_s": len(x_train) / seconds, "accuracy": float((predicted == y_test).mean()),
-            "spikes_per_input": float(tested.sum(1).mean())}
+    return {
+        "train_samples_per_s": len(x_train) / seconds,
+        "accuracy": float((predicted == y_test).mean()),
+        "spikes_per_input": float(tested.sum(1).mean()),
+    }
 
 
 def run_bindsnet(python: str, data_file: Path, neurons: int, presentation_ms: float, seed: int, threads: int) -> dict:
-    setup = {"neurons": neurons, "presentation_ms": presentation_ms, "dt": 1.0, "train": str(data_file), "seed": seed, "intensity": 128.0}
-    result = subprocess.run([python, str(WORKER), str(threads)], input=json.dumps(setup) + "\n", capture_output=True, text=True, cwd=ROOT)
+    setup = {
+        "neurons": neurons,
+        "presentation_ms": presentation_ms,
+        "dt": 1.0,
+        "train": str(data_file),
+        "seed": seed,
+        "intensity": 128.0,
+    }
+    result = subprocess.run(
+        [python, str(WORKER), str(threads)], input=json.dumps(setup) + "\n", capture_output=True, text=True, cwd=ROOT
+    )
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError((result.stderr.strip().splitlines() or ["no output"])[-1])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -94,23 +108,36 @@ def main(argv: list[str] | None = None) -> int:
             rows = {}
             for dt in (0.5, 1.0):
                 out.print(f"[dim]fastslow, {neurons} neurons, dt {dt} ms …[/dim]")
-                rows[f"fastslow (dt {dt} ms)"] = run_fastslow(x_train, y_train, x_test, y_test, neurons, args.presentation_ms, dt, args.seed)
+                rows[f"fastslow (dt {dt} ms)"] = run_fastslow(
+                    x_train, y_train, x_test, y_test, neurons, args.presentation_ms, dt, args.seed
+                )
             if python is not None:
                 out.print(f"[dim]BindsNET, {neurons} neurons, dt 1 ms …[/dim]")
                 try:
-                    rows["BindsNET (dt 1 ms)"] = run_bindsnet(python, data_file, neurons, args.presentation_ms, args.seed, args.threads)
+                    rows["BindsNET (dt 1 ms)"] = run_bindsnet(
+                        python, data_file, neurons, args.presentation_ms, args.seed, args.threads
+                    )
                 except RuntimeError as err:
                     out.print(f"[yellow]BindsNET failed to run ({err}); going on without it[/yellow]")
             report[neurons] = rows
-    table = Table(title=f"Diehl & Cook on {args.train} MNIST training / {args.test} test samples, {args.presentation_ms:g} ms presentations, "
-                        f"{args.threads} threads (one learning pass, labels for the readout only)")
+    table = Table(
+        title=f"Diehl & Cook on {args.train} MNIST training / {args.test} test samples, {args.presentation_ms:g} ms presentations, "
+        f"{args.threads} threads (one learning pass, labels for the readout only)"
+    )
     for column in ("neurons", "library", "train samples/s", "accuracy %", "spikes/input", "throughput × BindsNET"):
         table.add_column(column, justify="left" if column in ("library",) else "right")
     for neurons, rows in report.items():
         peer = rows.get("BindsNET (dt 1 ms)")
         for name, r in rows.items():
             ratio = f"{r['train_samples_per_s'] / peer['train_samples_per_s']:.1f}" if peer else "—"
-            table.add_row(str(neurons), name, f"{r['train_samples_per_s']:.2f}", f"{100 * r['accuracy']:.1f}", f"{r['spikes_per_input']:.1f}", ratio)
+            table.add_row(
+                str(neurons),
+                name,
+                f"{r['train_samples_per_s']:.2f}",
+                f"{100 * r['accuracy']:.1f}",
+                f"{r['spikes_per_input']:.1f}",
+                ratio,
+            )
     out.print(table)
     out.print("Targets: accuracy within 2 points of BindsNET's, training throughput ≥ 5× BindsNET's.")
     if args.json:

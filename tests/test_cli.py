@@ -26,8 +26,17 @@ def test_fit_writes_a_complete_report(fitted_folder):
         assert (fitted_folder / "checkpoints" / name).is_file(), name
     manifest = json.loads((fitted_folder / "checkpoints" / "manifest.json").read_text())
     saved = {entry["name"]: entry for entry in manifest["policies"]}
-    for name in ("router@share=0.2", "router@exits,share=0.2", "router@exits,budget=0.05uJ", "router@steps,share=0.1",
-                 "router@steps,budget=0.05uJ", "seenn2@beta=0.05", "ponder@lambda_p=0.5", "seenn1@0.8+s2", "system2"):
+    for name in (
+        "router@share=0.2",
+        "router@exits,share=0.2",
+        "router@exits,budget=0.05uJ",
+        "router@steps,share=0.1",
+        "router@steps,budget=0.05uJ",
+        "seenn2@beta=0.05",
+        "ponder@lambda_p=0.5",
+        "seenn1@0.8+s2",
+        "system2",
+    ):
         stem = fitted_folder / "checkpoints" / saved[name]["file"]
         assert stem.with_suffix(".json").is_file(), name
         assert stem.with_suffix(".safetensors").is_file() == saved[name]["weights"], name
@@ -39,10 +48,26 @@ def test_fit_writes_a_complete_report(fitted_folder):
     assert {"fastslow", "torch"} <= set(payload["versions"])
     assert payload["config"]["system1"]["timesteps"] == 3
     names = [s["name"] for s in payload["strategies"]]
-    for expected in ("system1", "system2", "oracle", "aet_oracle", "confidence@0.8", "router@share=0.2", "router@share=0.4",
-                     "seenn1@0.8", "seenn1@0.8+s2", "exits@0.8", "exits@0.8+s2", "seenn2@beta=0.05", "ponder@lambda_p=0.5",
-                     "ponder@lambda_p=0.5+s2", "router@exits,share=0.2", "router@exits,budget=0.05uJ", "router@steps,share=0.1",
-                     "router@steps,budget=0.05uJ"):
+    for expected in (
+        "system1",
+        "system2",
+        "oracle",
+        "aet_oracle",
+        "confidence@0.8",
+        "router@share=0.2",
+        "router@share=0.4",
+        "seenn1@0.8",
+        "seenn1@0.8+s2",
+        "exits@0.8",
+        "exits@0.8+s2",
+        "seenn2@beta=0.05",
+        "ponder@lambda_p=0.5",
+        "ponder@lambda_p=0.5+s2",
+        "router@exits,share=0.2",
+        "router@exits,budget=0.05uJ",
+        "router@steps,share=0.1",
+        "router@steps,budget=0.05uJ",
+    ):
         assert expected in names
     assert any(n.startswith("random@rate=") for n in names)
     for strategy in payload["strategies"]:
@@ -94,7 +119,11 @@ def test_calibrate_writes_its_choice_and_bound(fitted_folder, tmp_path):
     payload = json.loads((copy / "calibration.json").read_text())
     assert "Learn-then-Test" in payload["method"] and payload["calibration_size"] == 180
     assert payload["max_accuracy_drop"] == 0.05 and payload["delta"] == 0.1
-    assert payload["seed"] == payload["config"]["seed"] and "torch" in payload["versions"] and payload["profile_figures"]["name"] == payload["profile"]
+    assert (
+        payload["seed"] == payload["config"]["seed"]
+        and "torch" in payload["versions"]
+        and payload["profile_figures"]["name"] == payload["profile"]
+    )
     assert {"confidence", "seenn1+s2", "router"} <= set(payload["families"])
     for family, entry in payload["families"].items():
         if entry["chosen"] is not None:
@@ -145,17 +174,24 @@ def test_unknown_dataset_profile_and_bad_config(tmp_path, capsys):
     assert "profile" in _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--profile", "cmos3nm", "--quiet"])
     config = tmp_path / "bad.toml"
     config.write_text("[system1]\ntimesteps = 0\n")
-    assert "system1.timesteps" in _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
+    assert "system1.timesteps" in _fail(
+        capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"]
+    )
     config.write_text("[system1\n")
     _fail(capsys, ["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--quiet"])
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text, named", [
-    ("[system1]\nhidden = []\n", "at least one hidden layer"), ("[system1]\nhidden = [-5]\n", "system1.hidden"),
-    ("[system1]\nhidden = [16]\nexit_heads = [5]\n", "exit_heads"), ("[system1]\nexit_heads = [-1]\n", "system1.exit_heads"),
-    ("seed = -1\n", "seed"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[system1]\nhidden = []\n", "at least one hidden layer"),
+        ("[system1]\nhidden = [-5]\n", "system1.hidden"),
+        ("[system1]\nhidden = [16]\nexit_heads = [5]\n", "exit_heads"),
+        ("[system1]\nexit_heads = [-1]\n", "system1.exit_heads"),
+        ("seed = -1\n", "seed"),
+    ],
+)
 def test_config_values_the_data_makes_impossible_are_one_line_errors(tmp_path, capsys, text, named):
     config = tmp_path / "bad.toml"
     config.write_text(text)
@@ -165,7 +201,9 @@ def test_config_values_the_data_makes_impossible_are_one_line_errors(tmp_path, c
 def test_a_json_config_that_is_no_table_and_a_folder_as_config_are_refused(tmp_path, capsys):
     config = tmp_path / "list.json"
     config.write_text("[1, 2]")
-    assert "not a table of options" in _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(config)])
+    assert "not a table of options" in _fail(
+        capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(config)]
+    )
     assert "is a folder" in _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(tmp_path)])
 
 
@@ -179,12 +217,17 @@ def test_seeds_out_of_range_are_refused_by_the_parser(tmp_path, capsys):
 def test_an_out_path_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
     existing = tmp_path / "afile"
     existing.write_text("keep me")
-    for command in (["fit", "--data", "digits"], ["continual", "--data", "digits", "--model", "spikedyn"],
-                    ["search", "--data", "digits", "--max-memory-kb", "100", "--max-energy-uj", "1"]):
+    for command in (
+        ["fit", "--data", "digits"],
+        ["continual", "--data", "digits", "--model", "spikedyn"],
+        ["search", "--data", "digits", "--max-memory-kb", "100", "--max-energy-uj", "1"],
+    ):
         assert "is a file, not a folder" in _fail(capsys, [*command, "--out", str(existing), "--quiet"])
     assert existing.read_text() == "keep me"
-    assert "at least 1 training epoch" in _fail(capsys, ["continual", "--data", "digits", "--model", "spikedyn", "--out",
-                                                           str(tmp_path / "c"), "--s2-epochs", "0", "--quiet"])
+    assert "at least 1 training epoch" in _fail(
+        capsys,
+        ["continual", "--data", "digits", "--model", "spikedyn", "--out", str(tmp_path / "c"), "--s2-epochs", "0", "--quiet"],
+    )
 
 
 def test_evaluate_names_a_file_an_empty_folder_and_nan_weights(fitted_folder, tmp_path, capsys):
@@ -230,12 +273,15 @@ def test_broken_checkpoints_are_clear_errors(fitted_folder, tmp_path, capsys):
     assert "does not exist" in _fail(capsys, ["evaluate", str(tmp_path / "nowhere"), "--quiet"])
 
 
-@pytest.mark.parametrize("edit, named", [
-    ({"timesteps": 4}, "decides over 3 timesteps but system1.json runs 4"),
-    ({"encoding": "bogus"}, "unknown encoding 'bogus'"),
-    ({"lif": {"beta": 5.0, "threshold": -1.0}}, "beta"),
-    ({"hidden": [40, 16]}, "size mismatch for layers.0.op.weight"),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        ({"timesteps": 4}, "decides over 3 timesteps but system1.json runs 4"),
+        ({"encoding": "bogus"}, "unknown encoding 'bogus'"),
+        ({"lif": {"beta": 5.0, "threshold": -1.0}}, "beta"),
+        ({"hidden": [40, 16]}, "size mismatch for layers.0.op.weight"),
+    ],
+)
 def test_an_edited_spec_is_a_one_line_error_naming_what_differs(fitted_folder, tmp_path, capsys, edit, named):
     copy = tmp_path / "edited"
     shutil.copytree(fitted_folder, copy)
@@ -258,7 +304,8 @@ def test_evaluate_on_mismatched_data_is_a_clear_error(fitted_folder, tmp_path, c
 def test_entry_point_exit_code_and_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fastslow.cli", "fit", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")

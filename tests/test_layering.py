@@ -24,8 +24,12 @@ def _imported_modules(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("package", LOWER)
 def test_lower_packages_import_no_upper_layer(package):
-    offending = [f"{path.relative_to(SOURCE)}: {name}" for path in sorted((SOURCE / package).rglob("*.py"))
-                 for name in _imported_modules(path) if name.startswith(UPPER)]
+    offending = [
+        f"{path.relative_to(SOURCE)}: {name}"
+        for path in sorted((SOURCE / package).rglob("*.py"))
+        for name in _imported_modules(path)
+        if name.startswith(UPPER)
+    ]
     assert not offending, offending
 
 

@@ -27,7 +27,9 @@ def test_every_deployable_strategy_reproduces_results_json(fitted_folder):
     for strategy in deployment.strategies:
         answer = deployment.predict(test.x_test, strategy)
         expected = results[strategy]
-        assert float((answer.predictions == test.y_test).float().mean()) == pytest.approx(expected["accuracy"], abs=1e-9), strategy
+        assert float((answer.predictions == test.y_test).float().mean()) == pytest.approx(expected["accuracy"], abs=1e-9), (
+            strategy
+        )
         assert float(answer.escalated.float().mean()) == pytest.approx(expected["escalation_rate"], abs=1e-9), strategy
         assert float(answer.timesteps.float().mean()) == pytest.approx(expected["mean_timesteps"], abs=1e-9), strategy
         assert float(answer.energy_uj.mean()) == pytest.approx(expected["energy_uj"], rel=1e-5), strategy
@@ -66,21 +68,42 @@ def test_predict_answers_new_data_without_labels(fitted_folder, tmp_path):
     data = tmp_path / "new.npz"
     np.savez(data, X=(images / 16.0).astype(np.float32))  # no y: labels are optional
     out = tmp_path / "pred"
-    assert main(["predict", str(fitted_folder), "--strategy", "router@steps,share=0.1", "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(fitted_folder),
+                "--strategy",
+                "router@steps,share=0.1",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inputs"] == 37 and summary["accuracy"] is None and summary["energy_uj"] > 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 37 and all("label" not in r and "correct" not in r for r in rows)
     assert all(0 <= r["answer"] < 10 and 1 <= r["timesteps"] <= 3 for r in rows)
     # SEENN-II can send inputs straight to System 2, before System 1 runs.
-    assert main(["predict", str(fitted_folder), "--strategy", "seenn2@beta=0.05", "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["predict", str(fitted_folder), "--strategy", "seenn2@beta=0.05", "--data", str(data), "--out", str(out), "--quiet"])
+        == 0
+    )
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--strategy", "seenn1@0.123"], "unknown strategy 'seenn1@0.123': use one of system1, system2, "),
-    (["--strategy", "oracle"], "reads the labels"),
-    (["--strategy", "system1", "--data", "nowhere.npz"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--strategy", "seenn1@0.123"], "unknown strategy 'seenn1@0.123': use one of system1, system2, "),
+        (["--strategy", "oracle"], "reads the labels"),
+        (["--strategy", "system1", "--data", "nowhere.npz"], "does not exist"),
+    ],
+)
 def test_bad_predict_requests_are_one_line_errors(fitted_folder, tmp_path, capsys, args, named):
     out = tmp_path / "pred"
     assert main(["predict", str(fitted_folder), "--out", str(out), *args]) == 2
@@ -96,5 +119,7 @@ def test_predict_refuses_inputs_of_another_shape_or_range(fitted_folder, tmp_pat
     assert "checkpoints expect (1, 8, 8)" in capsys.readouterr().err
     scaled = tmp_path / "scaled.npz"
     np.savez(scaled, X=np.random.rand(5, 8, 8).astype(np.float32) * 16)
-    assert main(["predict", str(fitted_folder), "--strategy", "system1", "--data", str(scaled), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["predict", str(fitted_folder), "--strategy", "system1", "--data", str(scaled), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "outside [0, 1]" in capsys.readouterr().err

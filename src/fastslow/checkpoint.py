@@ -43,12 +43,16 @@ def _read(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]]:
     paths = [folder / f"{stem}.json", folder / f"{stem}.safetensors"]
     for path in paths:
         if not path.is_file():
-            raise CheckpointError(f"checkpoint file {path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
+            raise CheckpointError(
+                f"checkpoint file {path} is missing: re-run `fastslow fit` to write a complete checkpoint folder"
+            )
     config = _read_json(paths[0])
     try:
         tensors = load_tensors(paths[1].read_bytes())
     except (SafetensorError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint file {paths[1]} is corrupt ({str(err).splitlines()[0]}): re-run `fastslow fit`") from None
+        raise CheckpointError(
+            f"checkpoint file {paths[1]} is corrupt ({str(err).splitlines()[0]}): re-run `fastslow fit`"
+        ) from None
     return config, tensors
 
 
@@ -77,7 +81,9 @@ def load_system1(folder: Path) -> System1:
     try:
         model = System1(System1Spec.from_dict(config["spec"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint file {folder / 'system1.json'} holds an invalid spec ({err}): re-run `fastslow fit`") from None
+        raise CheckpointError(
+            f"checkpoint file {folder / 'system1.json'} holds an invalid spec ({err}): re-run `fastslow fit`"
+        ) from None
     _load_state(model, tensors, folder / "system1.safetensors")
     return model.eval()
 
@@ -92,7 +98,9 @@ def load_system2(folder: Path) -> tuple[nn.Module, System2Spec]:
         spec = System2Spec.from_dict(config["spec"])
         model = build_system2(spec)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint file {folder / 'system2.json'} holds an invalid spec ({err}): re-run `fastslow fit`") from None
+        raise CheckpointError(
+            f"checkpoint file {folder / 'system2.json'} holds an invalid spec ({err}): re-run `fastslow fit`"
+        ) from None
     _load_state(model, tensors, folder / "system2.safetensors")
     return model.eval(), spec
 
@@ -123,10 +131,14 @@ def load_policies(folder: Path, entries: list[dict]) -> list[Policy]:
         try:
             kind, stem, weights = entry["kind"], entry["file"], bool(entry["weights"])
         except (KeyError, TypeError) as err:
-            raise CheckpointError(f"checkpoint file {folder / 'manifest.json'} lists a policy without {err}: re-run `fastslow fit`") from None
+            raise CheckpointError(
+                f"checkpoint file {folder / 'manifest.json'} lists a policy without {err}: re-run `fastslow fit`"
+            ) from None
         if kind not in POLICIES:
-            raise CheckpointError(f"checkpoint {folder / stem}.json is a policy of kind {kind!r}, which is not registered "
-                                  f"(known: {', '.join(POLICIES)}): import the module that registers it before loading")
+            raise CheckpointError(
+                f"checkpoint {folder / stem}.json is a policy of kind {kind!r}, which is not registered "
+                f"(known: {', '.join(POLICIES)}): import the module that registers it before loading"
+            )
         if weights:
             config, tensors = _read(folder, stem)
             _check_finite(tensors, folder / f"{stem}.safetensors")
@@ -136,6 +148,8 @@ def load_policies(folder: Path, entries: list[dict]) -> list[Policy]:
             policy = POLICIES[kind].from_config(config["config"], tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"checkpoint {folder / stem} does not rebuild its {kind} policy ({problem}): re-run `fastslow fit`") from None
+            raise CheckpointError(
+                f"checkpoint {folder / stem} does not rebuild its {kind} policy ({problem}): re-run `fastslow fit`"
+            ) from None
         policies.append(policy)
     return policies

@@ -27,7 +27,10 @@ def _seed(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastslow", description="Thinking fast and slow: a spiking System 1, an ANN System 2, routing policies, energy accounting.")
+    parser = argparse.ArgumentParser(
+        prog="fastslow",
+        description="Thinking fast and slow: a spiking System 1, an ANN System 2, routing policies, energy accounting.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the main job on scikit-learn's digits (no download)")
@@ -35,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0)
 
     fit = sub.add_parser("fit", help="train System 1, System 2 and the routers on DATA, evaluate, write the report")
-    fit.add_argument("--data", required=True, help="digits | mnist:ROOT (ROOT/MNIST/raw/*-ubyte[.gz]) | path to an .npz with X, y [, X_test, y_test]")
+    fit.add_argument(
+        "--data",
+        required=True,
+        help="digits | mnist:ROOT (ROOT/MNIST/raw/*-ubyte[.gz]) | path to an .npz with X, y [, X_test, y_test]",
+    )
     fit.add_argument("--out", required=True, help="report folder to write")
     fit.add_argument("--config", help="TOML or JSON config file (see the README); command-line options override it")
     fit.add_argument("--seed", type=_seed)
@@ -50,17 +57,27 @@ def _parser() -> argparse.ArgumentParser:
 
     calibrate = sub.add_parser("calibrate", help="choose each policy's knob with an accuracy guarantee (Learn-then-Test)")
     calibrate.add_argument("dir", help="a report folder written by fit or demo")
-    calibrate.add_argument("--max-accuracy-drop", type=float, default=0.005, help="allowed accuracy drop below System 2 (fraction, default 0.005)")
+    calibrate.add_argument(
+        "--max-accuracy-drop", type=float, default=0.005, help="allowed accuracy drop below System 2 (fraction, default 0.005)"
+    )
     calibrate.add_argument("--delta", type=float, default=0.1, help="failure probability of the guarantee (default 0.1)")
-    calibrate.add_argument("--calibration-fraction", type=float, default=0.5, help="share of the test split used to calibrate (default 0.5)")
+    calibrate.add_argument(
+        "--calibration-fraction", type=float, default=0.5, help="share of the test split used to calibrate (default 0.5)"
+    )
 
-    predict = sub.add_parser("predict", help="answer inputs with any strategy of DIR's results.json; write predictions.jsonl and summary.json")
+    predict = sub.add_parser(
+        "predict", help="answer inputs with any strategy of DIR's results.json; write predictions.jsonl and summary.json"
+    )
     predict.add_argument("dir", help="a report folder written by fit or demo")
-    predict.add_argument("--strategy", required=True, help="a strategy named in DIR/results.json, e.g. seenn1@0.9+s2 or router@share=0.1")
+    predict.add_argument(
+        "--strategy", required=True, help="a strategy named in DIR/results.json, e.g. seenn1@0.9+s2 or router@share=0.1"
+    )
     predict.add_argument("--data", help="digits | mnist:ROOT | an .npz with X (y optional) (default: the fit's own test split)")
     predict.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
 
-    continual = sub.add_parser("continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)")
+    continual = sub.add_parser(
+        "continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)"
+    )
     continual.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
     continual.add_argument("--model", required=True, choices=["diehl-cook", "spikedyn"])
     continual.add_argument("--out", required=True, help="folder for continual.json and continual.png")
@@ -69,12 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     continual.add_argument("--tasks", help="classes per task, e.g. '0,1;2,3' (default: one class per task, in order)")
     continual.add_argument("--samples-per-task", type=int, default=100, help="unlabelled training samples per task (default 100)")
     continual.add_argument("--test-per-task", type=int, default=100, help="test samples per task (default 100)")
-    continual.add_argument("--presentation-ms", type=float, default=350.0, help="presentation time per sample in ms (default 350)")
+    continual.add_argument(
+        "--presentation-ms", type=float, default=350.0, help="presentation time per sample in ms (default 350)"
+    )
     continual.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
-    continual.add_argument("--s2-epochs", type=int, default=10, help="epochs for the System 2 that low-confidence answers escalate to")
+    continual.add_argument(
+        "--s2-epochs", type=int, default=10, help="epochs for the System 2 that low-confidence answers escalate to"
+    )
     continual.add_argument("--seed", type=_seed, default=0)
 
-    search = sub.add_parser("search", help="choose an STDP System 1 within a memory and energy budget (estimate, train survivors, Pareto)")
+    search = sub.add_parser(
+        "search", help="choose an STDP System 1 within a memory and energy budget (estimate, train survivors, Pareto)"
+    )
     search.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
     search.add_argument("--max-memory-kb", type=float, required=True, help="memory budget in KB")
     search.add_argument("--max-energy-uj", type=float, required=True, help="inference energy budget in µJ per input")
@@ -82,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--model", default="spikedyn", choices=["diehl-cook", "spikedyn"])
     search.add_argument("--bits", type=int, nargs="+", default=[4, 8, 16, 32], help="precisions to consider")
     search.add_argument("--neurons", type=int, nargs="+", default=[25, 50, 100, 200, 400], help="neuron counts to consider")
-    search.add_argument("--presentation-ms", type=float, nargs="+", default=[100.0, 200.0, 350.0], help="presentation times to consider")
+    search.add_argument(
+        "--presentation-ms", type=float, nargs="+", default=[100.0, 200.0, 350.0], help="presentation times to consider"
+    )
     search.add_argument("--train-samples", type=int, default=200, help="training budget per trained candidate (samples)")
     search.add_argument("--test-samples", type=int, default=200)
     search.add_argument("--max-trained", type=int, default=8, help="at most this many candidates within budget are trained")
@@ -107,39 +132,79 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "continual":
         from fastslow.stdp_jobs import continual_job
 
-        continual_job(args.data, args.model, args.out, bits=args.bits, neurons=args.neurons, tasks=args.tasks,
-                      samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, presentation_ms=args.presentation_ms,
-                      seed=args.seed, profile=args.profile, s2_epochs=args.s2_epochs, console=console, progress=show, show_table=show)
+        continual_job(
+            args.data,
+            args.model,
+            args.out,
+            bits=args.bits,
+            neurons=args.neurons,
+            tasks=args.tasks,
+            samples_per_task=args.samples_per_task,
+            test_per_task=args.test_per_task,
+            presentation_ms=args.presentation_ms,
+            seed=args.seed,
+            profile=args.profile,
+            s2_epochs=args.s2_epochs,
+            console=console,
+            progress=show,
+            show_table=show,
+        )
         return
     if args.command == "search":
         from fastslow.stdp_jobs import search_job
 
-        search_job(args.data, args.max_memory_kb, args.max_energy_uj, args.out, model=args.model, neurons=tuple(args.neurons),
-                   bits=tuple(args.bits), presentation_ms=tuple(args.presentation_ms), train_samples=args.train_samples,
-                   test_samples=args.test_samples, max_trained=args.max_trained, seed=args.seed, profile=args.profile,
-                   console=console, progress=show, show_table=show)
+        search_job(
+            args.data,
+            args.max_memory_kb,
+            args.max_energy_uj,
+            args.out,
+            model=args.model,
+            neurons=tuple(args.neurons),
+            bits=tuple(args.bits),
+            presentation_ms=tuple(args.presentation_ms),
+            train_samples=args.train_samples,
+            test_samples=args.test_samples,
+            max_trained=args.max_trained,
+            seed=args.seed,
+            profile=args.profile,
+            console=console,
+            progress=show,
+            show_table=show,
+        )
         return
     if args.command == "demo":
         config = load_config(None, data="digits", seed=args.seed)
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "fit":
-        config = load_config(args.config, data=args.data, seed=args.seed, epochs=args.epochs, profile=args.profile, device=args.device)
+        config = load_config(
+            args.config, data=args.data, seed=args.seed, epochs=args.epochs, profile=args.profile, device=args.device
+        )
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "predict":
         summary = predict_folder(args.dir, args.strategy, args.out, data=args.data, console=console, progress=show)
         if show:
             accuracy = "n/a (no labels)" if summary["accuracy"] is None else f"{100 * summary['accuracy']:.2f}%"
-            console.print(f"{summary['strategy']}: {summary['inputs']} inputs, accuracy {accuracy}, escalated "
-                          f"{100 * summary['escalation_rate']:.1f}%, {summary['mean_timesteps']:.2f} steps, "
-                          f"{summary['energy_uj']:.4g} µJ/input ({summary['profile']['name']})")
-            console.print(f"predictions: {Path(args.out) / 'predictions.jsonl'}, {Path(args.out) / 'summary.json'} "
-                          f"({time.perf_counter() - started:.1f} s)")
+            console.print(
+                f"{summary['strategy']}: {summary['inputs']} inputs, accuracy {accuracy}, escalated "
+                f"{100 * summary['escalation_rate']:.1f}%, {summary['mean_timesteps']:.2f} steps, "
+                f"{summary['energy_uj']:.4g} µJ/input ({summary['profile']['name']})"
+            )
+            console.print(
+                f"predictions: {Path(args.out) / 'predictions.jsonl'}, {Path(args.out) / 'summary.json'} "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
         return
     elif args.command == "calibrate":
-        calibrate_folder(args.dir, max_accuracy_drop=args.max_accuracy_drop, delta=args.delta,
-                         calibration_fraction=args.calibration_fraction, console=console, show_table=show)
+        calibrate_folder(
+            args.dir,
+            max_accuracy_drop=args.max_accuracy_drop,
+            delta=args.delta,
+            calibration_fraction=args.calibration_fraction,
+            console=console,
+            show_table=show,
+        )
         if show:
             console.print(f"calibration: {Path(args.dir) / 'calibration.json'}")
         return
@@ -147,7 +212,9 @@ def _run(args: argparse.Namespace) -> None:
         evaluate_folder(args.dir, data=args.data, profile=args.profile, console=console, show_table=show)
         out = Path(args.dir)
     if show:
-        console.print(f"report: {out / 'report.md'}, {out / 'results.json'}, {out / 'pareto.png'} ({time.perf_counter() - started:.1f} s)")
+        console.print(
+            f"report: {out / 'report.md'}, {out / 'results.json'}, {out / 'pareto.png'} ({time.perf_counter() - started:.1f} s)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

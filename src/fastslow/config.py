@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from fastslow.errors import ConfigError, first_validation_problem
 from fastslow.spiking import LIFParams
 
-
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
@@ -52,10 +51,13 @@ class System1Config(_Strict):
     readout: Literal["membrane", "spike_count"] = "membrane"
     loss: Literal["tet", "cumulative", "final"] = "tet"
     exit_heads: list[NonNegativeInt] | None = Field(
-        None, description="hidden-layer indices with an early exit (default: one on the first layer where there are two or more)")
+        None, description="hidden-layer indices with an early exit (default: one on the first layer where there are two or more)"
+    )
     checkpoint_steps: int = Field(0, ge=0, description="0: BPTT keeps every step; k: recompute k-step segments (less memory)")
     backend: Literal["auto", "torch", "numba", "triton"] = Field(
-        "auto", description="kernels that run the LIF layers (fastslow.spiking.backends): auto picks per call; a named one runs or raises")
+        "auto",
+        description="kernels that run the LIF layers (fastslow.spiking.backends): auto picks per call; a named one runs or raises",
+    )
     lif: LIFConfig = Field(default_factory=LIFConfig)
     epochs: int = Field(30, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -129,14 +131,24 @@ class RouterConfig(_Strict):
     lr: float = Field(1e-2, gt=0)
     kl_weight: float = Field(10.0, ge=0)
     energy_weight: float = Field(0.0, ge=0)
-    exit_shares: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3], description="whole-exit-space router shares of System 2")
-    exit_energy_budgets_uj: list[float] = Field(default_factory=list, description="whole-exit-space routers for these mean µJ per input")
+    exit_shares: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.3], description="whole-exit-space router shares of System 2"
+    )
+    exit_energy_budgets_uj: list[float] = Field(
+        default_factory=list, description="whole-exit-space routers for these mean µJ per input"
+    )
     exit_energy_weight: float = Field(0.1, ge=0, description="λ of the whole-exit-space router")
     exit_epochs: int = Field(400, ge=1)
-    step_shares: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1], description="sequential router shares of System 2")
-    step_energy_budgets_uj: list[float] = Field(default_factory=list, description="sequential routers for these mean µJ per input")
+    step_shares: list[float] = Field(
+        default_factory=lambda: [0.01, 0.02, 0.05, 0.1], description="sequential router shares of System 2"
+    )
+    step_energy_budgets_uj: list[float] = Field(
+        default_factory=list, description="sequential routers for these mean µJ per input"
+    )
     step_energy_weight: float = Field(0.1, ge=0, description="λ of the sequential router")
-    step_kl_weight: float = Field(0.0, ge=0, description="β of the sequential router's share term (0: the share is set by calibration alone)")
+    step_kl_weight: float = Field(
+        0.0, ge=0, description="β of the sequential router's share term (0: the share is set by calibration alone)"
+    )
     step_epochs: int = Field(400, ge=1)
 
     @model_validator(mode="after")
@@ -152,11 +164,15 @@ class FitConfig(_Strict):
     data: str = "digits"
     seed: int = Field(0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training split held out to train and calibrate the router")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of the training split held out to train and calibrate the router"
+    )
     profile: str = "cmos45nm"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(256, ge=1)
-    policies: list[str] | None = Field(None, description="policy kinds to fit (default: every registered family; system1 and system2 always)")
+    policies: list[str] | None = Field(
+        None, description="policy kinds to fit (default: every registered family; system1 and system2 always)"
+    )
     system1: System1Config = Field(default_factory=System1Config)
     system2: System2Config = Field(default_factory=System2Config)
     confidence: ConfidenceConfig = Field(default_factory=ConfidenceConfig)
@@ -178,9 +194,13 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
             text = file.read_text()
             data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-            raise ConfigError(f"config file {file} cannot be parsed ({str(err).splitlines()[0]}): fix its TOML/JSON syntax") from None
+            raise ConfigError(
+                f"config file {file} cannot be parsed ({str(err).splitlines()[0]}): fix its TOML/JSON syntax"
+            ) from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {file} holds a {type(data).__name__}, not a table of options: write e.g. {{\"seed\": 1}}")
+            raise ConfigError(
+                f'config file {file} holds a {type(data).__name__}, not a table of options: write e.g. {{"seed": 1}}'
+            )
     for key, value in overrides.items():
         if value is None:
             continue
@@ -193,4 +213,6 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
         return FitConfig(**data)
     except ValidationError as err:
         where, message = first_validation_problem(err)
-        raise ConfigError(f"config option {where}: {message} (see `fastslow fit --help` and the README's config section)") from None
+        raise ConfigError(
+            f"config option {where}: {message} (see `fastslow fit --help` and the README's config section)"
+        ) from None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
     """Which points (accuracy, cost, …) no other point beats: at least as accurate and no costlier in
     every cost, and strictly better in one (ties are all kept)."""
+
     def beats(other: Sequence[float], point: Sequence[float]) -> bool:
         no_worse = other[0] >= point[0] and all(o <= p for o, p in zip(other[1:], point[1:]))
         return no_worse and (other[0] > point[0] or any(o < p for o, p in zip(other[1:], point[1:])))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import platform
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from sklearn.model_selection import train_test_split
 from torch import nn
 
@@ -94,7 +93,9 @@ def make_splits(config: FitConfig) -> Splits:
             dataset.x_train, dataset.y_train, test_size=config.val_fraction, stratify=dataset.y_train, random_state=config.seed
         )
     except ValueError as err:
-        raise DataError(f"cannot hold out {config.val_fraction:g} of the training split for the router ({err}): give every class more samples or change val_fraction") from None
+        raise DataError(
+            f"cannot hold out {config.val_fraction:g} of the training split for the router ({err}): give every class more samples or change val_fraction"
+        ) from None
     as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     as_y = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
     return Splits(as_x(x_fit), as_y(y_fit), as_x(x_val), as_y(y_val), as_x(dataset.x_test), as_y(dataset.y_test), dataset)
@@ -121,7 +122,9 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
 def _train(progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed) -> None:
     batches = epochs * max(1, -(-len(x) // batch_size))
     task = progress.add_task(description, total=batches)
-    train_classifier(model, x, y, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_batch=lambda: progress.advance(task))
+    train_classifier(
+        model, x, y, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_batch=lambda: progress.advance(task)
+    )
 
 
 def describe_module(module: nn.Module) -> str:
@@ -143,9 +146,10 @@ def versions() -> dict[str, str]:
     return {"fastslow": own, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-
 def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int) -> SystemOutputs:
-    return collect_outputs(system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device)
+    return collect_outputs(
+        system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device
+    )
 
 
 def _backend_or_why(system1: System1, requires_grad: bool) -> str:
@@ -156,7 +160,9 @@ def _backend_or_why(system1: System1, requires_grad: bool) -> str:
         return f"none: {err}"
 
 
-def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: dict[str, int], profile: EnergyProfile, s1_result: StrategyResult) -> dict:
+def _systems_summary(
+    system1: System1, system2: nn.Module, s2_macs_per_layer: dict[str, int], profile: EnergyProfile, s1_result: StrategyResult
+) -> dict:
     s1_spec = system1.spec
     s2_params = sum(p.numel() for p in system2.parameters())
     lif = s1_spec.lif
@@ -168,8 +174,11 @@ def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: di
             "stateful_neurons": system1.stateful_neurons(),
             "timesteps": s1_spec.timesteps,
             # Which kernels ran the LIF layers (the config's system1.backend, resolved on this device).
-            "backend": {"requested": system1.requested_backend, "training": _backend_or_why(system1, True),
-                        "inference": _backend_or_why(system1, False)},
+            "backend": {
+                "requested": system1.requested_backend,
+                "training": _backend_or_why(system1, True),
+                "inference": _backend_or_why(system1, False),
+            },
             "mean_synaptic_ops": s1_result.ops_per_input["synaptic_ops"],
             "mean_dense_macs": s1_result.ops_per_input["s1_dense_macs"],
             "neuron_updates": s1_result.ops_per_input["neuron_updates"],
@@ -186,11 +195,28 @@ def _systems_summary(system1: System1, system2: nn.Module, s2_macs_per_layer: di
 
 
 def _evaluate_and_report(
-    out: Path, config: FitConfig, splits: Splits, system1: System1, system2: nn.Module, policies: list[Policy],
-    profile: EnergyProfile, device: torch.device, console: Console, show_table: bool,
+    out: Path,
+    config: FitConfig,
+    splits: Splits,
+    system1: System1,
+    system2: nn.Module,
+    policies: list[Policy],
+    profile: EnergyProfile,
+    device: torch.device,
+    console: Console,
+    show_table: bool,
 ) -> tuple[list[StrategyResult], dict]:
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
-    test = _outputs(system1, system2, sum(s2_macs_per_layer.values()), splits.x_test, splits.y_test, config, device, seed_offset=TEST_SEED_OFFSET)
+    test = _outputs(
+        system1,
+        system2,
+        sum(s2_macs_per_layer.values()),
+        splits.x_test,
+        splits.y_test,
+        config,
+        device,
+        seed_offset=TEST_SEED_OFFSET,
+    )
     results = evaluate_strategies(test, profile, policies, seed=config.seed)
     s1_result = next(r for r in results if r.name == "system1")
     dataset = splits.dataset
@@ -203,9 +229,7 @@ def _evaluate_and_report(
         "versions": versions(),
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
-        "policies": [
-            {"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config()} for p in policies
-        ],
+        "policies": [{"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config()} for p in policies],
         "strategies": [r.to_dict() for r in results],
         "routing_metrics": family_metrics(results),
         "best_within_half_point_of_system2": {k: v.name for k, v in best_within(results).items()},
@@ -227,7 +251,9 @@ def policy_kinds(config: FitConfig) -> list[str]:
     return [kind for kind in POLICIES if kind in config.policies or kind in ("system1", "system2")]
 
 
-def fit_policies(config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress) -> list[Policy]:
+def fit_policies(
+    config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress
+) -> list[Policy]:
     """Every registered family's points, fitted on the router split's recorded outputs (both systems frozen)."""
     kinds = policy_kinds(config)
     context = FitContext(config=config, val=val, profile=profile, input_shape=tuple(input_shape), seed=config.seed)
@@ -274,7 +300,18 @@ def fit(
     c1, c2 = config.system1, config.system2
     with progress_bars(console, progress) as bars:
         torch.manual_seed(config.seed)  # rate encoding draws from the global generator while training
-        _train(bars, "System 1 (SNN, BPTT)", s1, lambda m, x, y: system1_loss(m, x, y, c1.loss), xd, yd, c1.epochs, c1.lr, c1.batch_size, config.seed)
+        _train(
+            bars,
+            "System 1 (SNN, BPTT)",
+            s1,
+            lambda m, x, y: system1_loss(m, x, y, c1.loss),
+            xd,
+            yd,
+            c1.epochs,
+            c1.lr,
+            c1.batch_size,
+            config.seed,
+        )
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
         val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET)
@@ -326,36 +363,48 @@ def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str 
     ckpt = folder / CHECKPOINTS
     manifest_path = ckpt / "manifest.json"
     if not manifest_path.is_file():
-        raise CheckpointError(f"checkpoint file {manifest_path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
+        raise CheckpointError(
+            f"checkpoint file {manifest_path} is missing: re-run `fastslow fit` to write a complete checkpoint folder"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
         entries = manifest["policies"]
         if not isinstance(entries, list):
             raise ValueError("its policies are not a list")
     except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"checkpoint file {manifest_path} is corrupt or from an older fastslow ({err}): re-run `fastslow fit`") from None
+        raise CheckpointError(
+            f"checkpoint file {manifest_path} is corrupt or from an older fastslow ({err}): re-run `fastslow fit`"
+        ) from None
     if manifest.get("system2") == "custom":
-        raise CheckpointError("this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module")
+        raise CheckpointError(
+            "this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module"
+        )
     s1 = checkpoint.load_system1(ckpt).to(device)
     s2, _ = checkpoint.load_system2(ckpt)
     policies = checkpoint.load_policies(ckpt, entries)
     for policy in policies:
         steps = getattr(policy.module, "timesteps", s1.spec.timesteps)
         if steps != s1.spec.timesteps:
-            raise CheckpointError(f"checkpoint policy {policy.name} decides over {steps} timesteps but system1.json runs "
-                                  f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`")
+            raise CheckpointError(
+                f"checkpoint policy {policy.name} decides over {steps} timesteps but system1.json runs "
+                f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`"
+            )
     # Policies stay on the CPU: they read records, which evaluation and serving keep there.
     return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, None)
 
 
-def _check_inputs_fit(what: str, input_shape: tuple[int, ...], n_classes: int | None, system1: System1, exact: bool = True) -> None:
+def _check_inputs_fit(
+    what: str, input_shape: tuple[int, ...], n_classes: int | None, system1: System1, exact: bool = True
+) -> None:
     """A clear error unless inputs of ``input_shape`` with ``n_classes`` classes (labels up to
     ``n_classes`` − 1 unless ``exact``; None: no labels) fit the checkpoints."""
     classes_fit = n_classes is None or (n_classes == system1.spec.n_classes if exact else n_classes <= system1.spec.n_classes)
     if tuple(input_shape) != tuple(system1.spec.input_shape) or not classes_fit:
         classes = "" if n_classes is None else f" and {n_classes} classes"
-        raise DataError(f"{what} has inputs {tuple(input_shape)}{classes}, but the checkpoints expect {tuple(system1.spec.input_shape)} "
-                        f"and {system1.spec.n_classes}: pass matching --data")
+        raise DataError(
+            f"{what} has inputs {tuple(input_shape)}{classes}, but the checkpoints expect {tuple(system1.spec.input_shape)} "
+            f"and {system1.spec.n_classes}: pass matching --data"
+        )
 
 
 def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None = None) -> LoadedFit:
@@ -370,8 +419,15 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
 
 def _deployment(loaded: LoadedFit) -> Deployment:
     s2_macs = sum(count_macs(loaded.system2, tuple(loaded.system1.spec.input_shape)).values())
-    return Deployment(loaded.system1, loaded.system2, loaded.policies, loaded.profile, s2_macs,
-                      seed=loaded.config.seed + TEST_SEED_OFFSET, batch_size=loaded.config.eval_batch_size)
+    return Deployment(
+        loaded.system1,
+        loaded.system2,
+        loaded.policies,
+        loaded.profile,
+        s2_macs,
+        seed=loaded.config.seed + TEST_SEED_OFFSET,
+        batch_size=loaded.config.eval_batch_size,
+    )
 
 
 def load(folder: str | Path, *, profile: str | None = None) -> Deployment:
@@ -382,7 +438,12 @@ def load(folder: str | Path, *, profile: str | None = None) -> Deployment:
 
 
 def predict_folder(
-    folder: str | Path, strategy: str, out: str | Path, *, data: str | None = None, console: Console | None = None,
+    folder: str | Path,
+    strategy: str,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    console: Console | None = None,
     progress: bool = True,
 ) -> dict:
     """Answer the fit's test split (or ``data``: any data the loaders take, labels optional) with
@@ -415,9 +476,15 @@ def predict_folder(
     lines = []
     for i in range(len(x)):
         escalated = bool(answer.escalated[i])
-        row = {"index": i, "answer": int(answer.predictions[i]), "system": "system2" if escalated else "system1",
-               "exit": None if escalated else int(answer.exits[i]), "timesteps": int(answer.timesteps[i]),
-               "energy_uj": float(answer.energy_uj[i]), "degraded": False}
+        row = {
+            "index": i,
+            "answer": int(answer.predictions[i]),
+            "system": "system2" if escalated else "system1",
+            "exit": None if escalated else int(answer.exits[i]),
+            "timesteps": int(answer.timesteps[i]),
+            "energy_uj": float(answer.energy_uj[i]),
+            "degraded": False,
+        }
         if y is not None:
             row.update(label=int(y[i]), correct=bool(correct[i]))
         lines.append(json.dumps(row))
@@ -453,10 +520,18 @@ def evaluate_folder(
     """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
     fit_ = load_fit(folder, data=data, profile=profile)
     atomic.write_json(fit_.folder / "config.json", fit_.config.model_dump())
-    return _evaluate_and_report(fit_.folder, fit_.config, fit_.splits, fit_.system1, fit_.system2, fit_.policies, fit_.profile,
-                                fit_.device, console or Console(), show_table)
-
-
+    return _evaluate_and_report(
+        fit_.folder,
+        fit_.config,
+        fit_.splits,
+        fit_.system1,
+        fit_.system2,
+        fit_.policies,
+        fit_.profile,
+        fit_.device,
+        console or Console(),
+        show_table,
+    )
 
 
 def calibrate_folder(
@@ -480,13 +555,17 @@ def calibrate_folder(
     fit_ = load_fit(folder)
     config, splits = fit_.config, fit_.splits
     s2_macs = sum(count_macs(fit_.system2, tuple(splits.x_test.shape[1:])).values())
-    test = _outputs(fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=TEST_SEED_OFFSET)
+    test = _outputs(
+        fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=TEST_SEED_OFFSET
+    )
     try:
         cal_index, held_index = train_test_split(
             np.arange(len(test.labels)), train_size=calibration_fraction, stratify=test.labels.numpy(), random_state=config.seed
         )
     except ValueError as err:
-        raise DataError(f"cannot split the test split for calibration ({err}): choose a --calibration-fraction that leaves every class at least one input on each side (e.g. 0.5), or use a larger test split") from None
+        raise DataError(
+            f"cannot split the test split for calibration ({err}): choose a --calibration-fraction that leaves every class at least one input on each side (e.g. 0.5), or use a larger test split"
+        ) from None
     parts = {"calibration": test.subset(torch.as_tensor(cal_index)), "held_out": test.subset(torch.as_tensor(held_index))}
     strategies = {part: enumerate_strategies(outputs, fit_.policies) for part, outputs in parts.items()}
     held_scores = {
@@ -503,21 +582,34 @@ def calibrate_folder(
         items = [s for s in strategies["calibration"] if s.policy.family == family]
         order = items[0].policy.knob_order
         if order is None:  # e.g. a router trained for a target distribution
-            families[family] = {"chosen": None, "note": f"not calibrated: its knob {sorted(items[0].policy.knob)} has no safest-first order"}
+            families[family] = {
+                "chosen": None,
+                "note": f"not calibrated: its knob {sorted(items[0].policy.knob)} has no safest-first order",
+            }
             continue
         knob_name, larger_is_safer = order
         items = sorted(items, key=lambda s: s.policy.knob[knob_name], reverse=larger_is_safer)  # safest first
-        losses = np.stack([((routing_predictions(s.routing, cal) != cal.labels).numpy() & s2_right) for s in items], axis=1).astype(float)
+        losses = np.stack(
+            [((routing_predictions(s.routing, cal) != cal.labels).numpy() & s2_right) for s in items], axis=1
+        ).astype(float)
         energies = np.array([float(per_input_energy(s.routing, cal, fit_.profile).mean()) for s in items])
         result = calibrate_knob(losses, energies, max_accuracy_drop, delta)
-        entry = {"knobs_safest_first": [s.name for s in items], "certified": [items[j].name for j in result.certified],
-                 "pvalues": result.pvalues, "chosen": None, "note": result.note}
+        entry = {
+            "knobs_safest_first": [s.name for s in items],
+            "certified": [items[j].name for j in result.certified],
+            "pvalues": result.pvalues,
+            "chosen": None,
+            "note": result.note,
+        }
         if result.chosen is not None:
             chosen = items[result.chosen]
             held = held_scores[chosen.name]
             entry.update(
-                chosen=chosen.name, knob=chosen.policy.knob, calibration_energy_uj=float(energies[result.chosen]),
-                held_out_accuracy=held.accuracy, held_out_energy_uj=held.energy_uj,
+                chosen=chosen.name,
+                knob=chosen.policy.knob,
+                calibration_energy_uj=float(energies[result.chosen]),
+                held_out_accuracy=held.accuracy,
+                held_out_energy_uj=held.energy_uj,
                 held_out_energy_ratio_vs_s2=held.energy_uj / s2_held.energy_uj,
                 held_out_drop_vs_s2=s2_held.accuracy - held.accuracy,
             )
@@ -527,7 +619,7 @@ def calibrate_folder(
         "max_accuracy_drop": max_accuracy_drop,
         "delta": delta,
         "guarantee": f"for each family on its own: with probability >= {1 - delta:g} over the calibration split, its chosen knob's "
-                     f"accuracy >= System 2's - {max_accuracy_drop:g} (for F families together, >= 1 - F*delta)",
+        f"accuracy >= System 2's - {max_accuracy_drop:g} (for F families together, >= 1 - F*delta)",
         "split_note": f"the test split ({len(test.labels)}) divided {len(cal_index)} calibration / {len(held_index)} held out, stratified, seed {config.seed}",
         "calibration_size": len(cal_index),
         "held_out_size": len(held_index),
@@ -549,18 +641,28 @@ def calibrate_folder(
 def _print_calibration(payload: dict, console: Console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Learn-then-Test: drop ≤ {payload['max_accuracy_drop']:g} vs System 2 with prob ≥ {1 - payload['delta']:g} "
-                        f"(n_cal = {payload['calibration_size']})",
-                  caption=f"held out: {payload['held_out_size']} inputs; System 2 {100 * payload['system2_held_out_accuracy']:.2f}%. "
-                          f"µJ per input, profile {payload['profile']}, arithmetic only (synaptic accumulates from the real spikes, "
-                          f"MACs, neuron updates).",
-                  caption_justify="left")
+    table = Table(
+        title=f"Learn-then-Test: drop ≤ {payload['max_accuracy_drop']:g} vs System 2 with prob ≥ {1 - payload['delta']:g} "
+        f"(n_cal = {payload['calibration_size']})",
+        caption=f"held out: {payload['held_out_size']} inputs; System 2 {100 * payload['system2_held_out_accuracy']:.2f}%. "
+        f"µJ per input, profile {payload['profile']}, arithmetic only (synaptic accumulates from the real spikes, "
+        f"MACs, neuron updates).",
+        caption_justify="left",
+    )
     for column in ("family", "chosen knob", "held-out acc %", "drop (pt)", "µJ/in", "×S2"):
         table.add_column(column, justify="left" if column in ("family", "chosen knob") else "right", no_wrap=True)
     for family, entry in payload["families"].items():
         if entry["chosen"] is None:
-            table.add_row(family, "not calibrated" if entry["note"].startswith("not calibrated") else "none certified", "", "", "", "")
+            table.add_row(
+                family, "not calibrated" if entry["note"].startswith("not calibrated") else "none certified", "", "", "", ""
+            )
         else:
-            table.add_row(family, entry["chosen"], f"{100 * entry['held_out_accuracy']:.2f}", f"{100 * entry['held_out_drop_vs_s2']:.2f}",
-                          f"{entry['held_out_energy_uj']:.4f}", f"{entry['held_out_energy_ratio_vs_s2']:.3f}")
+            table.add_row(
+                family,
+                entry["chosen"],
+                f"{100 * entry['held_out_accuracy']:.2f}",
+                f"{100 * entry['held_out_drop_vs_s2']:.2f}",
+                f"{entry['held_out_energy_uj']:.4f}",
+                f"{entry['held_out_energy_ratio_vs_s2']:.3f}",
+            )
     console.print(table)

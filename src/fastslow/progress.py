@@ -15,8 +15,13 @@ def progress_bars(console: Console, enabled: bool) -> Iterator[Progress]:
     time) for the ``with`` block; ``enabled=False`` draws nothing but takes the same calls. The bars
     stay on screen when the block ends."""
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=not enabled, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
     )
     with progress:
         yield progress

@@ -25,10 +25,23 @@ from fastslow.stdp.network import STDPSpec, memory_bytes
 from fastslow.stdp.search import Candidate, candidate_rows, search
 
 
-def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int = 400, tasks: str | None = None,
-                  samples_per_task: int = 100, test_per_task: int = 100, presentation_ms: float = 350.0, seed: int = 0,
-                  profile: str = "cmos45nm", s2_epochs: int = 10, console: Console | None = None, progress: bool = True,
-                  show_table: bool = True) -> dict:
+def continual_job(
+    data: str,
+    model: str,
+    out: str,
+    bits: int = 32,
+    neurons: int = 400,
+    tasks: str | None = None,
+    samples_per_task: int = 100,
+    test_per_task: int = 100,
+    presentation_ms: float = 350.0,
+    seed: int = 0,
+    profile: str = "cmos45nm",
+    s2_epochs: int = 10,
+    console: Console | None = None,
+    progress: bool = True,
+    show_table: bool = True,
+) -> dict:
     console = console or Console()
     atomic.check_folder(out)
     check_seed(seed)
@@ -36,29 +49,67 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
         raise ConfigError(f"--s2-epochs {s2_epochs}: System 2 needs at least 1 training epoch")
     dataset = load_dataset(data, seed=seed)
     task_list = parse_tasks(tasks, dataset.n_classes)
-    spec = STDPSpec(model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms)
-    config = {"data": data, "model": model, "bits": bits, "neurons": neurons, "tasks": task_list, "samples_per_task": samples_per_task,
-              "test_per_task": test_per_task, "presentation_ms": presentation_ms, "seed": seed, "profile": profile, "s2_epochs": s2_epochs}
+    spec = STDPSpec(
+        model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms
+    )
+    config = {
+        "data": data,
+        "model": model,
+        "bits": bits,
+        "neurons": neurons,
+        "tasks": task_list,
+        "samples_per_task": samples_per_task,
+        "test_per_task": test_per_task,
+        "presentation_ms": presentation_ms,
+        "seed": seed,
+        "profile": profile,
+        "s2_epochs": s2_epochs,
+    }
     with progress_bars(console, progress) as bars:
         bar = bars.add_task(f"{model}: learning {len(task_list)} tasks (no labels)", total=len(task_list) * samples_per_task)
-        result = run_continual(dataset, spec, task_list, samples_per_task=samples_per_task, test_per_task=test_per_task, seed=seed,
-                               profile=profile, progress=lambda: bars.advance(bar))
+        result = run_continual(
+            dataset,
+            spec,
+            task_list,
+            samples_per_task=samples_per_task,
+            test_per_task=test_per_task,
+            seed=seed,
+            profile=profile,
+            progress=lambda: bars.advance(bar),
+        )
     write_continual(out, result, spec, config, versions())
-    short = {what: [(i, n) for i, n in enumerate(used) if n < asked] for what, used, asked in
-             (("training", result.samples_used["train_per_task"], samples_per_task), ("test", result.samples_used["test_per_task"], test_per_task))}
+    short = {
+        what: [(i, n) for i, n in enumerate(used) if n < asked]
+        for what, used, asked in (
+            ("training", result.samples_used["train_per_task"], samples_per_task),
+            ("test", result.samples_used["test_per_task"], test_per_task),
+        )
+    }
     for what, tasks_short in short.items():
         if tasks_short and show_table:
-            console.print(f"[yellow]note: the data holds fewer {what} samples than asked for tasks "
-                          + ", ".join(f"{i} ({n})" for i, n in tasks_short) + "; continual.json records the numbers used[/yellow]")
+            console.print(
+                f"[yellow]note: the data holds fewer {what} samples than asked for tasks "
+                + ", ".join(f"{i} ({n})" for i, n in tasks_short)
+                + "; continual.json records the numbers used[/yellow]"
+            )
     strategies = _escalation(dataset, result, s2_epochs, seed, profile)
-    atomic.write_json(Path(out) / "results.json", {
-        "dataset": dataset.name, "seed": seed, "profile": load_profile(profile).summary(), "versions": versions(), "config": config,
-        "system1": {"kind": "stdp", "spec": spec.to_dict(), "memory_bytes": memory_bytes(spec)},
-        "note": "after the last task, on every task's test samples; System 2 trained with labels on the same training samples",
-        "strategies": strategies,
-    })
+    atomic.write_json(
+        Path(out) / "results.json",
+        {
+            "dataset": dataset.name,
+            "seed": seed,
+            "profile": load_profile(profile).summary(),
+            "versions": versions(),
+            "config": config,
+            "system1": {"kind": "stdp", "spec": spec.to_dict(), "memory_bytes": memory_bytes(spec)},
+            "note": "after the last task, on every task's test samples; System 2 trained with labels on the same training samples",
+            "strategies": strategies,
+        },
+    )
     if show_table:
-        table = Table(title=f"{model}, {neurons} neurons, {bits}-bit weights: test accuracy (%) on each task after learning each task")
+        table = Table(
+            title=f"{model}, {neurons} neurons, {bits}-bit weights: test accuracy (%) on each task after learning each task"
+        )
         table.add_column("after task")
         for j, task in enumerate(task_list):
             table.add_column(f"t{j} {task}", justify="right")
@@ -69,14 +120,24 @@ def continual_job(data: str, model: str, out: str, bits: int = 32, neurons: int 
             train = sum(v for k, v in result.training_energy_uj[i].items() if k not in ("presentations_per_sample", "samples"))
             table.add_row(str(i), *cells, f"{train:.3f}", f"{sum(result.inference_energy_uj[i].values()):.4f}")
         console.print(table)
-        console.print(f"energy: profile {profile}, arithmetic only; per training sample and per test input, repeated presentations included.")
+        console.print(
+            f"energy: profile {profile}, arithmetic only; per training sample and per test input, repeated presentations included."
+        )
         escalation = Table(title="After the last task: the STDP System 1 with escalation to System 2 (all tasks' test samples)")
         for column in ("strategy", "accuracy %", "escalated %", "µJ/input", "× System 2"):
             escalation.add_column(column, justify="left" if column == "strategy" else "right")
         for r in strategies:
-            escalation.add_row(r["name"], f"{100 * r['accuracy']:.1f}", f"{100 * r['escalation_rate']:.1f}", f"{r['energy_uj']:.4f}", f"{r['energy_ratio_vs_s2']:.2f}")
+            escalation.add_row(
+                r["name"],
+                f"{100 * r['accuracy']:.1f}",
+                f"{100 * r['escalation_rate']:.1f}",
+                f"{r['energy_uj']:.4f}",
+                f"{r['energy_ratio_vs_s2']:.2f}",
+            )
         console.print(escalation)
-        console.print(f"continual: {Path(out) / 'continual.json'}, {Path(out) / 'continual.png'}, {Path(out) / 'results.json'} ({result.seconds:.1f} s)")
+        console.print(
+            f"continual: {Path(out) / 'continual.json'}, {Path(out) / 'continual.png'}, {Path(out) / 'results.json'} ({result.seconds:.1f} s)"
+        )
     return {"accuracy": result.accuracy}
 
 
@@ -86,30 +147,83 @@ def _escalation(dataset, result, s2_epochs: int, seed: int, profile: str) -> lis
 
     x_train = dataset.x_train.reshape(len(dataset.x_train), -1)
     x_test = dataset.x_test.reshape(len(dataset.x_test), -1)
-    system2, s2_macs = train_system2(x_train[result.train_index], dataset.y_train[result.train_index], dataset.input_shape,
-                                     dataset.n_classes, epochs=s2_epochs, seed=seed)
-    return escalation_strategies(result.network, system2, s2_macs, x_test[result.test_index], dataset.y_test[result.test_index],
-                                 dataset.input_shape, dataset.n_classes, load_profile(profile), result.training_energy_total_uj())
+    system2, s2_macs = train_system2(
+        x_train[result.train_index],
+        dataset.y_train[result.train_index],
+        dataset.input_shape,
+        dataset.n_classes,
+        epochs=s2_epochs,
+        seed=seed,
+    )
+    return escalation_strategies(
+        result.network,
+        system2,
+        s2_macs,
+        x_test[result.test_index],
+        dataset.y_test[result.test_index],
+        dataset.input_shape,
+        dataset.n_classes,
+        load_profile(profile),
+        result.training_energy_total_uj(),
+    )
 
 
-def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, model: str = "spikedyn",
-               neurons: tuple[int, ...] = (25, 50, 100, 200, 400), bits: tuple[int, ...] = (4, 8, 16, 32),
-               presentation_ms: tuple[float, ...] = (100.0, 200.0, 350.0), train_samples: int = 200, test_samples: int = 200,
-               max_trained: int = 8, seed: int = 0, profile: str = "cmos45nm", console: Console | None = None,
-               progress: bool = True, show_table: bool = True) -> dict:
+def search_job(
+    data: str,
+    max_memory_kb: float,
+    max_energy_uj: float,
+    out: str,
+    model: str = "spikedyn",
+    neurons: tuple[int, ...] = (25, 50, 100, 200, 400),
+    bits: tuple[int, ...] = (4, 8, 16, 32),
+    presentation_ms: tuple[float, ...] = (100.0, 200.0, 350.0),
+    train_samples: int = 200,
+    test_samples: int = 200,
+    max_trained: int = 8,
+    seed: int = 0,
+    profile: str = "cmos45nm",
+    console: Console | None = None,
+    progress: bool = True,
+    show_table: bool = True,
+) -> dict:
     console = console or Console()
     atomic.check_folder(out)
     check_seed(seed)
     dataset = load_dataset(data, seed=seed)
-    config = {"data": data, "max_memory_kb": max_memory_kb, "max_energy_uj": max_energy_uj, "model": model, "neurons": list(neurons),
-              "bits": list(bits), "presentation_ms": list(presentation_ms), "train_samples": train_samples, "test_samples": test_samples,
-              "max_trained": max_trained, "seed": seed, "profile": profile}
+    config = {
+        "data": data,
+        "max_memory_kb": max_memory_kb,
+        "max_energy_uj": max_energy_uj,
+        "model": model,
+        "neurons": list(neurons),
+        "bits": list(bits),
+        "presentation_ms": list(presentation_ms),
+        "train_samples": train_samples,
+        "test_samples": test_samples,
+        "max_trained": max_trained,
+        "seed": seed,
+        "profile": profile,
+    }
     with progress_bars(console, progress) as bars:
         survivors = max_trained  # an upper bound for the bar; a search may train fewer
-        bar = bars.add_task(f"training the candidates within budget ({train_samples} samples each)", total=survivors * train_samples)
-        candidates = search(dataset, max_memory_kb, max_energy_uj, model=model, neurons=neurons, bits=bits, presentation_ms=presentation_ms,
-                            train_samples=train_samples, test_samples=test_samples, max_trained=max_trained, seed=seed, profile=profile,
-                            progress=lambda: bars.advance(bar))
+        bar = bars.add_task(
+            f"training the candidates within budget ({train_samples} samples each)", total=survivors * train_samples
+        )
+        candidates = search(
+            dataset,
+            max_memory_kb,
+            max_energy_uj,
+            model=model,
+            neurons=neurons,
+            bits=bits,
+            presentation_ms=presentation_ms,
+            train_samples=train_samples,
+            test_samples=test_samples,
+            max_trained=max_trained,
+            seed=seed,
+            profile=profile,
+            progress=lambda: bars.advance(bar),
+        )
         bars.update(bar, completed=bars.tasks[0].total)
     chosen = next(c for c in candidates if c.chosen)
     payload = {
@@ -132,11 +246,21 @@ def search_job(data: str, max_memory_kb: float, max_energy_uj: float, out: str, 
         for c in candidates:
             if c.accuracy is None:
                 continue
-            table.add_row(c.name, f"{c.memory_kb:.1f}", f"{c.estimated_inference_uj:.4f}", f"{c.measured_inference_uj:.4f}",
-                          f"{c.measured_training_uj:.3f}", f"{100 * c.accuracy:.1f}", "yes" if c.pareto else "", "←" if c.chosen else "")
+            table.add_row(
+                c.name,
+                f"{c.memory_kb:.1f}",
+                f"{c.estimated_inference_uj:.4f}",
+                f"{c.measured_inference_uj:.4f}",
+                f"{c.measured_training_uj:.3f}",
+                f"{100 * c.accuracy:.1f}",
+                "yes" if c.pareto else "",
+                "←" if c.chosen else "",
+            )
         console.print(table)
         within = sum(c.within_budget for c in candidates)
-        console.print(f"{len(candidates)} candidates estimated, {within} within budget; search: {Path(out) / 'search.json'}, {Path(out) / 'search.png'}")
+        console.print(
+            f"{len(candidates)} candidates estimated, {within} within budget; search: {Path(out) / 'search.json'}, {Path(out) / 'search.png'}"
+        )
     return payload
 
 
@@ -184,7 +308,9 @@ def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, co
         "seconds": result.seconds,
     }
     atomic.write_json(out / "continual.json", payload)
-    atomic.write_bytes(out / "continual.png", continual_png(result, f"{result.model}, {spec.n_neurons} neurons, {spec.bits}-bit weights"))
+    atomic.write_bytes(
+        out / "continual.png", continual_png(result, f"{result.model}, {spec.n_neurons} neurons, {spec.bits}-bit weights")
+    )
 
 
 def search_png(candidates: list[Candidate], title: str, profile_name: str) -> bytes:
@@ -199,10 +325,21 @@ def search_png(candidates: list[Candidate], title: str, profile_name: str) -> by
     biggest = max(c.memory_kb for c in trained)
     for c in trained:
         size = 30 + 300 * c.memory_kb / biggest
-        ax.scatter([c.measured_inference_uj], [100 * c.accuracy], s=size, alpha=0.6,
-                   edgecolors="black" if c.pareto else "none", linewidths=1.5 if c.pareto else 0)
-        ax.annotate(c.name + (" (chosen)" if c.chosen else ""), (c.measured_inference_uj, 100 * c.accuracy), fontsize=6,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.scatter(
+            [c.measured_inference_uj],
+            [100 * c.accuracy],
+            s=size,
+            alpha=0.6,
+            edgecolors="black" if c.pareto else "none",
+            linewidths=1.5 if c.pareto else 0,
+        )
+        ax.annotate(
+            c.name + (" (chosen)" if c.chosen else ""),
+            (c.measured_inference_uj, 100 * c.accuracy),
+            fontsize=6,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xlabel(f"inference energy per input (µJ, profile {profile_name}; arithmetic only)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title + " — area ∝ memory, ringed = Pareto-optimal", fontsize=9)

@@ -23,7 +23,9 @@ def test_energy_accuracy_bench_runs_on_digits(capsys, tmp_path):
 
 def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
     bench = _load("dynamic_timesteps")
-    assert bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "3", "--hidden", "32", "16", "--out", str(tmp_path)]) == 0
+    assert (
+        bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "3", "--hidden", "32", "16", "--out", str(tmp_path)]) == 0
+    )
     out = capsys.readouterr().out
     assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "target S1-only" in out
 
@@ -35,10 +37,37 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     report = tmp_path / "speed.json"
     images = tmp_path / "images.npz"  # 28×28 images for the served System 1 (the benchmark data may be absent)
     rng = np.random.default_rng(0)
-    np.savez(images, X=rng.random((64, 1, 28, 28), dtype=np.float32), y=np.arange(64) % 10,
-             X_test=rng.random((60, 1, 28, 28), dtype=np.float32), y_test=np.arange(60) % 10)
-    assert bench.main(["--no-peers", "--rounds", "1", "--iterations", "1", "--batch-scale", "0.05", "--networks", "mlp",
-                       "--memory-timesteps", "4", "--json", str(report), "--data", str(images), "--serving-train-images", "64"]) == 0
+    np.savez(
+        images,
+        X=rng.random((64, 1, 28, 28), dtype=np.float32),
+        y=np.arange(64) % 10,
+        X_test=rng.random((60, 1, 28, 28), dtype=np.float32),
+        y_test=np.arange(60) % 10,
+    )
+    assert (
+        bench.main(
+            [
+                "--no-peers",
+                "--rounds",
+                "1",
+                "--iterations",
+                "1",
+                "--batch-scale",
+                "0.05",
+                "--networks",
+                "mlp",
+                "--memory-timesteps",
+                "4",
+                "--json",
+                str(report),
+                "--data",
+                str(images),
+                "--serving-train-images",
+                "64",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "LIF overhead" in out and "early stopping with compaction" in out
     import json
@@ -52,19 +81,32 @@ def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
     assert [curve[f"all stop at {t}"] for t in (1, 2, 4, 8)] == [1.0, 2.0, 4.0, 8.0] and "mixed, mean T/4" in curve
     assert "thirds, mean T/4" in curve and 0.25 < data["mlp"]["early_stop_bound"] < 1 and "0.25 + 0.75" in out
     assert [row["batch"] for row in data["mlp"]["early_stop_by_batch"]] == [6, 24, 48] and "at larger batches" in out
-    assert all(row["early_stop_T4_ms"] > 0 and row["ratio"] > 0 and row["doubling_ms"] > 0 and sum(row["chunks"]) == 8
-               for row in data["mlp"]["early_stop_by_batch"])
-    assert sum(data["mlp"]["early_stop_chunks"]) == 8 and data["mlp"]["early_stop_doubling_ms"] > 0 and "in doubling chunks" in out
+    assert all(
+        row["early_stop_T4_ms"] > 0 and row["ratio"] > 0 and row["doubling_ms"] > 0 and sum(row["chunks"]) == 8
+        for row in data["mlp"]["early_stop_by_batch"]
+    )
+    assert (
+        sum(data["mlp"]["early_stop_chunks"]) == 8 and data["mlp"]["early_stop_doubling_ms"] > 0 and "in doubling chunks" in out
+    )
     assert "wall time against escalation rate" in out
     escalation = data["mlp"]["wall_vs_escalation"]
     assert [p["escalation_rate"] for p in escalation] == [0.0, 0.1, 0.25, 0.5, 1.0]
-    assert escalation[0]["system2_ms"] == 0.0 and all(p["system2_ms"] > 0 and p["ratio_to_all_escalated"] > 0 for p in escalation[1:])
+    assert escalation[0]["system2_ms"] == 0.0 and all(
+        p["system2_ms"] > 0 and p["ratio_to_all_escalated"] > 0 for p in escalation[1:]
+    )
     serving = data["mlp"]["serving"]  # the served System 1's own stops, at 6 and 48 test images
     assert serving["train_images"] == 64 and [row["batch"] for row in serving["rows"]] == [6, 48] and "FastSlow.predict" in out
     for row in serving["rows"]:
         assert [p["threshold"] for p in row["thresholds"]] == list(bench.SERVING_THRESHOLDS)
-        assert all(1 <= p["mean_timesteps"] <= 8 and p["compaction_ms"] > 0 and p["doubling_ms"] > 0 and p["records_ratio"] > 0
-                   and p["planned_ms"] > 0 and sum(p["chunks"]) == 8 for p in row["thresholds"])
+        assert all(
+            1 <= p["mean_timesteps"] <= 8
+            and p["compaction_ms"] > 0
+            and p["doubling_ms"] > 0
+            and p["records_ratio"] > 0
+            and p["planned_ms"] > 0
+            and sum(p["chunks"]) == 8
+            for p in row["thresholds"]
+        )
     assert "compiled" in out and "planned chunks" in out  # the MLP served in one compiled call, and in serving's chunks
 
 
@@ -83,8 +125,27 @@ def test_cuda_host_overhead_bench_runs_its_side_by_side_on_cpu(capsys):
 def test_continual_bench_runs_tiny_on_digits(capsys, tmp_path):
     bench = _load("continual")
     report = tmp_path / "continual.json"
-    assert bench.main(["--data", "digits", "--neurons", "8", "--samples-per-task", "2", "--test-per-task", "4", "--tasks", "0;1",
-                       "--presentation-ms", "20", "--json", str(report)]) == 0
+    assert (
+        bench.main(
+            [
+                "--data",
+                "digits",
+                "--neurons",
+                "8",
+                "--samples-per-task",
+                "2",
+                "--test-per-task",
+                "4",
+                "--tasks",
+                "0;1",
+                "--presentation-ms",
+                "20",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "measured" in out and "claimed" in out and "spikedyn − weight_decay" in out
     import json
@@ -101,6 +162,9 @@ def test_stdp_peer_bench_runs_tiny_without_the_peer(capsys, tmp_path):
     data = tmp_path / "tiny.npz"
     np.savez(data, X=x, y=y)
     bench = _load("stdp_peer")
-    assert bench.main(["--data", str(data), "--train", "3", "--test", "5", "--neurons", "4", "--presentation-ms", "10", "--no-peer"]) == 0
+    assert (
+        bench.main(["--data", str(data), "--train", "3", "--test", "5", "--neurons", "4", "--presentation-ms", "10", "--no-peer"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "fastslow (dt 0.5 ms)" in out and "train samples/s" in out

@@ -158,8 +158,9 @@ def test_npz_with_explicit_test_set_and_uint8(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (30, 6, 6), dtype=np.uint8)
     x[0, 0, 0], x[1, 0, 0] = 255, 51
-    path = _save(tmp_path, X=x, y=np.arange(30) % 3,
-                 X_test=rng.integers(0, 256, (9, 6, 6), dtype=np.uint8), y_test=np.arange(9) % 3)
+    path = _save(
+        tmp_path, X=x, y=np.arange(30) % 3, X_test=rng.integers(0, 256, (9, 6, 6), dtype=np.uint8), y_test=np.arange(9) % 3
+    )
     data = load_dataset(str(path))
     assert data.name == "d.npz" and data.n_classes == 3
     assert data.x_train.shape == (30, 1, 6, 6) and data.x_test.shape == (9, 1, 6, 6)

@@ -12,8 +12,15 @@ from fastslow.systems import System1, System1Spec
 
 def _hand_built_mlp() -> System1:
     # 4 inputs → 3 hidden LIF → 2 outputs; weights chosen so the spikes are known.
-    spec = System1Spec(input_shape=(4,), n_classes=2, arch="mlp", hidden=(3,), timesteps=3,
-                       encoding="rate", lif=LIFParams(beta=1.0, threshold=1.0))
+    spec = System1Spec(
+        input_shape=(4,),
+        n_classes=2,
+        arch="mlp",
+        hidden=(3,),
+        timesteps=3,
+        encoding="rate",
+        lif=LIFParams(beta=1.0, threshold=1.0),
+    )
     model = System1(spec)
     with torch.no_grad():
         model.layers[0].op.weight.copy_(torch.tensor([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0.0, 0, 0, 0]]))
@@ -31,15 +38,17 @@ def test_synaptic_ops_match_hand_count():
     # Layer 0: input spikes × fan-out 3. Sample A: 2 spikes/step × 3 steps × 3 = 18; B: 1 × 3 × 3 = 9.
     # Hidden neurons 0 and 1 get current 2 > 1 → spike every step for A (2 spikes/step), B: 1.
     # Head: hidden spikes × fan-out 2 → A: 2 × 3 × 2 = 12; B: 1 × 3 × 2 = 6.
-    syn, dense, neurons = s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers,
-                                       torch.tensor([3, 3]), torch.tensor([0, 0]))
+    syn, dense, neurons = s1_op_counts(
+        run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, torch.tensor([3, 3]), torch.tensor([0, 0])
+    )
     assert syn.tolist() == [18 + 12, 9 + 6]
     assert dense.tolist() == [0.0, 0.0]
     # 3 hidden + 2 output neurons updated per step.
     assert neurons.tolist() == [15.0, 15.0]
     # Stopping after 1 step charges one step only; never running charges nothing.
-    syn1, _, neurons1 = s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers,
-                                     torch.tensor([1, 0]), torch.tensor([0, 0]))
+    syn1, _, neurons1 = s1_op_counts(
+        run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, torch.tensor([1, 0]), torch.tensor([0, 0])
+    )
     assert syn1.tolist() == [6 + 4, 0.0]
     assert neurons1.tolist() == [5.0, 0.0]
 
@@ -47,14 +56,18 @@ def test_synaptic_ops_match_hand_count():
 def test_direct_encoding_charges_dense_macs_per_step():
     spec = System1Spec(input_shape=(4,), n_classes=2, hidden=(3,), timesteps=5, encoding="direct")
     run = System1(spec).run(torch.rand(2, 4))
-    _, dense, _ = s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, (0,), torch.tensor([5, 2]), torch.tensor([0, 0]))
+    _, dense, _ = s1_op_counts(
+        run.synaptic_ops, run.dense_macs, run.neuron_updates, (0,), torch.tensor([5, 2]), torch.tensor([0, 0])
+    )
     assert dense.tolist() == [4 * 3 * 5, 4 * 3 * 2]
 
 
 def test_conv_fanout_counts_border_synapses():
     # One input spike in a corner of a 4×4 map through a 3×3, padding-1 conv with 2 output
     # channels reaches 2×2 output positions × 2 channels = 8 synapses; in the centre 9 × 2 = 18.
-    spec = System1Spec(input_shape=(1, 4, 4), n_classes=2, arch="conv", conv_channels=(2,), hidden=(), timesteps=1, encoding="rate")
+    spec = System1Spec(
+        input_shape=(1, 4, 4), n_classes=2, arch="conv", conv_channels=(2,), hidden=(), timesteps=1, encoding="rate"
+    )
     model = System1(spec)
     corner = torch.zeros(1, 1, 4, 4)
     corner[0, 0, 0, 0] = 1.0

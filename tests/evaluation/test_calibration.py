@@ -14,7 +14,6 @@ from fastslow.evaluation.calibration import (
     min_calibration_size,
 )
 
-
 # --- p-values -------------------------------------------------------------------------------------
 
 
@@ -49,7 +48,15 @@ def test_signed_pvalue_is_super_uniform_at_the_null_boundary():
     prob = {}
     for a in range(n + 1):  # a losses of +1, b of −1
         for b in range(n + 1 - a):
-            log_p = logf[n] - logf[a] - logf[b] - logf[n - a - b] + a * math.log(up) + b * math.log(down) + (n - a - b) * math.log(1 - up - down)
+            log_p = (
+                logf[n]
+                - logf[a]
+                - logf[b]
+                - logf[n - a - b]
+                + a * math.log(up)
+                + b * math.log(down)
+                + (n - a - b) * math.log(1 - up - down)
+            )
             p = hoeffding_bentkus_pvalue((a - b) / n, n, alpha, -1.0, 1.0)
             prob[p] = prob.get(p, 0.0) + math.exp(log_p)
     for u in (0.05, 0.1, 0.2, 0.5):
@@ -83,8 +90,11 @@ def test_fixed_sequence_stops_at_the_first_non_rejection():
 
 def test_bonferroni_uses_delta_over_j():
     n, alpha, delta = 2000, 0.01, 0.1
-    k = next(k for k in range(20, 0, -1)  # a loss count whose p-value lies in (δ/J, δ]
-             if delta / 2 < hoeffding_bentkus_pvalue(k / n, n, alpha) <= delta)
+    k = next(
+        k
+        for k in range(20, 0, -1)  # a loss count whose p-value lies in (δ/J, δ]
+        if delta / 2 < hoeffding_bentkus_pvalue(k / n, n, alpha) <= delta
+    )
     losses = _table([k / n, k / n], n)
     assert learn_then_test(losses, alpha, delta) == [0, 1]
     assert learn_then_test(losses, alpha, delta, order="bonferroni") == []
@@ -137,7 +147,7 @@ def test_guarantee_holds_over_repeated_calibration_splits():
     violations = test_violations = naive_violations = informative = 0
     for _ in range(repeats):
         order = rng.permutation(len(upper))
-        cal, test = order[:n_cal], order[n_cal:n_cal + n_test]  # disjoint splits
+        cal, test = order[:n_cal], order[n_cal : n_cal + n_test]  # disjoint splits
         cal_energy = energy[cal].mean(0)
         result = calibrate_knob(upper[cal], cal_energy, alpha, delta)
         # negative control: "cheapest knob whose calibration risk is ≤ α", no certificate
@@ -150,8 +160,10 @@ def test_guarantee_holds_over_repeated_calibration_splits():
         test_violations += signed[test, j].mean() > alpha
         informative += j > 0 and energy[:, j].mean() < always_s2_energy
     bound = delta + 3 * math.sqrt(delta * (1 - delta) / repeats)
-    print(f"LTT violation rate: population {violations / repeats:.4f}, test split {test_violations / repeats:.4f}; "
-          f"uncertified choice {naive_violations / repeats:.4f}; informative {informative / repeats:.3f}")
+    print(
+        f"LTT violation rate: population {violations / repeats:.4f}, test split {test_violations / repeats:.4f}; "
+        f"uncertified choice {naive_violations / repeats:.4f}; informative {informative / repeats:.3f}"
+    )
     assert violations / repeats <= bound
     assert test_violations / repeats <= bound
     assert naive_violations / repeats > bound  # the simulation can see a violation when there is one

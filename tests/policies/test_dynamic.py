@@ -42,10 +42,22 @@ def test_energy_of_early_stop_equals_energy_of_a_shorter_run():
     for steps in (1, 3, 6):
         short = model.run(x, timesteps=steps, generator=torch.Generator().manual_seed(3))
         for exit_index in (0, 1):
-            stopped = s1_op_counts(full.synaptic_ops, full.dense_macs, full.neuron_updates, model.exit_layers,
-                                   torch.full((5,), steps), torch.full((5,), exit_index))
-            ran = s1_op_counts(short.synaptic_ops, short.dense_macs, short.neuron_updates, model.exit_layers,
-                               torch.full((5,), steps), torch.full((5,), exit_index))
+            stopped = s1_op_counts(
+                full.synaptic_ops,
+                full.dense_macs,
+                full.neuron_updates,
+                model.exit_layers,
+                torch.full((5,), steps),
+                torch.full((5,), exit_index),
+            )
+            ran = s1_op_counts(
+                short.synaptic_ops,
+                short.dense_macs,
+                short.neuron_updates,
+                model.exit_layers,
+                torch.full((5,), steps),
+                torch.full((5,), exit_index),
+            )
             for a, b in zip(stopped, ran):
                 assert torch.equal(a, b)
         assert torch.allclose(short.logits[-1], full.logits[steps - 1])
@@ -59,8 +71,14 @@ def test_cascade_leaves_at_first_confident_head_and_pays_every_head_checked():
     assert routing.exit_taken.tolist() == [0] * 6 and routing.cascade
     deep = cascade_routing(run.logits, threshold=1.01)  # nobody is: all reach the last head
     assert deep.exit_taken.tolist() == [1] * 6
-    shallow_ops = s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, routing.timesteps, routing.exit_taken, True)
-    deep_ops = s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, deep.timesteps, deep.exit_taken, True)
-    plain_deep = s1_op_counts(run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, deep.timesteps, deep.exit_taken, False)
+    shallow_ops = s1_op_counts(
+        run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, routing.timesteps, routing.exit_taken, True
+    )
+    deep_ops = s1_op_counts(
+        run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, deep.timesteps, deep.exit_taken, True
+    )
+    plain_deep = s1_op_counts(
+        run.synaptic_ops, run.dense_macs, run.neuron_updates, model.exit_layers, deep.timesteps, deep.exit_taken, False
+    )
     assert (shallow_ops[2] < deep_ops[2]).all()  # fewer neurons updated when leaving early
     assert (deep_ops[2] > plain_deep[2]).all()  # the shallow head's integrators were charged too

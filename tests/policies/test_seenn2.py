@@ -29,8 +29,18 @@ def test_reinforce_improves_the_reward():
     s1_correct = torch.ones(steps, n, dtype=torch.bool)
     s1_correct[: steps - 1, hard] = False
     energy = torch.cat([torch.arange(1, steps + 1).float().expand(n, steps), torch.full((n, 1), 40.0)], dim=1)
-    policy, history = train_seenn2(policy_input(x), s1_correct, torch.ones(n, dtype=torch.bool), energy, beta=0.2,
-                                   input_shape=(1, 6, 6), pretrain_epochs=0, rl_epochs=300, lr=2e-2, seed=0)
+    policy, history = train_seenn2(
+        policy_input(x),
+        s1_correct,
+        torch.ones(n, dtype=torch.bool),
+        energy,
+        beta=0.2,
+        input_shape=(1, 6, 6),
+        pretrain_epochs=0,
+        rl_epochs=300,
+        lr=2e-2,
+        seed=0,
+    )
     assert history[-1] > history[0] + 0.1
     routing = policy.route(policy_input(x), last_exit=0)
     assert routing.timesteps[~hard].float().mean() < routing.timesteps[hard].float().mean()

@@ -55,7 +55,9 @@ def test_decide_leaves_at_the_first_step_not_continuing_and_never_continues_past
 
 def test_router_stops_easy_inputs_early_waits_for_slow_ones_and_escalates_hard_ones():
     features, stop_losses, s2_losses, stop_energy, escalate_energy, _ = _problem(3000, 0)
-    router = train_step_router(features, stop_losses, s2_losses, stop_energy, escalate_energy, 1 / 3, energy_weight=0.05, epochs=300)
+    router = train_step_router(
+        features, stop_losses, s2_losses, stop_energy, escalate_energy, 1 / 3, energy_weight=0.05, epochs=300
+    )
     held, held_losses, *_, kind = _problem(3000, 1)
     routing = router.route(held, last_exit=0)
     assert routing.timesteps[kind == 0].float().mean() < 1.2

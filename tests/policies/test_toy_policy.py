@@ -63,8 +63,12 @@ class StopAtStep(Policy):
             return Decision.undecided(n)
         confidence = torch.softmax(outputs.s1.logits[self.step - 1, -1], -1).max(-1).values
         steps = torch.full((n,), self.step, dtype=torch.long)
-        routing = Routing(escalate=confidence < self.module.cutoff, timesteps=steps,
-                          exit_taken=torch.full((n,), outputs.last_exit, dtype=torch.long), policy_macs=torch.zeros(n))
+        routing = Routing(
+            escalate=confidence < self.module.cutoff,
+            timesteps=steps,
+            exit_taken=torch.full((n,), outputs.last_exit, dtype=torch.long),
+            policy_macs=torch.zeros(n),
+        )
         return Decision.final(routing)
 
 
@@ -75,7 +79,9 @@ def toy_registered():
     POLICIES.pop(StopAtStep.kind)
 
 
-def test_a_policy_defined_outside_the_package_is_fitted_evaluated_checkpointed_reloaded_and_served(toy_registered, tiny_config, tmp_path):
+def test_a_policy_defined_outside_the_package_is_fitted_evaluated_checkpointed_reloaded_and_served(
+    toy_registered, tiny_config, tmp_path
+):
     text = tiny_config.read_text().replace("[system1]", 'policies = ["confidence", "toy_stop_at_step"]\n\n[system1]')
     tiny_config.write_text(text)
     out = tmp_path / "fit"

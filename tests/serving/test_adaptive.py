@@ -27,8 +27,14 @@ def test_predict_matches_evaluated_seenn1_with_escalation(fitted_folder, compact
     for threshold in (0.5, 0.8, 0.95):
         routing = seenn1_routing(outputs.s1.logits, threshold, escalate_unconfident=True)
         expected = score_routing("seenn1", "seenn1+s2", routing, outputs, fit.profile)
-        server = FastSlow(fit.system1, fit.system2, Seenn1(threshold, escalate=True), s2_macs=s2_macs, profile=fit.profile,
-                          compaction=compaction)
+        server = FastSlow(
+            fit.system1,
+            fit.system2,
+            Seenn1(threshold, escalate=True),
+            s2_macs=s2_macs,
+            profile=fit.profile,
+            compaction=compaction,
+        )
         _assert_same_as_evaluated(server.predict(x, generator=torch.Generator().manual_seed(7)), routing, expected, y)
 
 
@@ -62,8 +68,10 @@ def test_stopped_inputs_leave_the_batch(fitted_folder):
     server = FastSlow(fit.system1, fit.system2, Seenn1(0.0, escalate=True), s2_macs=1000)  # every input is confident at t = 1
     calls = []
     original = fit.system1.advance
-    fit.system1.advance = lambda inp, state, constant, count, **kw: (calls.append(((constant if inp is None else inp[0]).shape[0], count)),
-                                                                    original(inp, state, constant, count, **kw))[1]
+    fit.system1.advance = lambda inp, state, constant, count, **kw: (
+        calls.append(((constant if inp is None else inp[0]).shape[0], count)),
+        original(inp, state, constant, count, **kw),
+    )[1]
     answer = server.predict(x, generator=torch.Generator().manual_seed(0))
     assert calls == [(64, 1)] and (answer.timesteps == 1).all() and not answer.escalated.any()
 
@@ -87,8 +95,17 @@ def _conv_direct_systems(timesteps=4):
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     torch.manual_seed(0)
-    system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4, 6), hidden=(),
-                                  timesteps=timesteps, encoding="direct")).eval()
+    system1 = System1(
+        System1Spec(
+            input_shape=(1, 10, 10),
+            n_classes=5,
+            arch="conv",
+            conv_channels=(4, 6),
+            hidden=(),
+            timesteps=timesteps,
+            encoding="direct",
+        )
+    ).eval()
     with torch.no_grad():
         system1.heads[-1].weight.mul_(30.0)
     system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
@@ -109,7 +126,9 @@ def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
         assert 0 < (routing.timesteps < 4).float().mean() < 1  # some inputs stop early, others run on
         expected = score_routing("seenn1", "seenn1+s2", routing, outputs, profile)
         for compaction in (True, False):
-            server = FastSlow(system1, system2, Seenn1(threshold, escalate=True), s2_macs=s2_macs, profile=profile, compaction=compaction)
+            server = FastSlow(
+                system1, system2, Seenn1(threshold, escalate=True), s2_macs=s2_macs, profile=profile, compaction=compaction
+            )
             _assert_same_as_evaluated(server.predict(x), routing, expected, y)
 
 
@@ -124,7 +143,9 @@ def test_compaction_advances_in_doubling_chunks_of_the_inputs_still_running():
     calls = []
     original = system1.advance
     system1.advance = lambda inp, state, constant, count, **kw: (
-        calls.append((constant.shape[0] if kw.get("rows") is None else len(kw["rows"]), count)), original(inp, state, constant, count, **kw))[1]
+        calls.append((constant.shape[0] if kw.get("rows") is None else len(kw["rows"]), count)),
+        original(inp, state, constant, count, **kw),
+    )[1]
     FastSlow(system1, system2, Seenn1(0.45, escalate=True), s2_macs=1000, compaction=True, chunking="doubling").predict(x)
     done, expected = 0, []
     for count in doubling_chunks(4):
@@ -237,8 +258,12 @@ def test_bad_settings_and_batches_are_refused_in_one_line(fitted_folder):
     server = FastSlow(s1, s2, seenn1, s2_macs=1000)
     nan = x.clone()
     nan[1, 0] = float("nan")
-    for batch, error, named in ((nan, DataError, "NaN/inf"), (x[:0], DataError, "empty"), (x.double(), TypeError, "float32"),
-                                (x.numpy(), TypeError, "torch.Tensor")):
+    for batch, error, named in (
+        (nan, DataError, "NaN/inf"),
+        (x[:0], DataError, "empty"),
+        (x.double(), TypeError, "float32"),
+        (x.numpy(), TypeError, "torch.Tensor"),
+    ):
         with pytest.raises(error, match=named):
             server.predict(batch)
 
@@ -260,7 +285,9 @@ def test_thresholds_on_a_confidence_value_decide_as_the_evaluation_does():
         routing = seenn1_routing(outputs.s1.logits, threshold, escalate_unconfident=True)
         server = FastSlow(s1, s2, Seenn1(threshold, escalate=True), s2_macs=1000, compaction=True)
         answer = server.predict(x, generator=torch.Generator().manual_seed(7))
-        assert torch.equal(answer.timesteps, routing.timesteps.long()) and torch.equal(answer.escalated, routing.escalate), threshold
+        assert torch.equal(answer.timesteps, routing.timesteps.long()) and torch.equal(answer.escalated, routing.escalate), (
+            threshold
+        )
 
 
 @pytest.mark.parametrize("margin", ["default", "every step torch's"])
@@ -280,8 +307,9 @@ def test_a_direct_mlp_is_served_in_one_compiled_call_with_the_evaluations_answer
     if margin != "default":
         monkeypatch.setattr(adaptive, "CONFIDENCE_MARGIN", 1.0)
     torch.manual_seed(1)
-    s1 = System1(System1Spec(input_shape=(1, 12, 12), n_classes=5, hidden=(160, 48), timesteps=5, encoding="direct",
-                             exit_heads=(0,))).eval()
+    s1 = System1(
+        System1Spec(input_shape=(1, 12, 12), n_classes=5, hidden=(160, 48), timesteps=5, encoding="direct", exit_heads=(0,))
+    ).eval()
     with torch.no_grad():
         s1.heads[-1].weight.mul_(3.0)
     s2 = build_system2(System2Spec(input_shape=(1, 12, 12), n_classes=5)).eval()
@@ -306,5 +334,7 @@ def test_a_direct_mlp_is_served_in_one_compiled_call_with_the_evaluations_answer
             assert len(calls) == 1  # no confidence within 1e-4 of a round θ here: one call
         elif margin != "default" and threshold < 1.0 and bool((routing.timesteps > 1).any()):
             assert len(calls) > 1
-    assert any(0 < (routing.timesteps < 5).float().mean() < 1 for routing in
-               [seenn1_routing(outputs.s1.logits, threshold) for threshold in thresholds])  # some inputs stop early, others run on
+    assert any(
+        0 < (routing.timesteps < 5).float().mean() < 1
+        for routing in [seenn1_routing(outputs.s1.logits, threshold) for threshold in thresholds]
+    )  # some inputs stop early, others run on

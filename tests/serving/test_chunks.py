@@ -138,8 +138,11 @@ def _systems_whose_inputs_stop_at_many_steps():
     from fastslow.systems import System1, System1Spec, System2Spec, build_system2
 
     torch.manual_seed(1)
-    system1 = System1(System1Spec(input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=8,
-                                  encoding="direct")).eval()
+    system1 = System1(
+        System1Spec(
+            input_shape=(1, 10, 10), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=8, encoding="direct"
+        )
+    ).eval()
     with torch.no_grad():
         system1.heads[-1].weight.mul_(4.0)
     return system1, build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
@@ -179,8 +182,10 @@ def test_one_server_answers_the_same_from_several_threads():
     system1, system2 = _systems_whose_inputs_stop_at_many_steps()
     server = FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True)
     batches = [torch.rand(40, 1, 10, 10, generator=torch.Generator().manual_seed(seed)) for seed in range(12)]
-    alone = [FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True, chunking="doubling").predict(x)
-             for x in batches]
+    alone = [
+        FastSlow(system1, system2, Seenn1(0.6, escalate=True), s2_macs=1000, compaction=True, chunking="doubling").predict(x)
+        for x in batches
+    ]
     with ThreadPoolExecutor(3) as pool:
         shared = list(pool.map(server.predict, batches))
     for one, other in zip(alone, shared):

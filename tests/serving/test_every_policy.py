@@ -34,8 +34,11 @@ def fitted(request):
     data = load_dataset("digits", seed=0)
     x, y = torch.from_numpy(data.x_train).float(), torch.from_numpy(data.y_train).long()
     torch.manual_seed(0)
-    s1 = System1(System1Spec(input_shape=data.input_shape, n_classes=10, hidden=(32, 16), timesteps=4, encoding=request.param,
-                             exit_heads=(0,)))
+    s1 = System1(
+        System1Spec(
+            input_shape=data.input_shape, n_classes=10, hidden=(32, 16), timesteps=4, encoding=request.param, exit_heads=(0,)
+        )
+    )
     s2 = build_system2(System2Spec(input_shape=data.input_shape, n_classes=10))
     train_classifier(s1, x[:1000], y[:1000], system1_loss, epochs=8, lr=1e-2, batch_size=64, seed=0)
     train_classifier(s2, x[:1000], y[:1000], ce_loss, epochs=2, lr=1e-3, batch_size=64, seed=0)
@@ -68,14 +71,21 @@ def test_every_deployable_family_is_served_as_it_routes_a_full_run(fitted):
     for policy in policies:
         routing = policy.route(outputs)
         charged = charge(outputs.s1, routing, outputs.s2_macs, profile)
-        expected = {"predictions": routing_predictions(routing, outputs), "escalated": routing.escalate,
-                    "exits": torch.where(routing.escalate, -1, routing.exit_taken), "timesteps": routing.timesteps,
-                    "energy_uj": charged.total_uj, "energy_terms_uj": charged.terms_uj}
+        expected = {
+            "predictions": routing_predictions(routing, outputs),
+            "escalated": routing.escalate,
+            "exits": torch.where(routing.escalate, -1, routing.exit_taken),
+            "timesteps": routing.timesteps,
+            "energy_uj": charged.total_uj,
+            "energy_terms_uj": charged.terms_uj,
+        }
         if len(set(zip(routing.escalate.tolist(), routing.timesteps.tolist(), routing.exit_taken.tolist()))) > 1:
             mixed.add(policy.kind)
-        servers = {"records": FastSlow(s1, s2, policy, s2_macs=s2_macs, profile=profile, compaction=False),
-                   "doubling": FastSlow(s1, s2, policy, s2_macs=s2_macs, profile=profile, compaction=True, chunking="doubling"),
-                   "adaptive": FastSlow(s1, s2, policy, s2_macs=s2_macs, profile=profile, compaction=True)}
+        servers = {
+            "records": FastSlow(s1, s2, policy, s2_macs=s2_macs, profile=profile, compaction=False),
+            "doubling": FastSlow(s1, s2, policy, s2_macs=s2_macs, profile=profile, compaction=True, chunking="doubling"),
+            "adaptive": FastSlow(s1, s2, policy, s2_macs=s2_macs, profile=profile, compaction=True),
+        }
         for mode, server in servers.items():
             _assert_same(server.predict(x, generator=torch.Generator().manual_seed(SEED)), expected, (policy.name, mode))
         adaptive = servers["adaptive"]

@@ -23,6 +23,7 @@ def _without_numba(monkeypatch):
 
 def _refuse(monkeypatch, *names):
     """Make the compiled kernels ``names`` fail if anything calls them."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a compiled kernel ran where the torch backend was asked for")
 
@@ -46,6 +47,7 @@ def test_auto_picks_as_documented(monkeypatch):
         assert select_backend("cpu", dtype, False) == "torch"
     try:
         import triton  # noqa: F401
+
         has_triton = True
     except ImportError:
         has_triton = False
@@ -101,19 +103,27 @@ def test_system1_runs_the_backend_it_is_told_and_says_which():
 
 
 @needs_numba
-@pytest.mark.parametrize("spec", [
-    System1Spec(input_shape=(12,), n_classes=3, hidden=(200, 16), timesteps=4, encoding="direct"),
-    System1Spec(input_shape=(12,), n_classes=3, hidden=(200, 16), timesteps=4, encoding="rate", readout="spike_count"),
-    # a 3×3 map is too small to pool: an unpooled conv layer (currents [T, B, H, W, C])
-    System1Spec(input_shape=(2, 8, 8), n_classes=3, arch="conv", conv_channels=(4, 5), hidden=(), timesteps=3, encoding="direct"),
-    System1Spec(input_shape=(1, 3, 3), n_classes=3, arch="conv", conv_channels=(4,), hidden=(), timesteps=3, encoding="rate"),
-], ids=["mlp-direct", "mlp-rate-count", "conv-pooled", "conv-unpooled"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        System1Spec(input_shape=(12,), n_classes=3, hidden=(200, 16), timesteps=4, encoding="direct"),
+        System1Spec(input_shape=(12,), n_classes=3, hidden=(200, 16), timesteps=4, encoding="rate", readout="spike_count"),
+        # a 3×3 map is too small to pool: an unpooled conv layer (currents [T, B, H, W, C])
+        System1Spec(
+            input_shape=(2, 8, 8), n_classes=3, arch="conv", conv_channels=(4, 5), hidden=(), timesteps=3, encoding="direct"
+        ),
+        System1Spec(input_shape=(1, 3, 3), n_classes=3, arch="conv", conv_channels=(4,), hidden=(), timesteps=3, encoding="rate"),
+    ],
+    ids=["mlp-direct", "mlp-rate-count", "conv-pooled", "conv-unpooled"],
+)
 def test_the_torch_override_runs_no_compiled_kernel_and_records_what_numba_records(monkeypatch, spec):
     torch.manual_seed(0)
     model = System1(spec).eval()
     x = torch.rand(5, *spec.input_shape)
-    calls = {name: _count_calls(monkeypatch, name)
-             for name in ("lif_inference", "lif_pool_inference", "mlp_inference", "event_linear_inference")}
+    calls = {
+        name: _count_calls(monkeypatch, name)
+        for name in ("lif_inference", "lif_pool_inference", "mlp_inference", "event_linear_inference")
+    }
     with torch.no_grad():
         model.requested_backend = "numba"
         compiled = model.run(x, generator=torch.Generator().manual_seed(1))

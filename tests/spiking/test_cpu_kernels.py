@@ -72,8 +72,9 @@ def test_shared_stand_ins_are_never_written(kernels):
         state = LIFState(torch.rand(4, 16))
         fused_lif_multistep(torch.rand(3, 2, 16) * 3, state, LIFParams(), rows=torch.tensor([2, 0]), **numba)
         fused_lif_multistep_pooled(torch.rand(3, 2, 6, 6, 4) * 3, None, LIFParams(), final_state=False, **numba)
-        fused_lif_multistep_pooled(torch.rand(3, 1, 6, 6, 4) * 3, LIFState(torch.rand(2, 6, 6, 4)), LIFParams(), rows=torch.tensor([1]),
-                                   **numba)
+        fused_lif_multistep_pooled(
+            torch.rand(3, 1, 6, 6, 4) * 3, LIFState(torch.rand(2, 6, 6, 4)), LIFParams(), rows=torch.tensor([1]), **numba
+        )
         spike_linear((torch.rand(5, 200) > 0.95).float(), torch.nn.Linear(200, 300, bias=False), **numba)
     for stand_in in (_cpu_kernels._NO_ROWS, _cpu_kernels._NO_BIAS, _cpu_kernels._NO_FANOUT, *_cpu_kernels._UNUSED.values()):
         assert not stand_in.any()

@@ -33,8 +33,13 @@ def check_kernels_match_torch_path(device: str) -> None:
     for reset in ("zero", "subtract"):
         for surrogate in ("fast_sigmoid", "arctan"):
             params = LIFParams(beta=0.85, threshold=0.6, reset=reset, surrogate=surrogate, slope=5.0)
-            cases = [(fused_lif_multistep, (6, 5, 37)), (fused_lif_multistep, (1, 3, 8)), (fused_lif_multistep_pooled, (4, 3, 6, 6, 5)),
-                     (fused_lif_multistep_pooled, (5, 2, 7, 5, 3)), (fused_lif_multistep_pooled, (1, 2, 4, 4, 2))]
+            cases = [
+                (fused_lif_multistep, (6, 5, 37)),
+                (fused_lif_multistep, (1, 3, 8)),
+                (fused_lif_multistep_pooled, (4, 3, 6, 6, 5)),
+                (fused_lif_multistep_pooled, (5, 2, 7, 5, 3)),
+                (fused_lif_multistep_pooled, (1, 2, 4, 4, 2)),
+            ]
             for fn, shape in cases:
                 currents, v0 = rand(*shape) * 1.5 + 0.2, rand(*shape[1:])
                 assert unavailable_reason("triton", currents.device, currents.dtype, True, currents.numel()) is None
@@ -67,7 +72,9 @@ def check_kernels_match_torch_path(device: str) -> None:
                         assert torch.equal(results[0][2], 1 + results[0][0].detach().flatten(2).sum(2))
                     else:
                         per_position = results[0][0].detach().sum(-1).flatten(2)
-                        assert torch.equal(results[0][4], 1 + per_position @ fanout) and results[0][4].sum() > results[0][4].numel()
+                        assert (
+                            torch.equal(results[0][4], 1 + per_position @ fanout) and results[0][4].sum() > results[0][4].numel()
+                        )
                 # Inference (no potential record), with infinities and NaN, and a constant current over T.
                 special = currents.clone()
                 special.view(-1)[[1, 7, 11]] = torch.tensor([float("inf"), float("-inf"), float("nan")], device=device)
@@ -85,8 +92,16 @@ def check_system1_matches_torch_path(device: str) -> None:
     from fastslow.spiking import LIFParams as Params
     from fastslow.systems import System1, System1Spec
 
-    spec = System1Spec(input_shape=(1, 12, 12), n_classes=4, arch="conv", conv_channels=(4, 6), hidden=(16,), timesteps=3,
-                       encoding="direct", lif=Params(beta=0.9, threshold=0.5, reset="zero"))
+    spec = System1Spec(
+        input_shape=(1, 12, 12),
+        n_classes=4,
+        arch="conv",
+        conv_channels=(4, 6),
+        hidden=(16,),
+        timesteps=3,
+        encoding="direct",
+        lif=Params(beta=0.9, threshold=0.5, reset="zero"),
+    )
     torch.manual_seed(0)
     model = System1(spec).to(device)
     x, y = torch.rand(5, 1, 12, 12, device=device), torch.tensor([0, 1, 2, 3, 1], device=device)
@@ -118,15 +133,17 @@ def test_cuda_kernels_match_the_torch_path_on_gpu():
 
 def test_cuda_kernels_match_the_torch_path_in_triton_interpreter():
     pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_cuda_kernels as t; "
-              "t.check_kernels_match_torch_path('cpu'); t.check_system1_matches_torch_path('cpu')")
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_cuda_kernels as t; "
+        "t.check_kernels_match_torch_path('cpu'); t.check_system1_matches_torch_path('cpu')"
+    )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_auto_never_picks_triton_where_it_does_not_apply(monkeypatch):
-    """"auto" picks Triton for CUDA float32 only: not for CPU tensors, even in Triton's interpreter
+    """ "auto" picks Triton for CUDA float32 only: not for CPU tensors, even in Triton's interpreter
     (someone interpreting their own Triton code keeps fastslow's CPU backends), not for float64,
     not past 2^31 elements; asked for by name there, it raises."""
     pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
@@ -134,7 +151,9 @@ def test_auto_never_picks_triton_where_it_does_not_apply(monkeypatch):
     assert select_backend("cpu", torch.float32, True, "auto") == "torch"
     assert select_backend("cpu", torch.float32, False, "triton") == "triton"  # the interpreter, by name only
     monkeypatch.delenv("TRITON_INTERPRET")
-    with pytest.raises(ValueError, match=r"backend 'triton' cannot run this call: it runs CUDA tensors .* Available here: 'torch'"):
+    with pytest.raises(
+        ValueError, match=r"backend 'triton' cannot run this call: it runs CUDA tensors .* Available here: 'torch'"
+    ):
         select_backend("cpu", torch.float32, True, "triton")
     assert select_backend("cuda", torch.float64, True, "auto") == "torch"
     assert select_backend("cuda", torch.float32, True, "auto", numel=2**31) == "torch"

@@ -97,11 +97,19 @@ def test_rate_encoding_is_seeded_and_matches_intensity():
     assert a.mean().item() == pytest.approx(0.3, abs=0.02)
 
 
-@pytest.mark.parametrize("params, named", [
-    (LIFParams(beta=2.0), "beta"), (LIFParams(beta=0.0), "beta"), (LIFParams(beta=float("nan")), "beta"),
-    (LIFParams(threshold=-1.0), "threshold"), (LIFParams(threshold=float("inf")), "threshold"),
-    (LIFParams(reset="none"), "reset"), (LIFParams(surrogate="relu"), "surrogate"), (LIFParams(slope=0.0), "slope"),
-])
+@pytest.mark.parametrize(
+    "params, named",
+    [
+        (LIFParams(beta=2.0), "beta"),
+        (LIFParams(beta=0.0), "beta"),
+        (LIFParams(beta=float("nan")), "beta"),
+        (LIFParams(threshold=-1.0), "threshold"),
+        (LIFParams(threshold=float("inf")), "threshold"),
+        (LIFParams(reset="none"), "reset"),
+        (LIFParams(surrogate="relu"), "surrogate"),
+        (LIFParams(slope=0.0), "slope"),
+    ],
+)
 def test_impossible_lif_constants_are_refused_by_name(params, named):
     with pytest.raises(ValueError, match=named):
         lif_step(torch.zeros(3), lif_init(torch.zeros(3)), params)

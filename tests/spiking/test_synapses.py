@@ -14,6 +14,7 @@ def _needs_compiled_kernels():
     if not _cpu_kernels.cpu_kernels_available():
         pytest.skip("the compiled CPU kernels need numba (the cpu extra)")
 
+
 def _layer_and_spikes(density: float, rows: int = 64, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
     torch.manual_seed(seed)
     return nn.Linear(200, 130), (torch.rand(rows, 200) < density).float()
@@ -40,7 +41,9 @@ def test_a_sparse_rows_result_does_not_depend_on_its_batch():
     full, part = spike_linear(spikes, layer), spike_linear(spikes[10:40], layer)
     assert torch.equal(full[10:40][sparse[10:40]], part[sparse[10:40]])
     assert torch.allclose(full[10:40], part, atol=1e-6)
-    assert torch.equal(full.view(3, 32, 130)[sparse.view(3, 32)], spike_linear(spikes.view(3, 32, 200), layer)[sparse.view(3, 32)])
+    assert torch.equal(
+        full.view(3, 32, 130)[sparse.view(3, 32)], spike_linear(spikes.view(3, 32, 200), layer)[sparse.view(3, 32)]
+    )
 
 
 @pytest.mark.parametrize("mixed", [False, True])

@@ -25,8 +25,32 @@ def test_two_task_toy_runs_end_to_end():
 
 def test_cli_writes_continual_json_and_png(tmp_path):
     out = tmp_path / "run"
-    code = main(["continual", "--data", "digits", "--model", "diehl-cook", "--out", str(out), "--neurons", "8", "--tasks", "0;1",
-                 "--samples-per-task", "3", "--test-per-task", "5", "--presentation-ms", "40", "--bits", "8", "--s2-epochs", "1", "--quiet"])
+    code = main(
+        [
+            "continual",
+            "--data",
+            "digits",
+            "--model",
+            "diehl-cook",
+            "--out",
+            str(out),
+            "--neurons",
+            "8",
+            "--tasks",
+            "0;1",
+            "--samples-per-task",
+            "3",
+            "--test-per-task",
+            "5",
+            "--presentation-ms",
+            "40",
+            "--bits",
+            "8",
+            "--s2-epochs",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     payload = json.loads((out / "continual.json").read_text())
     assert payload["model"] == "diehl-cook" and payload["tasks"] == [[0], [1]]
@@ -45,12 +69,15 @@ def test_cli_writes_continual_json_and_png(tmp_path):
         assert terms["s2"] == pytest.approx(row["escalation_rate"] * s2["energy_terms_uj"]["s2"])
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--bits", "12"], "4, 8, 16, 32"),
-    (["--tasks", "0;;1"], "empty task"),
-    (["--tasks", "0;11"], "outside 0..9"),
-    (["--samples-per-task", "0"], "at least 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--bits", "12"], "4, 8, 16, 32"),
+        (["--tasks", "0;;1"], "empty task"),
+        (["--tasks", "0;11"], "outside 0..9"),
+        (["--samples-per-task", "0"], "at least 1"),
+    ],
+)
 def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys, extra, message):
     code = main(["continual", "--data", "digits", "--model", "spikedyn", "--out", str(tmp_path / "x"), "--quiet", *extra])
     assert code == 2
@@ -66,12 +93,42 @@ def test_a_task_without_samples_is_an_error(tmp_path):
     np.savez(path, X=x, y=y)
     data = load_dataset(str(path))
     with pytest.raises(ConfigError, match="empty"):
-        run_continual(data, STDPSpec(n_inputs=16, n_neurons=2, presentation_ms=10), parse_tasks("0;2", 3), samples_per_task=2, test_per_task=2)
+        run_continual(
+            data,
+            STDPSpec(n_inputs=16, n_neurons=2, presentation_ms=10),
+            parse_tasks("0;2", 3),
+            samples_per_task=2,
+            test_per_task=2,
+        )
 
 
 def test_asking_for_more_samples_than_a_task_has_records_and_notes_what_was_used(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["continual", "--data", "digits", "--model", "diehl-cook", "--out", str(out), "--neurons", "4", "--tasks", "0",
-                 "--samples-per-task", "100000", "--test-per-task", "2", "--presentation-ms", "20", "--s2-epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "continual",
+                "--data",
+                "digits",
+                "--model",
+                "diehl-cook",
+                "--out",
+                str(out),
+                "--neurons",
+                "4",
+                "--tasks",
+                "0",
+                "--samples-per-task",
+                "100000",
+                "--test-per-task",
+                "2",
+                "--presentation-ms",
+                "20",
+                "--s2-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     used = json.loads((out / "continual.json").read_text())["samples_used"]["train_per_task"][0]
     assert 100 < used < 200 and f"tasks 0 ({used})" in capsys.readouterr().out.replace("\n", " ")

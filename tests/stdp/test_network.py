@@ -94,15 +94,29 @@ def test_memory_estimate_matches_a_hand_count():
 def test_spikedyn_simulates_fewer_neurons():
     images = np.full((2, 16), 0.8, np.float32)
     dc = STDPNetwork(STDPSpec(n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=0).respond(images)[1]
-    sd = STDPNetwork(STDPSpec(model="spikedyn", n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=0).respond(images)[1]
+    sd = STDPNetwork(
+        STDPSpec(model="spikedyn", n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=0
+    ).respond(images)[1]
     assert sd.neuron_updates == dc.neuron_updates / 2
 
 
 def test_membrane_holds_during_refractory_period():
     v = np.array([-60.0], np.float32)
     refractory = np.array([3.0], np.float32)
-    fired = membrane_step(v, np.array([5.0], np.float32), np.zeros(1, np.float32), refractory, -52.0,
-                          v_rest=-65.0, v_reset=-65.0, tau=100.0, e_exc=0.0, e_inh=-100.0, refractory_ms=5.0, dt=0.5)
+    fired = membrane_step(
+        v,
+        np.array([5.0], np.float32),
+        np.zeros(1, np.float32),
+        refractory,
+        -52.0,
+        v_rest=-65.0,
+        v_reset=-65.0,
+        tau=100.0,
+        e_exc=0.0,
+        e_inh=-100.0,
+        refractory_ms=5.0,
+        dt=0.5,
+    )
     assert not fired.any() and v[0] == -60.0 and refractory[0] == 2.5
 
 
@@ -124,7 +138,10 @@ def test_empty_or_misshaped_inputs_are_refused():
 
 def test_same_seed_same_network():
     images = np.random.default_rng(0).random((3, 16), dtype=np.float32)
-    nets = [STDPNetwork(STDPSpec(model="spikedyn", n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=7) for _ in range(2)]
+    nets = [
+        STDPNetwork(STDPSpec(model="spikedyn", n_inputs=16, n_neurons=4, presentation_ms=50, constants=_strong()), seed=7)
+        for _ in range(2)
+    ]
     for net in nets:
         net.learn(images)
     assert np.array_equal(nets[0].weights, nets[1].weights) and np.array_equal(nets[0].theta, nets[1].theta)
@@ -143,8 +160,12 @@ def test_assign_labels_refuses_labels_it_cannot_use():
     net = STDPNetwork(STDPSpec(n_inputs=4, n_neurons=3))
     responses = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])
     assert list(net.assign_labels(responses, np.array([0, 1]), n_classes=2)) == [0, 1, 0]
-    for labels, named in ((np.array([0, 2]), r"0\.\.1"), (np.array([-1, 0]), r"0\.\.1"), (np.array([0]), "2 integers"),
-                          (np.array([0.0, 1.0]), "integers")):
+    for labels, named in (
+        (np.array([0, 2]), r"0\.\.1"),
+        (np.array([-1, 0]), r"0\.\.1"),
+        (np.array([0]), "2 integers"),
+        (np.array([0.0, 1.0]), "integers"),
+    ):
         with pytest.raises(ValueError, match=named):
             net.assign_labels(responses, labels, n_classes=2)
     with pytest.raises(ValueError, match=r"\[S, 3\]"):

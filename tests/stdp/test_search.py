@@ -10,8 +10,8 @@ from fastslow.data.datasets import Dataset, load_dataset
 from fastslow.energy.accounting import stdp_energy_uj
 from fastslow.energy.profile import load_profile
 from fastslow.errors import ConfigError
-from fastslow.stdp import DiehlCookConstants, STDPNetwork, STDPSpec
 from fastslow.pareto import pareto_front
+from fastslow.stdp import DiehlCookConstants, STDPNetwork, STDPSpec
 from fastslow.stdp.search import expected_counts, mean_input_rate, search
 
 
@@ -25,8 +25,13 @@ def _bright_data(n_inputs: int = 16) -> Dataset:
 @pytest.mark.parametrize("model", ["diehl-cook", "spikedyn"])
 def test_estimate_within_ten_percent_of_the_measured_count(model):
     data = _bright_data()
-    spec = STDPSpec(model=model, n_inputs=16, n_neurons=4, presentation_ms=200,
-                    constants=replace(DiehlCookConstants(), column_sum=6.0, max_rate_hz=200.0))
+    spec = STDPSpec(
+        model=model,
+        n_inputs=16,
+        n_neurons=4,
+        presentation_ms=200,
+        constants=replace(DiehlCookConstants(), column_sum=6.0, max_rate_hz=200.0),
+    )
     profile = load_profile("cmos45nm")
     net = STDPNetwork(spec, seed=0)
     learned = net.learn(data.x_train)
@@ -54,8 +59,34 @@ def test_pareto_front_keeps_the_non_dominated():
 
 def test_search_cli_writes_a_chosen_pareto_candidate(tmp_path):
     out = tmp_path / "search"
-    code = main(["search", "--data", "digits", "--max-memory-kb", "6", "--max-energy-uj", "1", "--out", str(out), "--neurons", "4", "8",
-                 "--bits", "4", "32", "--presentation-ms", "30", "--train-samples", "4", "--test-samples", "10", "--max-trained", "3", "--quiet"])
+    code = main(
+        [
+            "search",
+            "--data",
+            "digits",
+            "--max-memory-kb",
+            "6",
+            "--max-energy-uj",
+            "1",
+            "--out",
+            str(out),
+            "--neurons",
+            "4",
+            "8",
+            "--bits",
+            "4",
+            "32",
+            "--presentation-ms",
+            "30",
+            "--train-samples",
+            "4",
+            "--test-samples",
+            "10",
+            "--max-trained",
+            "3",
+            "--quiet",
+        ]
+    )
     assert code == 0
     import json
 
@@ -67,5 +98,8 @@ def test_search_cli_writes_a_chosen_pareto_candidate(tmp_path):
 
 
 def test_search_cli_budget_error_exits_2(tmp_path, capsys):
-    assert main(["search", "--data", "digits", "--max-memory-kb", "0.01", "--max-energy-uj", "1", "--out", str(tmp_path), "--quiet"]) == 2
+    assert (
+        main(["search", "--data", "digits", "--max-memory-kb", "0.01", "--max-energy-uj", "1", "--out", str(tmp_path), "--quiet"])
+        == 2
+    )
     assert "raise the budget" in capsys.readouterr().err

@@ -12,8 +12,16 @@ from fastslow.systems import GraphedSystem1, S1Record, System1, System1Spec
 
 SPECS = {
     "mlp": System1Spec(input_shape=(20,), n_classes=3, hidden=(16, 12), timesteps=4, encoding="direct", exit_heads=(0,)),
-    "conv": System1Spec(input_shape=(1, 12, 12), n_classes=4, arch="conv", conv_channels=(4, 6), hidden=(16,), timesteps=3,
-                        encoding="direct", lif=LIFParams(beta=0.9, threshold=0.5, reset="zero")),
+    "conv": System1Spec(
+        input_shape=(1, 12, 12),
+        n_classes=4,
+        arch="conv",
+        conv_channels=(4, 6),
+        hidden=(16,),
+        timesteps=3,
+        encoding="direct",
+        lif=LIFParams(beta=0.9, threshold=0.5, reset="zero"),
+    ),
 }
 
 

@@ -41,8 +41,16 @@ SPECS = [
     System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(24, 12), timesteps=6, exit_heads=(0,), encoding="rate"),
     System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(24,), timesteps=5, encoding="direct", lif=LIFParams(threshold=0.5)),
     System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(16,), timesteps=4, encoding="latency", readout="spike_count"),
-    System1Spec(input_shape=(2, 10, 10), n_classes=3, arch="conv", conv_channels=(4, 6), hidden=(12,), timesteps=3,
-                encoding="rate", lif=LIFParams(reset="zero")),
+    System1Spec(
+        input_shape=(2, 10, 10),
+        n_classes=3,
+        arch="conv",
+        conv_channels=(4, 6),
+        hidden=(12,),
+        timesteps=3,
+        encoding="rate",
+        lif=LIFParams(reset="zero"),
+    ),
 ]
 
 
@@ -168,8 +176,10 @@ def test_checkpointing_lowers_the_peak_memory_of_a_training_step():
     # A fixed mmap threshold makes glibc map and unmap every tensor over 64 KiB, so the peak resident
     # size follows the live tensors instead of the heap's history.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    peak = {k: int(subprocess.run([sys.executable, "-c", _PEAK, str(k)], capture_output=True, text=True, check=True, env=env).stdout)
-            for k in (0, 4)}
+    peak = {
+        k: int(subprocess.run([sys.executable, "-c", _PEAK, str(k)], capture_output=True, text=True, check=True, env=env).stdout)
+        for k in (0, 4)
+    }
     assert peak[4] < 0.75 * peak[0], peak  # KiB; measured 40 against 66 MiB
 
 
@@ -264,10 +274,13 @@ def test_fast_simulation_costs_no_accuracy_on_digits(monkeypatch, arch):
     data = load_dataset("digits", seed=0)
     x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    spec = (System1Spec(input_shape=data.input_shape, n_classes=10, hidden=(64,), timesteps=4, encoding="direct")
-            if arch == "mlp" else
-            System1Spec(input_shape=data.input_shape, n_classes=10, arch="conv", conv_channels=(8,), hidden=(), timesteps=4,
-                        encoding="direct"))
+    spec = (
+        System1Spec(input_shape=data.input_shape, n_classes=10, hidden=(64,), timesteps=4, encoding="direct")
+        if arch == "mlp"
+        else System1Spec(
+            input_shape=data.input_shape, n_classes=10, arch="conv", conv_channels=(8,), hidden=(), timesteps=4, encoding="direct"
+        )
+    )
     accuracy = {}
     for path in ("fast", "reference"):
         if path == "reference":
@@ -298,10 +311,20 @@ def test_advancing_rows_in_place_equals_advancing_them_alone(arch, backend, step
     caller's tensors (keep_state or not), and leaves the other rows untouched."""
     if backend == "numba":
         _needs_compiled_kernels()
-    spec = (System1Spec(input_shape=(12,), n_classes=4, hidden=(20, 16), timesteps=4, encoding="direct", readout="spike_count")
-            if arch == "mlp" else
-            System1Spec(input_shape=(1, 8, 8), n_classes=4, arch="conv", conv_channels=(3, 5), hidden=(), timesteps=4, encoding="direct",
-                        readout="spike_count"))
+    spec = (
+        System1Spec(input_shape=(12,), n_classes=4, hidden=(20, 16), timesteps=4, encoding="direct", readout="spike_count")
+        if arch == "mlp"
+        else System1Spec(
+            input_shape=(1, 8, 8),
+            n_classes=4,
+            arch="conv",
+            conv_channels=(3, 5),
+            hidden=(),
+            timesteps=4,
+            encoding="direct",
+            readout="spike_count",
+        )
+    )
     torch.manual_seed(0)
     model = System1(spec, backend=backend).eval()
     x = torch.rand(7, *spec.input_shape) * 3
@@ -322,7 +345,12 @@ def test_advancing_rows_in_place_equals_advancing_them_alone(arch, backend, step
             for written, old, separate in zip(tensors, before, (*alone_next.layers, *alone_next.heads)):
                 assert torch.equal(written[rows], separate) and torch.equal(written[others], old[others])
             assert record.spike_rates.sum() > 0 and not torch.equal(tensors[0][rows], before[0][rows])
-        for bad in (torch.tensor([1, 1]), torch.tensor([3, 1, 3]), torch.tensor([0, 7]), torch.tensor([True, False] * 3 + [True])):
+        for bad in (
+            torch.tensor([1, 1]),
+            torch.tensor([3, 1, 3]),
+            torch.tensor([0, 7]),
+            torch.tensor([True, False] * 3 + [True]),
+        ):
             with pytest.raises(ValueError, match="rows"):
                 model.advance(None, state, constant, 1, rows=bad)
 
@@ -355,15 +383,34 @@ def test_compiled_cpu_kernel_equals_the_torch_path(reset):
     ops, counts = {}, {}  # both added into (here onto ones)
     with torch.no_grad():
         ops["compiled"], counts["compiled"] = torch.ones(6, 5), torch.ones(6, 5)
-        from_rest = fused_lif_multistep_pooled(varied, None, params, backend="numba", final_state=False, counts=counts["compiled"],
-                                               next_synaptic_ops=(fanout, ops["compiled"]))
+        from_rest = fused_lif_multistep_pooled(
+            varied,
+            None,
+            params,
+            backend="numba",
+            final_state=False,
+            counts=counts["compiled"],
+            next_synaptic_ops=(fanout, ops["compiled"]),
+        )
         ops["torch"], counts["torch"] = torch.ones(6, 5), torch.ones(6, 5)
-        reference = fused_lif_multistep_pooled(varied, lif.LIFState(torch.zeros_like(v0)), params, backend="torch", counts=counts["torch"],
-                                               next_synaptic_ops=(fanout, ops["torch"]))
+        reference = fused_lif_multistep_pooled(
+            varied,
+            lif.LIFState(torch.zeros_like(v0)),
+            params,
+            backend="torch",
+            counts=counts["torch"],
+            next_synaptic_ops=(fanout, ops["torch"]),
+        )
     assert torch.equal(from_rest[0], reference[0]) and from_rest[2] is None
-    assert from_rest[1] is counts["compiled"] and reference[1] is counts["torch"] and torch.equal(counts["compiled"], counts["torch"])
+    assert (
+        from_rest[1] is counts["compiled"]
+        and reference[1] is counts["torch"]
+        and torch.equal(counts["compiled"], counts["torch"])
+    )
     with torch.no_grad():
-        assert torch.equal(counts["torch"], 1 + fused_lif_multistep_pooled(varied, None, params)[1])  # a fresh buffer without counts=
+        assert torch.equal(
+            counts["torch"], 1 + fused_lif_multistep_pooled(varied, None, params)[1]
+        )  # a fresh buffer without counts=
     expected = 1 + (reference[0].sum(-1).flatten(2) * fanout).sum(-1)
     assert torch.equal(ops["compiled"], expected) and torch.equal(ops["torch"], expected) and expected.sum() > 30
     with torch.no_grad(), pytest.raises(ValueError, match=r"counts must be a contiguous torch.float32 \[T, B\]"):
@@ -414,12 +461,26 @@ def test_compiled_cpu_lif_equals_the_torch_path(reset):
         lif.lif_multistep(varied, lif.LIFState(v0[:1]), params)
 
 
-@pytest.mark.parametrize("spec", [
-    System1Spec(input_shape=(1, 12, 12), n_classes=5, arch="conv", conv_channels=(4, 6), hidden=(16,), timesteps=5, encoding="direct",
-                exit_heads=(0,)),
-    System1Spec(input_shape=(30,), n_classes=4, hidden=(20, 12), timesteps=6, encoding="rate", readout="spike_count"),
-    System1Spec(input_shape=(1, 12, 12), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=4, encoding="latency"),
-], ids=["conv-direct", "mlp-rate", "conv-latency"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        System1Spec(
+            input_shape=(1, 12, 12),
+            n_classes=5,
+            arch="conv",
+            conv_channels=(4, 6),
+            hidden=(16,),
+            timesteps=5,
+            encoding="direct",
+            exit_heads=(0,),
+        ),
+        System1Spec(input_shape=(30,), n_classes=4, hidden=(20, 12), timesteps=6, encoding="rate", readout="spike_count"),
+        System1Spec(
+            input_shape=(1, 12, 12), n_classes=5, arch="conv", conv_channels=(4,), hidden=(), timesteps=4, encoding="latency"
+        ),
+    ],
+    ids=["conv-direct", "mlp-rate", "conv-latency"],
+)
 def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_records(spec, monkeypatch):
     from fastslow.systems import system1
 
@@ -432,8 +493,13 @@ def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_r
         monkeypatch.setattr(system1, "MULTISTEP_CHUNK_BYTES", per_input_step * spec.timesteps * 3)  # 3 inputs' runs fit
         calls = []
         advance = model.advance
-        monkeypatch.setattr(model, "advance", lambda inp, state, constant, steps, *a, **k: calls.append((steps, state)) or advance(
-            inp, state, constant, steps, *a, **k))
+        monkeypatch.setattr(
+            model,
+            "advance",
+            lambda inp, state, constant, steps, *a, **k: (
+                calls.append((steps, state)) or advance(inp, state, constant, steps, *a, **k)
+            ),
+        )
         grouped = model.run(x, generator=torch.Generator().manual_seed(3))  # the rate code is drawn for the whole batch first
     assert calls == [(spec.timesteps, None)] * 3  # groups of 3, 3 and 1 inputs, each all T steps from rest
     for name in ("synaptic_ops", "dense_macs", "spike_rates"):
@@ -442,11 +508,21 @@ def test_inference_too_large_for_one_chunk_runs_groups_of_inputs_with_the_same_r
         torch.testing.assert_close(getattr(grouped, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("spec", [
-    System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(160, 12), timesteps=6, exit_heads=(0,), encoding="rate"),
-    System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(200, 140), timesteps=5, encoding="direct",
-                lif=LIFParams(threshold=0.5, reset="zero")),
-], ids=["rate-exits-subtract", "direct-zero"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        System1Spec(input_shape=(1, 8, 8), n_classes=5, hidden=(160, 12), timesteps=6, exit_heads=(0,), encoding="rate"),
+        System1Spec(
+            input_shape=(1, 8, 8),
+            n_classes=5,
+            hidden=(200, 140),
+            timesteps=5,
+            encoding="direct",
+            lif=LIFParams(threshold=0.5, reset="zero"),
+        ),
+    ],
+    ids=["rate-exits-subtract", "direct-zero"],
+)
 def test_compiled_mlp_inference_records_what_training_records(monkeypatch, spec):
     """An MLP under no_grad on a CPU runs each chunk of steps as one compiled call (every layer and
     readout summed over events): the same spikes, records and final state as the autograd path, the
@@ -466,8 +542,13 @@ def test_compiled_mlp_inference_records_what_training_records(monkeypatch, spec)
         inferred = model.run(x, generator=torch.Generator().manual_seed(5))
         assert len(calls) == 1
         steps = spec.timesteps
-        inputs = None if spec.encoding == "direct" else torch.stack(
-            [torch.rand(9, 64, generator=torch.Generator().manual_seed(t)).lt(0.3).float() for t in range(steps)])
+        inputs = (
+            None
+            if spec.encoding == "direct"
+            else torch.stack(
+                [torch.rand(9, 64, generator=torch.Generator().manual_seed(t)).lt(0.3).float() for t in range(steps)]
+            )
+        )
         constant = model.input_current(model.prepare(x)) if inputs is None else None
         with monkeypatch.context() as off:  # the per-layer path, for the final state
             off.setattr(model, "_mlp_membrane", False)

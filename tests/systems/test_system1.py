@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastslow.spiking import LIFParams, lif_step, lif_init
+from fastslow.spiking import LIFParams, lif_init, lif_step
 from fastslow.systems import System1, System1Spec
 from fastslow.systems.training import system1_loss, train_classifier
 
@@ -21,7 +21,9 @@ def test_run_records_every_step_and_exit():
 
 def test_direct_encoding_matches_a_plain_step_loop():
     torch.manual_seed(0)
-    spec = System1Spec(input_shape=(6,), n_classes=3, hidden=(5,), timesteps=4, encoding="direct", lif=LIFParams(beta=0.8, threshold=0.5))
+    spec = System1Spec(
+        input_shape=(6,), n_classes=3, hidden=(5,), timesteps=4, encoding="direct", lif=LIFParams(beta=0.8, threshold=0.5)
+    )
     model = System1(spec)
     x = torch.rand(2, 6)
     run = model.run(x)
@@ -38,8 +40,17 @@ def test_conv_network_matches_a_plain_nchw_step_loop():
     exit's answers and the synaptic ops are a plain NCHW loop's, with fan-out counted per input
     spike; exits on both conv layers and on a hidden linear layer after them."""
     torch.manual_seed(0)
-    spec = System1Spec(input_shape=(1, 10, 10), n_classes=3, arch="conv", conv_channels=(4, 6), hidden=(5,), timesteps=3,
-                       encoding="direct", exit_heads=(0, 1), lif=LIFParams(beta=0.9, threshold=0.3))
+    spec = System1Spec(
+        input_shape=(1, 10, 10),
+        n_classes=3,
+        arch="conv",
+        conv_channels=(4, 6),
+        hidden=(5,),
+        timesteps=3,
+        encoding="direct",
+        exit_heads=(0, 1),
+        lif=LIFParams(beta=0.9, threshold=0.3),
+    )
     model = System1(spec).eval()
     x = torch.rand(2, 1, 10, 10)
     pool = torch.nn.functional.max_pool2d
@@ -84,8 +95,16 @@ def test_wrong_input_shape_is_a_clear_error():
 @pytest.mark.parametrize("loss", ["tet", "cumulative", "final"])
 def test_every_parameter_gets_a_gradient(readout, loss):
     torch.manual_seed(0)
-    spec = System1Spec(input_shape=(8,), n_classes=3, hidden=(16,), timesteps=3, readout=readout, exit_heads=(), encoding="direct",
-                       lif=LIFParams(threshold=0.3))
+    spec = System1Spec(
+        input_shape=(8,),
+        n_classes=3,
+        hidden=(16,),
+        timesteps=3,
+        readout=readout,
+        exit_heads=(),
+        encoding="direct",
+        lif=LIFParams(threshold=0.3),
+    )
     model = System1(spec)
     system1_loss(model, torch.rand(16, 8), torch.randint(0, 3, (16,)), loss).backward()
     for name, p in model.named_parameters():
@@ -109,12 +128,22 @@ def test_exit_heads_must_be_hidden_layers_in_order():
         System1(System1Spec(input_shape=(4,), n_classes=2, hidden=(3, 3), exit_heads=(1,)))
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"n_classes": 0}, "n_classes"), ({"hidden": (0,)}, "hidden"), ({"input_shape": ()}, "input_shape"),
-    ({"conv_channels": (8, -1)}, "conv_channels"), ({"timesteps": 0}, "timesteps"), ({"arch": "rnn"}, "arch"),
-    ({"encoding": "poisson"}, "encoding"), ({"readout": "foo"}, "readout"), ({"event_density": 1.5}, "event_density"),
-    ({"checkpoint_steps": -1}, "checkpoint_steps"), ({"lif": LIFParams(beta=2.0, threshold=-1.0)}, "beta"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"n_classes": 0}, "n_classes"),
+        ({"hidden": (0,)}, "hidden"),
+        ({"input_shape": ()}, "input_shape"),
+        ({"conv_channels": (8, -1)}, "conv_channels"),
+        ({"timesteps": 0}, "timesteps"),
+        ({"arch": "rnn"}, "arch"),
+        ({"encoding": "poisson"}, "encoding"),
+        ({"readout": "foo"}, "readout"),
+        ({"event_density": 1.5}, "event_density"),
+        ({"checkpoint_steps": -1}, "checkpoint_steps"),
+        ({"lif": LIFParams(beta=2.0, threshold=-1.0)}, "beta"),
+    ],
+)
 def test_an_impossible_spec_is_refused_when_built_naming_the_field(change, named):
     with pytest.raises(ValueError, match=named):
         System1Spec(**{"input_shape": (64,), "n_classes": 10, **change})
@@ -154,8 +183,10 @@ def test_float64_models_and_autocast_runs_keep_exact_records():
     """A float64 System 1 runs (its records in float64, the same in both modes), and under bfloat16
     autocast the records stay float32 (spike counts and operation totals exact)."""
     torch.manual_seed(0)
-    for spec in (System1Spec(input_shape=(20,), n_classes=3, hidden=(8, 6), exit_heads=(0,), timesteps=3, encoding="direct"),
-                 System1Spec(input_shape=(1, 8, 8), n_classes=3, arch="conv", conv_channels=(3, 4), hidden=(5,), timesteps=3)):
+    for spec in (
+        System1Spec(input_shape=(20,), n_classes=3, hidden=(8, 6), exit_heads=(0,), timesteps=3, encoding="direct"),
+        System1Spec(input_shape=(1, 8, 8), n_classes=3, arch="conv", conv_channels=(3, 4), hidden=(5,), timesteps=3),
+    ):
         model = System1(spec).double()
         x = torch.rand(2, *spec.input_shape, dtype=torch.float64)
         run = model.run(x, generator=torch.Generator().manual_seed(1))

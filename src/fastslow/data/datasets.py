@@ -50,7 +50,7 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     if spec == "digits":
         return _digits(seed, test_fraction)
     if spec.startswith("mnist:"):
-        return _mnist(Path(spec[len("mnist:"):] or "."), seed)
+        return _mnist(Path(spec[len("mnist:") :] or "."), seed)
     path = Path(spec)
     if path.is_dir():
         raise DataError(f"{path} is a folder, not an .npz file: {KNOWN}")
@@ -90,7 +90,9 @@ def load_inputs(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Inputs:
     else:
         low, high = float(x.min()), float(x.max())
         if low < 0.0 or high > 1.0:
-            raise DataError(f"{path}: X holds values in [{low:g}, {high:g}], outside [0, 1]: scale them as the fit's data was (e.g. uint8, or floats in [0, 1])")
+            raise DataError(
+                f"{path}: X holds values in [{low:g}, {high:g}], outside [0, 1]: scale them as the fit's data was (e.g. uint8, or floats in [0, 1])"
+            )
         x, scaling = x.astype(np.float32), "inputs in [0, 1]"
     labels = f"{len(x)} labelled inputs" if y is not None else f"{len(x)} inputs without labels"
     return Inputs(np.ascontiguousarray(x), y, f"{path.name}: {labels}; {scaling}")
@@ -103,7 +105,7 @@ def resolved_data(spec: str) -> str:
     if spec == "digits":
         return spec
     if spec.startswith("mnist:"):
-        return "mnist:" + str(Path(spec[len("mnist:"):] or ".").absolute())
+        return "mnist:" + str(Path(spec[len("mnist:") :] or ".").absolute())
     return str(Path(spec).absolute()) if Path(spec).exists() else spec  # absolute(), not resolve(): a symlink keeps its name
 
 
@@ -120,11 +122,15 @@ def _stratified_split(x: np.ndarray, y: np.ndarray, test_size: float | int, seed
     smallest = int(counts[counts > 0].min())
     if smallest < 2:
         cls = int(np.flatnonzero(counts == smallest)[0])
-        raise DataError(f"{what}: class {cls} has {smallest} sample, too few for a stratified split: give every class at least 2 samples or pass X_test/y_test")
+        raise DataError(
+            f"{what}: class {cls} has {smallest} sample, too few for a stratified split: give every class at least 2 samples or pass X_test/y_test"
+        )
     try:
         return train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
     except ValueError as err:
-        raise DataError(f"{what}: cannot make a stratified split ({_one_line(err)}): give every class more samples, change test_fraction, or pass X_test/y_test") from None
+        raise DataError(
+            f"{what}: cannot make a stratified split ({_one_line(err)}): give every class more samples, change test_fraction, or pass X_test/y_test"
+        ) from None
 
 
 def _percent_note(test_fraction: float, seed: int) -> str:
@@ -170,14 +176,20 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     header = 4 + 4 * dims
     if len(data) < 4 or int.from_bytes(data[:4], "big") != magic:
         found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
-        raise DataError(f"{path} is not an IDX file of the expected kind (magic number {found}, expected {magic}): replace it with the original MNIST file")
+        raise DataError(
+            f"{path} is not an IDX file of the expected kind (magic number {found}, expected {magic}): replace it with the original MNIST file"
+        )
     if len(data) < header:
-        raise DataError(f"{path} is truncated ({len(data)} bytes, header needs {header}): replace it with the original MNIST file")
+        raise DataError(
+            f"{path} is truncated ({len(data)} bytes, header needs {header}): replace it with the original MNIST file"
+        )
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     expected = math.prod(shape)
     if len(data) - header != expected:
         problem = "truncated" if len(data) - header < expected else "corrupt (extra bytes)"
-        raise DataError(f"{path} is {problem}: {len(data) - header} bytes of data for shape {shape}: replace it with the original MNIST file")
+        raise DataError(
+            f"{path} is {problem}: {len(data) - header} bytes of data for shape {shape}: replace it with the original MNIST file"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -191,7 +203,9 @@ def _mnist_pair(raw: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
         raise DataError(f"{raw} has {have.name} but no {missing}[.gz]: add the missing file (or remove both)")
     x, y = _read_idx(images, 2051), _read_idx(labels, 2049)
     if len(x) != len(y):
-        raise DataError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels: replace them with matching MNIST files")
+        raise DataError(
+            f"{images} holds {len(x)} images but {labels} holds {len(y)} labels: replace them with matching MNIST files"
+        )
     if len(x) == 0:
         raise DataError(f"{images} holds 0 images: replace it with the original MNIST file")
     return (x.astype(np.float32) / 255.0)[:, None], y.astype(np.int64)
@@ -202,20 +216,28 @@ def _mnist(root: Path, seed: int) -> Dataset:
     test = _mnist_pair(raw, "t10k")
     train = _mnist_pair(raw, "train")
     if test is None and train is None:
-        raise DataError(f"no MNIST files under {raw}: put t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] (optionally train-*) there, as torchvision lays them out, or fix ROOT in mnist:ROOT")
+        raise DataError(
+            f"no MNIST files under {raw}: put t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] (optionally train-*) there, as torchvision lays them out, or fix ROOT in mnist:ROOT"
+        )
     if test is None:
-        raise DataError(f"only the MNIST train files were found under {raw}: add t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]")
+        raise DataError(
+            f"only the MNIST train files were found under {raw}: add t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]"
+        )
     if train is not None:
         if train[0].shape[1:] != test[0].shape[1:]:
-            raise DataError(f"MNIST train images under {raw} are {train[0].shape[2:]} but test images {test[0].shape[2:]}: replace them with matching files")
+            raise DataError(
+                f"MNIST train images under {raw} are {train[0].shape[2:]} but test images {test[0].shape[2:]}: replace them with matching files"
+            )
         note = f"MNIST, official split ({len(train[0])} train / {len(test[0])} test)"
         return _validated("mnist", *train, *test, note)
     x, y = test
     total = sum(MNIST_TEST_ONLY_SPLIT)
     test_size = MNIST_TEST_ONLY_SPLIT[1] if len(x) == total else MNIST_TEST_ONLY_SPLIT[1] / total
     x_train, x_test, y_train, y_test = _stratified_split(x, y, test_size, seed, f"MNIST under {raw}")
-    note = (f"only the MNIST test files were found under {raw}: split {len(x_train)} train / {len(x_test)} test, "
-            f"stratified, seed {seed}")
+    note = (
+        f"only the MNIST test files were found under {raw}: split {len(x_train)} train / {len(x_test)} test, "
+        f"stratified, seed {seed}"
+    )
     return _validated("mnist", x_train, y_train, x_test, y_test, note)
 
 
@@ -235,13 +257,23 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | None = None, n_classes: int |
         raise DataError(f"the inputs hold {bad} NaN/inf values: clean or impute them first")
     if y is None:
         return
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise DataError(f"labels must be a 1-D integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')} "
-                        f"{list(getattr(y, 'shape', []))}: pass torch.as_tensor(labels, dtype=torch.long)")
+    if (
+        not isinstance(y, torch.Tensor)
+        or y.dim() != 1
+        or y.dtype.is_floating_point
+        or y.dtype.is_complex
+        or y.dtype == torch.bool
+    ):
+        raise DataError(
+            f"labels must be a 1-D integer tensor, got {type(y).__name__} {getattr(y, 'dtype', '')} "
+            f"{list(getattr(y, 'shape', []))}: pass torch.as_tensor(labels, dtype=torch.long)"
+        )
     if len(y) != len(x):
         raise DataError(f"{len(y)} labels for {len(x)} inputs: give one label per input")
     if n_classes is not None and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise DataError(f"labels must lie in 0..{n_classes - 1} (the model's {n_classes} classes), got {int(y.min())}..{int(y.max())}")
+        raise DataError(
+            f"labels must lie in 0..{n_classes - 1} (the model's {n_classes} classes), got {int(y.min())}..{int(y.max())}"
+        )
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -260,7 +292,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in archive.files}
     except ValueError as err:
         if "pickle" in str(err).lower() or "object" in str(err).lower():
-            raise DataError(f"{path} holds an object (pickled) array, which is not loaded for safety: store X and y as numeric arrays and {fix}") from None
+            raise DataError(
+                f"{path} holds an object (pickled) array, which is not loaded for safety: store X and y as numeric arrays and {fix}"
+            ) from None
         raise DataError(f"{path} is not a readable .npz ({_one_line(err)}): {fix}") from None
     except _READ_ERRORS as err:
         raise DataError(f"{path} is not a readable .npz, it may be corrupt or truncated ({_one_line(err)}): {fix}") from None
@@ -274,7 +308,9 @@ def _npz(path: Path, seed: int, test_fraction: float) -> Dataset:
             raise DataError(f"{path} has no array {key!r} (found: {found}): save it with numpy.savez(path, X=..., y=...)")
     if ("X_test" in arrays) != ("y_test" in arrays):
         given, absent = ("X_test", "y_test") if "X_test" in arrays else ("y_test", "X_test")
-        raise DataError(f"{path} holds only one of X_test/y_test ({given} without {absent}): give both, or neither for a stratified split")
+        raise DataError(
+            f"{path} holds only one of X_test/y_test ({given} without {absent}): give both, or neither for a stratified split"
+        )
     x = _as_inputs(arrays["X"], f"{path}: X")
     y = _as_labels(arrays["y"], len(x), f"{path}: y")
     if "X_test" in arrays:
@@ -283,7 +319,9 @@ def _npz(path: Path, seed: int, test_fraction: float) -> Dataset:
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: X_test samples have shape {x_test.shape[1:]} but X samples {x.shape[1:]}: make them match")
         if (x.dtype == np.uint8) != (x_test.dtype == np.uint8):
-            raise DataError(f"{path}: X is {x.dtype} but X_test is {x_test.dtype}, so they would be scaled differently: store both with the same dtype")
+            raise DataError(
+                f"{path}: X is {x.dtype} but X_test is {x_test.dtype}, so they would be scaled differently: store both with the same dtype"
+            )
         note = f"{path.name}: given train/test split ({len(x)}/{len(x_test)})"
     else:
         _check_classes(y, f"{path}: y")
@@ -365,12 +403,23 @@ def _validated(name: str, x_train, y_train, x_test, y_test, note: str) -> Datase
     unseen = np.setdiff1d(np.unique(y_test), train_classes)
     if len(unseen):
         shown = ", ".join(str(int(c)) for c in unseen[:10]) + (", ..." if len(unseen) > 10 else "")
-        raise DataError(f"{name}: test labels hold classes [{shown}] never seen in training: labels must be 0..K-1 with every class present in the training split")
+        raise DataError(
+            f"{name}: test labels hold classes [{shown}] never seen in training: labels must be 0..K-1 with every class present in the training split"
+        )
     n_classes = int(train_classes[-1]) + 1
     if len(train_classes) != n_classes:
         # The first missing labels lie below len(train_classes) + 11; never build arange(n_classes) itself.
         missing = np.setdiff1d(np.arange(min(n_classes, len(train_classes) + 11)), train_classes)
         shown = ", ".join(str(int(c)) for c in missing[:10]) + (", ..." if n_classes - len(train_classes) > 10 else "")
-        raise DataError(f"{name}: classes [{shown}] never occur in the training split (labels go up to {n_classes - 1}): labels must be 0..K-1 with every class present in the training split")
-    return Dataset(name, np.ascontiguousarray(x_train, dtype=np.float32), y_train.astype(np.int64),
-                   np.ascontiguousarray(x_test, dtype=np.float32), y_test.astype(np.int64), n_classes, note)
+        raise DataError(
+            f"{name}: classes [{shown}] never occur in the training split (labels go up to {n_classes - 1}): labels must be 0..K-1 with every class present in the training split"
+        )
+    return Dataset(
+        name,
+        np.ascontiguousarray(x_train, dtype=np.float32),
+        y_train.astype(np.int64),
+        np.ascontiguousarray(x_test, dtype=np.float32),
+        y_test.astype(np.int64),
+        n_classes,
+        note,
+    )

@@ -1,6 +1,15 @@
 """Energy model: hardware profiles and per-input operation/energy accounting."""
 
-from fastslow.energy.accounting import ENERGY_TERMS, Charge, OpCounts, charge, count_macs, mac_energy_uj, memory_bytes, s1_op_counts
+from fastslow.energy.accounting import (
+    ENERGY_TERMS,
+    Charge,
+    OpCounts,
+    charge,
+    count_macs,
+    mac_energy_uj,
+    memory_bytes,
+    s1_op_counts,
+)
 from fastslow.energy.profile import EnergyProfile, available_profiles, load_profile
 
 __all__ = [

@@ -86,8 +86,15 @@ def charge(record: RecordedRun, routing: WhatRan, s2_macs: float, profile: Energ
     its exit needs (every head up to it for a cascade), the policy its own MACs, System 2 ``s2_macs``
     per escalated input. Evaluation and serving both call this.
     """
-    synaptic, dense, neurons = s1_op_counts(record.synaptic_ops, record.dense_macs, record.neuron_updates, record.exit_layers,
-                                            routing.timesteps.long(), routing.exit_taken.long(), routing.cascade)
+    synaptic, dense, neurons = s1_op_counts(
+        record.synaptic_ops,
+        record.dense_macs,
+        record.neuron_updates,
+        record.exit_layers,
+        routing.timesteps.long(),
+        routing.exit_taken.long(),
+        routing.cascade,
+    )
     ops = OpCounts(
         synaptic_ops=synaptic,
         s1_dense_macs=dense,
@@ -151,7 +158,9 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     def make_hook(name: str):
         def hook(mod: nn.Module, _inputs, output: torch.Tensor) -> None:
             if isinstance(mod, nn.Linear):
-                counts[name] = counts.get(name, 0) + mod.in_features * mod.out_features * (output.numel() // output.shape[0] // mod.out_features)
+                counts[name] = counts.get(name, 0) + mod.in_features * mod.out_features * (
+                    output.numel() // output.shape[0] // mod.out_features
+                )
             elif isinstance(mod, nn.modules.conv._ConvNd):
                 per_output = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
                 counts[name] = counts.get(name, 0) + per_output * (output.numel() // output.shape[0])
@@ -177,8 +186,6 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
 def memory_bytes(parameters: int, state_neurons: int, profile: EnergyProfile) -> int:
     """Footprint = weights × weight_bits/8 + neuron state × state_bits/8, in bytes."""
     return math.ceil(parameters * profile.weight_bits / 8 + state_neurons * profile.state_bits / 8)
-
-
 
 
 def precision_scale(bits: int, profile: EnergyProfile) -> float:

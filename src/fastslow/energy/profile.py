@@ -46,11 +46,15 @@ def load_profile(name_or_path: str | Path = "cmos45nm") -> EnergyProfile:
         origin = text_source
     elif path.suffix in (".toml", ".json") or path.exists():
         if not path.is_file():
-            raise ProfileError(f"energy profile file {path} does not exist: pass a shipped profile ({', '.join(available_profiles())}) or a path to a TOML file")
+            raise ProfileError(
+                f"energy profile file {path} does not exist: pass a shipped profile ({', '.join(available_profiles())}) or a path to a TOML file"
+            )
         raw = path.read_text(errors="replace")
         origin = str(path)
     else:
-        raise ProfileError(f"unknown energy profile {text_source!r}: use one of {', '.join(available_profiles())} or a path to a TOML file")
+        raise ProfileError(
+            f"unknown energy profile {text_source!r}: use one of {', '.join(available_profiles())} or a path to a TOML file"
+        )
     try:
         if origin.endswith(".json"):
             import json
@@ -61,8 +65,12 @@ def load_profile(name_or_path: str | Path = "cmos45nm") -> EnergyProfile:
         return EnergyProfile(**data)
     except ValidationError as err:
         where, message = first_validation_problem(err)
-        raise ProfileError(f"energy profile {origin} is malformed ({where}: {message}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, "
-                           f"weight_bits, state_bits") from None
+        raise ProfileError(
+            f"energy profile {origin} is malformed ({where}: {message}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, "
+            f"weight_bits, state_bits"
+        ) from None
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as err:
         first = str(err).replace("\n", " ")
-        raise ProfileError(f"energy profile {origin} is malformed ({first[:200]}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, weight_bits, state_bits") from None
+        raise ProfileError(
+            f"energy profile {origin} is malformed ({first[:200]}): it needs name, E_MAC_pJ, E_AC_pJ, E_NEURON_pJ, weight_bits, state_bits"
+        ) from None

@@ -162,7 +162,11 @@ def _check_order(order: str) -> None:
 
 
 def learn_then_test(
-    losses: np.ndarray, alpha: float, delta: float, order: Order = "fixed_sequence", loss_form: LossForm = "upper",
+    losses: np.ndarray,
+    alpha: float,
+    delta: float,
+    order: Order = "fixed_sequence",
+    loss_form: LossForm = "upper",
 ) -> list[int]:
     """Indices of the knobs certified to have risk ≤ α, family-wise error ≤ δ.
 
@@ -214,8 +218,12 @@ class CalibrationResult:
 
 
 def calibrate_knob(
-    losses: np.ndarray, energies: np.ndarray, alpha: float, delta: float,
-    order: Order = "fixed_sequence", loss_form: LossForm = "upper",
+    losses: np.ndarray,
+    energies: np.ndarray,
+    alpha: float,
+    delta: float,
+    order: Order = "fixed_sequence",
+    loss_form: LossForm = "upper",
 ) -> CalibrationResult:
     """Choose the least-energy knob among those Learn-then-Test certifies.
 
@@ -241,9 +249,22 @@ def calibrate_knob(
     if not certified:
         level = delta / knobs if order == "bonferroni" else delta
         needed = min_calibration_size(alpha, level, loss_form)
-        reason = (f"the calibration split ({n}) is below the {needed} inputs any certificate of this drop needs"
-                  if n < needed else "the safest knob's calibration risk is too close to the allowed drop")
-        return CalibrationResult(None, [], pvalues, n, alpha, delta, method, f"no knob certified: {reason}; "
-                                 "use a larger calibration split or allow a larger drop", order, loss_form)
+        reason = (
+            f"the calibration split ({n}) is below the {needed} inputs any certificate of this drop needs"
+            if n < needed
+            else "the safest knob's calibration risk is too close to the allowed drop"
+        )
+        return CalibrationResult(
+            None,
+            [],
+            pvalues,
+            n,
+            alpha,
+            delta,
+            method,
+            f"no knob certified: {reason}; use a larger calibration split or allow a larger drop",
+            order,
+            loss_form,
+        )
     chosen = min(certified, key=lambda j: (energies[j], j))
     return CalibrationResult(chosen, certified, pvalues, n, alpha, delta, method, "", order, loss_form)

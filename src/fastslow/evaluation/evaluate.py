@@ -8,11 +8,10 @@ charged for exactly what it ran.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastslow.data import check_batch
@@ -54,8 +53,10 @@ def collect_outputs(
             records.append(run.to("cpu"))
             s2_logits = system2(xb)
             if tuple(s2_logits.shape) != (len(xb), system1.spec.n_classes):
-                raise ValueError(f"System 2 returns {list(s2_logits.shape)} for {len(xb)} inputs, but System 1 has "
-                                 f"{system1.spec.n_classes} classes: it must map [B, ...] inputs to [B, {system1.spec.n_classes}] logits")
+                raise ValueError(
+                    f"System 2 returns {list(s2_logits.shape)} for {len(xb)} inputs, but System 1 has "
+                    f"{system1.spec.n_classes} classes: it must map [B, ...] inputs to [B, {system1.spec.n_classes}] logits"
+                )
             s2_parts.append(s2_logits.cpu())
             policy_parts.append(policy_input(xb).cpu())
             if on_batch is not None:
@@ -154,12 +155,16 @@ def enumerate_strategies(outputs: SystemOutputs, policies: list[Policy]) -> list
     return [Strategy(policy, policy.route(outputs)) for policy in policies]
 
 
-def evaluate_strategies(outputs: SystemOutputs, profile: EnergyProfile, policies: list[Policy], *, seed: int = 0) -> list[StrategyResult]:
+def evaluate_strategies(
+    outputs: SystemOutputs, profile: EnergyProfile, policies: list[Policy], *, seed: int = 0
+) -> list[StrategyResult]:
     """Every policy point in ``policies`` (the references ``system1`` and ``system2`` among them), then
     ``random@rate=r``: random escalation at the rates the learned router reached (or the confidence
     sweep's, without routers), seeded from ``seed``."""
-    results = [score_routing(s.name, s.policy.family, s.routing, outputs, profile, s.policy.knob)
-               for s in enumerate_strategies(outputs, policies)]
+    results = [
+        score_routing(s.name, s.policy.family, s.routing, outputs, profile, s.policy.knob)
+        for s in enumerate_strategies(outputs, policies)
+    ]
     names = [r.name for r in results]
     for reference in ("system1", "system2"):
         if reference not in names:
@@ -186,7 +191,9 @@ def family_metrics(results: list[StrategyResult]) -> dict[str, dict]:
     acc_s1, acc_s2 = by_name["system1"].accuracy, by_name["system2"].accuracy
     families = sorted({r.family for r in results} - set(REFERENCE_FAMILIES))
     return {
-        family: routing_metrics([(r.escalation_rate, r.accuracy) for r in results if r.family == family], acc_s1, acc_s2).to_dict()
+        family: routing_metrics(
+            [(r.escalation_rate, r.accuracy) for r in results if r.family == family], acc_s1, acc_s2
+        ).to_dict()
         for family in families
     }
 
@@ -201,5 +208,3 @@ def best_within(results: list[StrategyResult], reference: str = "system2", max_d
         if result.family not in best or result.energy_uj < best[result.family].energy_uj:
             best[result.family] = result
     return best
-
-

@@ -8,7 +8,6 @@ family never escalates (every point at r = 0: there is no curve over r to averag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -26,7 +25,9 @@ class RoutingMetrics:
 def routing_metrics(points: list[tuple[float, float]], acc_s1: float, acc_s2: float) -> RoutingMetrics:
     """Metrics from ``points`` = [(escalation rate, accuracy), ...] of one family's sweep."""
     if acc_s2 <= acc_s1:
-        return RoutingMetrics(None, None, None, f"undefined: System 2 accuracy ({acc_s2:.4f}) is not above System 1's ({acc_s1:.4f})")
+        return RoutingMetrics(
+            None, None, None, f"undefined: System 2 accuracy ({acc_s2:.4f}) is not above System 1's ({acc_s1:.4f})"
+        )
     if not points:
         return RoutingMetrics(None, None, None, "undefined: no swept points")
     widest = max(rate for rate, _ in points)

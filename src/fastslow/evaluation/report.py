@@ -21,7 +21,10 @@ ENERGY_NOTE = (
     "MACs, neuron updates) under the named hardware profile; memory traffic is not counted."
 )
 _REFERENCE_STYLE = {
-    "system1": ("s", "tab:blue"), "system2": ("*", "tab:red"), "oracle": ("D", "tab:green"), "aet_oracle": ("P", "tab:olive"),
+    "system1": ("s", "tab:blue"),
+    "system2": ("*", "tab:red"),
+    "oracle": ("D", "tab:green"),
+    "aet_oracle": ("P", "tab:olive"),
 }
 
 
@@ -52,8 +55,15 @@ def results_table(rows: list[tuple[str, StrategyResult]], title: str) -> Table:
     for column in ("acc %", "esc %", "T run", "µJ/in", "×S2"):
         table.add_column(column, justify="right", no_wrap=True)
     for label, r in rows:
-        table.add_row(r.name, label, f"{100 * r.accuracy:.2f}", f"{100 * r.escalation_rate:.1f}", f"{r.mean_timesteps:.2f}",
-                      f"{r.energy_uj:.4f}", f"{r.energy_ratio_vs_s2:.3f}")
+        table.add_row(
+            r.name,
+            label,
+            f"{100 * r.accuracy:.2f}",
+            f"{100 * r.escalation_rate:.1f}",
+            f"{r.mean_timesteps:.2f}",
+            f"{r.energy_uj:.4f}",
+            f"{r.energy_ratio_vs_s2:.3f}",
+        )
     return table
 
 
@@ -99,8 +109,17 @@ def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> 
             marker, colour = _REFERENCE_STYLE[r.family]
             ax.plot([r.energy_uj], [100 * r.accuracy], marker, color=colour, markersize=9, label=r.name, linestyle="none")
     overall = [r for r, kept in zip(results, pareto_front([(r.accuracy, r.energy_uj) for r in results])) if kept]
-    ax.plot([r.energy_uj for r in overall], [100 * r.accuracy for r in overall], "o", markersize=11, markerfacecolor="none",
-            markeredgecolor="black", markeredgewidth=0.8, linestyle="none", label="front of all")
+    ax.plot(
+        [r.energy_uj for r in overall],
+        [100 * r.accuracy for r in overall],
+        "o",
+        markersize=11,
+        markerfacecolor="none",
+        markeredgecolor="black",
+        markeredgewidth=0.8,
+        linestyle="none",
+        label="front of all",
+    )
     ax.set_xscale("log")
     ax.set_xlabel(f"energy per input (µJ, profile {profile_name}; arithmetic only)")
     ax.set_ylabel("test accuracy (%)")
@@ -165,15 +184,35 @@ def report_markdown(payload: dict) -> str:
             f"{r['energy_uj']:.4f} | {t['s1_synaptic']:.4f} | {t['s1_dense']:.4f} | {t['s1_neuron']:.4f} | {t['policy']:.5f} | "
             f"{t['s2']:.4f} | {r['energy_ratio_vs_s2']:.3f} |"
         )
-    lines += ["", "## Routing metrics (RouteLLM, per family)", "", "| family | APGR | CPT(50%) | CPT(80%) | note |", "| --- | ---: | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "## Routing metrics (RouteLLM, per family)",
+        "",
+        "| family | APGR | CPT(50%) | CPT(80%) | note |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     for family, m in payload["routing_metrics"].items():
         lines.append(f"| {family} | {fmt(m['APGR'])} | {fmt(m['CPT(50%)'])} | {fmt(m['CPT(80%)'])} | {m['note']} |")
     best = payload.get("best_within_half_point_of_system2", {})
     if best:
-        lines += ["", "Cheapest point per family within 0.5 accuracy points of System 2: " + ", ".join(f"{k}: `{v}`" for k, v in best.items()) + "."]
-    lines += ["", "## Accuracy vs energy", "", "![accuracy vs energy](pareto.png)", "",
-              "## System 1 alone: accuracy vs timesteps", "", "![accuracy vs timesteps](timesteps.png)", ""]
+        lines += [
+            "",
+            "Cheapest point per family within 0.5 accuracy points of System 2: "
+            + ", ".join(f"{k}: `{v}`" for k, v in best.items())
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Accuracy vs energy",
+        "",
+        "![accuracy vs energy](pareto.png)",
+        "",
+        "## System 1 alone: accuracy vs timesteps",
+        "",
+        "![accuracy vs timesteps](timesteps.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -15,13 +15,21 @@ from fastslow.policies.base import (
     SystemOutputs,
     register_policy,
 )
-from fastslow.policies.references import AETOracle, Oracle, RandomEscalation, System1Alone, System2Alone, oracle_routing, random_routing
 from fastslow.policies.confidence import CONFIDENCE_MEASURES, ConfidencePolicy, confidence_routing, confidence_score
 from fastslow.policies.dynamic import CascadeExits, Seenn1
-from fastslow.policies.seenn2 import Seenn2
-from fastslow.policies.ponder import Ponder
-from fastslow.policies.router import Router, RouterPolicy, router_features, router_loss, share_for_energy_budget, train_router
 from fastslow.policies.exit_router import ExitRouterPolicy
+from fastslow.policies.ponder import Ponder
+from fastslow.policies.references import (
+    AETOracle,
+    Oracle,
+    RandomEscalation,
+    System1Alone,
+    System2Alone,
+    oracle_routing,
+    random_routing,
+)
+from fastslow.policies.router import Router, RouterPolicy, router_features, router_loss, share_for_energy_budget, train_router
+from fastslow.policies.seenn2 import Seenn2
 from fastslow.policies.step_router import StepRouterPolicy
 
 __all__ = [

@@ -8,8 +8,9 @@ names a family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,9 @@ class Routing:
     cascade: bool = False
 
     @staticmethod
-    def full_system1(n: int, timesteps: int, last_exit: int, escalate: torch.Tensor | None = None, policy_macs: float = 0.0) -> "Routing":
+    def full_system1(
+        n: int, timesteps: int, last_exit: int, escalate: torch.Tensor | None = None, policy_macs: float = 0.0
+    ) -> "Routing":
         """System 1 runs all T steps to its last exit; ``escalate`` marks inputs sent on to System 2."""
         return Routing(
             escalate=torch.zeros(n, dtype=torch.bool) if escalate is None else escalate.bool(),
@@ -80,8 +83,9 @@ class Decision:
     def undecided(n: int, device: torch.device | str = "cpu") -> "Decision":
         """Nobody decided yet: every input runs on."""
         zeros = torch.zeros(n, dtype=torch.long, device=device)
-        return Decision(torch.zeros(n, dtype=torch.bool, device=device),
-                        Routing(zeros.bool(), zeros, zeros, torch.zeros(n, device=device)))
+        return Decision(
+            torch.zeros(n, dtype=torch.bool, device=device), Routing(zeros.bool(), zeros, zeros, torch.zeros(n, device=device))
+        )
 
 
 @dataclass
@@ -112,8 +116,9 @@ class SystemOutputs:
     def subset(self, index: torch.Tensor) -> "SystemOutputs":
         """The outputs of the inputs at ``index`` only."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return SystemOutputs(self.s1.rows(index), self.timesteps, self.policy_inputs[index], self.s2_macs,
-                             pick(self.s2_logits), pick(self.labels))
+        return SystemOutputs(
+            self.s1.rows(index), self.timesteps, self.policy_inputs[index], self.s2_macs, pick(self.s2_logits), pick(self.labels)
+        )
 
     def s1_final_logits(self) -> torch.Tensor:
         return self.s1.logits[-1, -1]
@@ -174,13 +179,15 @@ class Policy:
     checkpoint), and says its ``name``, ``family`` and ``knob``. Register it with
     :func:`register_policy`.
 
-    Class attributes: ``kind`` the registry key (also in checkpoints); ``knob_order`` (knob key,
+    Class attributes: ``kind`` the registry key (also in checkpoints); ``rank`` the family's place
+    in results (default 100: after the built-in families); ``knob_order`` (knob key,
     whether a larger value is safer: more System 2 or more steps) for calibration's fixed-sequence
     test, or None; ``deployable`` False for references that read labels; ``decides_before_system1``
     True where :meth:`decide` may decide from the input alone, before any step (t = 0).
     """
 
     kind: ClassVar[str] = ""
+    rank: ClassVar[int] = 100  # where the family's points come in results: references first, then by rank
     knob_order: ClassVar[tuple[str, bool] | None] = None
     deployable: ClassVar[bool] = True
     decides_before_system1: ClassVar[bool] = False
@@ -240,12 +247,16 @@ POLICIES: dict[str, type[Policy]] = {}
 
 
 def register_policy(cls: type[Policy]) -> type[Policy]:
-    """Class decorator: add a :class:`Policy` family to :data:`POLICIES` under its ``kind``."""
+    """Class decorator: add a :class:`Policy` family to :data:`POLICIES` under its ``kind``, kept in
+    ``rank`` order (ties in registration order), whatever order the modules were imported in."""
     if not cls.kind:
         raise ValueError(f"{cls.__name__} needs a kind (its registry key)")
     if POLICIES.get(cls.kind, cls) is not cls:
         raise ValueError(f"policy kind {cls.kind!r} is already registered by {POLICIES[cls.kind].__name__}")
     POLICIES[cls.kind] = cls
+    ordered = sorted(POLICIES.items(), key=lambda item: item[1].rank)
+    POLICIES.clear()
+    POLICIES.update(ordered)
     return cls
 
 
@@ -313,8 +324,15 @@ class WholeSpaceRouter(Policy):
 
     def to_config(self) -> dict:
         m = self.module
-        return {"target_share": m.target_share, "energy_budget_uj": m.energy_budget_uj, "target_distribution": m.target_distribution,
-                "index": self.index, "n_features": m.net[0].in_features, "hidden": m.net[0].out_features, "timesteps": m.timesteps}
+        return {
+            "target_share": m.target_share,
+            "energy_budget_uj": m.energy_budget_uj,
+            "target_distribution": m.target_distribution,
+            "index": self.index,
+            "n_features": m.net[0].in_features,
+            "hidden": m.net[0].out_features,
+            "timesteps": m.timesteps,
+        }
 
 
 class FeatureMLP(nn.Module):
@@ -385,15 +403,24 @@ def distribution_kl(mean_dist: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def resolve_target(
-    target_share: float, target_distribution, energy_budget_uj: float | None, outcomes: int, outcome_names: str,
-    cheapest_uj: float, s2_uj: float,
+    target_share: float,
+    target_distribution,
+    energy_budget_uj: float | None,
+    outcomes: int,
+    outcome_names: str,
+    cheapest_uj: float,
+    s2_uj: float,
 ) -> tuple[torch.Tensor | None, float]:
     """A learned router's target, checked: (the distribution over its ``outcomes`` or None, the share
     of System 2 it implies). An energy budget becomes the share of System 2 that spends it on top of
     the cheapest System 1 answer (``cheapest_uj``; ``s2_uj`` the mean µJ of escalating)."""
     if target_distribution is not None:
         target_distribution = torch.as_tensor(target_distribution, dtype=torch.float32)
-        if target_distribution.shape != (outcomes,) or (target_distribution < 0).any() or abs(float(target_distribution.sum()) - 1) > 1e-4:
+        if (
+            target_distribution.shape != (outcomes,)
+            or (target_distribution < 0).any()
+            or abs(float(target_distribution.sum()) - 1) > 1e-4
+        ):
             raise ValueError(f"target distribution must be {outcomes} non-negative shares ({outcome_names}) summing to 1")
         target_share = float(target_distribution[-1])
     elif energy_budget_uj is not None:

@@ -49,6 +49,7 @@ class ConfidencePolicy(Policy):
     """``confidence@θ``: System 1 runs all T steps; an answer less confident than θ escalates."""
 
     kind = "confidence"
+    rank = 10
     knob_order = ("threshold", True)
 
     def __init__(self, threshold: float, measure: ConfidenceMeasure = "max_softmax") -> None:
@@ -72,5 +73,9 @@ class ConfidencePolicy(Policy):
         return cls(float(config["threshold"]), config.get("measure", "max_softmax"))
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        return at_last_step(outputs, lambda: confidence_routing(outputs.s1_final_logits(), self.threshold, outputs.timesteps,
-                                                                outputs.last_exit, self.measure))
+        return at_last_step(
+            outputs,
+            lambda: confidence_routing(
+                outputs.s1_final_logits(), self.threshold, outputs.timesteps, outputs.last_exit, self.measure
+            ),
+        )

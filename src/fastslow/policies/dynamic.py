@@ -14,8 +14,9 @@ from fastslow.policies.base import Decision, FitContext, Policy, Routing, System
 from fastslow.policies.confidence import ConfidenceMeasure, confidence_policy_macs, confidence_score
 
 
-def seenn1_confidence(logits: torch.Tensor, temperature: float = 1.0, measure: ConfidenceMeasure = "max_softmax",
-                      steps: torch.Tensor | None = None) -> torch.Tensor:
+def seenn1_confidence(
+    logits: torch.Tensor, temperature: float = 1.0, measure: ConfidenceMeasure = "max_softmax", steps: torch.Tensor | None = None
+) -> torch.Tensor:
     """SEENN-I's confidence at every step [T, N]: softmax(S_t / τ) of the cumulative *sum* S_t of outputs.
 
     ``logits`` [T, N, C] are cumulative means, so S_t = t · logits[t-1]. ``steps``: the t of each row
@@ -28,8 +29,13 @@ def seenn1_confidence(logits: torch.Tensor, temperature: float = 1.0, measure: C
 
 
 def seenn1_decision(
-    logits: torch.Tensor, threshold: float, timesteps: int, *, temperature: float = 1.0,
-    measure: ConfidenceMeasure = "max_softmax", escalate_unconfident: bool = False,
+    logits: torch.Tensor,
+    threshold: float,
+    timesteps: int,
+    *,
+    temperature: float = 1.0,
+    measure: ConfidenceMeasure = "max_softmax",
+    escalate_unconfident: bool = False,
 ) -> Decision:
     """SEENN-I (Li et al. 2023) over the first t ≤ T steps recorded, ``logits`` [t, E, N, C]: an input
     stops at the first step whose confidence exceeds ``threshold``; at T the rest stop too (or, with
@@ -53,12 +59,17 @@ def seenn1_decision(
 
 
 def seenn1_routing(
-    logits: torch.Tensor, threshold: float, *, temperature: float = 1.0, measure: ConfidenceMeasure = "max_softmax",
+    logits: torch.Tensor,
+    threshold: float,
+    *,
+    temperature: float = 1.0,
+    measure: ConfidenceMeasure = "max_softmax",
     escalate_unconfident: bool = False,
 ) -> Routing:
     """SEENN-I over a full run's ``logits`` [T, E, N, C] (see :func:`seenn1_decision`)."""
-    return seenn1_decision(logits, threshold, logits.shape[0], temperature=temperature, measure=measure,
-                           escalate_unconfident=escalate_unconfident).routing
+    return seenn1_decision(
+        logits, threshold, logits.shape[0], temperature=temperature, measure=measure, escalate_unconfident=escalate_unconfident
+    ).routing
 
 
 def cascade_routing(
@@ -121,9 +132,11 @@ class Seenn1(_ThresholdSweep):
     """``seenn1@θ[+s2]``: stop each input at the first step whose SEENN-I confidence exceeds θ."""
 
     kind = "seenn1"
+    rank = 20
 
-    def __init__(self, threshold: float, escalate: bool = False, measure: ConfidenceMeasure = "max_softmax",
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self, threshold: float, escalate: bool = False, measure: ConfidenceMeasure = "max_softmax", temperature: float = 1.0
+    ) -> None:
         super().__init__(threshold, escalate, measure)
         if not temperature > 0.0:
             raise ValueError(f"temperature (SEENN-I's softmax temperature) must be positive, got {temperature}")
@@ -140,12 +153,22 @@ class Seenn1(_ThresholdSweep):
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
-        return cls(float(config["threshold"]), bool(config.get("escalate", False)), config.get("measure", "max_softmax"),
-                   float(config.get("temperature", 1.0)))
+        return cls(
+            float(config["threshold"]),
+            bool(config.get("escalate", False)),
+            config.get("measure", "max_softmax"),
+            float(config.get("temperature", 1.0)),
+        )
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        return seenn1_decision(outputs.s1.logits, self.threshold, outputs.timesteps, temperature=self.temperature,
-                               measure=self.measure, escalate_unconfident=self.escalate)
+        return seenn1_decision(
+            outputs.s1.logits,
+            self.threshold,
+            outputs.timesteps,
+            temperature=self.temperature,
+            measure=self.measure,
+            escalate_unconfident=self.escalate,
+        )
 
 
 @register_policy
@@ -153,11 +176,14 @@ class CascadeExits(_ThresholdSweep):
     """``exits@θ[+s2]``: after T steps, the first exit head (in depth order) confident to θ answers."""
 
     kind = "exits"
+    rank = 30
 
     @classmethod
     def fit(cls, context: FitContext) -> list[Policy]:
         return super().fit(context) if len(context.val.s1.exit_layers) > 1 else []
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        return at_last_step(outputs, lambda: cascade_routing(outputs.s1.logits, self.threshold, measure=self.measure,
-                                                             escalate_unconfident=self.escalate))
+        return at_last_step(
+            outputs,
+            lambda: cascade_routing(outputs.s1.logits, self.threshold, measure=self.measure, escalate_unconfident=self.escalate),
+        )

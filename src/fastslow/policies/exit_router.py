@@ -22,8 +22,20 @@ import torch
 import torch.nn.functional as F
 
 from fastslow.policies.base import (
-    Decision, FeatureMLP, FitContext, Policy, Routing, SystemOutputs, WholeSpaceRouter, distribution_kl, fit_biases_to_frequencies, largest_feasible,
-    load_state, register_policy, resolve_target, share_kl,
+    Decision,
+    FeatureMLP,
+    FitContext,
+    Policy,
+    Routing,
+    SystemOutputs,
+    WholeSpaceRouter,
+    distribution_kl,
+    fit_biases_to_frequencies,
+    largest_feasible,
+    load_state,
+    register_policy,
+    resolve_target,
+    share_kl,
 )
 from fastslow.policies.confidence import confidence_score
 
@@ -44,8 +56,14 @@ class ExitRouter(FeatureMLP):
     """MLP over :func:`exit_router_features` → logits over :func:`action_table`."""
 
     def __init__(
-        self, n_features: int, n_exits: int, timesteps: int, hidden: int = 32, target_share: float = 0.2,
-        energy_budget_uj: float | None = None, target_distribution: list[float] | None = None,
+        self,
+        n_features: int,
+        n_exits: int,
+        timesteps: int,
+        hidden: int = 32,
+        target_share: float = 0.2,
+        energy_budget_uj: float | None = None,
+        target_distribution: list[float] | None = None,
     ) -> None:
         super().__init__(n_features, hidden, n_exits * timesteps + 1)
         self.n_exits, self.timesteps, self.target_share = n_exits, timesteps, target_share
@@ -114,13 +132,25 @@ def train_exit_router(
     ``energy_budget_uj`` (mean µJ per input) when given, else on ``target_share`` of System 2."""
     actions = n_exits * timesteps + 1
     target_distribution, target_share = resolve_target(
-        target_share, target_distribution, energy_budget_uj, actions, "one per action of action_table",
-        float(action_energy[:, :-1].min(1).values.mean()), float(action_energy[:, -1].mean()),
+        target_share,
+        target_distribution,
+        energy_budget_uj,
+        actions,
+        "one per action of action_table",
+        float(action_energy[:, :-1].min(1).values.mean()),
+        float(action_energy[:, -1].mean()),
     )
     torch.manual_seed(seed)
     features = features.float()
-    router = ExitRouter(features.shape[1], n_exits, timesteps, hidden, target_share, energy_budget_uj,
-                        None if target_distribution is None else [float(v) for v in target_distribution])
+    router = ExitRouter(
+        features.shape[1],
+        n_exits,
+        timesteps,
+        hidden,
+        target_share,
+        energy_budget_uj,
+        None if target_distribution is None else [float(v) for v in target_distribution],
+    )
     router.fit_standardisation(features)
     full_run = action_energy[:, n_exits * timesteps - 1].mean().clamp_min(1e-12)
     cost = action_losses + energy_weight * action_energy / full_run
@@ -128,7 +158,11 @@ def train_exit_router(
     for _ in range(epochs):
         probs = F.softmax(router(features), dim=1)
         mean_dist = probs.mean(0)
-        kl = distribution_kl(mean_dist, target_distribution) if target_distribution is not None else share_kl(mean_dist[-1], target_share)
+        kl = (
+            distribution_kl(mean_dist, target_distribution)
+            if target_distribution is not None
+            else share_kl(mean_dist[-1], target_share)
+        )
         loss = (probs * cost).sum(1).mean() + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,12 +230,22 @@ def action_energies(outputs: SystemOutputs, profile, policy_macs: float, s2_afte
     for action in action_table(outputs.s1.logits.shape[1], outputs.timesteps):
         if action is None:
             steps = 1 if s2_after_first_step else 0
-            routing = Routing(torch.ones(n, dtype=torch.bool), torch.full((n,), steps), torch.zeros(n, dtype=torch.long),
-                              torch.full((n,), float(policy_macs)), cascade=True)
+            routing = Routing(
+                torch.ones(n, dtype=torch.bool),
+                torch.full((n,), steps),
+                torch.zeros(n, dtype=torch.long),
+                torch.full((n,), float(policy_macs)),
+                cascade=True,
+            )
         else:
             exit_index, steps = action
-            routing = Routing(torch.zeros(n, dtype=torch.bool), torch.full((n,), steps), torch.full((n,), exit_index),
-                              torch.full((n,), float(policy_macs)), cascade=True)
+            routing = Routing(
+                torch.zeros(n, dtype=torch.bool),
+                torch.full((n,), steps),
+                torch.full((n,), exit_index),
+                torch.full((n,), float(policy_macs)),
+                cascade=True,
+            )
         columns.append(outputs.energy_uj(routing, profile))
     return torch.stack(columns, dim=1)
 
@@ -212,6 +256,7 @@ class ExitRouterPolicy(WholeSpaceRouter):
     input to one (exit, t) or to System 2."""
 
     kind = "router_exits"
+    rank = 70
     space = "exits"
 
     def to_config(self) -> dict:
@@ -219,8 +264,15 @@ class ExitRouterPolicy(WholeSpaceRouter):
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
-        module = ExitRouter(int(config["n_features"]), int(config["n_exits"]), int(config["timesteps"]), int(config["hidden"]),
-                            float(config["target_share"]), config.get("energy_budget_uj"), config.get("target_distribution"))
+        module = ExitRouter(
+            int(config["n_features"]),
+            int(config["n_exits"]),
+            int(config["timesteps"]),
+            int(config["hidden"]),
+            float(config["target_share"]),
+            config.get("energy_budget_uj"),
+            config.get("target_distribution"),
+        )
         return cls(load_state(module, state), int(config.get("index", 0)))
 
     @classmethod
@@ -232,10 +284,26 @@ class ExitRouterPolicy(WholeSpaceRouter):
         energy = action_energies(val, context.profile, macs, s2_after_first_step=True)
         losses = action_losses(val)
         targets = [(share, None) for share in rc.exit_shares] + [(0.0, budget) for budget in rc.exit_energy_budgets_uj]
-        return [cls(train_exit_router(features, losses, energy, n_exits, val.timesteps, share, energy_budget_uj=budget,
-                                      energy_weight=rc.exit_energy_weight, kl_weight=rc.kl_weight, hidden=rc.hidden,
-                                      epochs=rc.exit_epochs, lr=rc.lr, seed=context.seed))
-                for share, budget in targets]
+        return [
+            cls(
+                train_exit_router(
+                    features,
+                    losses,
+                    energy,
+                    n_exits,
+                    val.timesteps,
+                    share,
+                    energy_budget_uj=budget,
+                    energy_weight=rc.exit_energy_weight,
+                    kl_weight=rc.kl_weight,
+                    hidden=rc.hidden,
+                    epochs=rc.exit_epochs,
+                    lr=rc.lr,
+                    seed=context.seed,
+                )
+            )
+            for share, budget in targets
+        ]
 
     def decide(self, outputs: SystemOutputs) -> Decision:
         if outputs.steps_run == 0:

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from fastslow.policies.base import Decision, FeatureMLP, FitContext, Policy, SystemOutputs, load_state, register_policy
+from fastslow.policies.step_router import halting_decision, step_router_features
 
 
 def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
@@ -120,8 +121,6 @@ def halting_features(outputs: SystemOutputs) -> torch.Tensor:
     """[t, N, 5] a halting head's input at each step recorded: the step statistics of
     :func:`~fastslow.policies.step_router.step_state_features` (SEENN-I's max-softmax, margin and
     1 − H/log C of the last exit, t/T, and whether the answer equals the previous step's)."""
-    from fastslow.policies.step_router import step_router_features  # (the routers register after ponder)
-
     classes = outputs.s1.logits.shape[-1]
     return step_router_features(outputs.s1.logits, outputs.s1.spike_rates, outputs.timesteps)[..., classes : classes + 5]
 
@@ -132,6 +131,7 @@ class Ponder(Policy):
     with ``+s2``, inputs that reach T without choosing to halt escalate."""
 
     kind = "ponder"
+    rank = 50
     knob_order = ("lambda_p", False)  # a larger prior λ_p halts earlier: less safe
 
     def __init__(self, module: HaltingHead, lambda_p: float, escalate: bool = False) -> None:
@@ -151,7 +151,12 @@ class Ponder(Policy):
 
     def to_config(self) -> dict:
         m = self.module
-        return {"lambda_p": self.lambda_p, "escalate": self.escalate, "n_features": m.net[0].in_features, "hidden": m.net[0].out_features}
+        return {
+            "lambda_p": self.lambda_p,
+            "escalate": self.escalate,
+            "n_features": m.net[0].in_features,
+            "hidden": m.net[0].out_features,
+        }
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
@@ -162,13 +167,18 @@ class Ponder(Policy):
     def fit(cls, context: FitContext) -> list[Policy]:
         pc, val = context.config.ponder, context.val
         features, losses = halting_features(val), val.step_losses()
-        heads = [(lambda_p, train_halting_head(features, losses, lambda_p, kl_weight=pc.kl_weight, epochs=pc.epochs, lr=pc.lr,
-                                               seed=context.seed)) for lambda_p in pc.lambda_ps]
+        heads = [
+            (
+                lambda_p,
+                train_halting_head(
+                    features, losses, lambda_p, kl_weight=pc.kl_weight, epochs=pc.epochs, lr=pc.lr, seed=context.seed
+                ),
+            )
+            for lambda_p in pc.lambda_ps
+        ]
         return [cls(head, lambda_p, escalate) for escalate in (False, True) for lambda_p, head in heads]
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        from fastslow.policies.step_router import halting_decision
-
         if outputs.steps_run == 0:
             return Decision.undecided(len(outputs), outputs.policy_inputs.device)
         with torch.no_grad():

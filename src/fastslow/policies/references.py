@@ -57,6 +57,7 @@ class System1Alone(_Reference):
     """System 1 runs all T steps and its last exit answers every input."""
 
     kind = "system1"
+    rank = 0
 
     def decide(self, outputs: SystemOutputs) -> Decision:
         return at_last_step(outputs, lambda: Routing.full_system1(len(outputs), outputs.timesteps, outputs.last_exit))
@@ -67,6 +68,7 @@ class System2Alone(_Reference):
     """System 2 answers every input; System 1 never runs."""
 
     kind = "system2"
+    rank = 1
     decides_before_system1 = True
 
     def decide(self, outputs: SystemOutputs) -> Decision:
@@ -78,6 +80,7 @@ class Oracle(_Reference):
     """Escalates exactly the inputs System 1 gets wrong after T steps (reads the labels)."""
 
     kind = "oracle"
+    rank = 2
     deployable = False
 
     def decide(self, outputs: SystemOutputs) -> Decision:
@@ -95,6 +98,7 @@ class AETOracle(_Reference):
     """Each input stops at the first step where System 1 is right (reads the labels)."""
 
     kind = "aet_oracle"
+    rank = 3
     deployable = False
 
     def decide(self, outputs: SystemOutputs) -> Decision:
@@ -113,6 +117,7 @@ class RandomEscalation(Policy):
     other policies reached; its draw depends on the batch, so it is not deployable."""
 
     kind = "random"
+    rank = 4
     deployable = False
 
     def __init__(self, rate: float, seed: int = 0) -> None:
@@ -134,4 +139,6 @@ class RandomEscalation(Policy):
         return cls(float(config["rate"]), int(config.get("seed", 0)))
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        return at_last_step(outputs, lambda: random_routing(len(outputs), self.rate, outputs.timesteps, outputs.last_exit, self.seed))
+        return at_last_step(
+            outputs, lambda: random_routing(len(outputs), self.rate, outputs.timesteps, outputs.last_exit, self.seed)
+        )

@@ -20,7 +20,16 @@ import torch.nn.functional as F
 
 from fastslow.energy.accounting import mac_energy_uj
 from fastslow.policies.base import (
-    Decision, FeatureMLP, FitContext, Policy, Routing, SystemOutputs, at_last_step, load_state, register_policy, share_kl,
+    Decision,
+    FeatureMLP,
+    FitContext,
+    Policy,
+    Routing,
+    SystemOutputs,
+    at_last_step,
+    load_state,
+    register_policy,
+    share_kl,
 )
 from fastslow.policies.confidence import confidence_score
 
@@ -156,6 +165,7 @@ class RouterPolicy(Policy):
     """``router@share=ρ``: after System 1's T steps, a learned :class:`Router` escalates a share ρ."""
 
     kind = "router"
+    rank = 60
     knob_order = ("target_share", True)
 
     def __init__(self, module: Router) -> None:
@@ -171,8 +181,12 @@ class RouterPolicy(Policy):
 
     def to_config(self) -> dict:
         m = self.module
-        return {"target_share": m.target_share, "n_features": m.net[0].in_features, "hidden": m.net[0].out_features,
-                "soft_share": getattr(m, "soft_share", None)}
+        return {
+            "target_share": m.target_share,
+            "n_features": m.net[0].in_features,
+            "hidden": m.net[0].out_features,
+            "soft_share": getattr(m, "soft_share", None),
+        }
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
@@ -187,10 +201,28 @@ class RouterPolicy(Policy):
         s1_loss = per_input_cross_entropy(val.s1_final_logits(), val.labels)
         s2_loss = per_input_cross_entropy(val.s2_logits, val.labels)
         shares = router_shares(context, FeatureMLP.macs_for(features.shape[1], rc.hidden, 1))
-        return [cls(train_router(features, s1_loss, s2_loss, share, hidden=rc.hidden, epochs=rc.epochs, lr=rc.lr,
-                                 kl_weight=rc.kl_weight, energy_weight=rc.energy_weight, seed=context.seed))
-                for share in shares]
+        return [
+            cls(
+                train_router(
+                    features,
+                    s1_loss,
+                    s2_loss,
+                    share,
+                    hidden=rc.hidden,
+                    epochs=rc.epochs,
+                    lr=rc.lr,
+                    kl_weight=rc.kl_weight,
+                    energy_weight=rc.energy_weight,
+                    seed=context.seed,
+                )
+            )
+            for share in shares
+        ]
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        return at_last_step(outputs, lambda: self.module.route(router_features(outputs.s1.logits[:, -1], outputs.s1.spike_rates),
-                                                               outputs.timesteps, outputs.last_exit))
+        return at_last_step(
+            outputs,
+            lambda: self.module.route(
+                router_features(outputs.s1.logits[:, -1], outputs.s1.spike_rates), outputs.timesteps, outputs.last_exit
+            ),
+        )

@@ -155,6 +155,7 @@ class Seenn2(Policy):
     picks the steps to run, or System 2; β weighs energy against accuracy in its reward."""
 
     kind = "seenn2"
+    rank = 40
     knob_order = ("beta", False)  # a larger β buys less energy: less safe
     decides_before_system1 = True
 
@@ -171,12 +172,19 @@ class Seenn2(Policy):
 
     def to_config(self) -> dict:
         m = self.module
-        return {"beta": self.beta, "n_features": m.net[0].in_features, "hidden": m.net[0].out_features, "timesteps": m.timesteps,
-                "input_shape": list(m.input_shape)}
+        return {
+            "beta": self.beta,
+            "n_features": m.net[0].in_features,
+            "hidden": m.net[0].out_features,
+            "timesteps": m.timesteps,
+            "input_shape": list(m.input_shape),
+        }
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
-        module = TimestepPolicy(int(config["n_features"]), int(config["timesteps"]), int(config["hidden"]), tuple(config["input_shape"]))
+        module = TimestepPolicy(
+            int(config["n_features"]), int(config["timesteps"]), int(config["hidden"]), tuple(config["input_shape"])
+        )
         return cls(load_state(module, state), float(config["beta"]))
 
     @classmethod
@@ -184,10 +192,25 @@ class Seenn2(Policy):
         sc, val = context.config.seenn2, context.val
         energy = seenn2_action_energies(val, context.profile)
         s1_correct, s2_correct = val.s1_correct_by_step(), val.s2_correct()
-        return [cls(train_seenn2(val.policy_inputs, s1_correct, s2_correct, energy, beta, input_shape=context.input_shape,
-                                 hidden=sc.hidden, pretrain_epochs=sc.pretrain_epochs, rl_epochs=sc.rl_epochs, lr=sc.lr,
-                                 seed=context.seed)[0], beta)
-                for beta in sc.betas]
+        return [
+            cls(
+                train_seenn2(
+                    val.policy_inputs,
+                    s1_correct,
+                    s2_correct,
+                    energy,
+                    beta,
+                    input_shape=context.input_shape,
+                    hidden=sc.hidden,
+                    pretrain_epochs=sc.pretrain_epochs,
+                    rl_epochs=sc.rl_epochs,
+                    lr=sc.lr,
+                    seed=context.seed,
+                )[0],
+                beta,
+            )
+            for beta in sc.betas
+        ]
 
     def decide(self, outputs: SystemOutputs) -> Decision:
         routing = self.module.route(outputs.policy_inputs, outputs.last_exit)

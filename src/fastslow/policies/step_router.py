@@ -29,8 +29,19 @@ import torch
 import torch.nn.functional as F
 
 from fastslow.policies.base import (
-    Decision, FeatureMLP, FitContext, Routing, SystemOutputs, WholeSpaceRouter, fit_biases_to_frequencies, first_true, largest_feasible, load_state,
-    register_policy, resolve_target, share_kl,
+    Decision,
+    FeatureMLP,
+    FitContext,
+    Routing,
+    SystemOutputs,
+    WholeSpaceRouter,
+    first_true,
+    fit_biases_to_frequencies,
+    largest_feasible,
+    load_state,
+    register_policy,
+    resolve_target,
+    share_kl,
 )
 from fastslow.policies.confidence import confidence_score
 
@@ -60,9 +71,12 @@ def step_router_features(logits: torch.Tensor, spike_rates: torch.Tensor, timest
     final = logits[:, -1]
     steps = final.shape[0]
     timesteps = steps if timesteps is None else timesteps
-    return torch.stack([
-        step_state_features(final[t], final[t - 1].argmax(-1) if t else None, t + 1, timesteps, spike_rates[:, t]) for t in range(steps)
-    ])
+    return torch.stack(
+        [
+            step_state_features(final[t], final[t - 1].argmax(-1) if t else None, t + 1, timesteps, spike_rates[:, t])
+            for t in range(steps)
+        ]
+    )
 
 
 def _log_choice(step_logits: torch.Tensor) -> torch.Tensor:
@@ -95,8 +109,13 @@ class StepRouter(FeatureMLP):
     Its :meth:`macs` are per step evaluated."""
 
     def __init__(
-        self, n_features: int, timesteps: int, hidden: int = 32, target_share: float = 0.05,
-        energy_budget_uj: float | None = None, target_distribution: list[float] | None = None,
+        self,
+        n_features: int,
+        timesteps: int,
+        hidden: int = 32,
+        target_share: float = 0.05,
+        energy_budget_uj: float | None = None,
+        target_distribution: list[float] | None = None,
     ) -> None:
         super().__init__(n_features, hidden, 3)
         self.timesteps, self.target_share = timesteps, target_share
@@ -164,13 +183,24 @@ def train_step_router(
     """
     steps = features.shape[0]
     target_distribution, target_share = resolve_target(
-        target_share, target_distribution, energy_budget_uj, steps + 1, f"stop at t = 1..{steps}, then System 2",
-        float(stop_energy[0].mean()), float(escalate_energy[0].mean()),
+        target_share,
+        target_distribution,
+        energy_budget_uj,
+        steps + 1,
+        f"stop at t = 1..{steps}, then System 2",
+        float(stop_energy[0].mean()),
+        float(escalate_energy[0].mean()),
     )
     torch.manual_seed(seed)
     features = features.float()
-    router = StepRouter(features.shape[-1], steps, hidden, target_share, energy_budget_uj,
-                        None if target_distribution is None else [float(v) for v in target_distribution])
+    router = StepRouter(
+        features.shape[-1],
+        steps,
+        hidden,
+        target_share,
+        energy_budget_uj,
+        None if target_distribution is None else [float(v) for v in target_distribution],
+    )
     router.fit_standardisation(features)
     full_run = stop_energy[-1].mean().clamp_min(1e-12)
     stop_cost = stop_losses + energy_weight * stop_energy / full_run
@@ -241,12 +271,23 @@ def step_router_fit_tables(outputs: SystemOutputs, profile, policy_macs_per_step
     0/1 error after t steps [T, N] and System 2's [N], and the µJ [T, N] of stopping or escalating after t."""
     features = step_router_features(outputs.s1.logits, outputs.s1.spike_rates)
     stop_energy, escalate_energy = outputs.step_outcome_energies(profile, policy_macs_per_step)
-    return {"features": features, "step_errors": (~outputs.s1_correct_by_step()).float(), "s2_errors": (~outputs.s2_correct()).float(),
-            "stop_energy": stop_energy, "escalate_energy": escalate_energy}
+    return {
+        "features": features,
+        "step_errors": (~outputs.s1_correct_by_step()).float(),
+        "s2_errors": (~outputs.s2_correct()).float(),
+        "stop_energy": stop_energy,
+        "escalate_energy": escalate_energy,
+    }
 
 
-def halting_decision(leaves: torch.Tensor, escalates: torch.Tensor, timesteps: int, policy_macs_per_step: float, last_exit: int,
-                     escalate_unsure_at_end: torch.Tensor | None = None) -> Decision:
+def halting_decision(
+    leaves: torch.Tensor,
+    escalates: torch.Tensor,
+    timesteps: int,
+    policy_macs_per_step: float,
+    last_exit: int,
+    escalate_unsure_at_end: torch.Tensor | None = None,
+) -> Decision:
     """A per-step halting policy's decision over the t ≤ T steps recorded: ``leaves`` [t, N] where it
     chose to stop or escalate, ``escalates`` [t, N] where that choice is System 2. An input leaves at
     its first such step; at T every input leaves (escalating where ``escalate_unsure_at_end`` [N])."""
@@ -257,8 +298,12 @@ def halting_decision(leaves: torch.Tensor, escalates: torch.Tensor, timesteps: i
     if at_end and escalate_unsure_at_end is not None:
         escalate = escalate | (~any_leaves & escalate_unsure_at_end)
     steps = torch.where(any_leaves, first + 1, torch.full_like(first, recorded))
-    routing = Routing(escalate=escalate, timesteps=steps, exit_taken=torch.full_like(steps, last_exit),
-                      policy_macs=steps.float() * policy_macs_per_step)
+    routing = Routing(
+        escalate=escalate,
+        timesteps=steps,
+        exit_taken=torch.full_like(steps, last_exit),
+        policy_macs=steps.float() * policy_macs_per_step,
+    )
     return Decision(any_leaves | at_end, routing)
 
 
@@ -267,12 +312,19 @@ class StepRouterPolicy(WholeSpaceRouter):
     """``router@steps,…``: after every step a learned :class:`StepRouter` stops, continues or escalates each input."""
 
     kind = "router_steps"
+    rank = 80
     space = "steps"
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> "StepRouterPolicy":
-        module = StepRouter(int(config["n_features"]), int(config["timesteps"]), int(config["hidden"]), float(config["target_share"]),
-                            config.get("energy_budget_uj"), config.get("target_distribution"))
+        module = StepRouter(
+            int(config["n_features"]),
+            int(config["timesteps"]),
+            int(config["hidden"]),
+            float(config["target_share"]),
+            config.get("energy_budget_uj"),
+            config.get("target_distribution"),
+        )
         return cls(load_state(module, state), int(config.get("index", 0)))
 
     @classmethod
@@ -281,10 +333,26 @@ class StepRouterPolicy(WholeSpaceRouter):
         n_features = step_router_features(val.s1.logits[:1], val.s1.spike_rates[:, :1]).shape[-1]
         tables = step_router_fit_tables(val, context.profile, FeatureMLP.macs_for(n_features, rc.hidden, 3))
         targets = [(share, None) for share in rc.step_shares] + [(0.0, budget) for budget in rc.step_energy_budgets_uj]
-        return [cls(train_step_router(tables["features"], tables["step_errors"], tables["s2_errors"], tables["stop_energy"],
-                                      tables["escalate_energy"], share, energy_budget_uj=budget, energy_weight=rc.step_energy_weight,
-                                      kl_weight=rc.step_kl_weight, hidden=rc.hidden, epochs=rc.step_epochs, lr=rc.lr, seed=context.seed))
-                for share, budget in targets]
+        return [
+            cls(
+                train_step_router(
+                    tables["features"],
+                    tables["step_errors"],
+                    tables["s2_errors"],
+                    tables["stop_energy"],
+                    tables["escalate_energy"],
+                    share,
+                    energy_budget_uj=budget,
+                    energy_weight=rc.step_energy_weight,
+                    kl_weight=rc.step_kl_weight,
+                    hidden=rc.hidden,
+                    epochs=rc.step_epochs,
+                    lr=rc.lr,
+                    seed=context.seed,
+                )
+            )
+            for share, budget in targets
+        ]
 
     def decide(self, outputs: SystemOutputs) -> Decision:
         recorded = outputs.steps_run
@@ -292,7 +360,10 @@ class StepRouterPolicy(WholeSpaceRouter):
             return Decision.undecided(len(outputs), outputs.policy_inputs.device)
         router = self.module
         with torch.no_grad():
-            biased = router(step_router_features(outputs.s1.logits, outputs.s1.spike_rates, outputs.timesteps)) + router.step_bias[:recorded, None]
+            biased = (
+                router(step_router_features(outputs.s1.logits, outputs.s1.spike_rates, outputs.timesteps))
+                + router.step_bias[:recorded, None]
+            )
             if recorded >= outputs.timesteps:
                 biased[-1, :, CONTINUE] = float("-inf")  # continuing past T is impossible
             choice = F.log_softmax(biased, dim=-1).argmax(-1)  # [t, N], as route's arg-max

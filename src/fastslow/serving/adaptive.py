@@ -94,7 +94,9 @@ class FastSlow:
             raise ValueError(f"{policy.name} is a reference that reads the labels, not a deployable policy")
         steps = getattr(policy.module, "timesteps", system1.spec.timesteps)
         if steps != system1.spec.timesteps:
-            raise ValueError(f"the policy decides over {steps} timesteps but System 1 runs {system1.spec.timesteps}: fit it on this System 1")
+            raise ValueError(
+                f"the policy decides over {steps} timesteps but System 1 runs {system1.spec.timesteps}: fit it on this System 1"
+            )
         exits = getattr(policy.module, "n_exits", system1.n_exits)
         if exits != system1.n_exits:
             raise ValueError(f"the policy answers from {exits} exits but System 1 has {system1.n_exits}: fit it on this System 1")
@@ -119,14 +121,21 @@ class FastSlow:
         s1, policy = self.system1, self.policy
         steps, classes = s1.spec.timesteps, s1.spec.n_classes
         counts = torch.zeros(s1.n_components, steps, 1)
-        record = S1Record.from_step_outputs(torch.zeros(steps, s1.n_exits, 1, classes), synaptic_ops=counts, dense_macs=counts,
-                                            neuron_updates=s1.neuron_counts().cpu(), spike_rates=torch.zeros(len(s1.layers), steps, 1),
-                                            exit_layers=s1.exit_layers)
+        record = S1Record.from_step_outputs(
+            torch.zeros(steps, s1.n_exits, 1, classes),
+            synaptic_ops=counts,
+            dense_macs=counts,
+            neuron_updates=s1.neuron_counts().cpu(),
+            spike_rates=torch.zeros(len(s1.layers), steps, 1),
+            exit_layers=s1.exit_layers,
+        )
         try:
             policy.route(self._outputs(record, policy_input(torch.zeros(1, *s1.spec.input_shape))))
         except (RuntimeError, IndexError) as err:
-            raise ValueError(f"{policy.name} does not read the features this System 1 gives ({str(err).splitlines()[0]}): "
-                             "fit it on this System 1") from None
+            raise ValueError(
+                f"{policy.name} does not read the features this System 1 gives ({str(err).splitlines()[0]}): "
+                "fit it on this System 1"
+            ) from None
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Answer:
@@ -144,8 +153,12 @@ class FastSlow:
 
     def _compiled_applies(self, flat: torch.Tensor) -> bool:
         policy = self.policy
-        return (type(policy) is Seenn1 and policy.measure == "max_softmax" and self.system1.spec.encoding == "direct"
-                and self.system1.compiled_mlp_applies(flat, None))
+        return (
+            type(policy) is Seenn1
+            and policy.measure == "max_softmax"
+            and self.system1.spec.encoding == "direct"
+            and self.system1.compiled_mlp_applies(flat, None)
+        )
 
     def _outputs(self, record: S1Record, inputs: torch.Tensor) -> SystemOutputs:
         return SystemOutputs(record, self.system1.spec.timesteps, inputs)
@@ -154,8 +167,9 @@ class FastSlow:
         """All T steps at once; the policy routes over the records (the evaluation's rules)."""
         s1 = self.system1
         run = self._graphed.run(x) if self._graphed is not None and x.is_cuda else s1.run(x, generator=generator)
-        record = S1Record(run.step_outputs, run.logits, run.synaptic_ops, run.dense_macs, run.neuron_updates, run.spike_rates,
-                          s1.exit_layers).to("cpu")
+        record = S1Record(
+            run.step_outputs, run.logits, run.synaptic_ops, run.dense_macs, run.neuron_updates, run.spike_rates, s1.exit_layers
+        ).to("cpu")
         routing = self.policy.route(self._outputs(record, policy_input(x).cpu()))
         return self._finish(x, record, routing)
 
@@ -190,8 +204,14 @@ class FastSlow:
             return among[~decided]
 
         if policy.decides_before_system1:
-            empty = S1Record.from_step_outputs(step_outputs[:0], synaptic_ops=synaptic[:, :0], dense_macs=dense[:, :0],
-                                               neuron_updates=neuron_updates, spike_rates=rates[:, :0], exit_layers=s1.exit_layers)
+            empty = S1Record.from_step_outputs(
+                step_outputs[:0],
+                synaptic_ops=synaptic[:, :0],
+                dense_macs=dense[:, :0],
+                neuron_updates=neuron_updates,
+                spike_rates=rates[:, :0],
+                exit_layers=s1.exit_layers,
+            )
             active = settle(policy.decide(self._outputs(empty.to("cpu"), inputs)), active)
         state, in_state = None, active  # at rest; the inputs the state's rows hold
         first = 0
@@ -203,7 +223,13 @@ class FastSlow:
                 break
             started, entering = time.perf_counter(), len(active)
             # The encoder draws for the whole batch every step, as a full run does.
-            inp = torch.stack([encode_step(flat, t, steps, s1.spec.encoding, generator)[active] for t in range(first, first + count)]) if spiking else None
+            inp = (
+                torch.stack(
+                    [encode_step(flat, t, steps, s1.spec.encoding, generator)[active] for t in range(first, first + count)]
+                )
+                if spiking
+                else None
+            )
             if state is None and len(in_state) < n and constant is not None:
                 constant = constant[in_state]
             # Once some inputs have left, only the others advance: their rows of the state, in place.
@@ -215,9 +241,14 @@ class FastSlow:
             dense[:, window, active] = record.dense_macs
             rates[:, window, active] = record.spike_rates
             first += count
-            prefix = S1Record.from_step_outputs(step_outputs[:first, :, active], synaptic_ops=synaptic[:, :first, active],
-                                                dense_macs=dense[:, :first, active], neuron_updates=neuron_updates,
-                                                spike_rates=rates[:, :first, active], exit_layers=s1.exit_layers)
+            prefix = S1Record.from_step_outputs(
+                step_outputs[:first, :, active],
+                synaptic_ops=synaptic[:, :first, active],
+                dense_macs=dense[:, :first, active],
+                neuron_updates=neuron_updates,
+                spike_rates=rates[:, :first, active],
+                exit_layers=s1.exit_layers,
+            )
             active = settle(policy.decide(self._outputs(prefix.to("cpu"), inputs[active.cpu()])), active)
             if planner is not None:  # (reading the survivors' count has waited for the device)
                 planner.record_chunk(first - count, count, entering, time.perf_counter() - started)
@@ -229,8 +260,14 @@ class FastSlow:
         if planner is not None:
             planner.record_batch(chunks, n, time.perf_counter() - batch_started)
             planner.record_stops(routing.timesteps)
-        record = S1Record.from_step_outputs(step_outputs, synaptic_ops=synaptic, dense_macs=dense, neuron_updates=neuron_updates,
-                                            spike_rates=rates, exit_layers=s1.exit_layers)
+        record = S1Record.from_step_outputs(
+            step_outputs,
+            synaptic_ops=synaptic,
+            dense_macs=dense,
+            neuron_updates=neuron_updates,
+            spike_rates=rates,
+            exit_layers=s1.exit_layers,
+        )
         return self._finish(x, record.to("cpu"), routing)
 
     def _predict_compiled(self, x: torch.Tensor, flat: torch.Tensor) -> Answer:
@@ -256,9 +293,25 @@ class FastSlow:
         threshold, margin = (math.inf, -1.0) if policy.threshold >= 1.0 else (policy.threshold, CONFIDENCE_MARGIN)
         params = s1.lif_params
         while len(rows):
-            backends.mlp_until_confident(constant, weights, states, rows, starts, steps, params.beta, params.threshold,
-                                             params.reset == "zero", threshold, policy.temperature, margin, sums, charges, answer,
-                                             stopped_at, status)
+            backends.mlp_until_confident(
+                constant,
+                weights,
+                states,
+                rows,
+                starts,
+                steps,
+                params.beta,
+                params.threshold,
+                params.reset == "zero",
+                threshold,
+                policy.temperature,
+                margin,
+                sums,
+                charges,
+                answer,
+                stopped_at,
+                status,
+            )
             close = rows[status[rows] == backends.TOO_CLOSE]
             if len(close) == 0:
                 break
@@ -268,14 +321,25 @@ class FastSlow:
             going_on = ~sure & (taken < steps)
             rows, starts = close[going_on], taken[going_on]
         escalated = (status != backends.CONFIDENT) & policy.escalate
-        routing = Routing(escalate=escalated, timesteps=stopped_at, exit_taken=torch.full_like(stopped_at, s1.n_exits - 1),
-                          policy_macs=stopped_at.to(flat.dtype) * confidence_policy_macs(classes))
+        routing = Routing(
+            escalate=escalated,
+            timesteps=stopped_at,
+            exit_taken=torch.full_like(stopped_at, s1.n_exits - 1),
+            policy_macs=stopped_at.to(flat.dtype) * confidence_policy_macs(classes),
+        )
         # Each input's charges as one step's record at its stop: the charge sums the steps up to it.
         per_step = flat.new_zeros(2 * s1.n_components, steps, n)
         per_step[:, (stopped_at - 1).clamp(min=0), torch.arange(n)] = charges.t().to(flat.dtype)
         synaptic, dense = per_step.split(s1.n_components)
-        record = S1Record(step_outputs=flat.new_zeros(0), logits=flat.new_zeros(0), synaptic_ops=synaptic, dense_macs=dense,
-                          neuron_updates=s1.neuron_counts(flat.dtype), spike_rates=flat.new_zeros(0), exit_layers=s1.exit_layers)
+        record = S1Record(
+            step_outputs=flat.new_zeros(0),
+            logits=flat.new_zeros(0),
+            synaptic_ops=synaptic,
+            dense_macs=dense,
+            neuron_updates=s1.neuron_counts(flat.dtype),
+            spike_rates=flat.new_zeros(0),
+            exit_layers=s1.exit_layers,
+        )
         return self._finish(x, record, routing, answer)
 
     def _finish(self, x: torch.Tensor, record: S1Record, routing: Routing, answer: torch.Tensor | None = None) -> Answer:
@@ -290,4 +354,6 @@ class FastSlow:
         if escalated.any():
             predictions[escalated.cpu()] = self.system2(x[escalated.to(x.device)]).argmax(1).cpu()
         charged = charge(record, routing, self.s2_macs, self.profile)
-        return Answer(predictions, escalated.cpu(), torch.where(escalated.cpu(), -1, exits), steps, charged.total_uj, charged.terms_uj)
+        return Answer(
+            predictions, escalated.cpu(), torch.where(escalated.cpu(), -1, exits), steps, charged.total_uj, charged.terms_uj
+        )

@@ -153,8 +153,10 @@ class ChunkPlanner:
         if self._proposed is None or self._proposed[0] != inputs:
             self._proposed = inputs, tuple(self._best_plan(inputs))
         proposed = self._proposed[1]
-        ranked = sorted((plan for plan, times in self._batch_times.items() if len(times) >= 3),
-                        key=lambda plan: statistics.median(self._batch_times[plan]))
+        ranked = sorted(
+            (plan for plan, times in self._batch_times.items() if len(times) >= 3),
+            key=lambda plan: statistics.median(self._batch_times[plan]),
+        )
         serving = ranked[0]
         trying = len(self._batch_times.get(proposed, ())) < 3
         if trying and self._expected(proposed, inputs) < (1.0 - _TRY_MARGIN) * self._expected(serving, inputs):

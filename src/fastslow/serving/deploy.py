@@ -46,15 +46,19 @@ class Deployment:
         for policy in self.policies:
             if policy.name == strategy:
                 if not policy.deployable:
-                    raise UnknownStrategy(f"strategy {strategy!r} is a reference that reads the labels, not deployable: "
-                                          f"use one of {', '.join(self.strategies)}")
+                    raise UnknownStrategy(
+                        f"strategy {strategy!r} is a reference that reads the labels, not deployable: "
+                        f"use one of {', '.join(self.strategies)}"
+                    )
                 return policy
         raise UnknownStrategy(f"unknown strategy {strategy!r}: use one of {', '.join(self.strategies)}")
 
     def server(self, strategy: str) -> FastSlow:
         """The :class:`FastSlow` that answers with ``strategy`` (kept, so its chunk planner learns)."""
         if strategy not in self._servers:
-            self._servers[strategy] = FastSlow(self.system1, self.system2, self.policy(strategy), s2_macs=self.s2_macs, profile=self.profile)
+            self._servers[strategy] = FastSlow(
+                self.system1, self.system2, self.policy(strategy), s2_macs=self.s2_macs, profile=self.profile
+            )
         return self._servers[strategy]
 
     @torch.no_grad()
@@ -72,5 +76,10 @@ class Deployment:
                 on_batch()
         if not parts:
             raise ValueError("no inputs to predict: pass a non-empty batch")
-        return Answer(*(torch.cat([getattr(p, name) for p in parts]) for name in ("predictions", "escalated", "exits", "timesteps", "energy_uj")),
-                      {term: torch.cat([p.energy_terms_uj[term] for p in parts]) for term in parts[0].energy_terms_uj})
+        return Answer(
+            *(
+                torch.cat([getattr(p, name) for p in parts])
+                for name in ("predictions", "escalated", "exits", "timesteps", "energy_uj")
+            ),
+            {term: torch.cat([p.energy_terms_uj[term] for p in parts]) for term in parts[0].energy_terms_uj},
+        )

@@ -68,8 +68,22 @@ def _kernel():
         return count
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-    def lif_pool(currents, v_in, from_rest, beta, threshold, reset_zero, pooled, counts, v, keep_state, fanout, fanned, state_rows,
-                 currents_by_row):  # pragma: no cover - compiled
+    def lif_pool(
+        currents,
+        v_in,
+        from_rest,
+        beta,
+        threshold,
+        reset_zero,
+        pooled,
+        counts,
+        v,
+        keep_state,
+        fanout,
+        fanned,
+        state_rows,
+        currents_by_row,
+    ):  # pragma: no cover - compiled
         steps, batch = pooled.shape[:2]
         height, width, channels = currents.shape[2:]
         constant = currents.shape[0] == 1  # one current for every step
@@ -106,7 +120,9 @@ def _kernel():
                     inputs = image_currents[first_row * row : (first_row + rows) * row]
                     count += lif_span(cells, inputs, spikes[: rows * row], beta, threshold, reset_zero)
                     if rows == 2:  # an odd last row or column is simulated but not pooled, as max_pool2d drops it
-                        out_row = image_pooled[(first_row // 2) * pooled_width * channels : (first_row // 2 + 1) * pooled_width * channels]
+                        out_row = image_pooled[
+                            (first_row // 2) * pooled_width * channels : (first_row // 2 + 1) * pooled_width * channels
+                        ]
                         for pw in range(pooled_width):
                             left = 2 * pw * channels
                             top_left, top_right = spikes[left : left + channels], spikes[left + channels : left + 2 * channels]
@@ -125,8 +141,9 @@ def _kernel():
                     fanned[t, b] += fanned_ops
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-    def lif_dense(currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state, state_rows,
-                  currents_by_row):  # pragma: no cover - compiled
+    def lif_dense(
+        currents, v_in, from_rest, beta, threshold, reset_zero, spikes, counts, v, keep_state, state_rows, currents_by_row
+    ):  # pragma: no cover - compiled
         steps, batch, neurons = spikes.shape
         constant = currents.shape[0] == 1
         in_place = state_rows.shape[0] > 0
@@ -142,8 +159,9 @@ def _kernel():
                     potentials[:] = v_in[b]
             current_row = state_row if currents_by_row else np.int64(b)
             for t in range(steps):
-                counts[t, b] += lif_span(potentials, currents[0 if constant else t, current_row], spikes[t, b], beta, threshold,
-                                         reset_zero)
+                counts[t, b] += lif_span(
+                    potentials, currents[0 if constant else t, current_row], spikes[t, b], beta, threshold, reset_zero
+                )
 
     @numba.njit(inline="always", cache=True, nogil=True)
     def list_events(row, found):  # pragma: no cover - compiled
@@ -206,8 +224,28 @@ def _kernel():
             states[layer][row][:] = potentials[offsets[layer] : offsets[layer + 1]]
 
     @numba.njit(inline="always", cache=True, nogil=True)
-    def mlp_step(layer0_current, layer0_input, fanouts, biases, heads, head_biases, exit_layers, first_exit, widths, offsets,
-                 potentials, spikes, current, found, beta, threshold, reset_zero, counts, readouts, ops):  # pragma: no cover - compiled
+    def mlp_step(
+        layer0_current,
+        layer0_input,
+        fanouts,
+        biases,
+        heads,
+        head_biases,
+        exit_layers,
+        first_exit,
+        widths,
+        offsets,
+        potentials,
+        spikes,
+        current,
+        found,
+        beta,
+        threshold,
+        reset_zero,
+        counts,
+        readouts,
+        ops,
+    ):  # pragma: no cover - compiled
         """One step of one input through every layer (layer 0 from its constant current, or else by
         summing the events of ``layer0_input``), then the readouts of the exits from ``first_exit`` on
         into ``readouts`` [E, C]: each layer's spike count into ``counts`` [L], and each component's
@@ -239,8 +277,27 @@ def _kernel():
             ops[n_layers + e] = np.float64(counts[h]) * classes
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-    def mlp(constant, inputs, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v_in, from_rest, beta,
-            threshold, reset_zero, v_out, keep_state, state_rows, outputs, records):  # pragma: no cover - compiled
+    def mlp(
+        constant,
+        inputs,
+        fanouts,
+        biases,
+        heads,
+        head_biases,
+        exit_layers,
+        widths,
+        first_dense_macs,
+        v_in,
+        from_rest,
+        beta,
+        threshold,
+        reset_zero,
+        v_out,
+        keep_state,
+        state_rows,
+        outputs,
+        records,
+    ):  # pragma: no cover - compiled
         steps, batch = records.shape[1], records.shape[2]
         n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
         components = n_layers + n_exits
@@ -261,8 +318,28 @@ def _kernel():
             load_potentials(potentials, offsets, v_in, state_row, from_rest)
             layer0_current = constant[state_row] if has_constant else no_row  # (b itself unless rows were given)
             for t in range(steps):
-                mlp_step(layer0_current, no_row if has_constant else inputs[t, b], fanouts, biases, heads, head_biases, exit_layers, 0,
-                         widths, offsets, potentials, spikes, current, found, beta, threshold, reset_zero, counts, outputs[t, :, b], ops)
+                mlp_step(
+                    layer0_current,
+                    no_row if has_constant else inputs[t, b],
+                    fanouts,
+                    biases,
+                    heads,
+                    head_biases,
+                    exit_layers,
+                    0,
+                    widths,
+                    offsets,
+                    potentials,
+                    spikes,
+                    current,
+                    found,
+                    beta,
+                    threshold,
+                    reset_zero,
+                    counts,
+                    outputs[t, :, b],
+                    ops,
+                )
                 for component in range(components):  # (float32 of a float64 product of float32s: the float32 product's bits)
                     records[component, t, b] = ops[component]
                 if has_constant:
@@ -275,9 +352,31 @@ def _kernel():
                 store_potentials(potentials, offsets, v_out, np.int64(b))
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-    def mlp_until_confident(constant, fanouts, biases, heads, head_biases, exit_layers, widths, first_dense_macs, v, state_rows,
-                            starts, steps, beta, threshold, reset_zero, confidence_threshold, temperature, margin, sums, charges,
-                            answers, stopped_at, status):  # pragma: no cover - compiled
+    def mlp_until_confident(
+        constant,
+        fanouts,
+        biases,
+        heads,
+        head_biases,
+        exit_layers,
+        widths,
+        first_dense_macs,
+        v,
+        state_rows,
+        starts,
+        steps,
+        beta,
+        threshold,
+        reset_zero,
+        confidence_threshold,
+        temperature,
+        margin,
+        sums,
+        charges,
+        answers,
+        stopped_at,
+        status,
+    ):  # pragma: no cover - compiled
         n_layers, n_exits = widths.shape[0], exit_layers.shape[0]
         components, last = n_layers + n_exits, n_exits - 1
         classes = heads[last].shape[1]
@@ -300,8 +399,28 @@ def _kernel():
             t = start
             decided = 0  # not yet
             while decided == 0:
-                mlp_step(constant[row], no_row, fanouts, biases, heads, head_biases, exit_layers, last, widths, offsets, potentials,
-                         spikes, current, found, beta, threshold, reset_zero, counts, readouts, ops)
+                mlp_step(
+                    constant[row],
+                    no_row,
+                    fanouts,
+                    biases,
+                    heads,
+                    head_biases,
+                    exit_layers,
+                    last,
+                    widths,
+                    offsets,
+                    potentials,
+                    spikes,
+                    current,
+                    found,
+                    beta,
+                    threshold,
+                    reset_zero,
+                    counts,
+                    readouts,
+                    ops,
+                )
                 t += 1
                 # What this step costs (synaptic ops, only the final exit's among the exits, and
                 # layer 0's dense MACs): whole numbers, exact in float64 in any order.
@@ -333,8 +452,14 @@ def _kernel():
             if decided == TOO_CLOSE:  # it may go on: keep its potentials
                 store_potentials(potentials, offsets, v, row)
 
-    return SimpleNamespace(numba=numba, lif_pool=lif_pool, lif_dense=lif_dense, event_linear=event_linear, mlp=mlp,
-                           mlp_until_confident=mlp_until_confident)
+    return SimpleNamespace(
+        numba=numba,
+        lif_pool=lif_pool,
+        lif_dense=lif_dense,
+        event_linear=event_linear,
+        mlp=mlp,
+        mlp_until_confident=mlp_until_confident,
+    )
 
 
 def cpu_kernels_available() -> bool:
@@ -370,14 +495,26 @@ def _rows_of(currents: torch.Tensor, v0: torch.Tensor | None, rows: torch.Tensor
 def _check_sums(name: str, buffer: torch.Tensor | None, steps: int, batch: int) -> None:
     """A [T, B] buffer the compiled loops add into: they check no bounds, so a misshapen one would be
     written past its end."""
-    if buffer is not None and (tuple(buffer.shape) != (steps, batch) or not buffer.is_contiguous() or buffer.dtype != torch.float32):
-        raise ValueError(f"{name} must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(buffer.shape)} {buffer.dtype}")
+    if buffer is not None and (
+        tuple(buffer.shape) != (steps, batch) or not buffer.is_contiguous() or buffer.dtype != torch.float32
+    ):
+        raise ValueError(
+            f"{name} must be a contiguous float32 [T, B] = {[steps, batch]}, got {list(buffer.shape)} {buffer.dtype}"
+        )
 
 
-def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
-                       keep_state: bool = True, next_fanout: torch.Tensor | None = None, next_ops: torch.Tensor | None = None,
-                       rows: torch.Tensor | None = None, counts: torch.Tensor | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def lif_pool_inference(
+    currents: torch.Tensor,
+    v0: torch.Tensor | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    keep_state: bool = True,
+    next_fanout: torch.Tensor | None = None,
+    next_ops: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
     rest), then 2×2 max-pooling of the spikes: (pooled spikes [T, B, H//2, W//2, C], spike count per
     map [T, B] (added into ``counts`` if given, contiguous float32), v after step T or None without
@@ -408,8 +545,22 @@ def lif_pool_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: fl
     # round in float32, as torch computes it.
     source = currents[:1] if currents.stride(0) == 0 else currents
     start = unused if v0 is None else v0.detach().contiguous().numpy()
-    kernel(source.detach().contiguous().numpy(), start, v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           pooled.numpy(), counts.numpy(), unused if v is None else v.numpy(), keep_state, fanout, fanned, row_index, by_row)
+    kernel(
+        source.detach().contiguous().numpy(),
+        start,
+        v0 is None,
+        np.float32(beta),
+        np.float32(threshold),
+        bool(reset_zero),
+        pooled.numpy(),
+        counts.numpy(),
+        unused if v is None else v.numpy(),
+        keep_state,
+        fanout,
+        fanned,
+        row_index,
+        by_row,
+    )
     if rows is not None:
         return pooled, counts, v0
     return pooled, counts, v
@@ -428,9 +579,16 @@ def _threads(numba) -> None:
         _threads_set.count = wanted
 
 
-def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool,
-                  keep_state: bool = True, counts: torch.Tensor | None = None, rows: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def lif_inference(
+    currents: torch.Tensor,
+    v0: torch.Tensor | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    keep_state: bool = True,
+    counts: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LIF over ``currents`` [T, B, N] (a constant current may come expanded over T, stride 0)
     from ``v0`` [B, N] (None: at rest): (spikes [T, B, N], v after step T or None without
     ``keep_state``); each row's spike count per step is added into ``counts`` [T, B] (contiguous
@@ -452,15 +610,31 @@ def lif_inference(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, 
     _threads(numba)
     source = currents[:1] if currents.stride(0) == 0 else currents
     start = unused if v0 is None else v0.detach().contiguous().numpy()
-    kernel(source.detach().contiguous().numpy(), start, v0 is None, np.float32(beta), np.float32(threshold), bool(reset_zero),
-           spikes.numpy(), counts.numpy(), unused if v is None else v.numpy(), keep_state, row_index, by_row)
+    kernel(
+        source.detach().contiguous().numpy(),
+        start,
+        v0 is None,
+        np.float32(beta),
+        np.float32(threshold),
+        bool(reset_zero),
+        spikes.numpy(),
+        counts.numpy(),
+        unused if v is None else v.numpy(),
+        keep_state,
+        row_index,
+        by_row,
+    )
     if rows is not None:
         return spikes, v0
     return spikes, v
 
 
-def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias: torch.Tensor | None, max_events: int,
-                           ) -> tuple[torch.Tensor, np.ndarray]:
+def event_linear_inference(
+    inputs: torch.Tensor,
+    fanout_rows: torch.Tensor,
+    bias: torch.Tensor | None,
+    max_events: int,
+) -> tuple[torch.Tensor, np.ndarray]:
     """x·W + b for ``inputs`` [R, in] (contiguous float32) summed over each row's events (non-zeros),
     for the rows with at most ``max_events`` of them: (out [R, out], dense [R], a numpy bool array: the
     caller only looks for its True rows, cheaper there than in torch). The rows marked dense are left
@@ -470,8 +644,14 @@ def event_linear_inference(inputs: torch.Tensor, fanout_rows: torch.Tensor, bias
     out = inputs.new_empty(inputs.shape[0], fanout_rows.shape[1])
     dense = np.empty(inputs.shape[0], np.bool_)
     _threads(numba)
-    kernel(inputs.detach().numpy(), fanout_rows.numpy(), _NO_BIAS if bias is None else bias.detach().numpy(),
-           int(max_events), out.numpy(), dense)
+    kernel(
+        inputs.detach().numpy(),
+        fanout_rows.numpy(),
+        _NO_BIAS if bias is None else bias.detach().numpy(),
+        int(max_events),
+        out.numpy(),
+        dense,
+    )
     return out, dense
 
 
@@ -489,20 +669,37 @@ class MLPWeights(NamedTuple):
     key: tuple  # the weights' versions and addresses it was built from
 
 
-def mlp_weights(layers: list[torch.nn.Linear], heads: list[torch.nn.Linear], exit_layers: tuple[int, ...], key: tuple) -> MLPWeights:
+def mlp_weights(
+    layers: list[torch.nn.Linear], heads: list[torch.nn.Linear], exit_layers: tuple[int, ...], key: tuple
+) -> MLPWeights:
     """:class:`MLPWeights` for these layers and exit heads (float32, on the CPU)."""
     numpy = lambda tensor: tensor.detach().contiguous().numpy()  # noqa: E731
     transposed = lambda layer: numpy(layer.weight.detach().t())  # noqa: E731
     bias = lambda layer: _NO_BIAS if layer.bias is None else numpy(layer.bias)  # noqa: E731
-    return MLPWeights(tuple(transposed(layer) for layer in layers), tuple(bias(layer) for layer in layers),
-                      tuple(transposed(head) for head in heads), tuple(bias(head) for head in heads),
-                      np.array(exit_layers, np.int64), np.array([layer.out_features for layer in layers], np.int64),
-                      np.float32(layers[0].in_features * layers[0].out_features), key)
+    return MLPWeights(
+        tuple(transposed(layer) for layer in layers),
+        tuple(bias(layer) for layer in layers),
+        tuple(transposed(head) for head in heads),
+        tuple(bias(head) for head in heads),
+        np.array(exit_layers, np.int64),
+        np.array([layer.out_features for layer in layers], np.int64),
+        np.float32(layers[0].in_features * layers[0].out_features),
+        key,
+    )
 
 
-def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, weights: MLPWeights, states: tuple[torch.Tensor, ...] | None,
-                  beta: float, threshold: float, reset_zero: bool, records: torch.Tensor, keep_state: bool = True,
-                  rows: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+def mlp_inference(
+    constant: torch.Tensor | None,
+    inputs: torch.Tensor | None,
+    weights: MLPWeights,
+    states: tuple[torch.Tensor, ...] | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    records: torch.Tensor,
+    keep_state: bool = True,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """A spiking MLP (linear layers → LIF, membrane readouts) over T steps in one compiled call, one
     input per thread at a time, every layer's potentials and spikes in cache: per step, each layer's
     current is summed over its input's events (:func:`event_linear_inference`'s arithmetic, for rows
@@ -523,10 +720,18 @@ def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, we
     if rows is not None and (states is None or constant is not None and constant.shape[0] != states[0].shape[0]):
         raise ValueError("advancing rows in place needs the state, and a constant current for every row of it")
     # The compiled loop checks no bounds: misshapen buffers or rows outside the state would be read or written past their end.
-    if states is not None and any(tuple(v.shape) != (state_rows, int(width)) or not v.is_contiguous() for v, width in zip(states, weights.widths)):
+    if states is not None and any(
+        tuple(v.shape) != (state_rows, int(width)) or not v.is_contiguous() for v, width in zip(states, weights.widths)
+    ):
         raise ValueError(f"the state must be each layer's contiguous [B, H] for {state_rows} inputs")
-    if tuple(records.shape) != (2 * (n_layers + n_exits) + n_layers, steps, batch) or not records.is_contiguous() or records.dtype != torch.float32:
-        raise ValueError(f"records must be a contiguous float32 [2K + L, T, B] = {[2 * (n_layers + n_exits) + n_layers, steps, batch]}")
+    if (
+        tuple(records.shape) != (2 * (n_layers + n_exits) + n_layers, steps, batch)
+        or not records.is_contiguous()
+        or records.dtype != torch.float32
+    ):
+        raise ValueError(
+            f"records must be a contiguous float32 [2K + L, T, B] = {[2 * (n_layers + n_exits) + n_layers, steps, batch]}"
+        )
     row_index = _NO_ROWS
     if rows is not None:
         lowest, highest = (int(bound) for bound in torch.aminmax(rows))
@@ -539,20 +744,49 @@ def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, we
     unused = _UNUSED[2]
     no_states = (unused,) * n_layers
     _threads(kernels.numba)
-    kernels.mlp(_NO_CONSTANT if constant is None else constant.detach().contiguous().numpy(),
-                _NO_INPUTS if inputs is None else inputs.detach().contiguous().numpy(),
-                weights.fanouts, weights.biases, weights.heads, weights.head_biases, weights.exit_layers, weights.widths,
-                weights.first_dense_macs, no_states if states is None else tuple(v.numpy() for v in states), states is None,
-                np.float32(beta), np.float32(threshold), bool(reset_zero),
-                no_states if new_states is None else tuple(v.numpy() for v in new_states), keep_state, row_index,
-                outputs.numpy(), records.numpy())
+    kernels.mlp(
+        _NO_CONSTANT if constant is None else constant.detach().contiguous().numpy(),
+        _NO_INPUTS if inputs is None else inputs.detach().contiguous().numpy(),
+        weights.fanouts,
+        weights.biases,
+        weights.heads,
+        weights.head_biases,
+        weights.exit_layers,
+        weights.widths,
+        weights.first_dense_macs,
+        no_states if states is None else tuple(v.numpy() for v in states),
+        states is None,
+        np.float32(beta),
+        np.float32(threshold),
+        bool(reset_zero),
+        no_states if new_states is None else tuple(v.numpy() for v in new_states),
+        keep_state,
+        row_index,
+        outputs.numpy(),
+        records.numpy(),
+    )
     return outputs, states if rows is not None else new_states
 
 
-def mlp_until_confident(constant: torch.Tensor, weights: MLPWeights, states: tuple[torch.Tensor, ...], rows: torch.Tensor,
-                        starts: torch.Tensor, steps: int, beta: float, threshold: float, reset_zero: bool, confidence_threshold: float,
-                        temperature: float, margin: float, sums: torch.Tensor, charges: torch.Tensor, answers: torch.Tensor,
-                        stopped_at: torch.Tensor, status: torch.Tensor) -> None:
+def mlp_until_confident(
+    constant: torch.Tensor,
+    weights: MLPWeights,
+    states: tuple[torch.Tensor, ...],
+    rows: torch.Tensor,
+    starts: torch.Tensor,
+    steps: int,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    confidence_threshold: float,
+    temperature: float,
+    margin: float,
+    sums: torch.Tensor,
+    charges: torch.Tensor,
+    answers: torch.Tensor,
+    stopped_at: torch.Tensor,
+    status: torch.Tensor,
+) -> None:
     """SEENN-I over a spiking MLP (:func:`mlp_inference`'s arithmetic, direct encoding), each input
     stepped until its confidence max softmax(S_t / τ) exceeds ``confidence_threshold`` or it reaches
     ``steps``: the inputs leave one by one, with no chunks and no call per step.
@@ -569,20 +803,46 @@ def mlp_until_confident(constant: torch.Tensor, weights: MLPWeights, states: tup
     kernels = _kernel()
     count, classes = len(weights.widths), weights.heads[-1].shape[1]
     n = constant.shape[0]
-    for name, tensor, shape, dtype in (("sums", sums, (n, classes), torch.float64), ("answers", answers, (n, classes), torch.float32),
-                                       ("charges", charges, (n, 2 * (count + len(weights.heads))), torch.float64),
-                                       ("stopped_at", stopped_at, (n,), torch.int64), ("status", status, (n,), torch.int8),
-                                       ("constant", constant, (n, int(weights.widths[0])), torch.float32)):
+    for name, tensor, shape, dtype in (
+        ("sums", sums, (n, classes), torch.float64),
+        ("answers", answers, (n, classes), torch.float32),
+        ("charges", charges, (n, 2 * (count + len(weights.heads))), torch.float64),
+        ("stopped_at", stopped_at, (n,), torch.int64),
+        ("status", status, (n,), torch.int8),
+        ("constant", constant, (n, int(weights.widths[0])), torch.float32),
+    ):
         # The compiled loop checks no bounds: a misshapen buffer would be written past its end.
         if tuple(tensor.shape) != shape or tensor.dtype != dtype or not tensor.is_contiguous():
             raise ValueError(f"{name} must be a contiguous {dtype} {list(shape)}, got {tensor.dtype} {list(tensor.shape)}")
-    if len(states) != count or any(tuple(v.shape) != (n, int(width)) or not v.is_contiguous() for v, width in zip(states, weights.widths)):
+    if len(states) != count or any(
+        tuple(v.shape) != (n, int(width)) or not v.is_contiguous() for v, width in zip(states, weights.widths)
+    ):
         raise ValueError(f"the states must be each layer's contiguous [B, H] for {n} inputs")
     if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n or int(starts.min()) < 0 or int(starts.max()) >= steps):
         raise ValueError(f"rows must be positions among {n} inputs and starts steps before {steps}")
     _threads(kernels.numba)
-    kernels.mlp_until_confident(constant.detach().contiguous().numpy(), weights.fanouts, weights.biases, weights.heads, weights.head_biases,
-                                weights.exit_layers, weights.widths, np.float64(weights.first_dense_macs), tuple(v.numpy() for v in states),
-                                rows.to(torch.int64).contiguous().numpy(), starts.to(torch.int64).contiguous().numpy(), int(steps),
-                                np.float32(beta), np.float32(threshold), bool(reset_zero), float(confidence_threshold), float(temperature),
-                                float(margin), sums.numpy(), charges.numpy(), answers.numpy(), stopped_at.numpy(), status.numpy())
+    kernels.mlp_until_confident(
+        constant.detach().contiguous().numpy(),
+        weights.fanouts,
+        weights.biases,
+        weights.heads,
+        weights.head_biases,
+        weights.exit_layers,
+        weights.widths,
+        np.float64(weights.first_dense_macs),
+        tuple(v.numpy() for v in states),
+        rows.to(torch.int64).contiguous().numpy(),
+        starts.to(torch.int64).contiguous().numpy(),
+        int(steps),
+        np.float32(beta),
+        np.float32(threshold),
+        bool(reset_zero),
+        float(confidence_threshold),
+        float(temperature),
+        float(margin),
+        sums.numpy(),
+        charges.numpy(),
+        answers.numpy(),
+        stopped_at.numpy(),
+        status.numpy(),
+    )

@@ -67,9 +67,26 @@ if triton is not None:
         return grad_u, grad_u * beta
 
     @triton.jit
-    def _lif_forward_kernel(currents, current_stride, v0, spikes, potentials, v_last, counts, neurons, per_input, batch, beta, threshold,
-                            STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr, HAS_V0: tl.constexpr,
-                            COUNT: tl.constexpr, BLOCK: tl.constexpr):
+    def _lif_forward_kernel(
+        currents,
+        current_stride,
+        v0,
+        spikes,
+        potentials,
+        v_last,
+        counts,
+        neurons,
+        per_input,
+        batch,
+        beta,
+        threshold,
+        STEPS: tl.constexpr,
+        RESET_ZERO: tl.constexpr,
+        RECORD: tl.constexpr,
+        HAS_V0: tl.constexpr,
+        COUNT: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         # Program (j, b): neurons j·BLOCK … of input b, so that a program's spikes belong to one input (its count).
         within = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = within < per_input
@@ -94,9 +111,23 @@ if triton is not None:
         tl.store(v_last + offsets, v, mask=mask)
 
     @triton.jit
-    def _lif_backward_kernel(potentials, grad_spikes, grad_v_last, grad_u, grad_v0, neurons, beta, threshold, slope, STEPS: tl.constexpr,
-                             HAS_GRAD_V_LAST: tl.constexpr, FIRST_WITH_GRAD_V: tl.constexpr, RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr,
-                             BLOCK: tl.constexpr):
+    def _lif_backward_kernel(
+        potentials,
+        grad_spikes,
+        grad_v_last,
+        grad_u,
+        grad_v0,
+        neurons,
+        beta,
+        threshold,
+        slope,
+        STEPS: tl.constexpr,
+        HAS_GRAD_V_LAST: tl.constexpr,
+        FIRST_WITH_GRAD_V: tl.constexpr,
+        RESET_ZERO: tl.constexpr,
+        ARCTAN: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < neurons
         if HAS_GRAD_V_LAST:
@@ -108,7 +139,9 @@ if triton is not None:
         for reverse in range(STEPS):
             u = tl.load(u_at, mask=mask, other=0.0)
             grad_spike = tl.load(grad_spike_at, mask=mask, other=0.0)
-            grad, grad_v = _retreat(u, grad_spike, grad_v, beta, threshold, slope, reverse >= FIRST_WITH_GRAD_V, RESET_ZERO, ARCTAN)
+            grad, grad_v = _retreat(
+                u, grad_spike, grad_v, beta, threshold, slope, reverse >= FIRST_WITH_GRAD_V, RESET_ZERO, ARCTAN
+            )
             tl.store(grad_u_at, grad, mask=mask)  # may overwrite u_at: this program alone reads it
             u_at -= neurons
             grad_spike_at -= neurons
@@ -134,13 +167,43 @@ if triton is not None:
         whole = has_right & has_below
         position = row * (width // 2) + col
         pooled_at = (image * (height // 2) * (width // 2) + position) * channels + channel
-        return (top_left, top_left + channels, top_left + width * channels, top_left + (width + 1) * channels,
-                inside, has_right, has_below, whole, pooled_at, position)
+        return (
+            top_left,
+            top_left + channels,
+            top_left + width * channels,
+            top_left + (width + 1) * channels,
+            inside,
+            has_right,
+            has_below,
+            whole,
+            pooled_at,
+            position,
+        )
 
     @triton.jit
-    def _lif_pool_forward_kernel(currents, current_stride, v0, pooled, counts, potentials, v_last, fanout, fanned, height, width,
-                                 channels, batch, beta, threshold, STEPS: tl.constexpr, RESET_ZERO: tl.constexpr, RECORD: tl.constexpr,
-                                 HAS_V0: tl.constexpr, FAN: tl.constexpr, BLOCK: tl.constexpr):
+    def _lif_pool_forward_kernel(
+        currents,
+        current_stride,
+        v0,
+        pooled,
+        counts,
+        potentials,
+        v_last,
+        fanout,
+        fanned,
+        height,
+        width,
+        channels,
+        batch,
+        beta,
+        threshold,
+        STEPS: tl.constexpr,
+        RESET_ZERO: tl.constexpr,
+        RECORD: tl.constexpr,
+        HAS_V0: tl.constexpr,
+        FAN: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         at00, at01, at10, at11, in00, in01, in10, whole, pooled_at, position = _windows(height, width, channels, BLOCK)
         neurons = batch * height * width * channels
         pooled_step = batch * (height // 2) * (width // 2) * channels
@@ -184,10 +247,26 @@ if triton is not None:
         tl.store(v_last + at11, v11, mask=whole)
 
     @triton.jit
-    def _lif_pool_backward_kernel(potentials, grad_pooled, grad_v_last, grad_u, grad_v0, height, width, channels, batch,
-                                  beta, threshold, slope, STEPS: tl.constexpr, HAS_GRAD_V_LAST: tl.constexpr,
-                                  FIRST_WITH_GRAD_V: tl.constexpr, RESET_ZERO: tl.constexpr, ARCTAN: tl.constexpr,
-                                  BLOCK: tl.constexpr):
+    def _lif_pool_backward_kernel(
+        potentials,
+        grad_pooled,
+        grad_v_last,
+        grad_u,
+        grad_v0,
+        height,
+        width,
+        channels,
+        batch,
+        beta,
+        threshold,
+        slope,
+        STEPS: tl.constexpr,
+        HAS_GRAD_V_LAST: tl.constexpr,
+        FIRST_WITH_GRAD_V: tl.constexpr,
+        RESET_ZERO: tl.constexpr,
+        ARCTAN: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         at00, at01, at10, at11, in00, in01, in10, whole, pooled_at, position = _windows(height, width, channels, BLOCK)
         neurons = batch * height * width * channels
         pooled_step = batch * (height // 2) * (width // 2) * channels
@@ -263,12 +342,23 @@ def _backward_flags(grad_v_last: torch.Tensor | None, reset_zero: bool, surrogat
     if surrogate not in _SURROGATE_CODES:
         raise ValueError(f"unknown surrogate {surrogate!r}: use one of {sorted(_SURROGATE_CODES)}")
     has_grad_v_last = grad_v_last is not None
-    return {"HAS_GRAD_V_LAST": has_grad_v_last, "FIRST_WITH_GRAD_V": 0 if has_grad_v_last else 1, "RESET_ZERO": reset_zero,
-            "ARCTAN": _SURROGATE_CODES[surrogate] == 1}
+    return {
+        "HAS_GRAD_V_LAST": has_grad_v_last,
+        "FIRST_WITH_GRAD_V": 0 if has_grad_v_last else 1,
+        "RESET_ZERO": reset_zero,
+        "ARCTAN": _SURROGATE_CODES[surrogate] == 1,
+    }
 
 
-def lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool, record: bool,
-                counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def lif_forward(
+    currents: torch.Tensor,
+    v0: torch.Tensor | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    record: bool,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over ``currents`` [T, B, ...] from ``v0`` [B, ...] (None: at rest): (spikes [T, B, ...],
     v after step T, and the pre-reset potentials [T, B, ...] if ``record``). ``counts`` [T, B]
     (contiguous float32): each input's spike count per step is added into it."""
@@ -287,14 +377,39 @@ def lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, th
     if neurons:
         per_input = neurons // batch
         _lif_forward_kernel[(triton.cdiv(per_input, _BLOCK), batch)](
-            currents, stride, v_last if v0 is None else v0.contiguous(), spikes, potentials, v_last,
-            spikes if counts is None else counts, neurons, per_input, batch, float(beta), float(threshold), STEPS=steps,
-            RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None, COUNT=counts is not None, BLOCK=_BLOCK, **_launch_options())
+            currents,
+            stride,
+            v_last if v0 is None else v0.contiguous(),
+            spikes,
+            potentials,
+            v_last,
+            spikes if counts is None else counts,
+            neurons,
+            per_input,
+            batch,
+            float(beta),
+            float(threshold),
+            STEPS=steps,
+            RESET_ZERO=reset_zero,
+            RECORD=record,
+            HAS_V0=v0 is not None,
+            COUNT=counts is not None,
+            BLOCK=_BLOCK,
+            **_launch_options(),
+        )
     return spikes, v_last, potentials if record else None
 
 
-def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None, beta: float,
-                 threshold: float, reset_zero: bool, surrogate: str, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+def lif_backward(
+    potentials: torch.Tensor,
+    grad_spikes: torch.Tensor,
+    grad_v_last: torch.Tensor | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    surrogate: str,
+    slope: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. the currents [T, ...] (written over ``potentials``) and w.r.t. v0."""
     steps = potentials.shape[0]
     neurons = potentials[0].numel()
@@ -303,9 +418,20 @@ def lif_backward(potentials: torch.Tensor, grad_spikes: torch.Tensor, grad_v_las
     grad_v0 = torch.empty_like(potentials[0])
     if neurons:
         _lif_backward_kernel[(triton.cdiv(neurons, _BLOCK),)](
-            potentials, grad_spikes, grad_v0 if grad_v_last is None else grad_v_last, potentials, grad_v0, neurons,
-            float(beta), float(threshold), float(slope), STEPS=steps, **_backward_flags(grad_v_last, reset_zero, surrogate),
-            BLOCK=_BLOCK, **_launch_options())
+            potentials,
+            grad_spikes,
+            grad_v0 if grad_v_last is None else grad_v_last,
+            potentials,
+            grad_v0,
+            neurons,
+            float(beta),
+            float(threshold),
+            float(slope),
+            STEPS=steps,
+            **_backward_flags(grad_v_last, reset_zero, surrogate),
+            BLOCK=_BLOCK,
+            **_launch_options(),
+        )
     return potentials, grad_v0
 
 
@@ -314,9 +440,16 @@ def _pool_grid(shape: torch.Size) -> tuple[int, int]:
     return batch, triton.cdiv(((height + 1) // 2) * ((width + 1) // 2) * channels, _POOL_BLOCK)
 
 
-def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: float, threshold: float, reset_zero: bool, record: bool,
-                     counts: torch.Tensor | None = None, next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def lif_pool_forward(
+    currents: torch.Tensor,
+    v0: torch.Tensor | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    record: bool,
+    counts: torch.Tensor | None = None,
+    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The LIF over channels-last ``currents`` [T, B, H, W, C] from ``v0`` [B, H, W, C] (None: at
     rest), then 2×2 max-pooling: (pooled spikes [T, B, H//2, W//2, C], spike count per map [T, B]
     (added into ``counts`` if given), v after step T, and the pre-reset potentials [T, B, H, W, C] if
@@ -331,15 +464,42 @@ def lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, beta: floa
     fanout, fanned = (counts, counts) if next_synaptic_ops is None else next_synaptic_ops  # unread without FAN
     if v_last.numel():
         _lif_pool_forward_kernel[_pool_grid(v_last.shape)](
-            currents, stride, v_last if v0 is None else v0.contiguous(), pooled, counts, potentials, v_last,
-            fanout.to(currents.dtype).contiguous(), fanned, height, width, channels, batch, float(beta), float(threshold), STEPS=steps,
-            RESET_ZERO=reset_zero, RECORD=record, HAS_V0=v0 is not None, FAN=next_synaptic_ops is not None, BLOCK=_POOL_BLOCK,
-            **_launch_options())
+            currents,
+            stride,
+            v_last if v0 is None else v0.contiguous(),
+            pooled,
+            counts,
+            potentials,
+            v_last,
+            fanout.to(currents.dtype).contiguous(),
+            fanned,
+            height,
+            width,
+            channels,
+            batch,
+            float(beta),
+            float(threshold),
+            STEPS=steps,
+            RESET_ZERO=reset_zero,
+            RECORD=record,
+            HAS_V0=v0 is not None,
+            FAN=next_synaptic_ops is not None,
+            BLOCK=_POOL_BLOCK,
+            **_launch_options(),
+        )
     return pooled, counts, v_last, potentials if record else None
 
 
-def lif_pool_backward(potentials: torch.Tensor, grad_pooled: torch.Tensor, grad_v_last: torch.Tensor | None, beta: float,
-                      threshold: float, reset_zero: bool, surrogate: str, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+def lif_pool_backward(
+    potentials: torch.Tensor,
+    grad_pooled: torch.Tensor,
+    grad_v_last: torch.Tensor | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    surrogate: str,
+    slope: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. the currents [T, B, H, W, C] (written over ``potentials``) and w.r.t. v0,
     the pooled spikes' gradient routed as ``max_pool2d`` routes it."""
     steps, batch, height, width, channels = potentials.shape
@@ -348,8 +508,21 @@ def lif_pool_backward(potentials: torch.Tensor, grad_pooled: torch.Tensor, grad_
     grad_v0 = torch.empty_like(potentials[0])
     if grad_v0.numel():
         _lif_pool_backward_kernel[_pool_grid(grad_v0.shape)](
-            potentials, grad_pooled, grad_v0 if grad_v_last is None else grad_v_last, potentials, grad_v0, height, width, channels,
-            batch, float(beta), float(threshold), float(slope), STEPS=steps, **_backward_flags(grad_v_last, reset_zero, surrogate),
-            BLOCK=_POOL_BLOCK, **_launch_options())
+            potentials,
+            grad_pooled,
+            grad_v0 if grad_v_last is None else grad_v_last,
+            potentials,
+            grad_v0,
+            height,
+            width,
+            channels,
+            batch,
+            float(beta),
+            float(threshold),
+            float(slope),
+            STEPS=steps,
+            **_backward_flags(grad_v_last, reset_zero, surrogate),
+            BLOCK=_POOL_BLOCK,
+            **_launch_options(),
+        )
     return potentials, grad_v0
-

@@ -62,7 +62,9 @@ def check_backend_choice(choice: str) -> None:
         raise ValueError(f"unknown backend {choice!r}: use one of {', '.join(map(repr, BACKEND_CHOICES))}")
 
 
-def unavailable_reason(backend: Backend, device: torch.device | str, dtype: torch.dtype, requires_grad: bool, numel: int = 0) -> str | None:
+def unavailable_reason(
+    backend: Backend, device: torch.device | str, dtype: torch.dtype, requires_grad: bool, numel: int = 0
+) -> str | None:
     """Why ``backend`` cannot run a call on ``device`` with tensors of ``dtype`` (``numel`` elements;
     ``requires_grad``: a gradient is needed), or None if it can."""
     device = torch.device(device)
@@ -92,14 +94,16 @@ def unavailable_reason(backend: Backend, device: torch.device | str, dtype: torc
     raise ValueError(f"'auto' is a choice, not a backend: use one of {BACKENDS}")
 
 
-def available_backends(device: torch.device | str, dtype: torch.dtype = torch.float32, requires_grad: bool = False,
-                       numel: int = 0) -> list[Backend]:
+def available_backends(
+    device: torch.device | str, dtype: torch.dtype = torch.float32, requires_grad: bool = False, numel: int = 0
+) -> list[Backend]:
     """The backends that can run such a call (see :func:`unavailable_reason`), "torch" always among them."""
     return [name for name in BACKENDS if unavailable_reason(name, device, dtype, requires_grad, numel) is None]
 
 
-def select_backend(device: torch.device | str, dtype: torch.dtype, requires_grad: bool, override: BackendChoice = "auto",
-                   numel: int = 0) -> Backend:
+def select_backend(
+    device: torch.device | str, dtype: torch.dtype, requires_grad: bool, override: BackendChoice = "auto", numel: int = 0
+) -> Backend:
     """The backend that runs a LIF call on ``device`` with ``dtype`` tensors of ``numel`` elements
     (``requires_grad``: a gradient is needed): ``override`` itself, or for "auto" the module's rule
     (triton for CUDA float32, numba for CPU float32 inference, where installed; torch otherwise).
@@ -115,12 +119,15 @@ def select_backend(device: torch.device | str, dtype: torch.dtype, requires_grad
     reason = unavailable_reason(override, device, dtype, requires_grad, numel)
     if reason is not None:
         usable = available_backends(device, dtype, requires_grad, numel)
-        raise ValueError(f"backend {override!r} cannot run this call: {reason}. Available here: "
-                         f"{', '.join(map(repr, usable))} (or 'auto', which picks among them)")
+        raise ValueError(
+            f"backend {override!r} cannot run this call: {reason}. Available here: "
+            f"{', '.join(map(repr, usable))} (or 'auto', which picks among them)"
+        )
     return override
 
 
 # -- System 1's entry points: a layer's LIF over all steps, with its accounting buffers --------------
+
 
 def _check_count_buffer(name: str, buffer: torch.Tensor | None, currents: torch.Tensor, batch: int) -> None:
     """A buffer that per-step, per-input sums are added into: contiguous [T, B], no gradient, and float32
@@ -128,9 +135,16 @@ def _check_count_buffer(name: str, buffer: torch.Tensor | None, currents: torch.
     if buffer is None:
         return
     dtype = torch.promote_types(currents.dtype, torch.float32)
-    if tuple(buffer.shape) != (currents.shape[0], batch) or not buffer.is_contiguous() or buffer.dtype != dtype or buffer.requires_grad:
-        raise ValueError(f"{name} must be a contiguous {dtype} [T, B] = {[currents.shape[0], batch]} without gradient, "
-                         f"got {list(buffer.shape)} {buffer.dtype}")
+    if (
+        tuple(buffer.shape) != (currents.shape[0], batch)
+        or not buffer.is_contiguous()
+        or buffer.dtype != dtype
+        or buffer.requires_grad
+    ):
+        raise ValueError(
+            f"{name} must be a contiguous {dtype} [T, B] = {[currents.shape[0], batch]} without gradient, "
+            f"got {list(buffer.shape)} {buffer.dtype}"
+        )
 
 
 def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.Tensor | None) -> int:
@@ -143,7 +157,9 @@ def _advanced_rows(currents: torch.Tensor, state: LIFState | None, rows: torch.T
     if state is None or state.v.requires_grad or torch.is_grad_enabled() and currents.requires_grad:
         raise ValueError("rows advance a given state in place, in inference only (a state without gradient)")
     if rows.dtype not in (torch.int64, torch.int32) or rows.dim() != 1 or len(rows) == 0:
-        raise ValueError(f"rows must be a non-empty 1-D tensor of distinct integer positions, got {rows.dtype} {list(rows.shape)}")
+        raise ValueError(
+            f"rows must be a non-empty 1-D tensor of distinct integer positions, got {rows.dtype} {list(rows.shape)}"
+        )
     # The compiled kernels check no bounds: a row outside the state would be written past its end.
     lowest, highest = torch.aminmax(rows)
     if int(lowest) < 0 or int(highest) >= state.v.shape[0]:
@@ -187,8 +203,14 @@ def _per_input(currents: torch.Tensor) -> torch.Tensor:
 
 
 def fused_lif_multistep(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, backend: BackendChoice = "auto",
-    final_state: bool = True, counts: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+    currents: torch.Tensor,
+    state: LIFState | None,
+    params: LIFParams,
+    *,
+    backend: BackendChoice = "auto",
+    final_state: bool = True,
+    counts: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LIFState | None]:
     """:func:`fastslow.spiking.lif.lif_multistep` on ``backend`` (see :func:`select_backend`), with
     System 1's accounting: the same spikes and state (bit for bit on every backend).
@@ -212,21 +234,32 @@ def fused_lif_multistep(
         if rows is not None and not v0.is_contiguous():
             raise ValueError("advancing rows in place needs the state, contiguous")
         flat_v0 = None if v0 is None else v0.view(v0.shape[0], -1) if rows is not None else v0.reshape(v0.shape[0], -1)
-        spikes, v = _cpu_kernels.lif_inference(_per_input(currents), flat_v0, params.beta, params.threshold, params.reset == "zero",
-                                               keep_state=final_state, counts=counts, rows=rows)
+        spikes, v = _cpu_kernels.lif_inference(
+            _per_input(currents),
+            flat_v0,
+            params.beta,
+            params.threshold,
+            params.reset == "zero",
+            keep_state=final_state,
+            counts=counts,
+            rows=rows,
+        )
         spikes = spikes.view(currents.shape[0], batch, *currents.shape[2:])
         if rows is not None:
             return spikes, state
         return spikes, None if v is None else LIFState(v=v.view(batch, *currents.shape[2:]))
     if rows is not None:
-        spikes, advanced = fused_lif_multistep(_gathered(currents, rows), LIFState(v0[rows]), params, backend=chosen, counts=counts)
+        spikes, advanced = fused_lif_multistep(
+            _gathered(currents, rows), LIFState(v0[rows]), params, backend=chosen, counts=counts
+        )
         v0.index_copy_(0, rows, advanced.v)
         return spikes, state
     if needs_grad:
         spikes, v = _FusedLIF.apply(currents, v0, params, counts, chosen == "triton")
     elif chosen == "triton":
-        spikes, v, _ = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold, params.reset == "zero", record=False,
-                                                 counts=counts)
+        spikes, v, _ = _cuda_kernels.lif_forward(
+            currents, v0, params.beta, params.threshold, params.reset == "zero", record=False, counts=counts
+        )
     else:
         spikes, v = _lif_forward(currents, v0, params, None)
         _add_counts(spikes, counts)
@@ -234,8 +267,14 @@ def fused_lif_multistep(
 
 
 def fused_lif_multistep_pooled(
-    currents: torch.Tensor, state: LIFState | None, params: LIFParams, *, backend: BackendChoice = "auto",
-    final_state: bool = True, counts: torch.Tensor | None = None, next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
+    currents: torch.Tensor,
+    state: LIFState | None,
+    params: LIFParams,
+    *,
+    backend: BackendChoice = "auto",
+    final_state: bool = True,
+    counts: torch.Tensor | None = None,
+    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None = None,
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LIFState | None]:
     """:func:`fused_lif_multistep` over channels-last maps ``currents`` [T, B, H, W, C], then 2×2
@@ -264,28 +303,53 @@ def fused_lif_multistep_pooled(
     positions = (currents.shape[2] // 2) * (currents.shape[3] // 2)
     if next_synaptic_ops is not None and tuple(next_synaptic_ops[0].shape) != (positions,):
         # the compiled kernels read it unchecked, one entry per pooled position
-        raise ValueError(f"next_synaptic_ops' fan-out must hold one entry per pooled position, [{positions}], "
-                         f"got {list(next_synaptic_ops[0].shape)}")
+        raise ValueError(
+            f"next_synaptic_ops' fan-out must hold one entry per pooled position, [{positions}], "
+            f"got {list(next_synaptic_ops[0].shape)}"
+        )
     v0 = None if state is None else state.v
     needs_grad = _needs_grad(currents, v0)
     chosen = select_backend(currents.device, _kernel_dtype(currents, v0), needs_grad, backend, currents.numel())
     if chosen == "numba":  # one compiled loop per neuron instead of seven passes
         next_fanout, next_ops = (None, None) if next_synaptic_ops is None else next_synaptic_ops
-        pooled, counts, v = _cpu_kernels.lif_pool_inference(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                            keep_state=final_state, next_fanout=next_fanout, next_ops=next_ops,
-                                                            rows=rows, counts=counts)
+        pooled, counts, v = _cpu_kernels.lif_pool_inference(
+            currents,
+            v0,
+            params.beta,
+            params.threshold,
+            params.reset == "zero",
+            keep_state=final_state,
+            next_fanout=next_fanout,
+            next_ops=next_ops,
+            rows=rows,
+            counts=counts,
+        )
         return pooled, counts, None if v is None else LIFState(v=v)
     if rows is not None:
-        pooled, counts, advanced = fused_lif_multistep_pooled(_gathered(currents, rows), LIFState(v0[rows]), params, backend=chosen,
-                                                              counts=counts, next_synaptic_ops=next_synaptic_ops)
+        pooled, counts, advanced = fused_lif_multistep_pooled(
+            _gathered(currents, rows),
+            LIFState(v0[rows]),
+            params,
+            backend=chosen,
+            counts=counts,
+            next_synaptic_ops=next_synaptic_ops,
+        )
         v0.index_copy_(0, rows, advanced.v)
         return pooled, counts, state
     # v0 None: the kernels start from rest without a zero state
     if needs_grad:
         pooled, counts, v = _FusedLIFPool.apply(currents, v0, params, counts, next_synaptic_ops, chosen == "triton")
     elif chosen == "triton":  # one launch for all steps
-        pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(currents, v0, params.beta, params.threshold, params.reset == "zero",
-                                                              record=False, counts=counts, next_synaptic_ops=next_synaptic_ops)
+        pooled, counts, v, _ = _cuda_kernels.lif_pool_forward(
+            currents,
+            v0,
+            params.beta,
+            params.threshold,
+            params.reset == "zero",
+            record=False,
+            counts=counts,
+            next_synaptic_ops=next_synaptic_ops,
+        )
     else:  # nothing to record for a backward pass: the potential runs in place
         pooled, map_counts, v = _lif_pool_forward(currents, v0, params, None)
         counts = _pooled_records(pooled, map_counts, counts, next_synaptic_ops)
@@ -300,29 +364,72 @@ MLPWeights = _cpu_kernels.MLPWeights
 CONFIDENT, UNCONFIDENT, TOO_CLOSE = _cpu_kernels.CONFIDENT, _cpu_kernels.UNCONFIDENT, _cpu_kernels.TOO_CLOSE
 
 
-def mlp_weights(layers: list[torch.nn.Linear], heads: list[torch.nn.Linear], exit_layers: tuple[int, ...], key: tuple) -> MLPWeights:
+def mlp_weights(
+    layers: list[torch.nn.Linear], heads: list[torch.nn.Linear], exit_layers: tuple[int, ...], key: tuple
+) -> MLPWeights:
     """A spiking MLP's weights as :func:`mlp_inference` reads them (numpy views), tagged with ``key``
     (the weights' versions and addresses, to tell when to rebuild them)."""
     return _cpu_kernels.mlp_weights(layers, heads, exit_layers, key)
 
 
-def mlp_inference(constant: torch.Tensor | None, inputs: torch.Tensor | None, weights: MLPWeights, states: tuple[torch.Tensor, ...] | None,
-                  beta: float, threshold: float, reset_zero: bool, records: torch.Tensor, keep_state: bool = True,
-                  rows: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+def mlp_inference(
+    constant: torch.Tensor | None,
+    inputs: torch.Tensor | None,
+    weights: MLPWeights,
+    states: tuple[torch.Tensor, ...] | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    records: torch.Tensor,
+    keep_state: bool = True,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """A spiking MLP (linear layers → LIF, membrane readouts) over T steps in one compiled call (the
     "numba" backend: CPU float32, no gradients); its arguments and records as
     :func:`fastslow.spiking._cpu_kernels.mlp_inference` documents them."""
-    return _cpu_kernels.mlp_inference(constant, inputs, weights, states, beta, threshold, reset_zero, records, keep_state=keep_state,
-                                      rows=rows)
+    return _cpu_kernels.mlp_inference(
+        constant, inputs, weights, states, beta, threshold, reset_zero, records, keep_state=keep_state, rows=rows
+    )
 
 
-def mlp_until_confident(constant: torch.Tensor, weights: MLPWeights, states: tuple[torch.Tensor, ...], rows: torch.Tensor,
-                        starts: torch.Tensor, steps: int, beta: float, threshold: float, reset_zero: bool, confidence_threshold: float,
-                        temperature: float, margin: float, sums: torch.Tensor, charges: torch.Tensor, answers: torch.Tensor,
-                        stopped_at: torch.Tensor, status: torch.Tensor) -> None:
+def mlp_until_confident(
+    constant: torch.Tensor,
+    weights: MLPWeights,
+    states: tuple[torch.Tensor, ...],
+    rows: torch.Tensor,
+    starts: torch.Tensor,
+    steps: int,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    confidence_threshold: float,
+    temperature: float,
+    margin: float,
+    sums: torch.Tensor,
+    charges: torch.Tensor,
+    answers: torch.Tensor,
+    stopped_at: torch.Tensor,
+    status: torch.Tensor,
+) -> None:
     """SEENN-I over a spiking MLP, each input stepped until it is confident, in one compiled call (the
     "numba" backend); its arguments and outputs as :func:`fastslow.spiking._cpu_kernels.mlp_until_confident`
     documents them (``status`` holds :data:`CONFIDENT`, :data:`UNCONFIDENT` or :data:`TOO_CLOSE`)."""
-    _cpu_kernels.mlp_until_confident(constant, weights, states, rows, starts, steps, beta, threshold, reset_zero, confidence_threshold,
-                                     temperature, margin, sums, charges, answers, stopped_at, status)
-
+    _cpu_kernels.mlp_until_confident(
+        constant,
+        weights,
+        states,
+        rows,
+        starts,
+        steps,
+        beta,
+        threshold,
+        reset_zero,
+        confidence_threshold,
+        temperature,
+        margin,
+        sums,
+        charges,
+        answers,
+        stopped_at,
+        status,
+    )

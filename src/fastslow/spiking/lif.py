@@ -106,8 +106,9 @@ def _slices(size: int) -> list[slice]:
     return [slice(start, min(start + LIF_SLICE, size)) for start in range(0, size, LIF_SLICE)]
 
 
-def _slice_step(v: torch.Tensor, current: torch.Tensor, u: torch.Tensor, spike: torch.Tensor, params: LIFParams,
-                out: torch.Tensor) -> torch.Tensor:
+def _slice_step(
+    v: torch.Tensor, current: torch.Tensor, u: torch.Tensor, spike: torch.Tensor, params: LIFParams, out: torch.Tensor
+) -> torch.Tensor:
     """One step on a slice of neurons: the pre-reset potential into ``u``, the spikes into ``spike``,
     the potential after the reset into ``out`` (which may be ``u`` itself, or ``v``); returns ``out``."""
     # beta·v, then + current: as lif_step rounds it (a fused multiply-add would not).
@@ -120,8 +121,15 @@ def _slice_step(v: torch.Tensor, current: torch.Tensor, u: torch.Tensor, spike: 
     return torch.add(u, spike, alpha=-params.threshold, out=out)
 
 
-def _slice_grad(u: torch.Tensor, grad_spikes: torch.Tensor, grad_v: torch.Tensor | None, grad_u: torch.Tensor,
-                grad_v_out: torch.Tensor, params: LIFParams, derivative) -> torch.Tensor:
+def _slice_grad(
+    u: torch.Tensor,
+    grad_spikes: torch.Tensor,
+    grad_v: torch.Tensor | None,
+    grad_u: torch.Tensor,
+    grad_v_out: torch.Tensor,
+    params: LIFParams,
+    derivative,
+) -> torch.Tensor:
     """One step of the LIF backward on a slice: from the pre-reset potential ``u``, the gradient of the
     step's spikes and ``grad_v`` (w.r.t. the potential after its reset; None after the last step),
     writes the gradient w.r.t. ``u`` into ``grad_u`` (which may be ``u`` itself: u is read first) and
@@ -152,11 +160,14 @@ class _FusedLIF(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None, triton: bool):
+    def forward(
+        ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None, triton: bool
+    ):
         ctx.fused = triton  # one launch for all steps (CUDA)
         if ctx.fused:
-            spikes, v_last, potentials = _cuda_kernels.lif_forward(currents, v0, params.beta, params.threshold,
-                                                                   params.reset == "zero", record=True, counts=counts)
+            spikes, v_last, potentials = _cuda_kernels.lif_forward(
+                currents, v0, params.beta, params.threshold, params.reset == "zero", record=True, counts=counts
+            )
         else:
             potentials = currents.new_empty(currents.shape[0], currents[0].numel())
             spikes, v_last = _lif_forward(currents, v0, params, potentials)
@@ -173,8 +184,9 @@ class _FusedLIF(torch.autograd.Function):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
         if ctx.fused:
-            grad_u, grad_v0 = _cuda_kernels.lif_backward(potentials, grad_spikes, grad_v_last, p.beta, p.threshold, p.reset == "zero",
-                                                         p.surrogate, p.slope)
+            grad_u, grad_v0 = _cuda_kernels.lif_backward(
+                potentials, grad_spikes, grad_v_last, p.beta, p.threshold, p.reset == "zero", p.surrogate, p.slope
+            )
             return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None, None
         derivative = _surrogate(p.surrogate).derivative
         steps = potentials.shape[0]
@@ -187,7 +199,9 @@ class _FusedLIF(torch.autograd.Function):
         for part in _slices(potentials.shape[1]):
             grad_v = None if flat_grad_v_last is None else flat_grad_v_last[part]  # w.r.t. v after step t's reset
             for t in range(steps - 1, -1, -1):
-                grad_v = _slice_grad(potentials[t, part], grad_spikes[t, part], grad_v, grad_u[t, part], grad_v0[part], p, derivative)
+                grad_v = _slice_grad(
+                    potentials[t, part], grad_spikes[t, part], grad_v, grad_u[t, part], grad_v0[part], p, derivative
+                )
         return grad_u.view(ctx.shape), None if ctx.from_rest else grad_v0.view(ctx.shape[1:]), None, None, None
 
 
@@ -218,8 +232,9 @@ def lif_multistep(currents: torch.Tensor, state: LIFState | None, params: LIFPar
     return spikes, LIFState(v=v)
 
 
-def _lif_forward(currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _lif_forward(
+    currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The LIF over currents [T, ...] seen as [T, M], slice by slice: (spikes, v after step T).
     Records the pre-reset potentials into ``potentials`` [T, M] if given; without (no backward to
     serve) each slice's potential runs in one reused buffer, so only the spikes take fresh memory
@@ -268,8 +283,9 @@ def _unpool_into(grad_pooled: torch.Tensor, spikes: torch.Tensor, grad_spikes: t
     grad_spikes[:, 0:rows:2, 0:cols:2].add_(rest)  # windows without a spike
 
 
-def _lif_pool_forward(currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lif_pool_forward(
+    currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, potentials: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The LIF over [T, B, H, W, C] then 2×2 pooling, a few whole images at a time: (pooled spikes, spike
     count per map, v after step T) from ``v0`` (None: at rest). Records the pre-reset potentials into
     ``potentials`` if given."""
@@ -304,13 +320,27 @@ class _FusedLIFPool(torch.autograd.Function):
     ``max_pool2d`` over :func:`lif_multistep` up to float rounding, and the spikes are the same bits."""
 
     @staticmethod
-    def forward(ctx, currents: torch.Tensor, v0: torch.Tensor | None, params: LIFParams, counts: torch.Tensor | None,
-                next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None, triton: bool):
+    def forward(
+        ctx,
+        currents: torch.Tensor,
+        v0: torch.Tensor | None,
+        params: LIFParams,
+        counts: torch.Tensor | None,
+        next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None,
+        triton: bool,
+    ):
         ctx.fused = triton  # one launch for all steps (CUDA)
         if ctx.fused:
             pooled, counts, v_last, potentials = _cuda_kernels.lif_pool_forward(
-                currents, v0, params.beta, params.threshold, params.reset == "zero", record=True, counts=counts,
-                next_synaptic_ops=next_synaptic_ops)
+                currents,
+                v0,
+                params.beta,
+                params.threshold,
+                params.reset == "zero",
+                record=True,
+                counts=counts,
+                next_synaptic_ops=next_synaptic_ops,
+            )
         else:
             potentials = currents.new_empty(currents.shape)
             pooled, map_counts, v_last = _lif_pool_forward(currents, v0, params, potentials)
@@ -327,8 +357,9 @@ class _FusedLIFPool(torch.autograd.Function):
         (potentials,) = ctx.saved_tensors
         p = ctx.params
         if ctx.fused:
-            grad_u, grad_v0 = _cuda_kernels.lif_pool_backward(potentials, grad_pooled, grad_v_last, p.beta, p.threshold,
-                                                              p.reset == "zero", p.surrogate, p.slope)
+            grad_u, grad_v0 = _cuda_kernels.lif_pool_backward(
+                potentials, grad_pooled, grad_v_last, p.beta, p.threshold, p.reset == "zero", p.surrogate, p.slope
+            )
             return grad_u, None if ctx.from_rest else grad_v0, None, None, None, None
         derivative = _surrogate(p.surrogate).derivative
         steps, _, height, width, channels = potentials.shape
@@ -350,8 +381,12 @@ class _FusedLIFPool(torch.autograd.Function):
         return grad_u, None if ctx.from_rest else grad_v0, None, None, None, None
 
 
-def _pooled_records(pooled: torch.Tensor, map_counts: torch.Tensor, counts: torch.Tensor | None,
-                    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def _pooled_records(
+    pooled: torch.Tensor,
+    map_counts: torch.Tensor,
+    counts: torch.Tensor | None,
+    next_synaptic_ops: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
     """The torch path's records: ``map_counts`` added into ``counts`` (if given; returned), and the
     next layer's synaptic ops from the ``pooled`` spikes added into ``next_synaptic_ops``' out."""
     with torch.no_grad():

@@ -81,8 +81,9 @@ class _EventLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             by_input = torch.argsort(cols, stable=True)
             per_input = torch.bincount(cols, minlength=weight.shape[1])
-            grad_weight = F.embedding_bag(rows[by_input], grad_out, _offsets(per_input), mode="sum",
-                                          per_sample_weights=values[by_input]).t()
+            grad_weight = F.embedding_bag(
+                rows[by_input], grad_out, _offsets(per_input), mode="sum", per_sample_weights=values[by_input]
+            ).t()
             if dense_rows is not None:
                 grad_weight = grad_weight + grad_out[dense_rows].t() @ dense_inputs
         grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -95,8 +96,9 @@ def _offsets(counts: torch.Tensor) -> torch.Tensor:
     return offsets
 
 
-def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = EVENT_DENSITY,
-                 backend: BackendChoice = "auto") -> torch.Tensor:
+def spike_linear(
+    inputs: torch.Tensor, layer: nn.Linear, event_density: float = EVENT_DENSITY, backend: BackendChoice = "auto"
+) -> torch.Tensor:
     """``layer`` applied to ``inputs`` [..., in] → [..., out].
 
     On CPU, for a layer at least :data:`MIN_EVENT_FANOUT` wide, each row with at most
@@ -135,8 +137,17 @@ def spike_linear(inputs: torch.Tensor, layer: nn.Linear, event_density: float = 
     else:
         event_rows, dense_rows = sparse.nonzero().squeeze(1), (~sparse).nonzero().squeeze(1)
         keep = sparse[rows]
-        out = _EventLinear.apply(flat, layer.weight, layer.bias, _fanout_rows(layer), rows[keep], cols[keep], _offsets(counts[event_rows]),
-                                 event_rows, dense_rows)
+        out = _EventLinear.apply(
+            flat,
+            layer.weight,
+            layer.bias,
+            _fanout_rows(layer),
+            rows[keep],
+            cols[keep],
+            _offsets(counts[event_rows]),
+            event_rows,
+            dense_rows,
+        )
     return out.view(*inputs.shape[:-1], layer.out_features)
 
 
@@ -148,7 +159,12 @@ def conv_channels_last(maps: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
     would need a copy to channels-last. On CPU it is computed as one matmul of the k×k shifted
     views (im2col) instead, which also gives channels-last output: the convolution's values up to
     float rounding (on the benchmark networks every spike count still equals the peers')."""
-    plain = layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+    plain = (
+        layer.stride == (1, 1)
+        and layer.dilation == (1, 1)
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    )
     if layer.in_channels != 1 or maps.device.type != "cpu" or not plain:
         return layer(maps.contiguous(memory_format=torch.channels_last))
     (kh, kw), (ph, pw) = layer.kernel_size, layer.padding

@@ -32,11 +32,18 @@ class ContinualResult:
     network: STDPNetwork | None = None  # after the last task
     train_index: np.ndarray | None = None  # every task's training samples, in order
     test_index: np.ndarray | None = None  # every task's test samples
-    samples_used: dict[str, list[int]] = field(default_factory=dict)  # per task: training and test samples (the data may hold fewer than asked)
+    samples_used: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # per task: training and test samples (the data may hold fewer than asked)
 
     def training_energy_total_uj(self) -> float:
         """STDP learning arithmetic over the whole protocol (µJ)."""
-        return float(sum(sum(v for k, v in phase.items() if k != "presentations_per_sample") * phase["samples"] for phase in self.training_energy_uj))
+        return float(
+            sum(
+                sum(v for k, v in phase.items() if k != "presentations_per_sample") * phase["samples"]
+                for phase in self.training_energy_uj
+            )
+        )
 
     def newest_task_accuracy(self) -> list[float]:
         return [row[i] for i, row in enumerate(self.accuracy)]
@@ -86,7 +93,9 @@ def run_continual(
     """Learn ``tasks`` in order (``samples_per_task`` unlabelled training samples each), testing
     after each on ``test_per_task`` test samples of every task learned so far."""
     if samples_per_task < 1 or test_per_task < 1:
-        raise ConfigError(f"samples per task ({samples_per_task}) and test samples per task ({test_per_task}) must be at least 1: pass e.g. --samples-per-task 100 --test-per-task 100")
+        raise ConfigError(
+            f"samples per task ({samples_per_task}) and test samples per task ({test_per_task}) must be at least 1: pass e.g. --samples-per-task 100 --test-per-task 100"
+        )
     if not tasks:
         raise ConfigError("no tasks given: list at least one task, e.g. --tasks '0,1;2,3'")
     energy_profile = load_profile(profile)
@@ -118,11 +127,24 @@ def run_continual(
         # A test input that needed repeats is charged for all its presentations: per input, not per presentation.
         per_input = STDPCounts(**{**tested.__dict__, "presentations": sum(len(test_index[j]) for j in range(i + 1))})
         per_sample = STDPCounts(**{**learned.__dict__, "presentations": len(index)})  # repeats charged to their sample
-        training_energy.append(stdp_energy_uj(per_sample, energy_profile, spec.bits)
-                               | {"presentations_per_sample": learned.presentations / len(index), "samples": len(index)})
-        inference_energy.append({k: v for k, v in stdp_energy_uj(per_input, energy_profile, spec.bits).items() if k != "learning"})
+        training_energy.append(
+            stdp_energy_uj(per_sample, energy_profile, spec.bits)
+            | {"presentations_per_sample": learned.presentations / len(index), "samples": len(index)}
+        )
+        inference_energy.append(
+            {k: v for k, v in stdp_energy_uj(per_input, energy_profile, spec.bits).items() if k != "learning"}
+        )
         all_counts.append({"training": per_sample.per_presentation(), "inference": per_input.per_presentation()})
-    return ContinualResult(model=spec.model, tasks=tasks, accuracy=accuracy, training_energy_uj=training_energy,
-                           inference_energy_uj=inference_energy, counts=all_counts, seconds=time.perf_counter() - started,
-                           network=network, train_index=np.concatenate(train_index), test_index=np.concatenate(test_index),
-                           samples_used={"train_per_task": [len(i) for i in train_index], "test_per_task": [len(i) for i in test_index]})
+    return ContinualResult(
+        model=spec.model,
+        tasks=tasks,
+        accuracy=accuracy,
+        training_energy_uj=training_energy,
+        inference_energy_uj=inference_energy,
+        counts=all_counts,
+        seconds=time.perf_counter() - started,
+        network=network,
+        train_index=np.concatenate(train_index),
+        test_index=np.concatenate(test_index),
+        samples_used={"train_per_task": [len(i) for i in train_index], "test_per_task": [len(i) for i in test_index]},
+    )

@@ -108,9 +108,13 @@ class STDPSpec:
             raise ConfigError(f"unknown STDP model {self.model!r}: use one of {', '.join(MODELS)}")
         check_bits(self.bits)
         if self.n_neurons < 1 or self.n_inputs < 1:
-            raise ConfigError(f"an STDP network needs at least one input and one neuron, got {self.n_inputs} and {self.n_neurons}")
+            raise ConfigError(
+                f"an STDP network needs at least one input and one neuron, got {self.n_inputs} and {self.n_neurons}"
+            )
         if not (self.dt_ms > 0 and self.presentation_ms >= self.dt_ms and self.rest_ms >= 0):
-            raise ConfigError(f"need dt > 0 and a presentation of at least one step, got dt {self.dt_ms} ms, presentation {self.presentation_ms} ms")
+            raise ConfigError(
+                f"need dt > 0 and a presentation of at least one step, got dt {self.dt_ms} ms, presentation {self.presentation_ms} ms"
+            )
 
     @property
     def column_sum(self) -> float:
@@ -188,9 +192,18 @@ def init_state(spec: STDPSpec, batch: int) -> STDPState:
     c = spec.constants
     exc = lambda: np.zeros((batch, spec.n_neurons), np.float32)  # noqa: E731
     inh = lambda: np.zeros((batch, spec.inhibitory_neurons), np.float32)  # noqa: E731
-    return STDPState(v_exc=exc() + np.float32(c.v_rest_e), ge_exc=exc(), gi_exc=exc(), refractory_exc=exc(),
-                     v_inh=inh() + np.float32(c.v_rest_i), ge_inh=inh(), refractory_inh=inh(),
-                     pre=np.zeros((batch, spec.n_inputs), np.float32), post1=exc(), post2=exc())
+    return STDPState(
+        v_exc=exc() + np.float32(c.v_rest_e),
+        ge_exc=exc(),
+        gi_exc=exc(),
+        refractory_exc=exc(),
+        v_inh=inh() + np.float32(c.v_rest_i),
+        ge_inh=inh(),
+        refractory_inh=inh(),
+        pre=np.zeros((batch, spec.n_inputs), np.float32),
+        post1=exc(),
+        post2=exc(),
+    )
 
 
 def membrane_step(v, ge, gi, refractory, threshold, *, v_rest, v_reset, tau, e_exc, e_inh, refractory_ms, dt) -> np.ndarray:
@@ -240,7 +253,9 @@ class STDPNetwork:
         self.spec = spec
         self.rng = np.random.default_rng(seed)
         c = spec.constants
-        weights = np.float32(c.w_init_scale) * (self.rng.random((spec.n_inputs, spec.n_neurons), dtype=np.float32) + np.float32(0.01))
+        weights = np.float32(c.w_init_scale) * (
+            self.rng.random((spec.n_inputs, spec.n_neurons), dtype=np.float32) + np.float32(0.01)
+        )
         self.weights = self._store(weights)
         self.theta = np.full(spec.n_neurons, c.theta_init, np.float32)
         self.assignments = np.full(spec.n_neurons, -1, np.int64)
@@ -292,12 +307,36 @@ class STDPNetwork:
         weights, theta = self.weights, self.theta
         f32 = np.float32
         d_ge, d_gi = f32(math.exp(-dt / c.tau_ge)), f32(math.exp(-dt / c.tau_gi))
-        d_pre, d_post1, d_post2 = f32(math.exp(-dt / c.tau_pre)), f32(math.exp(-dt / c.tau_post1)), f32(math.exp(-dt / c.tau_post2))
+        d_pre, d_post1, d_post2 = (
+            f32(math.exp(-dt / c.tau_pre)),
+            f32(math.exp(-dt / c.tau_post1)),
+            f32(math.exp(-dt / c.tau_post2)),
+        )
         d_theta = f32(math.exp(-dt / c.tau_theta))
         direct = spec.uses_direct_inhibition
-        adaptive_rates, dominance, spurious = spec.rule("adaptive_rates"), spec.rule("adaptive_threshold"), spec.rule("spurious_reduction")
-        exc = dict(v_rest=c.v_rest_e, v_reset=c.v_reset_e, tau=c.tau_e, e_exc=c.e_exc, e_inh=c.e_inh_e, refractory_ms=c.refractory_e, dt=dt)
-        inh = dict(v_rest=c.v_rest_i, v_reset=c.v_reset_i, tau=c.tau_i, e_exc=c.e_exc, e_inh=c.e_inh_i, refractory_ms=c.refractory_i, dt=dt)
+        adaptive_rates, dominance, spurious = (
+            spec.rule("adaptive_rates"),
+            spec.rule("adaptive_threshold"),
+            spec.rule("spurious_reduction"),
+        )
+        exc = dict(
+            v_rest=c.v_rest_e,
+            v_reset=c.v_reset_e,
+            tau=c.tau_e,
+            e_exc=c.e_exc,
+            e_inh=c.e_inh_e,
+            refractory_ms=c.refractory_e,
+            dt=dt,
+        )
+        inh = dict(
+            v_rest=c.v_rest_i,
+            v_reset=c.v_reset_i,
+            tau=c.tau_i,
+            e_exc=c.e_exc,
+            e_inh=c.e_inh_i,
+            refractory_ms=c.refractory_i,
+            dt=dt,
+        )
         no_gi = np.zeros_like(ge_i)
         base_threshold = f32(c.v_thresh_e - c.theta_offset)
         fired_so_far = np.zeros(spec.n_neurons, np.float32)
@@ -393,7 +432,7 @@ class STDPNetwork:
         per_input = {k: np.zeros(len(images)) for k in ("synaptic_events", "neuron_updates", "presentations")}
         counts = STDPCounts()
         for start in range(0, len(images), batch_size):
-            part = images[start:start + batch_size]
+            part = images[start : start + batch_size]
             pending = np.arange(len(part))
             intensity = 1.0
             for _ in range(spec.constants.max_repeats + 1):
@@ -415,13 +454,31 @@ class STDPNetwork:
         spec, c = self.spec, self.spec.constants
         dt = spec.dt_ms
         inputs = self._input_spikes(images, intensity)  # [steps, B, inputs]
-        currents = (inputs.reshape(-1, spec.n_inputs).astype(np.float32) @ self.weights).reshape(spec.steps, len(images), spec.n_neurons)
+        currents = (inputs.reshape(-1, spec.n_inputs).astype(np.float32) @ self.weights).reshape(
+            spec.steps, len(images), spec.n_neurons
+        )
         state = init_state(spec, len(images))
         v, ge, gi, ref, v_i, ge_i, ref_i = state[:7]
         threshold = np.float32(c.v_thresh_e - c.theta_offset) + self.theta
         d_ge, d_gi = np.float32(math.exp(-dt / c.tau_ge)), np.float32(math.exp(-dt / c.tau_gi))
-        exc = dict(v_rest=c.v_rest_e, v_reset=c.v_reset_e, tau=c.tau_e, e_exc=c.e_exc, e_inh=c.e_inh_e, refractory_ms=c.refractory_e, dt=dt)
-        inh = dict(v_rest=c.v_rest_i, v_reset=c.v_reset_i, tau=c.tau_i, e_exc=c.e_exc, e_inh=c.e_inh_i, refractory_ms=c.refractory_i, dt=dt)
+        exc = dict(
+            v_rest=c.v_rest_e,
+            v_reset=c.v_reset_e,
+            tau=c.tau_e,
+            e_exc=c.e_exc,
+            e_inh=c.e_inh_e,
+            refractory_ms=c.refractory_e,
+            dt=dt,
+        )
+        inh = dict(
+            v_rest=c.v_rest_i,
+            v_reset=c.v_reset_i,
+            tau=c.tau_i,
+            e_exc=c.e_exc,
+            e_inh=c.e_inh_i,
+            refractory_ms=c.refractory_i,
+            dt=dt,
+        )
         no_gi = np.zeros_like(ge_i)
         total = np.zeros_like(v)
         inh_total = np.zeros(len(images), np.float32)
@@ -440,8 +497,12 @@ class STDPNetwork:
                 inh_total += fired_i.sum(1)
             total += fired
         input_spikes = inputs.sum((0, 2)).astype(np.float64)
-        counts = STDPCounts(presentations=len(images), input_spikes=float(input_spikes.sum()), exc_spikes=float(total.sum()),
-                            inh_spikes=float(inh_total.sum()))
+        counts = STDPCounts(
+            presentations=len(images),
+            input_spikes=float(input_spikes.sum()),
+            exc_spikes=float(total.sum()),
+            inh_spikes=float(inh_total.sum()),
+        )
         counts.synaptic_events = self._synaptic_events(counts.input_spikes, counts.exc_spikes, counts.inh_spikes)
         counts.neuron_updates = float(len(images) * spec.steps * (spec.n_neurons + spec.inhibitory_neurons))
         return total, counts, input_spikes, inh_total.astype(np.float64)
@@ -452,9 +513,13 @@ class STDPNetwork:
         −1 for a neuron that never fired."""
         responses, labels = np.asarray(responses), np.asarray(labels)
         if responses.ndim != 2 or responses.shape[1] != self.spec.n_neurons:
-            raise ValueError(f"responses must be [S, {self.spec.n_neurons}] spike counts (one column per neuron), got {list(responses.shape)}")
+            raise ValueError(
+                f"responses must be [S, {self.spec.n_neurons}] spike counts (one column per neuron), got {list(responses.shape)}"
+            )
         if labels.shape != (len(responses),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be {len(responses)} integers, one per response, got {labels.dtype} {list(labels.shape)}")
+            raise ValueError(
+                f"labels must be {len(responses)} integers, one per response, got {labels.dtype} {list(labels.shape)}"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
             raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
         per_class = np.zeros((n_classes, self.spec.n_neurons), np.float32)
@@ -480,7 +545,9 @@ class STDPNetwork:
             raise ConfigError("no inputs to present: the task or split is empty; give it at least one sample")
         images = images.reshape(len(images), -1)
         if images.shape[1] != self.spec.n_inputs:
-            raise ConfigError(f"inputs have {images.shape[1]} values each, the network {self.spec.n_inputs}: use data of the shape it was built for")
+            raise ConfigError(
+                f"inputs have {images.shape[1]} values each, the network {self.spec.n_inputs}: use data of the shape it was built for"
+            )
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise ConfigError("inputs must be finite pixel intensities in [0, 1]: rescale them")
         return images

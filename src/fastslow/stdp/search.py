@@ -81,9 +81,15 @@ def estimate(spec: STDPSpec, data: Dataset, profile: EnergyProfile) -> Candidate
     rate = mean_input_rate(data, spec)
     inference = stdp_energy_uj(expected_counts(spec, rate, learning=False), profile, spec.bits)
     training = stdp_energy_uj(expected_counts(spec, rate, learning=True), profile, spec.bits)
-    return Candidate(model=spec.model, n_neurons=spec.n_neurons, bits=spec.bits, presentation_ms=spec.presentation_ms,
-                     memory_kb=memory_bytes(spec) / 1024, estimated_inference_uj=inference["synaptic"] + inference["neuron"],
-                     estimated_training_uj=sum(training.values()))
+    return Candidate(
+        model=spec.model,
+        n_neurons=spec.n_neurons,
+        bits=spec.bits,
+        presentation_ms=spec.presentation_ms,
+        memory_kb=memory_bytes(spec) / 1024,
+        estimated_inference_uj=inference["synaptic"] + inference["neuron"],
+        estimated_training_uj=sum(training.values()),
+    )
 
 
 def search(
@@ -104,9 +110,13 @@ def search(
     """Estimate every candidate, train up to ``max_trained`` of those within the budget (the cheapest
     in estimated energy first), measure them and mark the Pareto-optimal and chosen ones."""
     if not (max_memory_kb > 0 and max_energy_uj > 0):
-        raise ConfigError(f"--max-memory-kb ({max_memory_kb}) and --max-energy-uj ({max_energy_uj}) must be positive numbers: pass budgets such as 100 and 1")
+        raise ConfigError(
+            f"--max-memory-kb ({max_memory_kb}) and --max-energy-uj ({max_energy_uj}) must be positive numbers: pass budgets such as 100 and 1"
+        )
     if train_samples < 1 or test_samples < 1 or max_trained < 1:
-        raise ConfigError(f"--train-samples ({train_samples}), --test-samples ({test_samples}) and --max-trained ({max_trained}) must be at least 1: pass e.g. 200, 200 and 8")
+        raise ConfigError(
+            f"--train-samples ({train_samples}), --test-samples ({test_samples}) and --max-trained ({max_trained}) must be at least 1: pass e.g. 200, 200 and 8"
+        )
     for b in bits:
         check_bits(b)
     energy_profile = load_profile(profile)
@@ -134,7 +144,13 @@ def search(
     # Most accurate tends to be largest: train the largest survivors that fit, a spread of sizes.
     trained = sorted(survivors, key=lambda c: (-c.n_neurons, -c.presentation_ms, -c.bits))[:max_trained]
     for candidate in trained:
-        spec = STDPSpec(model=model, n_inputs=n_inputs, n_neurons=candidate.n_neurons, bits=candidate.bits, presentation_ms=candidate.presentation_ms)
+        spec = STDPSpec(
+            model=model,
+            n_inputs=n_inputs,
+            n_neurons=candidate.n_neurons,
+            bits=candidate.bits,
+            presentation_ms=candidate.presentation_ms,
+        )
         network = STDPNetwork(spec, seed=seed)
         learned = network.learn(x_train[train_index], progress=progress)
         responses, _ = network.respond(x_train[train_index])
@@ -145,7 +161,9 @@ def search(
         per_input = replace(tested, presentations=len(test_index))
         measured = stdp_energy_uj(per_input, energy_profile, spec.bits)
         candidate.measured_inference_uj = measured["synaptic"] + measured["neuron"]
-        candidate.measured_training_uj = sum(stdp_energy_uj(replace(learned, presentations=len(train_index)), energy_profile, spec.bits).values())
+        candidate.measured_training_uj = sum(
+            stdp_energy_uj(replace(learned, presentations=len(train_index)), energy_profile, spec.bits).values()
+        )
     points = [(c.accuracy, c.memory_kb, c.measured_inference_uj) for c in trained]
     for candidate, flag in zip(trained, pareto_front(points)):
         candidate.pareto = flag

@@ -67,15 +67,23 @@ class GraphedSystem1:
         if training:
             step_outputs, logits, synaptic_ops, dense_macs, spike_rates = self._graphs[key](x)
             # The counts carry no gradient (the graph's autograd node marks every output differentiable).
-            return S1Record(step_outputs, logits, synaptic_ops.detach(), dense_macs.detach(),
-                            neuron_updates=self.model.neuron_counts(x.dtype), spike_rates=spike_rates.detach(),
-                            exit_layers=self.model.exit_layers)
+            return S1Record(
+                step_outputs,
+                logits,
+                synaptic_ops.detach(),
+                dense_macs.detach(),
+                neuron_updates=self.model.neuron_counts(x.dtype),
+                spike_rates=spike_rates.detach(),
+                exit_layers=self.model.exit_layers,
+            )
         graph, static_input, static_run = self._graphs[key]
         static_input.copy_(x)
         graph.replay()
         # The next replay overwrites the static outputs: hand out copies.
-        return S1Record(**{f.name: getattr(static_run, f.name).clone() for f in fields(S1Record) if f.name != "exit_layers"},
-                        exit_layers=static_run.exit_layers)
+        return S1Record(
+            **{f.name: getattr(static_run, f.name).clone() for f in fields(S1Record) if f.name != "exit_layers"},
+            exit_layers=static_run.exit_layers,
+        )
 
     def _capture_training(self, x: torch.Tensor, timesteps: int | None):
         # Warm-up (three forward and backward passes that leave .grad alone), then the forward and

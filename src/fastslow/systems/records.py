@@ -70,8 +70,15 @@ class S1Record:
 
     def to(self, device: torch.device | str) -> "S1Record":
         move = lambda t: t.to(device)  # noqa: E731
-        return S1Record(move(self.step_outputs), move(self.logits), move(self.synaptic_ops), move(self.dense_macs),
-                        move(self.neuron_updates), move(self.spike_rates), self.exit_layers)
+        return S1Record(
+            move(self.step_outputs),
+            move(self.logits),
+            move(self.synaptic_ops),
+            move(self.dense_macs),
+            move(self.neuron_updates),
+            move(self.spike_rates),
+            self.exit_layers,
+        )
 
     @staticmethod
     def concatenate(records: list["S1Record"]) -> "S1Record":
@@ -80,8 +87,15 @@ class S1Record:
         if len(records) == 1:
             return first
         cat = lambda name: torch.cat([getattr(r, name) for r in records], dim=2)  # noqa: E731
-        return S1Record(cat("step_outputs"), cat("logits"), cat("synaptic_ops"), cat("dense_macs"), first.neuron_updates,
-                        cat("spike_rates"), first.exit_layers)
+        return S1Record(
+            cat("step_outputs"),
+            cat("logits"),
+            cat("synaptic_ops"),
+            cat("dense_macs"),
+            first.neuron_updates,
+            cat("spike_rates"),
+            first.exit_layers,
+        )
 
 
 def cumulative_mean(step_outputs: torch.Tensor) -> torch.Tensor:

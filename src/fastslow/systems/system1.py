@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastslow.spiking import LIFParams, LIFState, encode_step, is_spiking
-from fastslow.systems.records import S1Record
 from fastslow.spiking.backends import (
     BACKEND_CHOICES,
     Backend,
@@ -37,6 +36,7 @@ from fastslow.spiking.backends import (
 )
 from fastslow.spiking.lif import check_params
 from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
+from fastslow.systems.records import S1Record
 
 ReadoutName = Literal["membrane", "spike_count"]
 # Spike-count readout: logits are (spike count / t) × this scale, so a softmax over
@@ -87,20 +87,38 @@ class System1Spec:
         def integer(value, minimum: int) -> bool:
             return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
-        for name, values in (("input_shape", tuple(self.input_shape)), ("hidden", tuple(self.hidden)), ("conv_channels", tuple(self.conv_channels))):
+        for name, values in (
+            ("input_shape", tuple(self.input_shape)),
+            ("hidden", tuple(self.hidden)),
+            ("conv_channels", tuple(self.conv_channels)),
+        ):
             if not all(integer(v, 1) for v in values) or (name == "input_shape" and not values):
-                raise ValueError(f"System1Spec.{name} must be {'a non-empty tuple of ' if name == 'input_shape' else ''}positive integers, got {values!r}")
+                raise ValueError(
+                    f"System1Spec.{name} must be {'a non-empty tuple of ' if name == 'input_shape' else ''}positive integers, got {values!r}"
+                )
         if not all(integer(h, 0) for h in self.exit_heads):
             raise ValueError(f"System1Spec.exit_heads must be hidden-layer indices (integers ≥ 0), got {self.exit_heads!r}")
         checks = [
             (integer(self.n_classes, 2), f"n_classes must be an integer ≥ 2, got {self.n_classes!r}"),
             (self.arch in ("mlp", "conv"), f"unknown arch {self.arch!r}: use 'mlp' or 'conv'"),
             (integer(self.timesteps, 1), f"timesteps must be an integer ≥ 1, got {self.timesteps!r}"),
-            (self.encoding in ("direct", "rate", "latency"), f"unknown encoding {self.encoding!r}: use 'direct', 'rate' or 'latency'"),
+            (
+                self.encoding in ("direct", "rate", "latency"),
+                f"unknown encoding {self.encoding!r}: use 'direct', 'rate' or 'latency'",
+            ),
             (self.readout in ("membrane", "spike_count"), f"unknown readout {self.readout!r}: use 'membrane' or 'spike_count'"),
-            (0.0 <= self.event_density <= 1.0, f"event_density must lie in [0, 1] (a share of active inputs), got {self.event_density!r}"),
-            (integer(self.checkpoint_steps, 0), f"checkpoint_steps must be an integer ≥ 0 (0: plain BPTT), got {self.checkpoint_steps!r}"),
-            (self.backend in BACKEND_CHOICES, f"unknown backend {self.backend!r}: use one of {', '.join(map(repr, BACKEND_CHOICES))}"),
+            (
+                0.0 <= self.event_density <= 1.0,
+                f"event_density must lie in [0, 1] (a share of active inputs), got {self.event_density!r}",
+            ),
+            (
+                integer(self.checkpoint_steps, 0),
+                f"checkpoint_steps must be an integer ≥ 0 (0: plain BPTT), got {self.checkpoint_steps!r}",
+            ),
+            (
+                self.backend in BACKEND_CHOICES,
+                f"unknown backend {self.backend!r}: use one of {', '.join(map(repr, BACKEND_CHOICES))}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -221,9 +239,13 @@ def _merged(records: list[S1Step], along_batch: bool = False) -> S1Step:
     if len(records) == 1:
         return records[0]
     outputs_dim, others_dim = (2, 2) if along_batch else (0, 1)
-    return S1Step(outputs=torch.cat([r.outputs for r in records], dim=outputs_dim),
-                  **{name: torch.cat([getattr(r, name) for r in records], dim=others_dim)
-                     for name in ("synaptic_ops", "dense_macs", "spike_rates")})
+    return S1Step(
+        outputs=torch.cat([r.outputs for r in records], dim=outputs_dim),
+        **{
+            name: torch.cat([getattr(r, name) for r in records], dim=others_dim)
+            for name in ("synaptic_ops", "dense_macs", "spike_rates")
+        },
+    )
 
 
 class _RecordsPlan(NamedTuple):
@@ -242,8 +264,11 @@ def _records_plan(layers: list[_Layer], exit_points: list[int], n_classes: int) 
     the last layer (each a kernel launch on a GPU). A pooled conv layer's LIF kernel sums the synaptic
     ops its pooled spikes cause in what follows it (the next layer, or the final exit's head after the
     last layer), from a fan-out per pooled position. Other rows sum their input spikes."""
-    from_counts = [(index, index - 1, layer.op.out_features) for index, layer in enumerate(layers)
-                   if index > 0 and not layer.is_conv and not layers[index - 1].pool]
+    from_counts = [
+        (index, index - 1, layer.op.out_features)
+        for index, layer in enumerate(layers)
+        if index > 0 and not layer.is_conv and not layers[index - 1].pool
+    ]
     from_counts += [(len(layers) + e, h, n_classes) for e, h in enumerate(exit_points) if not layers[h].pool]
     runs: list[tuple[slice, slice, slice]] = []
     for position, (row, layer_index, _) in enumerate(from_counts):
@@ -263,7 +288,9 @@ def _records_plan(layers: list[_Layer], exit_points: list[int], n_classes: int) 
                 width = n_classes if following is None else following.op.out_features
                 pool_fanouts[index] = torch.full((math.prod(layer.pooled_shape[1:]),), float(width))
     factors = torch.tensor([float(f) for _, _, f in from_counts], dtype=torch.float32).view(-1, 1, 1)
-    return _RecordsPlan(runs, factors, pool_fanned, pool_fanouts, frozenset({row for row, _, _ in from_counts} | set(pool_fanned.values())))
+    return _RecordsPlan(
+        runs, factors, pool_fanned, pool_fanouts, frozenset({row for row, _, _ in from_counts} | set(pool_fanned.values()))
+    )
 
 
 class System1(nn.Module):
@@ -297,13 +324,16 @@ class System1(nn.Module):
         self.layers = nn.ModuleList(layers)
         exit_points = list(spec.exit_heads) + [len(layers) - 1]
         if sorted(set(exit_points)) != exit_points:
-            allowed = "none: its only layer has the final exit" if len(layers) == 1 else (
-                f"increasing hidden-layer indices from 0 to {len(layers) - 2} (layer {len(layers) - 1}, the last, always has the final exit)")
+            allowed = (
+                "none: its only layer has the final exit"
+                if len(layers) == 1
+                else (
+                    f"increasing hidden-layer indices from 0 to {len(layers) - 2} (layer {len(layers) - 1}, the last, always has the final exit)"
+                )
+            )
             raise ValueError(f"exit_heads must be {allowed}, got {list(spec.exit_heads)}")
         self.exit_layers = tuple(exit_points)
-        self.heads = nn.ModuleList(
-            nn.Linear(math.prod(self.layers[h].pooled_shape), spec.n_classes) for h in exit_points
-        )
+        self.heads = nn.ModuleList(nn.Linear(math.prod(self.layers[h].pooled_shape), spec.n_classes) for h in exit_points)
         self.lif_params = spec.lif
         # Kept as a buffer (moved with the model, not saved): a run then copies nothing from the host,
         # which a CUDA graph capture of it would refuse. Runs hand out copies, never the buffer.
@@ -311,8 +341,9 @@ class System1(nn.Module):
         # Facts of the architecture that every advance reads (a ModuleList index or a property costs
         # microseconds on a path called per chunk): each layer's spikes flattened for a linear layer
         # next, and whether each head reads conv maps.
-        self._flatten_for_next = tuple(index + 1 < len(layers) and isinstance(layers[index + 1].op, nn.Linear)
-                                       for index in range(len(layers)))
+        self._flatten_for_next = tuple(
+            index + 1 < len(layers) and isinstance(layers[index + 1].op, nn.Linear) for index in range(len(layers))
+        )
         self._head_reads_conv = tuple(layers[h].is_conv for h in exit_points)
         # Inference of such a network runs each chunk of steps as one compiled call (the numba backend).
         self._mlp_membrane = spec.arch == "mlp" and spec.readout == "membrane" and spec.event_density > 0
@@ -429,8 +460,10 @@ class System1(nn.Module):
         """Resting state for ``batch`` inputs, on ``like``'s device and dtype."""
         zeros = lambda shape: like.new_zeros(batch, *shape)  # noqa: E731
         return S1State(
-            layers=tuple(_channels_first(zeros((*layer.out_shape[1:], layer.out_shape[0]))) if layer.is_conv else zeros(layer.out_shape)
-                         for layer in self.layers),
+            layers=tuple(
+                _channels_first(zeros((*layer.out_shape[1:], layer.out_shape[0]))) if layer.is_conv else zeros(layer.out_shape)
+                for layer in self.layers
+            ),
             heads=tuple(zeros((self.spec.n_classes,)) for _ in self.heads),
         )
 
@@ -441,8 +474,12 @@ class System1(nn.Module):
         writing and reading zero maps): ``inp`` the encoded layer-0 spikes at this step, or, with
         direct encoding, ``constant_current`` layer 0's precomputed current (charged as dense MACs)."""
         record, state = self.advance(None if inp is None else inp.unsqueeze(0), state, constant_current, 1)
-        return S1Step(outputs=record.outputs[0], synaptic_ops=record.synaptic_ops[:, 0],
-                      dense_macs=record.dense_macs[:, 0], spike_rates=record.spike_rates[:, 0]), state
+        return S1Step(
+            outputs=record.outputs[0],
+            synaptic_ops=record.synaptic_ops[:, 0],
+            dense_macs=record.dense_macs[:, 0],
+            spike_rates=record.spike_rates[:, 0],
+        ), state
 
     def input_current(self, x: torch.Tensor) -> torch.Tensor:
         """Layer 0's current for prepared inputs ``x`` (direct encoding computes it once for all steps;
@@ -468,19 +505,27 @@ class System1(nn.Module):
             raise ValueError(f"rows must be distinct positions among the state's {state.layers[0].shape[0]} inputs")
         for layer, v in zip(self.layers, state.layers):
             if layer.is_conv and not v.is_contiguous(memory_format=torch.channels_last):
-                raise ValueError("a conv layer's state must be channels-last in memory (as advance returns it) to advance rows in place")
+                raise ValueError(
+                    "a conv layer's state must be channels-last in memory (as advance returns it) to advance rows in place"
+                )
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a TypeError or ValueError unless ``x`` is a tensor batch [B, *input_shape] of the weights'
         dtype. Checks type, dtype and shape only (nothing that reads the values: a run may be captured in a CUDA graph)."""
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"System 1 takes a torch.Tensor batch, got a {type(x).__name__}: convert it with torch.as_tensor(x, dtype=torch.float32)")
+            raise TypeError(
+                f"System 1 takes a torch.Tensor batch, got a {type(x).__name__}: convert it with torch.as_tensor(x, dtype=torch.float32)"
+            )
         dtype = self.heads[0].weight.dtype
         if x.dtype != dtype:
-            raise TypeError(f"System 1 expects {dtype} inputs in [0, 1] (its weights' dtype), got {x.dtype}: "
-                            f"convert with x.to({dtype}) (uint8 images: x.to({dtype}) / 255)")
+            raise TypeError(
+                f"System 1 expects {dtype} inputs in [0, 1] (its weights' dtype), got {x.dtype}: "
+                f"convert with x.to({dtype}) (uint8 images: x.to({dtype}) / 255)"
+            )
         if tuple(x.shape[1:]) != tuple(self.spec.input_shape):
-            raise ValueError(f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}")
+            raise ValueError(
+                f"System 1 expects inputs of shape [B, {', '.join(map(str, self.spec.input_shape))}], got {list(x.shape)}"
+            )
 
     def _run_multistep(self, x: torch.Tensor, steps: int, generator: torch.Generator | None) -> S1Record:
         """:meth:`run`'s multistep mode over prepared, checked inputs ``x``."""
@@ -492,7 +537,11 @@ class System1(nn.Module):
         # than the chunking's extra kernel launches (measured on the conv network).
         # On a GPU the caching allocator reuses its memory, and every chunk is more launches: one chunk.
         input_step_bytes = max(1, self._largest_step_tensor(constant_current is not None) * x.element_size())
-        chunk = max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(1, x.shape[0] * input_step_bytes))) if x.device.type == "cpu" else steps
+        chunk = (
+            max(1, min(steps, MULTISTEP_CHUNK_BYTES // max(1, x.shape[0] * input_step_bytes)))
+            if x.device.type == "cpu"
+            else steps
+        )
         # With checkpointing, segments of checkpoint_steps steps each run (in chunks) inside one
         # checkpoint; without, the whole run is one segment.
         segment = spec.checkpoint_steps if spec.checkpoint_steps > 0 and torch.is_grad_enabled() else steps
@@ -519,9 +568,19 @@ class System1(nn.Module):
             if segment < steps:
                 segment_records, state = self._checkpointed_chunks(inp, state, constant_current, count, chunk)
             else:
-                parts = [_merged(self._chunks(None if inp is None else inp[:, rows], state,
-                                              None if constant_current is None else constant_current[rows], count, chunk,
-                                              keep_final_state=False)[0]) for rows in groups]
+                parts = [
+                    _merged(
+                        self._chunks(
+                            None if inp is None else inp[:, rows],
+                            state,
+                            None if constant_current is None else constant_current[rows],
+                            count,
+                            chunk,
+                            keep_final_state=False,
+                        )[0]
+                    )
+                    for rows in groups
+                ]
                 segment_records = [_merged(parts, along_batch=True)]
             records += segment_records
         merged = _merged(records)
@@ -547,7 +606,12 @@ class System1(nn.Module):
         return max(sizes)
 
     def _chunks(
-        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int, chunk: int,
+        self,
+        inp: torch.Tensor | None,
+        state: S1State | None,
+        constant_current: torch.Tensor | None,
+        steps: int,
+        chunk: int,
         keep_final_state: bool = True,
     ) -> tuple[list[S1Step], S1State | None]:
         """:meth:`advance` over ``steps`` steps, ``chunk`` at a time, carrying the state."""
@@ -555,7 +619,9 @@ class System1(nn.Module):
         for first in range(0, steps, chunk):
             count = min(chunk, steps - first)
             keep = keep_final_state or first + count < steps
-            record, state = self.advance(None if inp is None else inp[first : first + count], state, constant_current, count, keep)
+            record, state = self.advance(
+                None if inp is None else inp[first : first + count], state, constant_current, count, keep
+            )
             records.append(record)
         return records, state
 
@@ -567,18 +633,31 @@ class System1(nn.Module):
         n_layers = len(state.layers)
 
         def segment(*state_tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            records, new_state = self._chunks(inp, S1State(tuple(state_tensors[:n_layers]), tuple(state_tensors[n_layers:])),
-                                              constant_current, steps, chunk)
+            records, new_state = self._chunks(
+                inp, S1State(tuple(state_tensors[:n_layers]), tuple(state_tensors[n_layers:])), constant_current, steps, chunk
+            )
             merged = _merged(records)
-            return (merged.outputs, merged.synaptic_ops, merged.dense_macs, merged.spike_rates, *new_state.layers, *new_state.heads)
+            return (
+                merged.outputs,
+                merged.synaptic_ops,
+                merged.dense_macs,
+                merged.spike_rates,
+                *new_state.layers,
+                *new_state.heads,
+            )
 
         out = checkpoint(segment, *state.layers, *state.heads, use_reentrant=False)
         record = S1Step(outputs=out[0], synaptic_ops=out[1], dense_macs=out[2], spike_rates=out[3])
         return [record], S1State(tuple(out[4 : 4 + n_layers]), tuple(out[4 + n_layers :]))
 
     def advance(
-        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int,
-        keep_state: bool = True, rows: torch.Tensor | None = None,
+        self,
+        inp: torch.Tensor | None,
+        state: S1State | None,
+        constant_current: torch.Tensor | None,
+        steps: int,
+        keep_state: bool = True,
+        rows: torch.Tensor | None = None,
     ) -> tuple[S1Step, S1State | None]:
         """``steps`` timesteps at once from ``state`` (None: at rest), each layer over all of them in one
         call: as :meth:`step`, with every tensor led by a time axis (``inp`` [t, B, ...]; the record's
@@ -613,7 +692,11 @@ class System1(nn.Module):
                 current = _over_time(constant_current, steps)
                 dense[0].fill_(float(layer.dense_macs))
             else:
-                current = self._synapses(layer.op, inp) if isinstance(layer.op, nn.Linear) else split(self._synapses(layer.op, merge(inp)))
+                current = (
+                    self._synapses(layer.op, inp)
+                    if isinstance(layer.op, nn.Linear)
+                    else split(self._synapses(layer.op, merge(inp)))
+                )
                 if index not in self._rows_filled:
                     with torch.no_grad():
                         _synaptic_ops(merge(inp), layer.fanout, out=syn[index].view(-1))
@@ -627,18 +710,33 @@ class System1(nn.Module):
                 v0 = None if state is None else LIFState(_channels_last(state.layers[index]))
                 if layer.pool:  # the LIF counts and pools each step's spikes (and their synaptic ops) while they are in cache
                     pooled, _, new_state = fused_lif_multistep_pooled(
-                        current, v0, self.lif_params, backend=backend, final_state=keep_state, counts=counts[index],
-                        next_synaptic_ops=(getattr(self, f"_pool_fanout_{index}"), syn[self._pool_fanned[index]]), rows=rows)
+                        current,
+                        v0,
+                        self.lif_params,
+                        backend=backend,
+                        final_state=keep_state,
+                        counts=counts[index],
+                        next_synaptic_ops=(getattr(self, f"_pool_fanout_{index}"), syn[self._pool_fanned[index]]),
+                        rows=rows,
+                    )
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(pooled)
                 else:
-                    spikes, new_state = fused_lif_multistep(current, v0, self.lif_params, backend=backend, final_state=keep_state,
-                                                            counts=counts[index], rows=rows)
+                    spikes, new_state = fused_lif_multistep(
+                        current, v0, self.lif_params, backend=backend, final_state=keep_state, counts=counts[index], rows=rows
+                    )
                     layer_states.append(None if new_state is None else _channels_first(new_state.v))
                     out = _channels_first(spikes)
             else:
-                out, new_state = fused_lif_multistep(current, None if state is None else LIFState(state.layers[index]), self.lif_params,
-                                                     backend=backend, final_state=keep_state, counts=counts[index], rows=rows)
+                out, new_state = fused_lif_multistep(
+                    current,
+                    None if state is None else LIFState(state.layers[index]),
+                    self.lif_params,
+                    backend=backend,
+                    final_state=keep_state,
+                    counts=counts[index],
+                    rows=rows,
+                )
                 layer_states.append(None if new_state is None else new_state.v)
             layer_outputs.append(out)
             inp = out.flatten(2) if self._flatten_for_next[index] else out
@@ -658,8 +756,14 @@ class System1(nn.Module):
                 with torch.no_grad():
                     torch.mul(source.sum(2, dtype=syn.dtype), head.out_features, out=syn[n_layers + exit_index])
             if self.spec.readout == "spike_count":
-                head_spikes, new_head = fused_lif_multistep(current, None if head_v is None else LIFState(head_v), self.lif_params,
-                                                            backend=backend, final_state=keep_state, rows=rows)
+                head_spikes, new_head = fused_lif_multistep(
+                    current,
+                    None if head_v is None else LIFState(head_v),
+                    self.lif_params,
+                    backend=backend,
+                    final_state=keep_state,
+                    rows=rows,
+                )
                 head_states.append(None if new_head is None else new_head.v)
                 outputs.append(head_spikes * SPIKE_COUNT_SCALE)
             else:  # a non-leaking integrator read out step by step: its state never changes
@@ -684,12 +788,19 @@ class System1(nn.Module):
             return False
         # Gradients reach the run through the parameters (or the inputs, if they require them).
         needs_grad = torch.is_grad_enabled() and (like.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return (select_backend(like.device, like.dtype, needs_grad, self._requested_backend) == "numba"
-                and (state is None or all(v.dtype == torch.float32 and v.is_contiguous() for v in state.layers)))
+        return select_backend(like.device, like.dtype, needs_grad, self._requested_backend) == "numba" and (
+            state is None or all(v.dtype == torch.float32 and v.is_contiguous() for v in state.layers)
+        )
 
     def _advance_compiled_mlp(
-        self, inp: torch.Tensor | None, state: S1State | None, constant_current: torch.Tensor | None, steps: int, keep_state: bool,
-        rows: torch.Tensor | None, batch: int,
+        self,
+        inp: torch.Tensor | None,
+        state: S1State | None,
+        constant_current: torch.Tensor | None,
+        steps: int,
+        keep_state: bool,
+        rows: torch.Tensor | None,
+        batch: int,
     ) -> tuple[S1Step, S1State | None]:
         """:meth:`advance` for an MLP in one compiled call per chunk instead of a few calls and ~70 small
         torch operators: every linear layer after a spiking input, and every readout, sums its input's
@@ -701,11 +812,23 @@ class System1(nn.Module):
         records = like.new_zeros(2 * components + n_layers, steps, batch)
         params = self.lif_params
         outputs, layer_states = mlp_inference(
-            constant_current, None if constant_current is not None else inp, self.compiled_weights(),
-            None if state is None else state.layers, params.beta, params.threshold, params.reset == "zero", records,
-            keep_state=keep_state, rows=rows)
-        record = S1Step(outputs=outputs, synaptic_ops=records[:components], dense_macs=records[components : 2 * components],
-                        spike_rates=records[2 * components :])
+            constant_current,
+            None if constant_current is not None else inp,
+            self.compiled_weights(),
+            None if state is None else state.layers,
+            params.beta,
+            params.threshold,
+            params.reset == "zero",
+            records,
+            keep_state=keep_state,
+            rows=rows,
+        )
+        record = S1Step(
+            outputs=outputs,
+            synaptic_ops=records[:components],
+            dense_macs=records[components : 2 * components],
+            spike_rates=records[2 * components :],
+        )
         if not keep_state and rows is None:
             return record, None
         heads = tuple(like.new_zeros(batch, self.spec.n_classes) for _ in self.heads) if state is None else state.heads
