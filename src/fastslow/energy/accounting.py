@@ -79,12 +79,20 @@ class Charge:
         return sum(self.terms_uj.values())
 
 
-def charge(record: RecordedRun, routing: WhatRan, s2_macs: float, profile: EnergyProfile) -> Charge:
+def charge(
+    record: RecordedRun,
+    routing: WhatRan,
+    s2_macs: float,
+    profile: EnergyProfile,
+    totals: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Charge:
     """The one energy charge: what ``routing`` ran on each input of ``record`` under ``profile``.
 
     System 1 is charged from its recorded spikes up to each input's ``timesteps`` at the components
     its exit needs (every head up to it for a cascade), the policy its own MACs, System 2 ``s2_macs``
-    per escalated input. Evaluation and serving both call this.
+    per escalated input. Evaluation and serving both call this. ``totals``: each input's
+    (synaptic ops, dense MACs) per component already summed up to its stop, [B, K] each, where the
+    caller has them (serving's compiled path); else they are summed from the record's steps.
     """
     synaptic, dense, neurons = s1_op_counts(
         record.synaptic_ops,
@@ -94,6 +102,7 @@ def charge(record: RecordedRun, routing: WhatRan, s2_macs: float, profile: Energ
         routing.timesteps.long(),
         routing.exit_taken.long(),
         routing.cascade,
+        totals,
     )
     ops = OpCounts(
         synaptic_ops=synaptic,
@@ -125,25 +134,29 @@ def s1_op_counts(
     timesteps_run: torch.Tensor,
     exit_taken: torch.Tensor,
     cascade: bool = False,
+    totals: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """System 1's (synaptic ops, dense MACs, neuron updates) per input for what actually ran.
 
     ``synaptic_ops``/``dense_macs`` [K, T, B] and ``neuron_updates`` [K] as recorded by a run;
     ``timesteps_run`` [B] in 0..T (0 = System 1 never ran) and ``exit_taken`` [B] in 0..E-1;
-    ``cascade``: charge every head up to the exit taken (see :func:`exit_component_mask`).
+    ``cascade``: charge every head up to the exit taken (see :func:`exit_component_mask`);
+    ``totals``: the per-step counts already summed up to each input's stop, [B, K] each (then the
+    per-step counts are not read).
     """
     n_exits = len(exit_layers)
-    n_components = synaptic_ops.shape[0]
-    mask = exit_component_mask(exit_layers, n_components - n_exits, cascade).to(synaptic_ops)[exit_taken]  # [B, K]
+    n_components = len(neuron_updates)
+    mask = exit_component_mask(exit_layers, n_components - n_exits, cascade).to(neuron_updates)[exit_taken]  # [B, K]
     steps = timesteps_run.long()
-    index = (steps - 1).clamp(min=0)
-    ran = (steps > 0).to(synaptic_ops.dtype)
-    batch = torch.arange(synaptic_ops.shape[2], device=synaptic_ops.device)
-    syn_upto = synaptic_ops.cumsum(1)[:, index, batch].T  # [B, K]
-    dense_upto = dense_macs.cumsum(1)[:, index, batch].T
-    synaptic = (syn_upto * mask).sum(1) * ran
-    dense = (dense_upto * mask).sum(1) * ran
-    neurons = (mask * neuron_updates).sum(1) * steps.to(synaptic_ops.dtype)
+    if totals is None:
+        index = (steps - 1).clamp(min=0)
+        batch = torch.arange(synaptic_ops.shape[2], device=synaptic_ops.device)
+        totals = synaptic_ops.cumsum(1)[:, index, batch].T, dense_macs.cumsum(1)[:, index, batch].T  # [B, K] each
+    syn_upto, dense_upto = totals
+    ran = (steps > 0).to(mask.dtype)
+    synaptic = (syn_upto.to(mask.dtype) * mask).sum(1) * ran
+    dense = (dense_upto.to(mask.dtype) * mask).sum(1) * ran
+    neurons = (mask * neuron_updates).sum(1) * steps.to(mask.dtype)
     return synaptic, dense, neurons
 
 

@@ -327,22 +327,28 @@ class FastSlow:
             exit_taken=torch.full_like(stopped_at, s1.n_exits - 1),
             policy_macs=stopped_at.to(flat.dtype) * confidence_policy_macs(classes),
         )
-        # Each input's charges as one step's record at its stop: the charge sums the steps up to it.
-        per_step = flat.new_zeros(2 * s1.n_components, steps, n)
-        per_step[:, (stopped_at - 1).clamp(min=0), torch.arange(n)] = charges.t().to(flat.dtype)
-        synaptic, dense = per_step.split(s1.n_components)
+        # The kernel summed each input's charges up to its stop: the charge reads those totals.
+        synaptic, dense = charges.to(flat.dtype).split(s1.n_components, dim=1)  # [N, K] each
+        empty = flat.new_zeros(0)
         record = S1Record(
-            step_outputs=flat.new_zeros(0),
-            logits=flat.new_zeros(0),
-            synaptic_ops=synaptic,
-            dense_macs=dense,
+            step_outputs=empty,
+            logits=empty,
+            synaptic_ops=empty,
+            dense_macs=empty,
             neuron_updates=s1.neuron_counts(flat.dtype),
-            spike_rates=flat.new_zeros(0),
+            spike_rates=empty,
             exit_layers=s1.exit_layers,
         )
-        return self._finish(x, record, routing, answer)
+        return self._finish(x, record, routing, answer, totals=(synaptic, dense))
 
-    def _finish(self, x: torch.Tensor, record: S1Record, routing: Routing, answer: torch.Tensor | None = None) -> Answer:
+    def _finish(
+        self,
+        x: torch.Tensor,
+        record: S1Record,
+        routing: Routing,
+        answer: torch.Tensor | None = None,
+        totals: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Answer:
         """Each input's class (System 2's where escalated, else System 1's at its exit and step: ``answer``
         [N, C] or read from ``record``) and its charge (:func:`fastslow.energy.charge`)."""
         n = x.shape[0]
@@ -353,7 +359,7 @@ class FastSlow:
         predictions = answer.argmax(-1).cpu()
         if escalated.any():
             predictions[escalated.cpu()] = self.system2(x[escalated.to(x.device)]).argmax(1).cpu()
-        charged = charge(record, routing, self.s2_macs, self.profile)
+        charged = charge(record, routing, self.s2_macs, self.profile, totals)
         return Answer(
             predictions, escalated.cpu(), torch.where(escalated.cpu(), -1, exits), steps, charged.total_uj, charged.terms_uj
         )

@@ -372,10 +372,64 @@ def mlp_weights(
     return _cpu_kernels.mlp_weights(layers, heads, exit_layers, key)
 
 
-# The numba MLP kernels, reached through this module (System 1 and serving import no private module):
-# ``mlp_inference`` runs a spiking MLP (linear layers → LIF, membrane readouts) over T steps in one
-# compiled call; ``mlp_until_confident`` runs SEENN-I over it, each input stepped until it is confident
-# (``status`` then holds CONFIDENT, UNCONFIDENT or TOO_CLOSE). Both are the "numba" backend (CPU
-# float32, no gradients); their arguments are documented in fastslow.spiking._cpu_kernels.
-mlp_inference = _cpu_kernels.mlp_inference
-mlp_until_confident = _cpu_kernels.mlp_until_confident
+def mlp_inference(
+    constant: torch.Tensor | None,
+    inputs: torch.Tensor | None,
+    weights: MLPWeights,
+    states: tuple[torch.Tensor, ...] | None,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    records: torch.Tensor,
+    keep_state: bool = True,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """A spiking MLP (linear layers → LIF, membrane readouts) over T steps in one compiled call (the
+    "numba" backend: CPU float32, no gradients); its arguments and records as
+    :func:`fastslow.spiking._cpu_kernels.mlp_inference` documents them."""
+    return _cpu_kernels.mlp_inference(
+        constant, inputs, weights, states, beta, threshold, reset_zero, records, keep_state=keep_state, rows=rows
+    )
+
+
+def mlp_until_confident(
+    constant: torch.Tensor,
+    weights: MLPWeights,
+    states: tuple[torch.Tensor, ...],
+    rows: torch.Tensor,
+    starts: torch.Tensor,
+    steps: int,
+    beta: float,
+    threshold: float,
+    reset_zero: bool,
+    confidence_threshold: float,
+    temperature: float,
+    margin: float,
+    sums: torch.Tensor,
+    charges: torch.Tensor,
+    answers: torch.Tensor,
+    stopped_at: torch.Tensor,
+    status: torch.Tensor,
+) -> None:
+    """SEENN-I over a spiking MLP, each input stepped until it is confident, in one compiled call (the
+    "numba" backend); its arguments and outputs as :func:`fastslow.spiking._cpu_kernels.mlp_until_confident`
+    documents them (``status`` holds :data:`CONFIDENT`, :data:`UNCONFIDENT` or :data:`TOO_CLOSE`)."""
+    _cpu_kernels.mlp_until_confident(
+        constant,
+        weights,
+        states,
+        rows,
+        starts,
+        steps,
+        beta,
+        threshold,
+        reset_zero,
+        confidence_threshold,
+        temperature,
+        margin,
+        sums,
+        charges,
+        answers,
+        stopped_at,
+        status,
+    )

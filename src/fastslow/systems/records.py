@@ -69,6 +69,8 @@ class S1Record:
         )
 
     def to(self, device: torch.device | str) -> "S1Record":
+        if self.logits.device == torch.device(device):
+            return self
         move = lambda t: t.to(device)  # noqa: E731
         return S1Record(
             move(self.step_outputs),
