@@ -51,6 +51,12 @@ class _Reference(Policy):
     def from_config(cls, config: dict, state: dict[str, torch.Tensor] | None = None) -> Policy:
         return cls()
 
+    def labels(self, outputs: SystemOutputs) -> torch.Tensor:
+        """The labels a reference reads; an error where there are none (it is not deployable)."""
+        if outputs.labels is None:
+            raise ValueError(f"{self.name} reads the labels: it is a reference, not a deployable policy")
+        return outputs.labels
+
 
 @register_policy
 class System1Alone(_Reference):
@@ -85,9 +91,7 @@ class Oracle(_Reference):
 
     def decide(self, outputs: SystemOutputs) -> Decision:
         def routing() -> Routing:
-            if outputs.labels is None:
-                raise ValueError("the oracle reads the labels: it is a reference, not a deployable policy")
-            correct = outputs.s1_final_logits().argmax(1) == outputs.labels
+            correct = outputs.s1_final_logits().argmax(1) == self.labels(outputs)
             return oracle_routing(correct, outputs.timesteps, outputs.last_exit)
 
         return at_last_step(outputs, routing)
@@ -102,12 +106,7 @@ class AETOracle(_Reference):
     deployable = False
 
     def decide(self, outputs: SystemOutputs) -> Decision:
-        def routing() -> Routing:
-            if outputs.labels is None:
-                raise ValueError("the AET oracle reads the labels: it is a reference, not a deployable policy")
-            return aet_oracle_routing(outputs.s1.logits, outputs.labels)
-
-        return at_last_step(outputs, routing)
+        return at_last_step(outputs, lambda: aet_oracle_routing(outputs.s1.logits, self.labels(outputs)))
 
 
 @register_policy
