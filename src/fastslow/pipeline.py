@@ -25,13 +25,13 @@ from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_byte
 from fastslow.errors import CheckpointError, ConfigError, DataError
 from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request
 from fastslow.evaluation.evaluate import (
-    REFERENCE_FAMILIES,
     StrategyResult,
     best_within,
     collect_outputs,
     enumerate_strategies,
     evaluate_strategies,
     family_metrics,
+    is_reference,
     per_input_energy,
     routing_predictions,
     score_routing,
@@ -577,7 +577,7 @@ def calibrate_folder(
     s2_right = (cal.s2_logits.argmax(1) == cal.labels).numpy()
     families: dict[str, dict] = {}
     for family in dict.fromkeys(s.policy.family for s in strategies["calibration"]):
-        if family in REFERENCE_FAMILIES:
+        if is_reference(family):
             continue
         items = [s for s in strategies["calibration"] if s.policy.family == family]
         order = items[0].policy.knob_order

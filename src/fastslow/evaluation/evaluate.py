@@ -18,7 +18,7 @@ from fastslow.data import check_batch
 from fastslow.energy.accounting import charge
 from fastslow.energy.profile import EnergyProfile
 from fastslow.evaluation.metrics import routing_metrics
-from fastslow.policies import Policy, RandomEscalation, Routing, SystemOutputs
+from fastslow.policies import POLICIES, Policy, RandomEscalation, Routing, SystemOutputs
 from fastslow.policies.seenn2 import policy_input
 from fastslow.systems.records import S1Record
 from fastslow.systems.system1 import System1
@@ -181,15 +181,22 @@ def evaluate_strategies(
     return results
 
 
-S1_ONLY_FAMILIES = ("system1", "aet_oracle", "seenn1", "exits", "ponder")
-REFERENCE_FAMILIES = ("system1", "system2", "oracle", "aet_oracle")
+def is_reference(family: str) -> bool:
+    """Whether results of ``family`` are a reference point (a registered family marked ``reference``)."""
+    return family in POLICIES and POLICIES[family].reference
+
+
+def system1_only_families(results: list[StrategyResult]) -> set[str]:
+    """The families whose every point answered from System 1 alone on these results (none escalated)."""
+    families = {r.family for r in results}
+    return {f for f in families if all(r.escalation_rate == 0 for r in results if r.family == f)}
 
 
 def family_metrics(results: list[StrategyResult]) -> dict[str, dict]:
     """APGR / CPT for every swept family (see :mod:`fastslow.evaluation.metrics`)."""
     by_name = {r.name: r for r in results}
     acc_s1, acc_s2 = by_name["system1"].accuracy, by_name["system2"].accuracy
-    families = sorted({r.family for r in results} - set(REFERENCE_FAMILIES))
+    families = sorted(f for f in {r.family for r in results} if not is_reference(f))
     return {
         family: routing_metrics(
             [(r.escalation_rate, r.accuracy) for r in results if r.family == family], acc_s1, acc_s2
@@ -203,7 +210,7 @@ def best_within(results: list[StrategyResult], reference: str = "system2", max_d
     target = next(r for r in results if r.name == reference).accuracy - max_drop
     best: dict[str, StrategyResult] = {}
     for result in results:
-        if result.family in REFERENCE_FAMILIES or result.accuracy < target:
+        if is_reference(result.family) or result.accuracy < target:
             continue
         if result.family not in best or result.energy_uj < best[result.family].energy_uj:
             best[result.family] = result

@@ -13,7 +13,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fastslow import atomic  # noqa: E402
-from fastslow.evaluation.evaluate import REFERENCE_FAMILIES, S1_ONLY_FAMILIES, StrategyResult  # noqa: E402
+from fastslow.evaluation.evaluate import StrategyResult, is_reference, system1_only_families  # noqa: E402
 from fastslow.pareto import pareto_front  # noqa: E402
 
 ENERGY_NOTE = (
@@ -33,11 +33,12 @@ def summary_rows(results: list[StrategyResult]) -> list[tuple[str, StrategyResul
     (within 0.5 pt of System 2; within 0.2 pt of full-T System 1 for System-1-only families) and
     its most accurate point."""
     by_name = {r.name: r for r in results}
-    rows = [("reference", r) for r in results if r.family in REFERENCE_FAMILIES]
-    families = [f for f in dict.fromkeys(r.family for r in results) if f not in REFERENCE_FAMILIES]
+    rows = [("reference", r) for r in results if is_reference(r.family)]
+    families = [f for f in dict.fromkeys(r.family for r in results) if not is_reference(f)]
+    system1_only = system1_only_families(results)
     for family in families:
         points = [r for r in results if r.family == family]
-        s1_only = family in S1_ONLY_FAMILIES
+        s1_only = family in system1_only
         floor = by_name["system1"].accuracy - 0.002 if s1_only else by_name["system2"].accuracy - 0.005
         keeping = [r for r in points if r.accuracy >= floor]
         if keeping:
@@ -132,8 +133,9 @@ def pareto_png(results: list[StrategyResult], title: str, profile_name: str) -> 
 def timesteps_png(results: list[StrategyResult], title: str) -> bytes:
     """Accuracy against mean timesteps for the policies that answer from System 1 alone."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
+    system1_only = system1_only_families(results)
     for family in dict.fromkeys(r.family for r in results):
-        if family not in S1_ONLY_FAMILIES or family in REFERENCE_FAMILIES:
+        if family not in system1_only or is_reference(family):
             continue
         points = sorted((r.mean_timesteps, 100 * r.accuracy) for r in results if r.family == family)
         xs, ys = zip(*points)

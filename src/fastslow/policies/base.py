@@ -190,6 +190,7 @@ class Policy:
     rank: ClassVar[int] = 100  # where the family's points come in results: references first, then by rank
     knob_order: ClassVar[tuple[str, bool] | None] = None
     deployable: ClassVar[bool] = True
+    reference: ClassVar[bool] = False  # a reference point (system1, system2, the oracles), not a policy family
     decides_before_system1: ClassVar[bool] = False
     module: nn.Module | None = None  # trained weights, if any (checkpointed as safetensors)
 

@@ -63,6 +63,7 @@ class System1Alone(_Reference):
     """System 1 runs all T steps and its last exit answers every input."""
 
     kind = "system1"
+    reference = True
     rank = 0
 
     def decide(self, outputs: SystemOutputs) -> Decision:
@@ -74,6 +75,7 @@ class System2Alone(_Reference):
     """System 2 answers every input; System 1 never runs."""
 
     kind = "system2"
+    reference = True
     rank = 1
     decides_before_system1 = True
 
@@ -86,6 +88,7 @@ class Oracle(_Reference):
     """Escalates exactly the inputs System 1 gets wrong after T steps (reads the labels)."""
 
     kind = "oracle"
+    reference = True
     rank = 2
     deployable = False
 
@@ -102,6 +105,7 @@ class AETOracle(_Reference):
     """Each input stops at the first step where System 1 is right (reads the labels)."""
 
     kind = "aet_oracle"
+    reference = True
     rank = 3
     deployable = False
 
