@@ -257,7 +257,7 @@ def fit_policies(
     """Every registered family's points, fitted on the router split's recorded outputs (both systems frozen)."""
     kinds = policy_kinds(config)
     context = FitContext(config=config, val=val, profile=profile, input_shape=tuple(input_shape), seed=config.seed)
-    task = bars.add_task("policies (" + ", ".join(k for k in kinds if POLICIES[k].fit is not Policy.fit) + ")", total=len(kinds))
+    task = bars.add_task(f"policies ({len(kinds)} families)", total=len(kinds))
     policies: list[Policy] = []
     for kind in kinds:
         policies += POLICIES[kind].fit(context)
