@@ -32,7 +32,6 @@ from fastslow.evaluation.evaluate import (
     evaluate_strategies,
     family_metrics,
     is_reference,
-    per_input_energy,
     routing_predictions,
     score_routing,
 )
@@ -452,15 +451,14 @@ def predict_folder(
     import json
 
     out = atomic.check_folder(out)
-    loaded = _load_checkpoints(folder)
+    loaded = load_fit(folder) if data is None else _load_checkpoints(folder)
     deployment, loaded_config = _deployment(loaded), loaded.config
     try:
         deployment.policy(strategy)
     except UnknownStrategy as err:
         raise ConfigError(str(err)) from None
     if data is None:
-        seed_everything(loaded_config.seed)
-        splits = make_splits(loaded_config)
+        splits = loaded.splits
         x, y, source = splits.x_test, splits.y_test, f"the fit's test split ({splits.dataset.name})"
     else:
         inputs = load_inputs(resolved_data(data), seed=loaded_config.seed, test_fraction=loaded_config.test_fraction)
@@ -592,7 +590,7 @@ def calibrate_folder(
         losses = np.stack(
             [((routing_predictions(s.routing, cal) != cal.labels).numpy() & s2_right) for s in items], axis=1
         ).astype(float)
-        energies = np.array([float(per_input_energy(s.routing, cal, fit_.profile).mean()) for s in items])
+        energies = np.array([float(cal.energy_uj(s.routing, fit_.profile).mean()) for s in items])
         result = calibrate_knob(losses, energies, max_accuracy_drop, delta)
         entry = {
             "knobs_safest_first": [s.name for s in items],

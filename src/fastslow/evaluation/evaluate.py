@@ -91,11 +91,6 @@ class StrategyResult:
         return asdict(self)
 
 
-def per_input_energy(routing: Routing, outputs: SystemOutputs, profile: EnergyProfile) -> torch.Tensor:
-    """µJ spent on each input [N] by ``routing``: everything that ran, summed over the energy terms."""
-    return outputs.energy_uj(routing, profile)
-
-
 def routing_predictions(routing: Routing, outputs: SystemOutputs) -> torch.Tensor:
     """The class each input is answered with [N]: System 2's, or System 1's at its (exit, t)."""
     n = len(outputs)

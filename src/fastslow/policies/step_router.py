@@ -79,10 +79,12 @@ def step_router_features(logits: torch.Tensor, spike_rates: torch.Tensor, timest
     )
 
 
-def _log_choice(step_logits: torch.Tensor) -> torch.Tensor:
-    """log q_t over (stop, continue, escalate) [T, N, 3]; continuing past T is impossible."""
+def _log_choice(step_logits: torch.Tensor, reaches_end: bool = True) -> torch.Tensor:
+    """log q_t over (stop, continue, escalate) [t, N, 3]; continuing past T is impossible (the last
+    row is step T unless ``reaches_end`` is False: a prefix of the steps, while serving)."""
     masked = step_logits.clone()
-    masked[-1, :, CONTINUE] = float("-inf")
+    if reaches_end:
+        masked[-1, :, CONTINUE] = float("-inf")
     return F.log_softmax(masked, dim=-1)
 
 
@@ -364,7 +366,5 @@ class StepRouterPolicy(WholeSpaceRouter):
                 router(step_router_features(outputs.s1.logits, outputs.s1.spike_rates, outputs.timesteps))
                 + router.step_bias[:recorded, None]
             )
-            if recorded >= outputs.timesteps:
-                biased[-1, :, CONTINUE] = float("-inf")  # continuing past T is impossible
-            choice = F.log_softmax(biased, dim=-1).argmax(-1)  # [t, N], as route's arg-max
+            choice = _log_choice(biased, reaches_end=recorded >= outputs.timesteps).argmax(-1)  # [t, N], as route's
         return halting_decision(choice != CONTINUE, choice == ESCALATE, outputs.timesteps, router.macs(), outputs.last_exit)

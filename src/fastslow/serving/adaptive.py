@@ -167,9 +167,7 @@ class FastSlow:
         """All T steps at once; the policy routes over the records (the evaluation's rules)."""
         s1 = self.system1
         run = self._graphed.run(x) if self._graphed is not None and x.is_cuda else s1.run(x, generator=generator)
-        record = S1Record(
-            run.step_outputs, run.logits, run.synaptic_ops, run.dense_macs, run.neuron_updates, run.spike_rates, s1.exit_layers
-        ).to("cpu")
+        record = run.to("cpu")
         routing = self.policy.route(self._outputs(record, policy_input(x).cpu()))
         return self._finish(x, record, routing)
 
@@ -203,16 +201,19 @@ class FastSlow:
             routing.cascade = routing.cascade or picked.cascade
             return among[~decided]
 
-        if policy.decides_before_system1:
-            empty = S1Record.from_step_outputs(
-                step_outputs[:0],
-                synaptic_ops=synaptic[:, :0],
-                dense_macs=dense[:, :0],
+        def recorded(upto: int, among: torch.Tensor | slice) -> S1Record:
+            """The record of steps 1..``upto`` for the inputs ``among``."""
+            return S1Record.from_step_outputs(
+                step_outputs[:upto, :, among],
+                synaptic_ops=synaptic[:, :upto, among],
+                dense_macs=dense[:, :upto, among],
                 neuron_updates=neuron_updates,
-                spike_rates=rates[:, :0],
+                spike_rates=rates[:, :upto, among],
                 exit_layers=s1.exit_layers,
             )
-            active = settle(policy.decide(self._outputs(empty.to("cpu"), inputs)), active)
+
+        if policy.decides_before_system1:
+            active = settle(policy.decide(self._outputs(recorded(0, slice(None)).to("cpu"), inputs)), active)
         state, in_state = None, active  # at rest; the inputs the state's rows hold
         first = 0
         planner = self.planner
@@ -241,15 +242,7 @@ class FastSlow:
             dense[:, window, active] = record.dense_macs
             rates[:, window, active] = record.spike_rates
             first += count
-            prefix = S1Record.from_step_outputs(
-                step_outputs[:first, :, active],
-                synaptic_ops=synaptic[:, :first, active],
-                dense_macs=dense[:, :first, active],
-                neuron_updates=neuron_updates,
-                spike_rates=rates[:, :first, active],
-                exit_layers=s1.exit_layers,
-            )
-            active = settle(policy.decide(self._outputs(prefix.to("cpu"), inputs[active.cpu()])), active)
+            active = settle(policy.decide(self._outputs(recorded(first, active).to("cpu"), inputs[active.cpu()])), active)
             if planner is not None:  # (reading the survivors' count has waited for the device)
                 planner.record_chunk(first - count, count, entering, time.perf_counter() - started)
         if len(active):
@@ -260,15 +253,7 @@ class FastSlow:
         if planner is not None:
             planner.record_batch(chunks, n, time.perf_counter() - batch_started)
             planner.record_stops(routing.timesteps)
-        record = S1Record.from_step_outputs(
-            step_outputs,
-            synaptic_ops=synaptic,
-            dense_macs=dense,
-            neuron_updates=neuron_updates,
-            spike_rates=rates,
-            exit_layers=s1.exit_layers,
-        )
-        return self._finish(x, record.to("cpu"), routing)
+        return self._finish(x, recorded(steps, slice(None)).to("cpu"), routing)
 
     def _predict_compiled(self, x: torch.Tensor, flat: torch.Tensor) -> Answer:
         """SEENN-I over an MLP with direct encoding on a CPU, in one compiled call
