@@ -38,7 +38,7 @@ from fastslow.evaluation.evaluate import (
 from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
 from fastslow.progress import progress_bars
-from fastslow.serving.deploy import Deployment, UnknownStrategy
+from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
@@ -416,9 +416,26 @@ def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None
     return loaded
 
 
+def _default_strategy(folder: Path, deployable: list[str]) -> str:
+    """The cheapest of results.json's best points within half a point of System 2 that deploys
+    (``"system2"`` if it names none, or the folder holds no readable results.json)."""
+    import json
+
+    try:
+        results = json.loads((folder / "results.json").read_text())
+        energy = {s["name"]: float(s["energy_uj"]) for s in results["strategies"]}
+        best = [name for name in results["best_within_half_point_of_system2"].values() if name in deployable and name in energy]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "system2"
+    return min(best, key=energy.__getitem__, default="system2")
+
+
 def _deployment(loaded: LoadedFit) -> Deployment:
+    import hashlib
+
     s2_macs = sum(count_macs(loaded.system2, tuple(loaded.system1.spec.input_shape)).values())
-    return Deployment(
+    s2_file = loaded.folder / CHECKPOINTS / "system2.safetensors"
+    deployment = Deployment(
         loaded.system1,
         loaded.system2,
         loaded.policies,
@@ -426,7 +443,11 @@ def _deployment(loaded: LoadedFit) -> Deployment:
         s2_macs,
         seed=loaded.config.seed + TEST_SEED_OFFSET,
         batch_size=loaded.config.eval_batch_size,
+        system2_checkpoint=s2_file.absolute(),
+        system2_sha256=hashlib.sha256(s2_file.read_bytes()).hexdigest(),
     )
+    deployment.default_strategy = _default_strategy(loaded.folder, deployment.strategies)
+    return deployment
 
 
 def load(folder: str | Path, *, profile: str | None = None) -> Deployment:
@@ -471,21 +492,7 @@ def predict_folder(
         task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
         answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
     correct = None if y is None else answer.predictions == y
-    lines = []
-    for i in range(len(x)):
-        escalated = bool(answer.escalated[i])
-        row = {
-            "index": i,
-            "answer": int(answer.predictions[i]),
-            "system": "system2" if escalated else "system1",
-            "exit": None if escalated else int(answer.exits[i]),
-            "timesteps": int(answer.timesteps[i]),
-            "energy_uj": float(answer.energy_uj[i]),
-            "degraded": False,
-        }
-        if y is not None:
-            row.update(label=int(y[i]), correct=bool(correct[i]))
-        lines.append(json.dumps(row))
+    lines = [json.dumps(row) for row in prediction_rows(answer, y)]
     summary = {
         "strategy": strategy,
         "inputs": len(x),

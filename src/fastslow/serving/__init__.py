@@ -2,6 +2,6 @@
 
 from fastslow.serving.adaptive import Answer, FastSlow
 from fastslow.serving.chunks import ChunkPlanner
-from fastslow.serving.deploy import Deployment
+from fastslow.serving.deploy import Deployment, prediction_rows
 
-__all__ = ["Answer", "ChunkPlanner", "Deployment", "FastSlow"]
+__all__ = ["Answer", "ChunkPlanner", "Deployment", "FastSlow", "prediction_rows"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ class Deployment:
 
     ``seed`` seeds the spike encoder's draws and ``batch_size`` splits the inputs as the evaluation
     did, so predicting on the fit's test split reproduces its results.json entry for the strategy.
+    ``system2_checkpoint`` and ``system2_sha256`` (hex SHA-256 of its bytes) name the System 2 a
+    fit's folder holds, so an edge and a server can check they run the same one; ``default_strategy``
+    is the fit's cheapest strategy within half a point of System 2 (``"system2"`` if none).
     """
 
     system1: System1
@@ -32,6 +36,9 @@ class Deployment:
     s2_macs: int
     seed: int = 0
     batch_size: int = 256
+    system2_checkpoint: Path | None = None
+    system2_sha256: str | None = None
+    default_strategy: str = "system2"
 
     def __post_init__(self) -> None:
         self._servers: dict[str, FastSlow] = {}
@@ -83,3 +90,26 @@ class Deployment:
             ),
             {term: torch.cat([p.energy_terms_uj[term] for p in parts]) for term in parts[0].energy_terms_uj},
         )
+
+
+def prediction_rows(answer: Answer, labels: torch.Tensor | None = None, degraded: torch.Tensor | None = None) -> list[dict]:
+    """One dict per input, in input order, as ``fastslow predict`` writes them and ``fastslow serve``
+    answers: index, answer, system, exit (None for System 2), timesteps, energy_uj (µJ), degraded
+    (``degraded`` [N] bool: System 2 could not be reached, so System 1 answered; default all False);
+    with ``labels`` [N] also label and correct."""
+    rows = []
+    for i in range(len(answer.predictions)):
+        escalated = bool(answer.escalated[i])
+        row = {
+            "index": i,
+            "answer": int(answer.predictions[i]),
+            "system": "system2" if escalated else "system1",
+            "exit": None if escalated else int(answer.exits[i]),
+            "timesteps": int(answer.timesteps[i]),
+            "energy_uj": float(answer.energy_uj[i]),
+            "degraded": False if degraded is None else bool(degraded[i]),
+        }
+        if labels is not None:
+            row.update(label=int(labels[i]), correct=row["answer"] == int(labels[i]))
+        rows.append(row)
+    return rows
