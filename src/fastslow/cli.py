@@ -1,4 +1,4 @@
-"""Command line: ``fastslow demo | fit | evaluate | calibrate | predict | continual | search``.
+"""Command line: ``fastslow demo | fit | evaluate | calibrate | predict | continual | search | serve``.
 
 User errors print one line (``error: ...``) and exit with code 2, no traceback.
 """
@@ -24,6 +24,21 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     except FastslowError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _bounded(kind, low, high=None):
+    """An argparse type: a ``kind`` (int or float) number in [low, high]."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (low <= value and (high is None or value <= high)):  # (False for NaN)
+            raise argparse.ArgumentTypeError(f"{text} is outside {low}..{'' if high is None else high}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--data", help="digits | mnist:ROOT | an .npz with X (y optional) (default: the fit's own test split)")
     predict.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
+    predict.add_argument("--profile", help="energy profile name or TOML file (default: the fit's)")
+    predict.add_argument(
+        "--s2-url",
+        help="System 2 from the `fastslow serve` at this URL (System 1 and the policy run here), e.g. http://host:8000",
+    )
+    predict.add_argument(
+        "--s2-timeout", type=_bounded(float, 0.001, 600.0), default=5.0, help="seconds per request phase (default 5)"
+    )
+    predict.add_argument("--s2-retries", type=_bounded(int, 0, 10), default=2, help="retries of a failed request (default 2)")
+    predict.add_argument("--s2-batch", type=_bounded(int, 1, 65536), default=64, help="escalated inputs per request (default 64)")
 
     continual = sub.add_parser(
         "continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)"
@@ -114,6 +139,21 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
     search.add_argument("--seed", type=_seed, default=0)
 
+    serve = sub.add_parser("serve", help="serve DIR's System 2 (and its strategies) over HTTP; needs the serve extra")
+    serve.add_argument("dir", help="a report folder written by fit or demo")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=_bounded(int, 0, 65535), default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--max-batch", type=_bounded(int, 1), default=256, help="most inputs in one System 2 pass (default 256)")
+    serve.add_argument(
+        "--max-wait-ms", type=_bounded(float, 0.0, 60000.0), default=5.0, help="longest wait for a batch to fill, ms (default 5)"
+    )
+    serve.add_argument(
+        "--max-queue", type=_bounded(int, 1), default=1024, help="most inputs waiting; more get 503 (default 1024)"
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=_bounded(int, 1024), default=8 * 1024 * 1024, help="largest request body (default 8 MiB)"
+    )
+
     for p in (demo, fit, evaluate, calibrate, predict, continual, search):
         p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     return parser
@@ -128,7 +168,10 @@ def _run(args: argparse.Namespace) -> None:
     # Piped output gets a fixed width so the table is not truncated to 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=110)
     started = time.perf_counter()
-    show = not args.quiet
+    show = not getattr(args, "quiet", False)
+    if args.command == "serve":
+        _serve(args)
+        return
     if args.command == "continual":
         from fastslow.stdp_jobs import continual_job
 
@@ -183,12 +226,25 @@ def _run(args: argparse.Namespace) -> None:
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "predict":
-        summary = predict_folder(args.dir, args.strategy, args.out, data=args.data, console=console, progress=show)
+        summary = predict_folder(
+            args.dir,
+            args.strategy,
+            args.out,
+            data=args.data,
+            profile=args.profile,
+            s2_url=args.s2_url,
+            s2_timeout=args.s2_timeout,
+            s2_retries=args.s2_retries,
+            s2_batch=args.s2_batch,
+            console=console,
+            progress=show,
+        )
         if show:
             accuracy = "n/a (no labels)" if summary["accuracy"] is None else f"{100 * summary['accuracy']:.2f}%"
+            degraded = f", degraded {summary['degraded']} (System 2 unreachable)" if summary["degraded"] else ""
             console.print(
                 f"{summary['strategy']}: {summary['inputs']} inputs, accuracy {accuracy}, escalated "
-                f"{100 * summary['escalation_rate']:.1f}%, {summary['mean_timesteps']:.2f} steps, "
+                f"{100 * summary['escalation_rate']:.1f}%{degraded}, {summary['mean_timesteps']:.2f} steps, "
                 f"{summary['energy_uj']:.4g} µJ/input ({summary['profile']['name']})"
             )
             console.print(
@@ -215,6 +271,41 @@ def _run(args: argparse.Namespace) -> None:
         console.print(
             f"report: {out / 'report.md'}, {out / 'results.json'}, {out / 'pareto.png'} ({time.perf_counter() - started:.1f} s)"
         )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """``fastslow serve``: load DIR, print one line with the real address, serve until SIGTERM/SIGINT."""
+    import os
+
+    from fastslow.errors import ConfigError
+    from fastslow.pipeline import load
+
+    try:
+        from fastslow.serving.http import create_app, listen, run_server
+    except ImportError:
+        raise ConfigError("fastslow serve needs the serve extra: pip install 'fastslow[serve]'") from None
+    token = os.environ.get("FASTSLOW_API_TOKEN")
+    if token is not None and not token.strip():
+        raise ConfigError("FASTSLOW_API_TOKEN is set but empty: set it to a secret token, or unset it to serve without auth")
+    deployment = load(args.dir)
+    app = create_app(
+        deployment,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        token=token,
+    )
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port} ({err.strerror or err}): choose another --host or --port"
+        ) from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    line = f"serving {args.dir} on http://{shown}:{port} (System 2 sha256 {deployment.system2_sha256})"
+    run_server(app, sock, on_ready=lambda: print(line, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
