@@ -31,6 +31,10 @@ class ProfileError(FastslowError):
     """An energy profile is unknown or malformed."""
 
 
+class ServiceError(FastslowError):
+    """A System 2 service refuses this client: another System 2, a wrong token, a malformed request."""
+
+
 def first_validation_problem(err: ValidationError) -> tuple[str, str]:
     """A pydantic ``ValidationError``'s first problem as (where, message): the field path dotted
     ("(top level)" for the model itself), pydantic's message. Its own text lists every problem, with links."""

@@ -39,6 +39,7 @@ from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
 from fastslow.progress import progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
+from fastslow.serving.remote import DEFAULT_BATCH, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
@@ -450,11 +451,38 @@ def _deployment(loaded: LoadedFit) -> Deployment:
     return deployment
 
 
-def load(folder: str | Path, *, profile: str | None = None) -> Deployment:
+def _attach_remote(deployment: Deployment, url: str, timeout_s: float, retries: int, batch: int) -> None:
+    """Escalations of ``deployment`` go to the ``fastslow serve`` at ``url`` (checked now where it answers)."""
+    from fastslow.serving.remote import RemoteSystem2, System2Identity
+
+    spec = deployment.system1.spec
+    identity = System2Identity(deployment.system2_sha256, tuple(spec.input_shape), spec.n_classes)
+    deployment.remote = RemoteSystem2(url, identity, timeout_s=timeout_s, retries=retries, max_batch=batch)
+    deployment.remote.check()
+
+
+def load(
+    folder: str | Path,
+    *,
+    profile: str | None = None,
+    s2_url: str | None = None,
+    s2_timeout: float = DEFAULT_TIMEOUT_S,
+    s2_retries: int = DEFAULT_RETRIES,
+    s2_batch: int = DEFAULT_BATCH,
+) -> Deployment:
     """A fit's folder as a :class:`~fastslow.serving.Deployment`: ``load(DIR).predict(x, strategy=NAME)``
     answers with any strategy of the fit's results.json (see ``.strategies``); System 2's MACs are
-    counted from the loaded System 2. Predicting the fit's test split reproduces its results.json."""
-    return _deployment(_load_checkpoints(folder, profile=profile))
+    counted from the loaded System 2. Predicting the fit's test split reproduces its results.json.
+
+    ``s2_url``: System 2 answers from the ``fastslow serve`` there (System 1 and the policy run
+    here): escalations go in requests of at most ``s2_batch`` inputs, each phase timed out after
+    ``s2_timeout`` seconds, retried ``s2_retries`` times (:class:`~fastslow.serving.remote.RemoteSystem2`).
+    A service hosting another System 2 is refused (:class:`~fastslow.errors.ServiceError`); one that
+    cannot be reached leaves System 1's answers (``Answer.degraded``)."""
+    deployment = _deployment(_load_checkpoints(folder, profile=profile))
+    if s2_url is not None:
+        _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch)
+    return deployment
 
 
 def predict_folder(
@@ -463,16 +491,26 @@ def predict_folder(
     out: str | Path,
     *,
     data: str | None = None,
+    profile: str | None = None,
+    s2_url: str | None = None,
+    s2_timeout: float = DEFAULT_TIMEOUT_S,
+    s2_retries: int = DEFAULT_RETRIES,
+    s2_batch: int = DEFAULT_BATCH,
     console: Console | None = None,
     progress: bool = True,
 ) -> dict:
     """Answer the fit's test split (or ``data``: any data the loaders take, labels optional) with
     ``strategy``; write ``out/predictions.jsonl`` (one object per input, in input order) and
-    ``out/summary.json``. Returns the summary."""
+    ``out/summary.json``. Returns the summary. ``profile``: another energy profile than the fit's;
+    ``s2_url`` and the ``s2_*`` options: System 2 behind a service, as in :func:`load`."""
     import json
 
+    from fastslow.serving.remote import check_client_options
+
     out = atomic.check_folder(out)
-    loaded = load_fit(folder) if data is None else _load_checkpoints(folder)
+    if s2_url is not None:
+        check_client_options(s2_timeout, s2_retries, s2_batch)  # before the work of loading
+    loaded = load_fit(folder, profile=profile) if data is None else _load_checkpoints(folder, profile=profile)
     deployment, loaded_config = _deployment(loaded), loaded.config
     try:
         deployment.policy(strategy)
@@ -488,9 +526,15 @@ def predict_folder(
         source = inputs.note
     n_classes = None if y is None or len(y) == 0 else int(y.max()) + 1
     _check_inputs_fit(f"data {data or loaded_config.data!r}", tuple(x.shape[1:]), n_classes, deployment.system1, exact=False)
-    with progress_bars(console or Console(), progress) as bars:
-        task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
-        answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
+    if s2_url is not None:
+        _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch)
+    try:
+        with progress_bars(console or Console(), progress) as bars:
+            task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
+            answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
+    finally:
+        if deployment.remote is not None:
+            deployment.remote.close()
     correct = None if y is None else answer.predictions == y
     lines = [json.dumps(row) for row in prediction_rows(answer, y)]
     summary = {
@@ -502,7 +546,8 @@ def predict_folder(
         "mean_timesteps": float(answer.timesteps.float().mean()),
         "energy_uj": float(answer.energy_uj.mean()),
         "energy_terms_uj": {term: float(v.mean()) for term, v in answer.energy_terms_uj.items()},
-        "degraded": 0,
+        "degraded": int(answer.degraded.sum()),
+        "system2_url": s2_url,
         "profile": deployment.profile.summary(),
         "fit": str(Path(folder).absolute()),
         "seed": deployment.seed,

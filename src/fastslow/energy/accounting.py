@@ -3,7 +3,8 @@
 Operation counts come from real activity: System 1's recorded spikes (see
 :class:`fastslow.systems.records.S1Record`), ANN MACs counted per layer by hooks.
 Energies are per input, in microjoules (µJ), under an :class:`EnergyProfile`.
-Memory traffic is not counted (see the profile's caveat).
+Memory traffic is not counted (see the profile's caveat). Where the profile prices a link, an
+escalated input also pays for the bytes it sends and receives (:func:`escalation_bytes`).
 """
 
 from __future__ import annotations
@@ -17,34 +18,62 @@ from torch import nn
 
 from fastslow.energy.profile import EnergyProfile
 
-ENERGY_TERMS: tuple[str, ...] = ("s1_synaptic", "s1_dense", "s1_neuron", "policy", "s2")
+# "tx" only under a profile that prices the link (EnergyProfile.has_link).
+ENERGY_TERMS: tuple[str, ...] = ("s1_synaptic", "s1_dense", "s1_neuron", "policy", "s2", "tx")
 PJ_PER_UJ = 1e6
+# Bytes of one value on the link: inputs go as float32, System 2 answers with float32 logits.
+LINK_VALUE_BYTES = 4
+
+
+def escalation_bytes(input_shape: tuple[int, ...], n_classes: int) -> tuple[int, int]:
+    """(bytes sent, bytes received) per escalated input: the input as float32 (4 · its values) and
+    System 2's logits as float32 (4 · classes). The one definition: the edge client sends exactly
+    this payload (``application/x-npy``, float32); headers, framing and retries are not counted."""
+    return LINK_VALUE_BYTES * math.prod(input_shape), LINK_VALUE_BYTES * n_classes
 
 
 @dataclass
 class OpCounts:
-    """Per-input operation counts, each a float tensor [B]."""
+    """Per-input operation counts, each a float tensor [B]; ``bytes_sent``/``bytes_received``: the
+    link's payload (None: nothing crossed it)."""
 
     synaptic_ops: torch.Tensor
     s1_dense_macs: torch.Tensor
     neuron_updates: torch.Tensor
     policy_macs: torch.Tensor
     s2_macs: torch.Tensor
+    bytes_sent: torch.Tensor | None = None
+    bytes_received: torch.Tensor | None = None
 
     def energy_terms_uj(self, profile: EnergyProfile) -> dict[str, torch.Tensor]:
-        """Energy terms per input in µJ (keys: :data:`ENERGY_TERMS`)."""
-        return {
+        """Energy terms per input in µJ (keys: :data:`ENERGY_TERMS`; ``tx`` only where ``profile``
+        prices the link)."""
+        terms = {
             "s1_synaptic": self.synaptic_ops * profile.E_AC_pJ / PJ_PER_UJ,
             "s1_dense": self.s1_dense_macs * profile.E_MAC_pJ / PJ_PER_UJ,
             "s1_neuron": self.neuron_updates * profile.E_NEURON_pJ / PJ_PER_UJ,
             "policy": self.policy_macs * profile.E_MAC_pJ / PJ_PER_UJ,
             "s2": self.s2_macs * profile.E_MAC_pJ / PJ_PER_UJ,
         }
+        if profile.has_link:
+            zero = torch.zeros_like(self.s2_macs)
+            sent = zero if self.bytes_sent is None else self.bytes_sent
+            received = zero if self.bytes_received is None else self.bytes_received
+            terms["tx"] = (sent * profile.E_TX_BYTE_pJ + received * profile.E_RX_BYTE_pJ) / PJ_PER_UJ
+        return terms
 
 
 def mac_energy_uj(macs: float, profile: EnergyProfile) -> float:
     """µJ of ``macs`` multiply-accumulates under ``profile`` (e.g. System 2's MACs per input)."""
     return macs * profile.E_MAC_pJ / PJ_PER_UJ
+
+
+def link_energy_uj(link_bytes: tuple[float, float], profile: EnergyProfile) -> float:
+    """µJ of one escalation's link traffic, ``link_bytes`` (sent, received), under ``profile``
+    (0 where it prices no link)."""
+    if not profile.has_link:
+        return 0.0
+    return (link_bytes[0] * profile.E_TX_BYTE_pJ + link_bytes[1] * profile.E_RX_BYTE_pJ) / PJ_PER_UJ
 
 
 class RecordedRun(Protocol):
@@ -85,12 +114,14 @@ def charge(
     s2_macs: float,
     profile: EnergyProfile,
     totals: tuple[torch.Tensor, torch.Tensor] | None = None,
+    link_bytes: tuple[float, float] = (0.0, 0.0),
 ) -> Charge:
     """The one energy charge: what ``routing`` ran on each input of ``record`` under ``profile``.
 
     System 1 is charged from its recorded spikes up to each input's ``timesteps`` at the components
     its exit needs (every head up to it for a cascade), the policy its own MACs, System 2 ``s2_macs``
-    per escalated input. Evaluation and serving both call this. ``totals``: each input's
+    per escalated input, and the link ``link_bytes`` (sent, received: :func:`escalation_bytes`) per
+    escalated input where ``profile`` prices it. Evaluation and serving both call this. ``totals``: each input's
     (synaptic ops, dense MACs) per component already summed up to its stop, [B, K] each, where the
     caller has them (serving's compiled path); else they are summed from the record's steps.
     """
@@ -104,12 +135,15 @@ def charge(
         routing.cascade,
         totals,
     )
+    escalated = routing.escalate.to(synaptic.dtype)
     ops = OpCounts(
         synaptic_ops=synaptic,
         s1_dense_macs=dense,
         neuron_updates=neurons,
         policy_macs=routing.policy_macs.to(synaptic.dtype),
-        s2_macs=routing.escalate.to(synaptic.dtype) * s2_macs,
+        s2_macs=escalated * s2_macs,
+        bytes_sent=escalated * link_bytes[0],
+        bytes_received=escalated * link_bytes[1],
     )
     return Charge(ops, ops.energy_terms_uj(profile))
 

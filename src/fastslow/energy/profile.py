@@ -9,7 +9,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fastslow.errors import ProfileError, first_validation_problem
 
@@ -26,10 +26,23 @@ class EnergyProfile(BaseModel):
     E_NEURON_pJ: float = Field(ge=0, description="one neuron state update")
     weight_bits: int = Field(gt=0)
     state_bits: int = Field(gt=0)
+    E_TX_BYTE_pJ: float | None = Field(default=None, ge=0, description="the link: one byte sent by the System 1 side")
+    E_RX_BYTE_pJ: float | None = Field(default=None, ge=0, description="the link: one byte received by the System 1 side")
     sources: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _link_whole(self) -> "EnergyProfile":
+        if (self.E_TX_BYTE_pJ is None) != (self.E_RX_BYTE_pJ is None):
+            raise ValueError("a link needs both E_TX_BYTE_pJ and E_RX_BYTE_pJ (or neither)")
+        return self
+
+    @property
+    def has_link(self) -> bool:
+        """Whether the profile prices the link to System 2 (then escalations pay the ``tx`` term)."""
+        return self.E_TX_BYTE_pJ is not None
+
     def summary(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude_none=True)  # a profile without a link shows no link fields
 
 
 def available_profiles() -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fastslow.data import check_batch
-from fastslow.energy.accounting import charge
+from fastslow.energy.accounting import charge, escalation_bytes
 from fastslow.energy.profile import EnergyProfile
 from fastslow.evaluation.metrics import routing_metrics
 from fastslow.policies import POLICIES, Policy, RandomEscalation, Routing, SystemOutputs
@@ -68,6 +68,7 @@ def collect_outputs(
         s2_macs=s2_macs,
         s2_logits=torch.cat(s2_parts),
         labels=y.cpu(),
+        link_bytes=escalation_bytes(tuple(x.shape[1:]), system1.spec.n_classes),
     )
 
 
@@ -105,7 +106,7 @@ def score_routing(
     steps = routing.timesteps.long()
     exit_taken = routing.exit_taken.long()
     predictions = routing_predictions(routing, outputs)
-    charged = charge(outputs.s1, routing, outputs.s2_macs, profile)
+    charged = charge(outputs.s1, routing, outputs.s2_macs, profile, link_bytes=outputs.link_bytes)
     counts = charged.ops
     terms = {k: float(v.mean()) for k, v in charged.terms_uj.items()}
     exits = Counter(
@@ -127,6 +128,7 @@ def score_routing(
             "neuron_updates": float(counts.neuron_updates.mean()),
             "policy_macs": float(counts.policy_macs.mean()),
             "s2_macs": float(counts.s2_macs.mean()),
+            "link_bytes": float((counts.bytes_sent + counts.bytes_received).mean()),
         },
         exits=dict(sorted(exits.items())),
         knob=knob or {},

@@ -156,13 +156,20 @@ def report_markdown(payload: dict) -> str:
     """report.md: what ran, the systems, every strategy, the routing metrics and the plot."""
     profile = payload["profile"]
     s1, s2 = payload["systems"]["system1"], payload["systems"]["system2"]
+    link = profile.get("E_TX_BYTE_pJ") is not None  # the link is priced: a tx column
     lines = [
         f"# fastslow report — {payload['dataset']}",
         "",
         f"- Data: {payload['data_note']}; split sizes {', '.join(f'{part} {size}' for part, size in payload['split'].items())}; "
         f"run seed {payload['seed']}.",
         f"- Hardware profile: `{profile['name']}` — E_MAC {profile['E_MAC_pJ']} pJ, E_AC {profile['E_AC_pJ']} pJ, "
-        f"E_NEURON {profile['E_NEURON_pJ']} pJ ({profile['description']})",
+        f"E_NEURON {profile['E_NEURON_pJ']} pJ"
+        + (
+            f", link {profile['E_TX_BYTE_pJ']:g} pJ per byte sent, {profile['E_RX_BYTE_pJ']:g} received"
+            if profile.get("E_TX_BYTE_pJ") is not None
+            else ""
+        )
+        + f" ({profile['description']})",
         f"- {ENERGY_NOTE}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in payload['versions'].items())}.",
         "",
@@ -176,15 +183,17 @@ def report_markdown(payload: dict) -> str:
         "",
         "## Strategies",
         "",
-        "| strategy | accuracy % | escalated % | mean T | µJ/input | s1_synaptic µJ | s1_dense µJ | s1_neuron µJ | policy µJ | s2 µJ | × S2 energy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| strategy | accuracy % | escalated % | mean T | µJ/input | s1_synaptic µJ | s1_dense µJ | s1_neuron µJ | policy µJ | s2 µJ |"
+        + (" tx µJ |" if link else "")
+        + " × S2 energy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if link else "") + " ---: |",
     ]
     for r in payload["strategies"]:
         t = r["energy_terms_uj"]
         lines.append(
             f"| {r['name']} | {100 * r['accuracy']:.2f} | {100 * r['escalation_rate']:.1f} | {r['mean_timesteps']:.2f} | "
             f"{r['energy_uj']:.4f} | {t['s1_synaptic']:.4f} | {t['s1_dense']:.4f} | {t['s1_neuron']:.4f} | {t['policy']:.5f} | "
-            f"{t['s2']:.4f} | {r['energy_ratio_vs_s2']:.3f} |"
+            f"{t['s2']:.4f} |" + (f" {t['tx']:.4f} |" if link else "") + f" {r['energy_ratio_vs_s2']:.3f} |"
         )
     lines += [
         "",

@@ -100,6 +100,7 @@ class SystemOutputs:
     s2_macs: int = 0
     s2_logits: torch.Tensor | None = None  # [N, C]
     labels: torch.Tensor | None = None  # [N]
+    link_bytes: tuple[int, int] = (0, 0)  # (sent, received) per escalation (fastslow.energy.escalation_bytes)
 
     def __len__(self) -> int:
         return len(self.policy_inputs)
@@ -117,7 +118,13 @@ class SystemOutputs:
         """The outputs of the inputs at ``index`` only."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return SystemOutputs(
-            self.s1.rows(index), self.timesteps, self.policy_inputs[index], self.s2_macs, pick(self.s2_logits), pick(self.labels)
+            self.s1.rows(index),
+            self.timesteps,
+            self.policy_inputs[index],
+            self.s2_macs,
+            pick(self.s2_logits),
+            pick(self.labels),
+            self.link_bytes,
         )
 
     def s1_final_logits(self) -> torch.Tensor:
@@ -145,7 +152,7 @@ class SystemOutputs:
 
     def energy_uj(self, routing: Routing, profile: EnergyProfile) -> torch.Tensor:
         """µJ spent on each input [N] by ``routing``: everything that ran (:func:`fastslow.energy.charge`)."""
-        return charge(self.s1, routing, self.s2_macs, profile).total_uj
+        return charge(self.s1, routing, self.s2_macs, profile, link_bytes=self.link_bytes).total_uj
 
     def step_outcome_energies(self, profile: EnergyProfile, policy_macs_per_step: float) -> tuple[torch.Tensor, torch.Tensor]:
         """µJ [T, N] of stopping after t steps at the last exit, and of escalating after t steps

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastslow.energy.accounting import mac_energy_uj
+from fastslow.energy.accounting import link_energy_uj, mac_energy_uj
 from fastslow.policies.base import (
     Decision,
     FeatureMLP,
@@ -155,7 +155,9 @@ def router_shares(context: FitContext, policy_macs: int) -> list[float]:
     if rc.energy_budgets_uj:
         n = len(val)
         s1 = float(val.energy_uj(Routing.full_system1(n, val.timesteps, val.last_exit), profile).mean())
-        s2, policy = mac_energy_uj(val.s2_macs, profile), mac_energy_uj(policy_macs, profile)
+        # An escalation costs System 2's MACs and, where the profile prices it, the link.
+        s2 = mac_energy_uj(val.s2_macs, profile) + link_energy_uj(val.link_bytes, profile)
+        policy = mac_energy_uj(policy_macs, profile)
         shares += [round(share_for_energy_budget(b, s1, s2, policy), 4) for b in rc.energy_budgets_uj]
     return sorted(set(shares))
 

@@ -20,6 +20,10 @@ with compaction was 3.3–3.8× slower than one multi-step run of all T steps. T
 all T steps at once and the policy routes over the records, as the evaluation does: the same
 answers, timesteps and energies (energy always charges the steps each input needed, which is what
 event-driven hardware would run, however the simulation computed them).
+
+System 2 is called through :class:`~fastslow.serving.escalation.System2Endpoint`: a module in this
+process, or a service (:class:`~fastslow.serving.remote.RemoteSystem2`). An escalated input the
+endpoint could not answer is answered by System 1 at the step and exit it ran last (degraded).
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ import torch
 from torch import nn
 
 from fastslow.data import check_batch
-from fastslow.energy.accounting import charge, count_macs
+from fastslow.energy.accounting import charge, count_macs, escalation_bytes
 from fastslow.energy.profile import EnergyProfile, load_profile
 from fastslow.policies import Decision, Policy, Routing, Seenn1, SystemOutputs
 from fastslow.policies.confidence import confidence_policy_macs
 from fastslow.policies.dynamic import seenn1_confidence
 from fastslow.policies.seenn2 import policy_input
 from fastslow.serving.chunks import ChunkPlanner
+from fastslow.serving.escalation import LocalSystem2, System2Endpoint
 from fastslow.spiking import backends, encode_step, is_spiking
 from fastslow.systems.cuda_graphs import GraphedSystem1
 from fastslow.systems.records import S1Record
@@ -53,7 +58,8 @@ CONFIDENCE_MARGIN = 1e-4
 class Answer:
     """Per input [N]: the class, whether System 2 answered, the System 1 exit that answered (−1 for
     System 2), System 1 timesteps run, µJ spent and its terms (µJ, keys of
-    :data:`fastslow.energy.ENERGY_TERMS`)."""
+    :data:`fastslow.energy.ENERGY_TERMS`), and whether System 2 was wanted but could not be reached
+    (``degraded``: System 1 answered; ``escalated`` is False there)."""
 
     predictions: torch.Tensor
     escalated: torch.Tensor
@@ -61,6 +67,7 @@ class Answer:
     timesteps: torch.Tensor
     energy_uj: torch.Tensor
     energy_terms_uj: dict[str, torch.Tensor]
+    degraded: torch.Tensor
 
 
 class FastSlow:
@@ -69,7 +76,7 @@ class FastSlow:
     def __init__(
         self,
         system1: System1,
-        system2: nn.Module,
+        system2: nn.Module | System2Endpoint,
         policy: Policy,
         *,
         s2_macs: int | None = None,
@@ -78,7 +85,9 @@ class FastSlow:
         chunking: str = "adaptive",
         cuda_graphs: bool = False,
     ) -> None:
-        """``s2_macs``: System 2's MACs per input (default: counted from ``system2``).
+        """``system2``: a module, or any :class:`~fastslow.serving.escalation.System2Endpoint` (e.g. a
+        :class:`~fastslow.serving.remote.RemoteSystem2`; then ``s2_macs`` is needed).
+        ``s2_macs``: System 2's MACs per input (default: counted from ``system2``).
         ``compaction``: advance in chunks of steps with decided inputs leaving the batch between
         them (True), or run all T steps at once and route over the records (False); None picks
         compaction on a CPU only.
@@ -100,14 +109,21 @@ class FastSlow:
         exits = getattr(policy.module, "n_exits", system1.n_exits)
         if exits != system1.n_exits:
             raise ValueError(f"the policy answers from {exits} exits but System 1 has {system1.n_exits}: fit it on this System 1")
+        if not isinstance(system2, nn.Module | System2Endpoint):
+            raise TypeError(f"system2 must be a torch module or a System2Endpoint, got a {type(system2).__name__}")
         if s2_macs is None:
+            if not isinstance(system2, nn.Module):
+                raise ValueError("s2_macs (System 2's MACs per input) is needed with a System 2 that is not a module")
             s2_macs = sum(count_macs(system2, tuple(system1.spec.input_shape)).values())
         if not s2_macs >= 0:
             raise ValueError(f"s2_macs (System 2's MACs per input) must be ≥ 0, got {s2_macs}")
         if chunking not in ("adaptive", "doubling"):
             raise ValueError(f"chunking must be 'adaptive' or 'doubling', got {chunking!r}")
         # Every path hands the policy CPU records (as the evaluation does): its weights go there too.
-        self.system1, self.system2, self.policy, self.s2_macs = system1.eval(), system2.eval(), policy.to("cpu"), s2_macs
+        self.system1, self.policy, self.s2_macs = system1.eval(), policy.to("cpu"), s2_macs
+        # System 2 through one interface: in this process or behind a service.
+        self.system2: System2Endpoint = LocalSystem2(system2) if isinstance(system2, nn.Module) else system2
+        self.link_bytes = escalation_bytes(tuple(system1.spec.input_shape), system1.spec.n_classes)
         self._check_policy_reads_system1()
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.compaction = compaction
@@ -335,16 +351,64 @@ class FastSlow:
         totals: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Answer:
         """Each input's class (System 2's where escalated, else System 1's at its exit and step: ``answer``
-        [N, C] or read from ``record``) and its charge (:func:`fastslow.energy.charge`)."""
+        [N, C] or read from ``record``) and its charge (:func:`fastslow.energy.charge`).
+
+        An escalated input System 2 could not answer is degraded: System 1's answer at its exit and
+        last step stands, and it is charged as if it had stopped there (no System 2, no link). One
+        that System 1 never ran for (sent straight to System 2) runs all T steps now, to its last exit."""
         n = x.shape[0]
-        escalated = routing.escalate.bool()
+        escalated = routing.escalate.bool().cpu()
+        degraded = torch.zeros(n, dtype=torch.bool)
+        if escalated.any():
+            reply = self.system2.answer(x[escalated.to(x.device)])
+            sent = escalated.nonzero().flatten()
+            degraded[sent[~reply.reached.cpu()]] = True
+            escalated = escalated & ~degraded
+            routing = Routing(
+                escalated,
+                routing.timesteps.long().cpu().clone(),
+                routing.exit_taken.long().cpu().clone(),
+                routing.policy_macs,
+                routing.cascade,
+            )
+            never_ran = degraded & (routing.timesteps == 0)
+            if never_ran.any():
+                answer, totals = self._run_system1_for(x, never_ran, record, routing, answer, totals)
+            answers = reply.answers.cpu()[reply.reached.cpu()]
         steps, exits = routing.timesteps.long().cpu(), routing.exit_taken.long().cpu()
         if answer is None:
             answer = record.logits[(steps - 1).clamp(min=0), exits, torch.arange(n)]
         predictions = answer.argmax(-1).cpu()
         if escalated.any():
-            predictions[escalated.cpu()] = self.system2(x[escalated.to(x.device)]).argmax(1).cpu()
-        charged = charge(record, routing, self.s2_macs, self.profile, totals)
+            predictions[escalated] = answers.to(predictions.dtype)
+        charged = charge(record, routing, self.s2_macs, self.profile, totals, link_bytes=self.link_bytes)
         return Answer(
-            predictions, escalated.cpu(), torch.where(escalated.cpu(), -1, exits), steps, charged.total_uj, charged.terms_uj
+            predictions, escalated, torch.where(escalated, -1, exits), steps, charged.total_uj, charged.terms_uj, degraded
         )
+
+    def _run_system1_for(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        record: S1Record,
+        routing: Routing,
+        answer: torch.Tensor | None,
+        totals: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """System 1's all T steps for the inputs at ``rows`` [N] bool, which it had not run: their
+        record (or ``totals``, and ``answer``) and routing (T steps, last exit) are filled in place.
+        A rate code draws fresh spikes for them (not the generator's: later batches see theirs)."""
+        s1 = self.system1
+        index = rows.nonzero().flatten()
+        run = s1.run(x[rows.to(x.device)]).to("cpu")
+        routing.timesteps[index] = s1.spec.timesteps
+        routing.exit_taken[index] = s1.n_exits - 1
+        if answer is not None:
+            answer[index] = run.final_logits.to(answer.dtype)
+        if totals is not None:
+            totals[0][index] = run.synaptic_ops.sum(1).T.to(totals[0].dtype)
+            totals[1][index] = run.dense_macs.sum(1).T.to(totals[1].dtype)
+        else:
+            for name in ("step_outputs", "logits", "synaptic_ops", "dense_macs", "spike_rates"):
+                getattr(record, name)[:, :, index] = getattr(run, name).to(getattr(record, name).dtype)
+        return answer, totals

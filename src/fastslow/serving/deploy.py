@@ -11,6 +11,7 @@ from torch import nn
 from fastslow.energy.profile import EnergyProfile
 from fastslow.policies import Policy
 from fastslow.serving.adaptive import Answer, FastSlow
+from fastslow.serving.escalation import System2Endpoint
 from fastslow.systems.system1 import System1
 
 
@@ -39,6 +40,8 @@ class Deployment:
     system2_checkpoint: Path | None = None
     system2_sha256: str | None = None
     default_strategy: str = "system2"
+    # Where escalations go when not to ``system2`` in this process (fastslow.load(DIR, s2_url=URL)).
+    remote: System2Endpoint | None = None
 
     def __post_init__(self) -> None:
         self._servers: dict[str, FastSlow] = {}
@@ -64,7 +67,11 @@ class Deployment:
         """The :class:`FastSlow` that answers with ``strategy`` (kept, so its chunk planner learns)."""
         if strategy not in self._servers:
             self._servers[strategy] = FastSlow(
-                self.system1, self.system2, self.policy(strategy), s2_macs=self.s2_macs, profile=self.profile
+                self.system1,
+                self.system2 if self.remote is None else self.remote,
+                self.policy(strategy),
+                s2_macs=self.s2_macs,
+                profile=self.profile,
             )
         return self._servers[strategy]
 
@@ -89,14 +96,14 @@ class Deployment:
                 for name in ("predictions", "escalated", "exits", "timesteps", "energy_uj")
             ),
             {term: torch.cat([p.energy_terms_uj[term] for p in parts]) for term in parts[0].energy_terms_uj},
+            torch.cat([p.degraded for p in parts]),
         )
 
 
-def prediction_rows(answer: Answer, labels: torch.Tensor | None = None, degraded: torch.Tensor | None = None) -> list[dict]:
+def prediction_rows(answer: Answer, labels: torch.Tensor | None = None) -> list[dict]:
     """One dict per input, in input order, as ``fastslow predict`` writes them and ``fastslow serve``
     answers: index, answer, system, exit (None for System 2), timesteps, energy_uj (µJ), degraded
-    (``degraded`` [N] bool: System 2 could not be reached, so System 1 answered; default all False);
-    with ``labels`` [N] also label and correct."""
+    (System 2 could not be reached, so System 1 answered); with ``labels`` [N] also label and correct."""
     rows = []
     for i in range(len(answer.predictions)):
         escalated = bool(answer.escalated[i])
@@ -107,7 +114,7 @@ def prediction_rows(answer: Answer, labels: torch.Tensor | None = None, degraded
             "exit": None if escalated else int(answer.exits[i]),
             "timesteps": int(answer.timesteps[i]),
             "energy_uj": float(answer.energy_uj[i]),
-            "degraded": False if degraded is None else bool(degraded[i]),
+            "degraded": bool(answer.degraded[i]),
         }
         if labels is not None:
             row.update(label=int(labels[i]), correct=row["answer"] == int(labels[i]))
