@@ -327,6 +327,7 @@ def test_sigterm_finishes_the_request_in_flight(fitted_folder, deployment, digit
                 response.json()["logits"], deployment.system2(torch.from_numpy(digits[:2])).numpy(), atol=1e-5, rtol=0
             )
         assert process.wait(TIMEOUT) == 0
+        assert "Traceback" not in process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()
@@ -335,7 +336,7 @@ def test_sigterm_finishes_the_request_in_flight(fitted_folder, deployment, digit
         process.stderr.close()
 
 
-def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys, monkeypatch):
+def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys, monkeypatch, fitted_folder):
     def one_line_error(argv, named):
         assert main(argv) == 2
         err = capsys.readouterr().err
@@ -343,6 +344,9 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, capsys, monkeypatch):
 
     one_line_error(["serve", str(tmp_path)], "holds no config.json")
     one_line_error(["serve", str(tmp_path / "nowhere")], "does not exist")
+    with listen("127.0.0.1", 0) as taken:
+        taken.listen()
+        one_line_error(["serve", str(fitted_folder), "--port", str(taken.getsockname()[1])], "cannot listen on 127.0.0.1:")
     monkeypatch.setenv("FASTSLOW_API_TOKEN", " ")
     one_line_error(["serve", str(tmp_path)], "FASTSLOW_API_TOKEN is set but empty")
     monkeypatch.delenv("FASTSLOW_API_TOKEN")
