@@ -443,7 +443,9 @@ class _Guard:
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host``:``port`` (0: an ephemeral port); OSError if it cannot be bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, so asyncio sets TCP_NODELAY on each connection (it checks sock.proto): else
+    # Nagle holds a response's body, written after its headers, until the client's delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
