@@ -199,6 +199,18 @@ def test_bad_requests_get_422_and_one_line(url, case):
     assert list(response.json()) == ["error"] and isinstance(reason, str) and "\n" not in reason and named in reason
 
 
+def test_kept_alive_connections_do_not_wait_for_delayed_acks(url):
+    """Without TCP_NODELAY, Nagle holds each response's body until the client's delayed ACK: >= 40 ms
+    a request on Linux. The fastest of 20 requests on one connection shows it, whatever the load."""
+    with httpx.Client(timeout=TIMEOUT) as client:
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert client.get(f"{url}/healthz").status_code == 200
+            times.append(time.perf_counter() - started)
+    assert min(times[1:]) < 0.030, sorted(times)[:3]
+
+
 def test_other_routes_and_methods_are_json_errors(url):
     for response, status in (
         (httpx.get(f"{url}/v2/nothing", timeout=TIMEOUT), 404),
