@@ -168,3 +168,23 @@ def test_stdp_peer_bench_runs_tiny_without_the_peer(capsys, tmp_path):
     )
     out = capsys.readouterr().out
     assert "fastslow (dt 0.5 ms)" in out and "train samples/s" in out
+
+
+def test_serve_load_bench_runs_tiny(capsys, tmp_path, fitted_folder):
+    import json
+
+    import pytest
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    bench = _load("serve_load")
+    report = tmp_path / "load.json"
+    argv = ["--dir", str(fitted_folder), "--clients", "2", "--inputs", "10", "--down-s", "0.2", "--cooldown-s", "0.2"]
+    assert bench.main([*argv, "--time-limit", "180", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "inputs/s" in out and "ok" in out
+    data = json.loads(report.read_text())
+    load, fault = data["load"], data["fault"]
+    assert load["inputs"] == 20 and load["errors"] == 0 and load["degraded"] == 0 and load["answers_equal_local"]
+    assert fault["errors"] == 0 and fault["every_call_answered"] and fault["clients_recovered"] == 2
+    assert fault["degraded"] == fault["escalations_while_down"] > 0 and fault["degraded_outside_window"] == 0
