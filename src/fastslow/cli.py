@@ -115,18 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=_seed, default=0)
 
     for p in (demo, fit, evaluate, calibrate, predict, continual, search):
-        p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+        p.add_argument(
+            "--quiet",
+            action="store_true",
+            help="no progress or table (off a terminal, progress is a plain line every 10 s; FASTSLOW_PROGRESS_INTERVAL sets it)",
+        )
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
     from fastslow.config import load_config
     from fastslow.pipeline import calibrate_folder, evaluate_folder, fit, predict_folder
+    from fastslow.progress import output_console
 
-    # Piped output gets a fixed width so the table is not truncated to 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=110)
+    console = output_console()
     started = time.perf_counter()
     show = not args.quiet
     if args.command == "continual":
@@ -204,12 +206,13 @@ def _run(args: argparse.Namespace) -> None:
             calibration_fraction=args.calibration_fraction,
             console=console,
             show_table=show,
+            progress=show,
         )
         if show:
             console.print(f"calibration: {Path(args.dir) / 'calibration.json'}")
         return
     else:
-        evaluate_folder(args.dir, data=args.data, profile=args.profile, console=console, show_table=show)
+        evaluate_folder(args.dir, data=args.data, profile=args.profile, console=console, show_table=show, progress=show)
         out = Path(args.dir)
     if show:
         console.print(

@@ -37,7 +37,7 @@ from fastslow.evaluation.evaluate import (
 )
 from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
-from fastslow.progress import progress_bars
+from fastslow.progress import output_console, progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
@@ -119,8 +119,8 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
 
 
 def _train(progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed) -> None:
-    batches = epochs * max(1, -(-len(x) // batch_size))
-    task = progress.add_task(description, total=batches)
+    per_epoch = max(1, -(-len(x) // batch_size))
+    task = progress.add_task(description, total=epochs * per_epoch, epoch_batches=per_epoch)
     train_classifier(
         model, x, y, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_batch=lambda: progress.advance(task)
     )
@@ -145,9 +145,24 @@ def versions() -> dict[str, str]:
     return {"fastslow": own, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int) -> SystemOutputs:
+def _outputs(
+    system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int, bars: Progress | None = None, split: str = ""
+) -> SystemOutputs:
+    """Both systems' outputs on ``x`` (a task on ``bars`` counts the batches of the ``split``)."""
+    on_batch = None
+    if bars is not None:
+        task = bars.add_task(f"System 1 and 2 on the {split} split", total=-(-len(x) // config.eval_batch_size))
+        on_batch = lambda: bars.advance(task)  # noqa: E731
     return collect_outputs(
-        system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device
+        system1,
+        system2,
+        x,
+        y,
+        s2_macs,
+        batch_size=config.eval_batch_size,
+        seed=config.seed + seed_offset,
+        device=device,
+        on_batch=on_batch,
     )
 
 
@@ -204,19 +219,25 @@ def _evaluate_and_report(
     device: torch.device,
     console: Console,
     show_table: bool,
+    progress: bool = True,
 ) -> tuple[list[StrategyResult], dict]:
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
-    test = _outputs(
-        system1,
-        system2,
-        sum(s2_macs_per_layer.values()),
-        splits.x_test,
-        splits.y_test,
-        config,
-        device,
-        seed_offset=TEST_SEED_OFFSET,
-    )
-    results = evaluate_strategies(test, profile, policies, seed=config.seed)
+    with progress_bars(console, progress) as bars:
+        test = _outputs(
+            system1,
+            system2,
+            sum(s2_macs_per_layer.values()),
+            splits.x_test,
+            splits.y_test,
+            config,
+            device,
+            seed_offset=TEST_SEED_OFFSET,
+            bars=bars,
+            split="test",
+        )
+        task = bars.add_task(f"evaluate ({len(policies)} policy points)", total=1)
+        results = evaluate_strategies(test, profile, policies, seed=config.seed)
+        bars.advance(task)
     s1_result = next(r for r in results if r.name == "system1")
     dataset = splits.dataset
     payload = {
@@ -278,7 +299,7 @@ def fit(
     ``system2``: any ``nn.Module`` mapping inputs to logits, to use instead of the default
     (trained here like the default; only the default can be reloaded by ``evaluate``).
     """
-    console = console or Console()
+    console = console or output_console()
     out = atomic.check_folder(out)
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
@@ -313,7 +334,9 @@ def fit(
         )
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
-        val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET)
+        val = _outputs(
+            s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET, bars=bars, split="router"
+        )
         policies = fit_policies(config, val, tuple(dataset.input_shape), profile, bars)
     folder = out / CHECKPOINTS
     # A calibration belongs to the checkpoints it chose knobs for: an earlier fit's would be stale here.
@@ -324,7 +347,7 @@ def fit(
     manifest = {"system2": "default" if system2 is None else "custom", "policies": checkpoint.save_policies(folder, policies)}
     atomic.write_json(folder / "manifest.json", manifest)
     atomic.write_json(out / "config.json", config.model_dump())
-    results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table)
+    results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table, progress)
     return FitResult(s1, s2, policies, results, payload)
 
 
@@ -467,7 +490,7 @@ def predict_folder(
         source = inputs.note
     n_classes = None if y is None or len(y) == 0 else int(y.max()) + 1
     _check_inputs_fit(f"data {data or loaded_config.data!r}", tuple(x.shape[1:]), n_classes, deployment.system1, exact=False)
-    with progress_bars(console or Console(), progress) as bars:
+    with progress_bars(console or output_console(), progress) as bars:
         task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
         answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
     correct = None if y is None else answer.predictions == y
@@ -514,6 +537,7 @@ def evaluate_folder(
     profile: str | None = None,
     console: Console | None = None,
     show_table: bool = True,
+    progress: bool = True,
 ) -> tuple[list[StrategyResult], dict]:
     """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
     fit_ = load_fit(folder, data=data, profile=profile)
@@ -527,8 +551,9 @@ def evaluate_folder(
         fit_.policies,
         fit_.profile,
         fit_.device,
-        console or Console(),
+        console or output_console(),
         show_table,
+        progress,
     )
 
 
@@ -540,6 +565,7 @@ def calibrate_folder(
     calibration_fraction: float = 0.5,
     console: Console | None = None,
     show_table: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Choose each policy family's knob with Learn-then-Test so that, with probability ≥ 1 − δ over the
     calibration split, accuracy is at most ``max_accuracy_drop`` below System 2's; then least energy.
@@ -552,10 +578,21 @@ def calibrate_folder(
         raise ConfigError(f"calibration fraction {calibration_fraction} is outside (0, 1): pass e.g. 0.5")
     fit_ = load_fit(folder)
     config, splits = fit_.config, fit_.splits
+    console = console or output_console()
     s2_macs = sum(count_macs(fit_.system2, tuple(splits.x_test.shape[1:])).values())
-    test = _outputs(
-        fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=TEST_SEED_OFFSET
-    )
+    with progress_bars(console, progress) as bars:
+        test = _outputs(
+            fit_.system1,
+            fit_.system2,
+            s2_macs,
+            splits.x_test,
+            splits.y_test,
+            config,
+            fit_.device,
+            seed_offset=TEST_SEED_OFFSET,
+            bars=bars,
+            split="test",
+        )
     try:
         cal_index, held_index = train_test_split(
             np.arange(len(test.labels)), train_size=calibration_fraction, stratify=test.labels.numpy(), random_state=config.seed
@@ -632,7 +669,7 @@ def calibrate_folder(
     }
     atomic.write_json(fit_.folder / "calibration.json", payload)
     if show_table:
-        _print_calibration(payload, console or Console())
+        _print_calibration(payload, console)
     return payload
 
 
