@@ -23,7 +23,7 @@ from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
 from fastslow.errors import CheckpointError, ConfigError, DataError
-from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request
+from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request, min_calibration_size
 from fastslow.evaluation.evaluate import (
     StrategyResult,
     best_within,
@@ -136,13 +136,22 @@ def describe_module(module: nn.Module) -> str:
     return " · ".join(parts)
 
 
+def package_version() -> str:
+    """fastslow's installed version ("unknown" when run from sources that are not installed)."""
+    try:
+        return metadata.version("fastslow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def versions() -> dict[str, str]:
     """Versions of what made a result (recorded in every result file)."""
-    try:
-        own = metadata.version("fastslow")
-    except metadata.PackageNotFoundError:
-        own = "unknown"
-    return {"fastslow": own, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "fastslow": package_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _outputs(
@@ -656,6 +665,7 @@ def calibrate_folder(
         "guarantee": f"for each family on its own: with probability >= {1 - delta:g} over the calibration split, its chosen knob's "
         f"accuracy >= System 2's - {max_accuracy_drop:g} (for F families together, >= 1 - F*delta)",
         "split_note": f"the test split ({len(test.labels)}) divided {len(cal_index)} calibration / {len(held_index)} held out, stratified, seed {config.seed}",
+        "calibration_fraction": calibration_fraction,
         "calibration_size": len(cal_index),
         "held_out_size": len(held_index),
         "profile": fit_.profile.name,
@@ -701,3 +711,20 @@ def _print_calibration(payload: dict, console: Console) -> None:
                 f"{entry['held_out_energy_ratio_vs_s2']:.3f}",
             )
     console.print(table)
+    families = payload["families"]
+    stuck = [f for f, entry in families.items() if entry["chosen"] is None and not entry["note"].startswith("not calibrated")]
+    if stuck:
+        alpha, delta, n = payload["max_accuracy_drop"], payload["delta"], payload["calibration_size"]
+        needed = min_calibration_size(alpha, delta)
+        why = (
+            f"a certificate of a {alpha:g} drop needs at least {needed} calibration inputs, there are {n}"
+            if n < needed
+            else "the safest knobs' calibration risk is too close to the allowed drop"
+        )
+        console.print(
+            f"none certified for {len(stuck)} of {len(families)} families ({why}): allow a larger drop "
+            f"(--max-accuracy-drop, now {alpha:g}) or failure probability (--delta, now {delta:g}), or calibrate on more "
+            f"inputs (--calibration-fraction, now {payload['calibration_fraction']:g}, or a larger test split)",
+            markup=False,
+            highlight=False,
+        )
