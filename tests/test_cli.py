@@ -358,3 +358,84 @@ def test_calibrate_skips_a_family_whose_knob_has_no_safest_first_order(fitted_fo
     assert payload["families"]["router_steps_target"]["chosen"] is None
     assert "no safest-first order" in payload["families"]["router_steps_target"]["note"] and "router" in payload["families"]
     assert "for each family on its own" in payload["guarantee"]
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastslow {metadata.version('fastslow')}"
+
+
+def test_every_option_of_every_command_has_help_seed_and_device_included():
+    import argparse
+
+    from fastslow.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    seen = set()
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+            seen.update(action.option_strings)
+    assert {"--seed", "--device"} <= seen
+    assert "0..2**32-1" in commands["fit"].format_help() and "CUDA when available" in commands["fit"].format_help()
+
+
+def test_a_bad_option_value_names_the_flag_typed_and_a_bad_file_value_the_file(tmp_path, capsys):
+    message = _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--epochs", "0", "--quiet"])
+    assert message.startswith("error: option --epochs 0: ") and "system1.epochs and system2.epochs" in message
+    config = tmp_path / "bad.toml"
+    config.write_text("[system2]\nepochs = 0\n")
+    message = _fail(capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(config), "--quiet"])
+    assert f"config option system2.epochs in {config}: " in message and "--epochs" not in message
+    config.write_text("system1 = 5\n")  # no table for --epochs to go in: the file's error, not a traceback
+    assert "config option system1 in" in _fail(
+        capsys, ["fit", "--data", "digits", "--out", str(tmp_path / "o"), "--config", str(config), "--epochs", "2", "--quiet"]
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibrate_says_what_to_loosen_when_nothing_is_certified(fitted_folder, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_folder, copy)
+    assert main(["calibrate", str(copy), "--max-accuracy-drop", "0.005", "--delta", "0.1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "none certified" in out
+    assert "needs at least 460 calibration inputs, there are 180" in out  # docs/calibration.md: 460 for α = 0.005, δ = 0.1
+    for hint in ("--max-accuracy-drop, now 0.005", "--delta, now 0.1", "--calibration-fraction, now 0.5"):
+        assert hint in out, out
+    notes = {entry["note"] for entry in json.loads((copy / "calibration.json").read_text())["families"].values()}
+    assert all("larger drop" in note and "delta" in note for note in notes if note.startswith("no knob certified"))
+
+
+def test_the_nan_weights_message_names_the_first_bad_tensor_by_name(fitted_folder, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "nan"
+    shutil.copytree(fitted_folder, copy)
+    weights = copy / "checkpoints" / "system1.safetensors"
+    tensors = load_file(weights)
+    for tensor in tensors.values():
+        tensor.view(-1)[0] = float("nan")
+    save_file(tensors, weights)
+    first = sorted(tensors)[0]
+    message = _fail(capsys, ["evaluate", str(copy), "--quiet"])
+    assert f"NaN/inf values in {first} (and {len(tensors) - 1} more tensors)" in message
+    # The loaded dict's order differs between processes: a fresh process names the same one.
+    run = subprocess.run(
+        [sys.executable, "-m", "fastslow.cli", "evaluate", str(copy), "--quiet"], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 2 and run.stderr.strip() == message
+
+
+def test_labels_in_messages_print_as_integers(tmp_path, capsys):
+    data = tmp_path / "huge.npz"
+    np.savez(data, X=np.random.rand(40, 5), y=np.r_[np.arange(39) % 2, 5e9].astype(np.float64))
+    message = _fail(capsys, ["fit", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])
+    assert "label 5000000000," in message and "e+09" not in message
+    np.savez(data, X=np.random.rand(40, 5), y=np.r_[np.arange(39) % 2, -3e10])
+    assert "(min -30000000000)" in _fail(capsys, ["fit", "--data", str(data), "--out", str(tmp_path / "o"), "--quiet"])

@@ -123,3 +123,33 @@ def test_predict_refuses_inputs_of_another_shape_or_range(fitted_folder, tmp_pat
         main(["predict", str(fitted_folder), "--strategy", "system1", "--data", str(scaled), "--out", str(tmp_path / "o")]) == 2
     )
     assert "outside [0, 1]" in capsys.readouterr().err
+    for name, x in (("negated", -np.random.rand(5, 8, 8)), ("nan", np.where(np.eye(8) > 0, np.nan, 0.5)[None].repeat(5, 0))):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, X=x.astype(np.float32))
+        out = tmp_path / name
+        assert main(["predict", str(fitted_folder), "--strategy", "system1", "--data", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert ("outside [0, 1]" if name == "negated" else "NaN/inf") in err and not out.exists()
+
+
+def test_a_deployment_refuses_inputs_outside_the_unit_range_as_the_cli_does(fitted_folder):
+    from fastslow.data import check_inputs
+    from fastslow.errors import DataError
+    from fastslow.pipeline import load_fit
+
+    deployment = fastslow.load(fitted_folder)
+    x = load_fit(fitted_folder).splits.x_test[:300]  # two batches: refused before the first runs
+    assert deployment.predict(x, "system1").predictions.shape == (300,)
+    nan = x.clone()
+    nan[299, 0, 0, 0] = float("nan")
+    for bad, named in ((-x, "outside [0, 1]"), (x * 16, "hold values in [0, 16]"), (nan, "1 NaN/inf values")):
+        with pytest.raises(DataError) as caught:
+            deployment.predict(bad, "seenn1@0.8+s2", on_batch=lambda: pytest.fail("a batch ran"))
+        message = str(caught.value)
+        assert named in message and "\n" not in message, message
+        with pytest.raises(DataError) as same:  # the one check every way in calls, with the same words
+            check_inputs(bad)
+        assert str(same.value) == message
+    check_inputs(x)  # in range: no error
+    check_inputs(np.zeros((2, 3)), "zeros")

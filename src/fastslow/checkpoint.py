@@ -57,9 +57,14 @@ def _read(folder: Path, stem: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
-    for name, tensor in tensors.items():  # a parseable file can still hold what no training writes
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"checkpoint {where} holds NaN/inf values in {name}: re-run `fastslow fit`")
+    # A parseable file can still hold what no training writes. Names in sorted order: the loaded
+    # dict's order is not the file's, so the first bad one would differ from run to run.
+    bad = [
+        name for name in sorted(tensors) if tensors[name].is_floating_point() and not bool(torch.isfinite(tensors[name]).all())
+    ]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        raise CheckpointError(f"checkpoint {where} holds NaN/inf values in {bad[0]}{more}: re-run `fastslow fit`")
 
 
 def _load_state(module: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:

@@ -41,16 +41,24 @@ def _bounded(kind, low, high=None):
     return parse
 
 
+SEED_HELP = "seed of every random draw (data split, initialisation, spikes, routers): an integer 0..2**32-1"
+MODEL_HELP = "the STDP network: Diehl & Cook (2015) or SpikeDyn (Putra & Shafique 2021); see docs/stdp.md"
+DEVICE_HELP = "where to train and run: auto (CUDA when available, else the CPU), cpu or cuda"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from fastslow.pipeline import package_version
+
     parser = argparse.ArgumentParser(
         prog="fastslow",
         description="Thinking fast and slow: a spiking System 1, an ANN System 2, routing policies, energy accounting.",
     )
+    parser.add_argument("--version", action="version", version=f"fastslow {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the main job on scikit-learn's digits (no download)")
     demo.add_argument("--out", default=DEMO_OUT, help=f"report folder (default: {DEMO_OUT})")
-    demo.add_argument("--seed", type=_seed, default=0)
+    demo.add_argument("--seed", type=_seed, default=0, help=f"{SEED_HELP} (default 0)")
 
     fit = sub.add_parser("fit", help="train System 1, System 2 and the routers on DATA, evaluate, write the report")
     fit.add_argument(
@@ -60,10 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--out", required=True, help="report folder to write")
     fit.add_argument("--config", help="TOML or JSON config file (see the README); command-line options override it")
-    fit.add_argument("--seed", type=_seed)
+    fit.add_argument("--seed", type=_seed, help=f"{SEED_HELP} (default: the config's, else 0)")
     fit.add_argument("--epochs", type=int, help="training epochs for both systems")
     fit.add_argument("--profile", help="energy profile name or TOML file (default cmos45nm)")
-    fit.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    fit.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"{DEVICE_HELP} (default: the config's, else auto)")
 
     evaluate = sub.add_parser("evaluate", help="reload DIR's checkpoints, re-evaluate, rewrite the report")
     evaluate.add_argument("dir", help="a report folder written by fit or demo")
@@ -104,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)"
     )
     continual.add_argument("--data", required=True, help="digits | mnist:ROOT | path to an .npz")
-    continual.add_argument("--model", required=True, choices=["diehl-cook", "spikedyn"])
+    continual.add_argument("--model", required=True, choices=["diehl-cook", "spikedyn"], help=MODEL_HELP)
     continual.add_argument("--out", required=True, help="folder for continual.json and continual.png")
     continual.add_argument("--bits", type=int, default=32, help="weight precision: 4, 8, 16 or 32 (default 32, float)")
     continual.add_argument("--neurons", type=int, default=400, help="excitatory neurons (default 400)")
@@ -118,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     continual.add_argument(
         "--s2-epochs", type=int, default=10, help="epochs for the System 2 that low-confidence answers escalate to"
     )
-    continual.add_argument("--seed", type=_seed, default=0)
+    continual.add_argument("--seed", type=_seed, default=0, help=f"{SEED_HELP} (default 0)")
 
     search = sub.add_parser(
         "search", help="choose an STDP System 1 within a memory and energy budget (estimate, train survivors, Pareto)"
@@ -127,17 +135,19 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--max-memory-kb", type=float, required=True, help="memory budget in KB")
     search.add_argument("--max-energy-uj", type=float, required=True, help="inference energy budget in µJ per input")
     search.add_argument("--out", default="search", help="folder for search.json and search.png (default: search)")
-    search.add_argument("--model", default="spikedyn", choices=["diehl-cook", "spikedyn"])
+    search.add_argument(
+        "--model", default="spikedyn", choices=["diehl-cook", "spikedyn"], help=f"{MODEL_HELP} (default spikedyn)"
+    )
     search.add_argument("--bits", type=int, nargs="+", default=[4, 8, 16, 32], help="precisions to consider")
     search.add_argument("--neurons", type=int, nargs="+", default=[25, 50, 100, 200, 400], help="neuron counts to consider")
     search.add_argument(
         "--presentation-ms", type=float, nargs="+", default=[100.0, 200.0, 350.0], help="presentation times to consider"
     )
     search.add_argument("--train-samples", type=int, default=200, help="training budget per trained candidate (samples)")
-    search.add_argument("--test-samples", type=int, default=200)
+    search.add_argument("--test-samples", type=int, default=200, help="test samples each trained candidate is scored on")
     search.add_argument("--max-trained", type=int, default=8, help="at most this many candidates within budget are trained")
     search.add_argument("--profile", default="cmos45nm", help="energy profile name or TOML file")
-    search.add_argument("--seed", type=_seed, default=0)
+    search.add_argument("--seed", type=_seed, default=0, help=f"{SEED_HELP} (default 0)")
 
     serve = sub.add_parser("serve", help="serve DIR's System 2 (and its strategies) over HTTP; needs the serve extra")
     serve.add_argument("dir", help="a report folder written by fit or demo")
@@ -155,18 +165,20 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     for p in (demo, fit, evaluate, calibrate, predict, continual, search):
-        p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+        p.add_argument(
+            "--quiet",
+            action="store_true",
+            help="no progress or table (off a terminal, progress is a plain line every 10 s; FASTSLOW_PROGRESS_INTERVAL sets it)",
+        )
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
     from fastslow.config import load_config
     from fastslow.pipeline import calibrate_folder, evaluate_folder, fit, predict_folder
+    from fastslow.progress import output_console
 
-    # Piped output gets a fixed width so the table is not truncated to 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=110)
+    console = output_console()
     started = time.perf_counter()
     show = not getattr(args, "quiet", False)
     if args.command == "serve":
@@ -260,12 +272,13 @@ def _run(args: argparse.Namespace) -> None:
             calibration_fraction=args.calibration_fraction,
             console=console,
             show_table=show,
+            progress=show,
         )
         if show:
             console.print(f"calibration: {Path(args.dir) / 'calibration.json'}")
         return
     else:
-        evaluate_folder(args.dir, data=args.data, profile=args.profile, console=console, show_table=show)
+        evaluate_folder(args.dir, data=args.data, profile=args.profile, console=console, show_table=show, progress=show)
         out = Path(args.dir)
     if show:
         console.print(

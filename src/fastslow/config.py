@@ -182,7 +182,9 @@ class FitConfig(_Strict):
 
 
 def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
-    """A :class:`FitConfig` from a TOML/JSON file (or defaults), with top-level overrides applied."""
+    """A :class:`FitConfig` from a TOML/JSON file (or defaults), with the command line's overrides
+    applied (``epochs`` sets both systems' epochs; the others the top-level key of their name). A bad
+    value names the option it came from: ``--epochs 0``, or the config key and file."""
     data: dict = {}
     if path is not None:
         file = Path(path)
@@ -201,18 +203,27 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
             raise ConfigError(
                 f'config file {file} holds a {type(data).__name__}, not a table of options: write e.g. {{"seed": 1}}'
             )
+    flags: dict[str, tuple[str, object, str]] = {}  # config key (dotted) -> the option that set it, its value, what it sets
     for key, value in overrides.items():
         if value is None:
             continue
         if key == "epochs":
-            data.setdefault("system1", {})["epochs"] = value
-            data.setdefault("system2", {})["epochs"] = value
+            for system in ("system1", "system2"):
+                table = data.setdefault(system, {})
+                if isinstance(table, dict):  # else the file's own error is the one to report
+                    table["epochs"] = value
+                    flags[f"{system}.epochs"] = ("--epochs", value, "config options system1.epochs and system2.epochs")
         else:
             data[key] = value
+            flags[key] = (f"--{key}", value, f"config option {key}")
     try:
         return FitConfig(**data)
     except ValidationError as err:
         where, message = first_validation_problem(err)
+        if where in flags:
+            flag, value, sets = flags[where]
+            raise ConfigError(f"option {flag} {value}: {message} (it sets {sets}; see `fastslow fit --help`)") from None
+        source = "" if path is None else f" in {path}"
         raise ConfigError(
-            f"config option {where}: {message} (see `fastslow fit --help` and the README's config section)"
+            f"config option {where}{source}: {message} (see `fastslow fit --help` and the README's config section)"
         ) from None

@@ -23,7 +23,7 @@ from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
 from fastslow.errors import CheckpointError, ConfigError, DataError
-from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request
+from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request, min_calibration_size
 from fastslow.evaluation.evaluate import (
     StrategyResult,
     best_within,
@@ -37,7 +37,7 @@ from fastslow.evaluation.evaluate import (
 )
 from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
-from fastslow.progress import progress_bars
+from fastslow.progress import output_console, progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
 from fastslow.serving.remote import DEFAULT_BATCH, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 from fastslow.systems.system1 import System1, System1Spec
@@ -120,8 +120,8 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
 
 
 def _train(progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed) -> None:
-    batches = epochs * max(1, -(-len(x) // batch_size))
-    task = progress.add_task(description, total=batches)
+    per_epoch = max(1, -(-len(x) // batch_size))
+    task = progress.add_task(description, total=epochs * per_epoch, epoch_batches=per_epoch)
     train_classifier(
         model, x, y, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_batch=lambda: progress.advance(task)
     )
@@ -137,18 +137,42 @@ def describe_module(module: nn.Module) -> str:
     return " · ".join(parts)
 
 
+def package_version() -> str:
+    """fastslow's installed version ("unknown" when run from sources that are not installed)."""
+    try:
+        return metadata.version("fastslow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def versions() -> dict[str, str]:
     """Versions of what made a result (recorded in every result file)."""
-    try:
-        own = metadata.version("fastslow")
-    except metadata.PackageNotFoundError:
-        own = "unknown"
-    return {"fastslow": own, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "fastslow": package_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def _outputs(system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int) -> SystemOutputs:
+def _outputs(
+    system1, system2, s2_macs, x, y, config: FitConfig, device, seed_offset: int, bars: Progress | None = None, split: str = ""
+) -> SystemOutputs:
+    """Both systems' outputs on ``x`` (a task on ``bars`` counts the batches of the ``split``)."""
+    on_batch = None
+    if bars is not None:
+        task = bars.add_task(f"System 1 and 2 on the {split} split", total=-(-len(x) // config.eval_batch_size))
+        on_batch = lambda: bars.advance(task)  # noqa: E731
     return collect_outputs(
-        system1, system2, x, y, s2_macs, batch_size=config.eval_batch_size, seed=config.seed + seed_offset, device=device
+        system1,
+        system2,
+        x,
+        y,
+        s2_macs,
+        batch_size=config.eval_batch_size,
+        seed=config.seed + seed_offset,
+        device=device,
+        on_batch=on_batch,
     )
 
 
@@ -205,19 +229,25 @@ def _evaluate_and_report(
     device: torch.device,
     console: Console,
     show_table: bool,
+    progress: bool = True,
 ) -> tuple[list[StrategyResult], dict]:
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
-    test = _outputs(
-        system1,
-        system2,
-        sum(s2_macs_per_layer.values()),
-        splits.x_test,
-        splits.y_test,
-        config,
-        device,
-        seed_offset=TEST_SEED_OFFSET,
-    )
-    results = evaluate_strategies(test, profile, policies, seed=config.seed)
+    with progress_bars(console, progress) as bars:
+        test = _outputs(
+            system1,
+            system2,
+            sum(s2_macs_per_layer.values()),
+            splits.x_test,
+            splits.y_test,
+            config,
+            device,
+            seed_offset=TEST_SEED_OFFSET,
+            bars=bars,
+            split="test",
+        )
+        task = bars.add_task(f"evaluate ({len(policies)} policy points)", total=1)
+        results = evaluate_strategies(test, profile, policies, seed=config.seed)
+        bars.advance(task)
     s1_result = next(r for r in results if r.name == "system1")
     dataset = splits.dataset
     payload = {
@@ -279,7 +309,7 @@ def fit(
     ``system2``: any ``nn.Module`` mapping inputs to logits, to use instead of the default
     (trained here like the default; only the default can be reloaded by ``evaluate``).
     """
-    console = console or Console()
+    console = console or output_console()
     out = atomic.check_folder(out)
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
@@ -314,7 +344,9 @@ def fit(
         )
         _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
-        val = _outputs(s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET)
+        val = _outputs(
+            s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET, bars=bars, split="router"
+        )
         policies = fit_policies(config, val, tuple(dataset.input_shape), profile, bars)
     folder = out / CHECKPOINTS
     # A calibration belongs to the checkpoints it chose knobs for: an earlier fit's would be stale here.
@@ -325,7 +357,7 @@ def fit(
     manifest = {"system2": "default" if system2 is None else "custom", "policies": checkpoint.save_policies(folder, policies)}
     atomic.write_json(folder / "manifest.json", manifest)
     atomic.write_json(out / "config.json", config.model_dump())
-    results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table)
+    results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table, progress)
     return FitResult(s1, s2, policies, results, payload)
 
 
@@ -529,7 +561,7 @@ def predict_folder(
     if s2_url is not None:
         _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch)
     try:
-        with progress_bars(console or Console(), progress) as bars:
+        with progress_bars(console or output_console(), progress) as bars:
             task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
             answer = deployment.predict(x, strategy, on_batch=lambda: bars.advance(task))
     finally:
@@ -566,6 +598,7 @@ def evaluate_folder(
     profile: str | None = None,
     console: Console | None = None,
     show_table: bool = True,
+    progress: bool = True,
 ) -> tuple[list[StrategyResult], dict]:
     """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
     fit_ = load_fit(folder, data=data, profile=profile)
@@ -579,8 +612,9 @@ def evaluate_folder(
         fit_.policies,
         fit_.profile,
         fit_.device,
-        console or Console(),
+        console or output_console(),
         show_table,
+        progress,
     )
 
 
@@ -592,6 +626,7 @@ def calibrate_folder(
     calibration_fraction: float = 0.5,
     console: Console | None = None,
     show_table: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Choose each policy family's knob with Learn-then-Test so that, with probability ≥ 1 − δ over the
     calibration split, accuracy is at most ``max_accuracy_drop`` below System 2's; then least energy.
@@ -604,10 +639,21 @@ def calibrate_folder(
         raise ConfigError(f"calibration fraction {calibration_fraction} is outside (0, 1): pass e.g. 0.5")
     fit_ = load_fit(folder)
     config, splits = fit_.config, fit_.splits
+    console = console or output_console()
     s2_macs = sum(count_macs(fit_.system2, tuple(splits.x_test.shape[1:])).values())
-    test = _outputs(
-        fit_.system1, fit_.system2, s2_macs, splits.x_test, splits.y_test, config, fit_.device, seed_offset=TEST_SEED_OFFSET
-    )
+    with progress_bars(console, progress) as bars:
+        test = _outputs(
+            fit_.system1,
+            fit_.system2,
+            s2_macs,
+            splits.x_test,
+            splits.y_test,
+            config,
+            fit_.device,
+            seed_offset=TEST_SEED_OFFSET,
+            bars=bars,
+            split="test",
+        )
     try:
         cal_index, held_index = train_test_split(
             np.arange(len(test.labels)), train_size=calibration_fraction, stratify=test.labels.numpy(), random_state=config.seed
@@ -671,6 +717,7 @@ def calibrate_folder(
         "guarantee": f"for each family on its own: with probability >= {1 - delta:g} over the calibration split, its chosen knob's "
         f"accuracy >= System 2's - {max_accuracy_drop:g} (for F families together, >= 1 - F*delta)",
         "split_note": f"the test split ({len(test.labels)}) divided {len(cal_index)} calibration / {len(held_index)} held out, stratified, seed {config.seed}",
+        "calibration_fraction": calibration_fraction,
         "calibration_size": len(cal_index),
         "held_out_size": len(held_index),
         "profile": fit_.profile.name,
@@ -684,7 +731,7 @@ def calibrate_folder(
     }
     atomic.write_json(fit_.folder / "calibration.json", payload)
     if show_table:
-        _print_calibration(payload, console or Console())
+        _print_calibration(payload, console)
     return payload
 
 
@@ -716,3 +763,20 @@ def _print_calibration(payload: dict, console: Console) -> None:
                 f"{entry['held_out_energy_ratio_vs_s2']:.3f}",
             )
     console.print(table)
+    families = payload["families"]
+    stuck = [f for f, entry in families.items() if entry["chosen"] is None and not entry["note"].startswith("not calibrated")]
+    if stuck:
+        alpha, delta, n = payload["max_accuracy_drop"], payload["delta"], payload["calibration_size"]
+        needed = min_calibration_size(alpha, delta)
+        why = (
+            f"a certificate of a {alpha:g} drop needs at least {needed} calibration inputs, there are {n}"
+            if n < needed
+            else "the safest knobs' calibration risk is too close to the allowed drop"
+        )
+        console.print(
+            f"none certified for {len(stuck)} of {len(families)} families ({why}): allow a larger drop "
+            f"(--max-accuracy-drop, now {alpha:g}) or failure probability (--delta, now {delta:g}), or calibrate on more "
+            f"inputs (--calibration-fraction, now {payload['calibration_fraction']:g}, or a larger test split)",
+            markup=False,
+            highlight=False,
+        )

@@ -19,7 +19,7 @@ from fastslow.energy.profile import load_profile
 from fastslow.errors import ConfigError
 from fastslow.evaluation.report import figure_png
 from fastslow.pipeline import versions
-from fastslow.progress import progress_bars
+from fastslow.progress import output_console, progress_bars
 from fastslow.stdp.continual import ContinualResult, parse_tasks, run_continual
 from fastslow.stdp.network import STDPSpec, memory_bytes
 from fastslow.stdp.search import Candidate, candidate_rows, search
@@ -42,7 +42,7 @@ def continual_job(
     progress: bool = True,
     show_table: bool = True,
 ) -> dict:
-    console = console or Console()
+    console = console or output_console()
     atomic.check_folder(out)
     check_seed(seed)
     if s2_epochs < 1:
@@ -186,7 +186,7 @@ def search_job(
     progress: bool = True,
     show_table: bool = True,
 ) -> dict:
-    console = console or Console()
+    console = console or output_console()
     atomic.check_folder(out)
     check_seed(seed)
     dataset = load_dataset(data, seed=seed)

@@ -108,8 +108,9 @@ def _conv_direct_systems(timesteps=4):
     ).eval()
     with torch.no_grad():
         system1.heads[-1].weight.mul_(30.0)
+        system1.layers[0].op.weight.mul_(8.0)  # as inputs in [0, 8] would drive it (inputs outside [0, 1] are refused)
     system2 = build_system2(System2Spec(input_shape=(1, 10, 10), n_classes=5)).eval()
-    return system1, system2, torch.rand(40, 1, 10, 10) * 8, torch.randint(0, 5, (40,))
+    return system1, system2, torch.rand(40, 1, 10, 10), torch.randint(0, 5, (40,))
 
 
 def test_predict_matches_evaluation_for_a_conv_system1_with_direct_encoding():
@@ -260,6 +261,8 @@ def test_bad_settings_and_batches_are_refused_in_one_line(fitted_folder):
     nan[1, 0] = float("nan")
     for batch, error, named in (
         (nan, DataError, "NaN/inf"),
+        (-x, DataError, r"outside \[0, 1\]"),
+        (x * 2 + 0.5, DataError, r"outside \[0, 1\]"),
         (x[:0], DataError, "empty"),
         (x.double(), TypeError, "float32"),
         (x.numpy(), TypeError, "torch.Tensor"),
@@ -312,8 +315,9 @@ def test_a_direct_mlp_is_served_in_one_compiled_call_with_the_evaluations_answer
     ).eval()
     with torch.no_grad():
         s1.heads[-1].weight.mul_(3.0)
+        s1.layers[0].op.weight.mul_(2.0)  # as inputs in [0, 2] would drive it (inputs outside [0, 1] are refused)
     s2 = build_system2(System2Spec(input_shape=(1, 12, 12), n_classes=5)).eval()
-    x, y = torch.rand(23, 1, 12, 12) * 2, torch.randint(0, 5, (23,))
+    x, y = torch.rand(23, 1, 12, 12), torch.randint(0, 5, (23,))
     s2_macs = sum(count_macs(s2, (1, 12, 12)).values())
     profile = load_profile("cmos45nm")
     outputs = collect_outputs(s1, s2, x, y, s2_macs, batch_size=23, seed=7)

@@ -1,5 +1,5 @@
 """Data loading and validation: digits, MNIST IDX files, .npz."""
 
-from fastslow.data.datasets import Dataset, Inputs, check_batch, load_dataset, load_inputs, resolved_data
+from fastslow.data.datasets import Dataset, Inputs, check_batch, check_inputs, load_dataset, load_inputs, resolved_data
 
-__all__ = ["Dataset", "Inputs", "check_batch", "load_dataset", "load_inputs", "resolved_data"]
+__all__ = ["Dataset", "Inputs", "check_batch", "check_inputs", "load_dataset", "load_inputs", "resolved_data"]

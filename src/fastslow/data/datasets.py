@@ -88,11 +88,7 @@ def load_inputs(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Inputs:
     if x.dtype == np.uint8:
         x, scaling = x.astype(np.float32) / 255.0, "uint8 inputs divided by 255"
     else:
-        low, high = float(x.min()), float(x.max())
-        if low < 0.0 or high > 1.0:
-            raise DataError(
-                f"{path}: X holds values in [{low:g}, {high:g}], outside [0, 1]: scale them as the fit's data was (e.g. uint8, or floats in [0, 1])"
-            )
+        check_inputs(x, f"{path}: the inputs in X")
         x, scaling = x.astype(np.float32), "inputs in [0, 1]"
     labels = f"{len(x)} labelled inputs" if y is not None else f"{len(x)} inputs without labels"
     return Inputs(np.ascontiguousarray(x), y, f"{path.name}: {labels}; {scaling}")
@@ -244,17 +240,39 @@ def _mnist(root: Path, seed: int) -> Dataset:
 # --------------------------------------------------------------------------- .npz
 
 
+def check_inputs(x: torch.Tensor | np.ndarray, what: str = "the inputs") -> None:
+    """Raise :class:`DataError` unless every value of ``x`` (a tensor or array of any shape) is finite
+    and in [0, 1], the range every System 1 and System 2 here is fitted on. The one range check of
+    every way in: ``fastslow predict``, :meth:`~fastslow.serving.Deployment.predict`, serving, the evaluation."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() == 0 or x.dtype == torch.bool:
+            return
+        # One pass and no mask (an isfinite mask of the batch cost 10–20× more, on every served batch):
+        # a NaN anywhere makes both extremes NaN, and an infinity is one of them. One read back (a sync on a GPU).
+        low, high = torch.stack(torch.aminmax(x)).tolist()
+    else:
+        x = np.asarray(x)
+        if x.size == 0 or x.dtype == np.bool_:
+            return
+        low, high = float(x.min()), float(x.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int((~torch.isfinite(x)).sum()) if isinstance(x, torch.Tensor) else int(np.count_nonzero(~np.isfinite(x)))
+        raise DataError(f"{what} hold {bad} NaN/inf values: clean or impute them first")
+    if low < 0.0 or high > 1.0:
+        raise DataError(
+            f"{what} hold values in [{low:g}, {high:g}], outside [0, 1] where the systems were fitted: "
+            "scale them as the fit's data was (uint8 images divided by 255, other data into [0, 1])"
+        )
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor | None = None, n_classes: int | None = None) -> None:
     """Raise :class:`DataError` for a batch given through the Python API that no model should see:
-    no samples, NaN/inf inputs; labels ``y`` [N] that are not integers 0..``n_classes``-1, one per input.
-    (Types, dtypes and shapes are the model's to check: :meth:`System1.run`.)"""
+    no samples, inputs outside [0, 1] or NaN/inf (:func:`check_inputs`); labels ``y`` [N] that are not
+    integers 0..``n_classes``-1, one per input. (Types, dtypes and shapes are the model's to check:
+    :meth:`System1.run`.)"""
     if len(x) == 0:
         raise DataError("the batch is empty (0 inputs): pass at least one input")
-    # One pass and no mask (an isfinite mask of the batch cost 10–20× more, on every served batch):
-    # a NaN anywhere makes both extremes NaN, and an infinity is one of them. One read back (a sync on a GPU).
-    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise DataError(f"the inputs hold {bad} NaN/inf values: clean or impute them first")
+    check_inputs(x)
     if y is None:
         return
     if (
@@ -363,9 +381,11 @@ def _as_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
         if bad:
             raise DataError(f"{what} holds {bad} non-integer labels (e.g. 1.5 or NaN): labels must be integers 0..K-1")
     if y.min() < 0:
-        raise DataError(f"{what} holds negative labels (min {y.min():g}): labels must be integers 0..K-1")
+        raise DataError(f"{what} holds negative labels (min {int(y.min())}): labels must be integers 0..K-1")
     if y.max() > MAX_LABEL:
-        raise DataError(f"{what} holds label {y.max():g}, far too large: labels must be integers 0..K-1 with every class present")
+        raise DataError(
+            f"{what} holds label {int(y.max())}, far too large: labels must be integers 0..K-1 with every class present"
+        )
     return y.astype(np.int64)
 
 

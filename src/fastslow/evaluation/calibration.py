@@ -262,7 +262,7 @@ def calibrate_knob(
             alpha,
             delta,
             method,
-            f"no knob certified: {reason}; use a larger calibration split or allow a larger drop",
+            f"no knob certified: {reason}; allow a larger drop (alpha) or failure probability (delta), or use a larger calibration split",
             order,
             loss_form,
         )

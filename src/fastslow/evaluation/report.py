@@ -15,6 +15,7 @@ from rich.table import Table  # noqa: E402
 from fastslow import atomic  # noqa: E402
 from fastslow.evaluation.evaluate import StrategyResult, is_reference, system1_only_families  # noqa: E402
 from fastslow.pareto import pareto_front  # noqa: E402
+from fastslow.progress import output_console  # noqa: E402
 
 ENERGY_NOTE = (
     "Energy per input in µJ counts arithmetic only (synaptic accumulates from the real spikes, "
@@ -69,7 +70,7 @@ def results_table(rows: list[tuple[str, StrategyResult]], title: str) -> Table:
 
 
 def print_table(results: list[StrategyResult], title: str, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     console.print(results_table(summary_rows(results), title))
 
 

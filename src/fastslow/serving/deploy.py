@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastslow.data import check_inputs
 from fastslow.energy.profile import EnergyProfile
 from fastslow.policies import Policy
 from fastslow.serving.adaptive import Answer, FastSlow
@@ -79,8 +80,10 @@ class Deployment:
     def predict(self, x: torch.Tensor, strategy: str, *, seed: int | None = None, on_batch=None) -> Answer:
         """Answers for inputs ``x`` [N, *input_shape] in [0, 1] with ``strategy`` (a name in
         :attr:`strategies`), in batches of ``batch_size``; ``seed`` (default the fit's evaluation seed)
-        seeds a rate code's spikes; ``on_batch()`` is called after each batch."""
+        seeds a rate code's spikes; ``on_batch()`` is called after each batch. Inputs outside [0, 1]
+        or NaN/inf raise a :class:`~fastslow.errors.DataError` before any batch runs."""
         server = self.server(strategy)
+        check_inputs(x)
         device = next(self.system1.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed if seed is None else seed)
         parts = []

@@ -39,7 +39,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastslow.config import check_seed
-from fastslow.errors import FastslowError
+from fastslow.data import check_inputs
+from fastslow.errors import DataError, FastslowError
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
 
 NPY = "application/x-npy"
@@ -219,13 +220,10 @@ def _parse_inputs(value: object, input_shape: tuple[int, ...], max_inputs: int) 
     if len(array) > max_inputs:
         raise HTTPError(422, f"{len(array)} inputs in one request, at most {max_inputs}: split them")
     array = array.astype(np.float32)
-    low, high = float(array.min()), float(array.max())
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise HTTPError(
-            422, f"inputs hold {int((~np.isfinite(array)).sum())} NaN or infinite values: send finite values in [0, 1]"
-        )
-    if low < 0.0 or high > 1.0:
-        raise HTTPError(422, f"inputs hold values in [{low:g}, {high:g}], outside [0, 1]: scale them as the fit's data was")
+    try:
+        check_inputs(array)
+    except DataError as err:
+        raise HTTPError(422, str(err)) from None
     return array
 
 
