@@ -1,7 +1,9 @@
-"""Checkpoints: weights as safetensors plus a JSON config beside them, written atomically."""
+"""Checkpoints: weights as safetensors plus a JSON config beside them, written atomically, and
+``manifest.json``: the fit's generation id, each file's SHA-256, the policies and the fit's config."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2  # 2: generation id, per-file SHA-256 and the fit's config
 
 
 def save_module(folder: Path, stem: str, module: nn.Module, config: dict) -> None:
@@ -158,3 +162,67 @@ def load_policies(folder: Path, entries: list[dict]) -> list[Policy]:
             ) from None
         policies.append(policy)
     return policies
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_manifest(folder: Path, *, generation: str, system2: str, policies: list[dict], config: dict) -> None:
+    """Write ``manifest.json`` last: the fit's ``generation`` id, the SHA-256 of every checkpoint
+    file already in ``folder`` (a fit writes into a fresh folder, so exactly its own), the
+    policies' entries (:func:`save_policies`) and the fit's config."""
+    files = {
+        path.name: _sha256(path)
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST
+    }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "generation": generation,
+        "system2": system2,
+        "policies": policies,
+        "files": files,
+        "config": config,
+    }
+    atomic.write_json(folder / MANIFEST, manifest)
+
+
+def read_manifest(folder: Path) -> dict:
+    """``folder``'s manifest, its shape checked (``generation``, ``files``, ``policies``, ``config``)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing: re-run `fastslow fit` to write a complete checkpoint folder")
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
+        checks = {"generation": str, "files": dict, "policies": list, "config": dict}
+        for key, kind in checks.items():
+            if not isinstance(manifest[key], kind):
+                raise ValueError(f"its {key} is not a {kind.__name__}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupt or from an older fastslow ({err}): re-run `fastslow fit`"
+        ) from None
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Every file the manifest lists is present with the SHA-256 it recorded: else the folder
+    mixes fits (files copied in, edited, or left by an interrupted older writer) and is refused."""
+    stale = []
+    for name, digest in manifest["files"].items():
+        path = folder / str(name)
+        if not path.is_file():
+            stale.append(f"{name} (missing)")
+        elif _sha256(path) != digest:
+            stale.append(str(name))
+    if stale:
+        shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+        raise CheckpointError(
+            f"checkpoint files in {folder} are not the ones its fit wrote (generation {manifest['generation'][:12]} "
+            f"in {MANIFEST}): {shown} — changed by hand or copied from another fit; re-run `fastslow fit`, or restore them"
+        )

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete, the rest were not written", file=sys.stderr)
+        print("error: interrupted; each output folder is as it was, or whole where it was already replaced", file=sys.stderr)
         return 130
     return 0
 

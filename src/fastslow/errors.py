@@ -27,6 +27,10 @@ class CheckpointError(FastslowError):
     """A checkpoint folder is missing files or holds a corrupt file."""
 
 
+class WriteError(FastslowError):
+    """An output folder or file cannot be written (permission, no space, read-only file system)."""
+
+
 class ProfileError(FastslowError):
     """An energy profile is unknown or malformed."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 import random
+import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +46,22 @@ from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
 
 CHECKPOINTS = "checkpoints"
+# What a fit's folder holds: a re-fit replaces the whole folder, so anything else found there is refused, not deleted.
+FIT_FILES = (
+    "config.json",
+    "results.json",
+    "report.md",
+    "pareto.png",
+    "timesteps.png",
+    "calibration.json",
+    CHECKPOINTS,
+    f"{CHECKPOINTS}/*.json",
+    f"{CHECKPOINTS}/*.safetensors",
+)
+PREDICT_FILES = ("predictions.jsonl", "summary.json")
+# config.json keys a later command may change (evaluate --data/--profile remember theirs there); the rest made the checkpoints.
+RUN_TIME_KEYS = ("data", "profile", "device", "eval_batch_size")
+IN_PLACE_FIX = "make the folder writable, or copy it and run on the copy"
 # The spike encoder's seed offsets from the fit's seed: the router split's records, then the test split's.
 VAL_SEED_OFFSET, TEST_SEED_OFFSET = 1, 2
 
@@ -218,8 +235,7 @@ def _systems_summary(
     }
 
 
-def _evaluate_and_report(
-    out: Path,
+def _evaluate(
     config: FitConfig,
     splits: Splits,
     system1: System1,
@@ -227,10 +243,11 @@ def _evaluate_and_report(
     policies: list[Policy],
     profile: EnergyProfile,
     device: torch.device,
+    generation: str,
     console: Console,
-    show_table: bool,
     progress: bool = True,
 ) -> tuple[list[StrategyResult], dict]:
+    """Every strategy on the test split, and the report's payload (``generation``: the checkpoints' id)."""
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
     with progress_bars(console, progress) as bars:
         test = _outputs(
@@ -255,6 +272,7 @@ def _evaluate_and_report(
         "data_note": dataset.note,
         "split": {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)},
         "seed": config.seed,
+        "generation": generation,
         "profile": profile.summary(),
         "versions": versions(),
         "config": config.model_dump(),
@@ -264,10 +282,11 @@ def _evaluate_and_report(
         "routing_metrics": family_metrics(results),
         "best_within_half_point_of_system2": {k: v.name for k, v in best_within(results).items()},
     }
-    write_report(out, payload, results)
-    if show_table:
-        print_table(results, f"{dataset.name}: {len(splits.x_test)} test inputs, profile {profile.name}", console)
     return results, payload
+
+
+def _show(results: list[StrategyResult], splits: Splits, profile: EnergyProfile, console: Console) -> None:
+    print_table(results, f"{splits.dataset.name}: {len(splits.x_test)} test inputs, profile {profile.name}", console)
 
 
 def policy_kinds(config: FitConfig) -> list[str]:
@@ -308,9 +327,13 @@ def fit(
 
     ``system2``: any ``nn.Module`` mapping inputs to logits, to use instead of the default
     (trained here like the default; only the default can be reloaded by ``evaluate``).
+
+    ``out`` is written as one generation (:class:`fastslow.atomic.Generation`): built beside it
+    and swapped in at the end, so an interrupted or failed fit leaves it as it was. Whether it can
+    be written is checked before any work.
     """
     console = console or output_console()
-    out = atomic.check_folder(out)
+    output = atomic.Generation(out, owns=FIT_FILES)
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
     device = resolve_device(config.device)
@@ -348,16 +371,26 @@ def fit(
             s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET, bars=bars, split="router"
         )
         policies = fit_policies(config, val, tuple(dataset.input_shape), profile, bars)
-    folder = out / CHECKPOINTS
-    # A calibration belongs to the checkpoints it chose knobs for: an earlier fit's would be stale here.
-    (out / "calibration.json").unlink(missing_ok=True)
-    checkpoint.save_system1(folder, s1)
-    if system2 is None:
-        checkpoint.save_system2(folder, s2, s2_spec)
-    manifest = {"system2": "default" if system2 is None else "custom", "policies": checkpoint.save_policies(folder, policies)}
-    atomic.write_json(folder / "manifest.json", manifest)
-    atomic.write_json(out / "config.json", config.model_dump())
-    results, payload = _evaluate_and_report(out, config, splits, s1, s2, policies, profile, device, console, show_table, progress)
+    generation = uuid.uuid4().hex
+    results, payload = _evaluate(config, splits, s1, s2, policies, profile, device, generation, console, progress)
+    # A new folder: no file of an earlier fit (its calibration.json included) survives a re-fit.
+    with output as staging:
+        folder = staging / CHECKPOINTS
+        checkpoint.save_system1(folder, s1)
+        if system2 is None:
+            checkpoint.save_system2(folder, s2, s2_spec)
+        entries = checkpoint.save_policies(folder, policies)
+        checkpoint.write_manifest(
+            folder,
+            generation=generation,
+            system2="default" if system2 is None else "custom",
+            policies=entries,
+            config=config.model_dump(),
+        )
+        atomic.write_json(staging / "config.json", config.model_dump())
+        write_report(staging, payload, results)
+    if show_table:
+        _show(results, splits, profile, console)
     return FitResult(s1, s2, policies, results, payload)
 
 
@@ -373,12 +406,43 @@ class LoadedFit:
     system2: nn.Module
     policies: list[Policy]
     splits: Splits | None
+    generation: str = ""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_config(config: FitConfig, recorded: dict, path: Path) -> None:
+    """``config.json`` agrees with the config the checkpoints were fit with (recorded in the
+    manifest), except the run-time keys a later command may change: else it was edited."""
+    try:
+        fitted = _flatten(FitConfig.model_validate(recorded).model_dump())
+    except ValueError as err:
+        raise CheckpointError(
+            f"the config in {path.parent / CHECKPOINTS / checkpoint.MANIFEST} is invalid or from an older fastslow "
+            f"({str(err).splitlines()[0]}): re-run `fastslow fit`"
+        ) from None
+    found = _flatten(config.model_dump())
+    for key in dict.fromkeys([*fitted, *found]):
+        if key.split(".")[0] in RUN_TIME_KEYS or fitted.get(key) == found.get(key):
+            continue
+        raise CheckpointError(
+            f"{path} was edited after the fit: {key} is {found.get(key)!r} there but the checkpoints were fit with "
+            f"{fitted.get(key)!r}; re-fit, or restore it (only {', '.join(RUN_TIME_KEYS)} may change)"
+        )
 
 
 def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str | None = None) -> LoadedFit:
-    """A fit's folder reloaded, its splits not yet loaded (``splits`` None)."""
-    import json
-
+    """A fit's folder reloaded and verified, its splits not yet loaded (``splits`` None): each file
+    is read and checked, then the manifest's checksums (no file from another fit) and config.json
+    against the fit's config."""
     from fastslow.config import load_config
 
     folder = Path(folder)
@@ -393,27 +457,14 @@ def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str 
     energy_profile = load_profile(config.profile)
     device = resolve_device(config.device)
     ckpt = folder / CHECKPOINTS
-    manifest_path = ckpt / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckpointError(
-            f"checkpoint file {manifest_path} is missing: re-run `fastslow fit` to write a complete checkpoint folder"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        entries = manifest["policies"]
-        if not isinstance(entries, list):
-            raise ValueError("its policies are not a list")
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(
-            f"checkpoint file {manifest_path} is corrupt or from an older fastslow ({err}): re-run `fastslow fit`"
-        ) from None
+    manifest = checkpoint.read_manifest(ckpt)
     if manifest.get("system2") == "custom":
         raise CheckpointError(
             "this fit used a custom System 2 from the Python API: re-evaluate it from Python, passing the module"
         )
     s1 = checkpoint.load_system1(ckpt).to(device)
     s2, _ = checkpoint.load_system2(ckpt)
-    policies = checkpoint.load_policies(ckpt, entries)
+    policies = checkpoint.load_policies(ckpt, manifest["policies"])
     for policy in policies:
         steps = getattr(policy.module, "timesteps", s1.spec.timesteps)
         if steps != s1.spec.timesteps:
@@ -421,8 +472,11 @@ def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str 
                 f"checkpoint policy {policy.name} decides over {steps} timesteps but system1.json runs "
                 f"{s1.spec.timesteps}: the folder's files do not belong together; re-run `fastslow fit`"
             )
+    # Each file was read and checked first (its own problem named); now that they belong together.
+    checkpoint.verify_files(ckpt, manifest)
+    _check_config(config, manifest["config"], folder / "config.json")
     # Policies stay on the CPU: they read records, which evaluation and serving keep there.
-    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, None)
+    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, None, manifest["generation"])
 
 
 def _check_inputs_fit(
@@ -441,7 +495,11 @@ def _check_inputs_fit(
 
 def load_fit(folder: str | Path, *, data: str | None = None, profile: str | None = None) -> LoadedFit:
     """Reload the checkpoints of a ``fit``/``demo`` folder and its data split (or ``data``)."""
-    loaded = _load_checkpoints(folder, data, profile)
+    return _with_splits(_load_checkpoints(folder, data, profile))
+
+
+def _with_splits(loaded: LoadedFit) -> LoadedFit:
+    """``loaded`` with its config's data split loaded and checked against the checkpoints."""
     seed_everything(loaded.config.seed)
     splits = make_splits(loaded.config)
     _check_inputs_fit(f"data {loaded.config.data!r}", splits.dataset.input_shape, splits.dataset.n_classes, loaded.system1)
@@ -533,13 +591,14 @@ def predict_folder(
 ) -> dict:
     """Answer the fit's test split (or ``data``: any data the loaders take, labels optional) with
     ``strategy``; write ``out/predictions.jsonl`` (one object per input, in input order) and
-    ``out/summary.json``. Returns the summary. ``profile``: another energy profile than the fit's;
-    ``s2_url`` and the ``s2_*`` options: System 2 behind a service, as in :func:`load`."""
+    ``out/summary.json`` (``out`` written as one generation, as ``fit`` writes its folder). Returns the
+    summary. ``profile``: another energy profile than the fit's; ``s2_url`` and the ``s2_*`` options:
+    System 2 behind a service, as in :func:`load`."""
     import json
 
     from fastslow.serving.remote import check_client_options
 
-    out = atomic.check_folder(out)
+    output = atomic.Generation(out, owns=PREDICT_FILES)
     if s2_url is not None:
         check_client_options(s2_timeout, s2_retries, s2_batch)  # before the work of loading
     loaded = load_fit(folder, profile=profile) if data is None else _load_checkpoints(folder, profile=profile)
@@ -582,12 +641,14 @@ def predict_folder(
         "system2_url": s2_url,
         "profile": deployment.profile.summary(),
         "fit": str(Path(folder).absolute()),
+        "generation": loaded.generation,
         "seed": deployment.seed,
         "versions": versions(),
         "config": loaded_config.model_dump(),
     }
-    atomic.write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
-    atomic.write_json(out / "summary.json", summary)
+    with output as staging:
+        atomic.write_text(staging / "predictions.jsonl", "\n".join(lines) + "\n")
+        atomic.write_json(staging / "summary.json", summary)
     return summary
 
 
@@ -600,11 +661,15 @@ def evaluate_folder(
     show_table: bool = True,
     progress: bool = True,
 ) -> tuple[list[StrategyResult], dict]:
-    """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report."""
-    fit_ = load_fit(folder, data=data, profile=profile)
-    atomic.write_json(fit_.folder / "config.json", fit_.config.model_dump())
-    return _evaluate_and_report(
-        fit_.folder,
+    """Reload a fit's checkpoints, re-evaluate on its test split (or ``data``), rewrite its report.
+
+    The folder is rewritten as one generation (its other files, the checkpoints included, carried
+    over as hard links): an interrupted evaluate leaves it as it was."""
+    console = console or output_console()
+    loaded = _load_checkpoints(folder, data, profile)
+    output = atomic.Generation(loaded.folder, keep=True, option="DIR", fix=IN_PLACE_FIX)
+    fit_ = _with_splits(loaded)
+    results, payload = _evaluate(
         fit_.config,
         fit_.splits,
         fit_.system1,
@@ -612,10 +677,16 @@ def evaluate_folder(
         fit_.policies,
         fit_.profile,
         fit_.device,
-        console or output_console(),
-        show_table,
+        fit_.generation,
+        console,
         progress,
     )
+    with output as staging:
+        atomic.write_json(staging / "config.json", fit_.config.model_dump())
+        write_report(staging, payload, results)
+    if show_table:
+        _show(results, fit_.splits, fit_.profile, console)
+    return results, payload
 
 
 def calibrate_folder(
@@ -632,11 +703,14 @@ def calibrate_folder(
     calibration split, accuracy is at most ``max_accuracy_drop`` below System 2's; then least energy.
 
     The fit's test split is divided (stratified, seeded) into a calibration part and a held-out part;
-    the held-out accuracy and energy at the chosen knob are reported. Writes ``calibration.json``.
+    the held-out accuracy and energy at the chosen knob are reported. Writes ``calibration.json``
+    (one file, atomically, recording the checkpoints' generation; the rest of the folder is untouched).
     """
     check_calibration_request(max_accuracy_drop, delta)
     if not 0.0 < calibration_fraction < 1.0:
         raise ConfigError(f"calibration fraction {calibration_fraction} is outside (0, 1): pass e.g. 0.5")
+    if Path(folder).is_dir():  # before any work; what else is wrong with the folder, loading it says
+        atomic.probe_writable(folder, IN_PLACE_FIX)
     fit_ = load_fit(folder)
     config, splits = fit_.config, fit_.splits
     console = console or output_console()
@@ -723,13 +797,15 @@ def calibrate_folder(
         "profile": fit_.profile.name,
         "profile_figures": fit_.profile.summary(),
         "seed": config.seed,
+        "generation": fit_.generation,
         "versions": versions(),
         "config": config.model_dump(),
         "system2_held_out_accuracy": s2_held.accuracy,
         "system2_held_out_energy_uj": s2_held.energy_uj,
         "families": families,
     }
-    atomic.write_json(fit_.folder / "calibration.json", payload)
+    with atomic.writing(fit_.folder, IN_PLACE_FIX):
+        atomic.write_json(fit_.folder / "calibration.json", payload)
     if show_table:
         _print_calibration(payload, console)
     return payload

@@ -1,7 +1,9 @@
 """The ``fastslow continual`` and ``fastslow search`` jobs: progress, tables, result files and figures.
 
 The application layer over :mod:`fastslow.stdp` (which computes, and imports nothing from the
-pipeline, the evaluation or the CLI): what the commands print and write."""
+pipeline, the evaluation or the CLI): what the commands print and write. Each command's ``--out``
+is written as one generation (:class:`fastslow.atomic.Generation`): built beside it, swapped in at
+the end, checked for writability before any work."""
 
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from fastslow.stdp.continual import ContinualResult, parse_tasks, run_continual
 from fastslow.stdp.network import STDPSpec, memory_bytes
 from fastslow.stdp.search import Candidate, candidate_rows, search
 
+CONTINUAL_FILES = ("continual.json", "continual.png", "results.json")
+SEARCH_FILES = ("search.json", "search.png")
+
 
 def continual_job(
     data: str,
@@ -43,7 +48,7 @@ def continual_job(
     show_table: bool = True,
 ) -> dict:
     console = console or output_console()
-    atomic.check_folder(out)
+    output = atomic.Generation(out, owns=CONTINUAL_FILES)
     check_seed(seed)
     if s2_epochs < 1:
         raise ConfigError(f"--s2-epochs {s2_epochs}: System 2 needs at least 1 training epoch")
@@ -77,7 +82,22 @@ def continual_job(
             profile=profile,
             progress=lambda: bars.advance(bar),
         )
-    write_continual(out, result, spec, config, versions())
+    strategies = _escalation(dataset, result, s2_epochs, seed, profile)
+    with output as staging:
+        write_continual(staging, result, spec, config, versions())
+        atomic.write_json(
+            staging / "results.json",
+            {
+                "dataset": dataset.name,
+                "seed": seed,
+                "profile": load_profile(profile).summary(),
+                "versions": versions(),
+                "config": config,
+                "system1": {"kind": "stdp", "spec": spec.to_dict(), "memory_bytes": memory_bytes(spec)},
+                "note": "after the last task, on every task's test samples; System 2 trained with labels on the same training samples",
+                "strategies": strategies,
+            },
+        )
     short = {
         what: [(i, n) for i, n in enumerate(used) if n < asked]
         for what, used, asked in (
@@ -92,20 +112,6 @@ def continual_job(
                 + ", ".join(f"{i} ({n})" for i, n in tasks_short)
                 + "; continual.json records the numbers used[/yellow]"
             )
-    strategies = _escalation(dataset, result, s2_epochs, seed, profile)
-    atomic.write_json(
-        Path(out) / "results.json",
-        {
-            "dataset": dataset.name,
-            "seed": seed,
-            "profile": load_profile(profile).summary(),
-            "versions": versions(),
-            "config": config,
-            "system1": {"kind": "stdp", "spec": spec.to_dict(), "memory_bytes": memory_bytes(spec)},
-            "note": "after the last task, on every task's test samples; System 2 trained with labels on the same training samples",
-            "strategies": strategies,
-        },
-    )
     if show_table:
         table = Table(
             title=f"{model}, {neurons} neurons, {bits}-bit weights: test accuracy (%) on each task after learning each task"
@@ -187,7 +193,7 @@ def search_job(
     show_table: bool = True,
 ) -> dict:
     console = console or output_console()
-    atomic.check_folder(out)
+    output = atomic.Generation(out, owns=SEARCH_FILES)
     check_seed(seed)
     dataset = load_dataset(data, seed=seed)
     config = {
@@ -236,8 +242,10 @@ def search_job(
         "samples_used": {"train": min(train_samples, len(dataset.x_train)), "test": min(test_samples, len(dataset.x_test))},
         "versions": versions(),
     }
-    atomic.write_json(Path(out) / "search.json", payload)
-    atomic.write_bytes(Path(out) / "search.png", search_png(candidates, f"model search on {dataset.name}", profile))
+    figure = search_png(candidates, f"model search on {dataset.name}", profile)
+    with output as staging:
+        atomic.write_json(staging / "search.json", payload)
+        atomic.write_bytes(staging / "search.png", figure)
     if show_table:
         table = Table(title=f"Candidates within {max_memory_kb:g} KB and {max_energy_uj:g} µJ/input that were trained")
         table.add_column("candidate", no_wrap=True)
@@ -289,7 +297,7 @@ def continual_png(result: ContinualResult, title: str) -> bytes:
 
 
 def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, config: dict, versions: dict) -> None:
-    """continual.json and continual.png in ``out``, each written atomically."""
+    """continual.json and continual.png in ``out`` (the command writes them into its new generation)."""
     out = Path(out)
     payload = {
         "model": result.model,
