@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastslow import runtime
 from fastslow.errors import FastslowError
 
 DEMO_OUT = "report"
@@ -24,6 +25,14 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     except FastslowError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _threads(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f'{text!r} is neither "auto" nor a whole number ≥ 1')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=int, help="training epochs for both systems")
     fit.add_argument("--profile", help="energy profile name or TOML file (default cmos45nm)")
     fit.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    for p in (demo, fit):
+        p.add_argument(
+            "--threads",
+            type=_threads,
+            help="CPU threads for torch, numba and BLAS: auto (default: OMP_NUM_THREADS if set, else 1) or a count",
+        )
 
     evaluate = sub.add_parser("evaluate", help="reload DIR's checkpoints, re-evaluate, rewrite the report")
     evaluate.add_argument("dir", help="a report folder written by fit or demo")
@@ -129,6 +144,8 @@ def _run(args: argparse.Namespace) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=110)
     started = time.perf_counter()
     show = not args.quiet
+    if args.command not in ("demo", "fit"):  # a fit takes its count from its config (--threads, [runtime])
+        runtime.apply_threads("auto")
     if args.command == "continual":
         from fastslow.stdp_jobs import continual_job
 
@@ -173,12 +190,18 @@ def _run(args: argparse.Namespace) -> None:
         )
         return
     if args.command == "demo":
-        config = load_config(None, data="digits", seed=args.seed)
+        config = load_config(None, data="digits", seed=args.seed, threads=args.threads)
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "fit":
         config = load_config(
-            args.config, data=args.data, seed=args.seed, epochs=args.epochs, profile=args.profile, device=args.device
+            args.config,
+            data=args.data,
+            seed=args.seed,
+            epochs=args.epochs,
+            profile=args.profile,
+            device=args.device,
+            threads=args.threads,
         )
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
@@ -218,6 +241,8 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything loads torch: OpenMP reads its wait policy only when it starts.
+    runtime.prepare_process()
     args = _parser().parse_args(argv)
     try:
         _run(args)

@@ -168,3 +168,25 @@ def test_stdp_peer_bench_runs_tiny_without_the_peer(capsys, tmp_path):
     )
     out = capsys.readouterr().out
     assert "fastslow (dt 0.5 ms)" in out and "train samples/s" in out
+
+
+def test_oversubscription_bench_runs_tiny(capsys, tmp_path):
+    import json
+
+    import pytest
+
+    bench = _load("oversubscription")
+    report = tmp_path / "over.json"
+    assert bench.main(["--tiny", "--rounds", "1", "--variants", "after", "--json", str(report)]) == 0
+    assert "loaded / alone" in capsys.readouterr().out
+    rows = json.loads(report.read_text())["rows"]
+    assert [(row["round"], row["variant"]) for row in rows] == [(0, "after")]
+    row = rows[0]
+    assert row["alone"]["finished"] and row["loaded"]["finished"]
+    assert row["ratio"] == pytest.approx(row["loaded"]["wall_s"] / row["alone"]["wall_s"])
+    assert len(row["competitor_rate_share"]) == 1 and row["competitor_rate_share"][0] > 0
+    # The old policy, forced: every usable CPU and libgomp's default spinning.
+    assert bench.variant("before", 4) == (["--threads", "4"], {"GOMP_SPINCOUNT": "300000"})
+    assert bench.variant("threads=2", 4) == (["--threads", "2"], {})
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench.variant("threads=0", 4)
