@@ -3,6 +3,7 @@ policy set before torch loads, and results.json recording what ran."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_auto_is_one_thread_unless_the_user_set_omp_num_threads():
 
 
 def test_a_count_overrides_auto_and_omp_num_threads():
-    assert runtime.resolve_threads(2, {"OMP_NUM_THREADS": "3"}) == (2, "config")
+    assert runtime.resolve_threads(2, {"OMP_NUM_THREADS": "3"}) == (2, "given")
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="auto"):
             runtime.resolve_threads(bad, {})
@@ -67,7 +68,7 @@ def test_thread_policy_sets_the_counts_and_restores_them():
     with runtime.thread_policy(target) as settings:
         assert torch.get_num_threads() == target
         assert settings["intra_op"] == target
-        assert (settings["requested"], settings["source"]) == (target, "config")
+        assert (settings["requested"], settings["source"]) == (target, "given")
     assert torch.get_num_threads() == before
 
 
@@ -104,6 +105,17 @@ def test_command_line_sets_the_wait_policy_before_torch_and_records_it(tmp_path,
     )
     assert result.returncode == 0, result.stderr
     recorded = json.loads((out / "results.json").read_text())["runtime"]
-    assert (recorded["requested"], recorded["source"], recorded["intra_op"]) == (2, "config", 2)
+    assert (recorded["requested"], recorded["source"], recorded["intra_op"]) == (2, "given", 2)
     assert recorded["openmp_wait"] == {"variables": {"OMP_WAIT_POLICY": "PASSIVE"}, "set_by": "fastslow"}
     assert json.loads((out / "config.json").read_text())["runtime"] == {"threads": 2}
+
+
+def test_other_commands_take_threads_too_and_restore_the_count(fitted_folder, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(fitted_folder, folder)
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 1
+    assert main(["evaluate", str(folder), "--threads", str(target), "--quiet"]) == 0
+    recorded = json.loads((folder / "results.json").read_text())["runtime"]
+    assert (recorded["requested"], recorded["source"], recorded["intra_op"]) == (target, "given", target)
+    assert torch.get_num_threads() == before

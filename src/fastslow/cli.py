@@ -6,6 +6,7 @@ User errors print one line (``error: ...``) and exit with code 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -58,12 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=int, help="training epochs for both systems")
     fit.add_argument("--profile", help="energy profile name or TOML file (default cmos45nm)")
     fit.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    for p in (demo, fit):
-        p.add_argument(
-            "--threads",
-            type=_threads,
-            help="CPU threads for torch, numba and BLAS: auto (default: OMP_NUM_THREADS if set, else 1) or a count",
-        )
 
     evaluate = sub.add_parser("evaluate", help="reload DIR's checkpoints, re-evaluate, rewrite the report")
     evaluate.add_argument("dir", help="a report folder written by fit or demo")
@@ -130,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=_seed, default=0)
 
     for p in (demo, fit, evaluate, calibrate, predict, continual, search):
+        p.add_argument(
+            "--threads",
+            type=_threads,
+            help="CPU threads for torch, numba and BLAS: auto (default: OMP_NUM_THREADS if set, else 1) or a count",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bars or table")
     return parser
 
@@ -144,8 +144,6 @@ def _run(args: argparse.Namespace) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=110)
     started = time.perf_counter()
     show = not args.quiet
-    if args.command not in ("demo", "fit"):  # a fit takes its count from its config (--threads, [runtime])
-        runtime.apply_threads("auto")
     if args.command == "continual":
         from fastslow.stdp_jobs import continual_job
 
@@ -244,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything loads torch: OpenMP reads its wait policy only when it starts.
     runtime.prepare_process()
     args = _parser().parse_args(argv)
+    # A fit takes its thread count from its config (--threads included); the others from --threads.
+    fits = args.command in ("demo", "fit")
     try:
-        _run(args)
+        with contextlib.nullcontext() if fits else runtime.thread_policy(args.threads or "auto"):
+            _run(args)
     except FastslowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

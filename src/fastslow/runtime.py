@@ -63,13 +63,13 @@ def prepare_process(environ: dict[str, str] | None = None) -> str:
 
 
 def resolve_threads(requested: Threads, environ: dict[str, str] | None = None) -> tuple[int, str]:
-    """(threads, where the count came from) for ``requested``: N itself ("config"); for "auto",
-    ``OMP_NUM_THREADS`` where the user set it to a count ("OMP_NUM_THREADS"), else
-    :data:`AUTO_THREADS` ("auto")."""
+    """(threads, where the count came from) for ``requested``: N itself ("given", by ``--threads``
+    or the config); for "auto", ``OMP_NUM_THREADS`` where the user set it to a count
+    ("OMP_NUM_THREADS"), else :data:`AUTO_THREADS` ("auto")."""
     if requested != "auto":
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
             raise ValueError(f'threads must be "auto" or a whole number ≥ 1, got {requested!r}')
-        return requested, "config"
+        return requested, "given"
     environ = os.environ if environ is None else environ
     # OpenMP's form is a list per nesting level ("4,2"); the first is the count of the outer team.
     first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
