@@ -6,10 +6,12 @@ User errors print one line (``error: ...``) and exit with code 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
+from fastslow import runtime
 from fastslow.errors import FastslowError
 
 DEMO_OUT = "report"
@@ -44,6 +46,14 @@ def _bounded(kind, low, high=None):
 SEED_HELP = "seed of every random draw (data split, initialisation, spikes, routers): an integer 0..2**32-1"
 MODEL_HELP = "the STDP network: Diehl & Cook (2015) or SpikeDyn (Putra & Shafique 2021); see docs/stdp.md"
 DEVICE_HELP = "where to train and run: auto (CUDA when available, else the CPU), cpu or cuda"
+
+
+def _threads(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f'{text!r} is neither "auto" nor a whole number ≥ 1')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
 
     for p in (demo, fit, evaluate, calibrate, predict, continual, search):
         p.add_argument(
+            "--threads",
+            type=_threads,
+            help="CPU threads for torch, numba and BLAS: auto (default: OMP_NUM_THREADS if set, else 1) or a count",
+        )
+        p.add_argument(
             "--quiet",
             action="store_true",
             help="no progress or table (off a terminal, progress is a plain line every 10 s; FASTSLOW_PROGRESS_INTERVAL sets it)",
@@ -228,12 +243,18 @@ def _run(args: argparse.Namespace) -> None:
         )
         return
     if args.command == "demo":
-        config = load_config(None, data="digits", seed=args.seed)
+        config = load_config(None, data="digits", seed=args.seed, threads=args.threads)
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "fit":
         config = load_config(
-            args.config, data=args.data, seed=args.seed, epochs=args.epochs, profile=args.profile, device=args.device
+            args.config,
+            data=args.data,
+            seed=args.seed,
+            epochs=args.epochs,
+            profile=args.profile,
+            device=args.device,
+            threads=args.threads,
         )
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
@@ -322,9 +343,14 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything loads torch: OpenMP reads its wait policy only when it starts.
+    runtime.prepare_process()
     args = _parser().parse_args(argv)
+    # A fit takes its thread count from its config (--threads included); the others from --threads.
+    fits = args.command in ("demo", "fit")
     try:
-        _run(args)
+        with contextlib.nullcontext() if fits else runtime.thread_policy(getattr(args, "threads", None) or "auto"):
+            _run(args)
     except FastslowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

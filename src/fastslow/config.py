@@ -8,7 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fastslow.errors import ConfigError, first_validation_problem
 from fastslow.spiking import LIFParams
@@ -160,6 +169,22 @@ class RouterConfig(_Strict):
         return self
 
 
+class RuntimeConfig(_Strict):
+    threads: Literal["auto"] | PositiveInt = Field(
+        "auto",
+        description="CPU threads for torch, numba and BLAS: auto (OMP_NUM_THREADS if set, else one) or a count "
+        "(fastslow.runtime; only speed depends on it)",
+    )
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value):
+        # One message for both wrong kinds (pydantic's own names each branch of the union).
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f'threads must be "auto" or a whole number ≥ 1, got {value!r}')
+
+
 class FitConfig(_Strict):
     data: str = "digits"
     seed: int = Field(0, ge=0, le=SEED_MAX)
@@ -179,6 +204,7 @@ class FitConfig(_Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     seenn2: Seenn2Config = Field(default_factory=Seenn2Config)
     ponder: PonderConfig = Field(default_factory=PonderConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
@@ -213,6 +239,9 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
                 if isinstance(table, dict):  # else the file's own error is the one to report
                     table["epochs"] = value
                     flags[f"{system}.epochs"] = ("--epochs", value, "config options system1.epochs and system2.epochs")
+        elif key == "threads":
+            data.setdefault("runtime", {})["threads"] = value
+            flags["runtime.threads"] = ("--threads", value, "config option runtime.threads")
         else:
             data[key] = value
             flags[key] = (f"--{key}", value, f"config option {key}")

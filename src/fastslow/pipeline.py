@@ -19,7 +19,7 @@ from rich.progress import Progress
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from fastslow import atomic, checkpoint
+from fastslow import atomic, checkpoint, runtime
 from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
@@ -275,6 +275,7 @@ def _evaluate(
         "generation": generation,
         "profile": profile.summary(),
         "versions": versions(),
+        "runtime": runtime.thread_settings(),
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
         "policies": [{"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config()} for p in policies],
@@ -330,8 +331,22 @@ def fit(
 
     ``out`` is written as one generation (:class:`fastslow.atomic.Generation`): built beside it
     and swapped in at the end, so an interrupted or failed fit leaves it as it was. Whether it can
-    be written is checked before any work.
+    be written is checked before any work. Runs on ``config.runtime.threads`` CPU threads
+    (:mod:`fastslow.runtime`), restored after.
     """
+    with runtime.thread_policy(config.runtime.threads):
+        return _fit(config, out, console=console, progress=progress, show_table=show_table, system2=system2)
+
+
+def _fit(
+    config: FitConfig,
+    out: str | Path,
+    *,
+    console: Console | None,
+    progress: bool,
+    show_table: bool,
+    system2: nn.Module | None,
+) -> FitResult:
     console = console or output_console()
     output = atomic.Generation(out, owns=FIT_FILES)
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere

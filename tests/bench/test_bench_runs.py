@@ -188,3 +188,25 @@ def test_serve_load_bench_runs_tiny(capsys, tmp_path, fitted_folder):
     assert load["inputs"] == 20 and load["errors"] == 0 and load["degraded"] == 0 and load["answers_equal_local"]
     assert fault["errors"] == 0 and fault["every_call_answered"] and fault["clients_recovered"] == 2
     assert fault["degraded"] == fault["escalations_while_down"] > 0 and fault["degraded_outside_window"] == 0
+
+
+def test_oversubscription_bench_runs_tiny(capsys, tmp_path):
+    import json
+
+    import pytest
+
+    bench = _load("oversubscription")
+    report = tmp_path / "over.json"
+    assert bench.main(["--tiny", "--rounds", "1", "--variants", "after", "--json", str(report)]) == 0
+    assert "loaded / alone" in capsys.readouterr().out
+    rows = json.loads(report.read_text())["rows"]
+    assert [(row["round"], row["variant"]) for row in rows] == [(0, "after")]
+    row = rows[0]
+    assert row["alone"]["finished"] and row["loaded"]["finished"]
+    assert row["ratio"] == pytest.approx(row["loaded"]["wall_s"] / row["alone"]["wall_s"])
+    assert len(row["competitor_rate_share"]) == 1 and row["competitor_rate_share"][0] > 0
+    # The old policy, forced: every usable CPU and libgomp's default spinning.
+    assert bench.variant("before", 4) == (["--threads", "4"], {"GOMP_SPINCOUNT": "300000"})
+    assert bench.variant("threads=2", 4) == (["--threads", "2"], {})
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench.variant("threads=0", 4)

@@ -1,7 +1,11 @@
 """The compiled CPU kernels' wrappers (numba): what a caller relies on beyond the kernels' arithmetic,
 which tests/systems/test_multistep.py compares with the torch path bit for bit."""
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +51,38 @@ def test_kernels_follow_torchs_thread_count_in_each_thread(kernels):
             assert seen == [1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_starting_numba_leaves_torchs_thread_count_alone(kernels):
+    """numba's first parallel call starts its OpenMP pool, which sets the OpenMP thread count to
+    NUMBA_NUM_THREADS; where torch's OpenMP runtime answers that call, torch's count changed with it
+    (one thread asked, two ran). In a fresh process: this one's pool may have started already."""
+    code = (
+        "import torch\n"
+        "from fastslow.spiking import LIFParams\n"
+        "from fastslow.spiking.backends import fused_lif_multistep\n"
+        "x = torch.randn(256, 10, requires_grad=True)\n"
+        "torch.log_softmax(x, 1).sum().backward()  # torch's pool started first, as in a fit\n"
+        "torch.set_num_threads(1)\n"
+        "with torch.no_grad():\n"
+        "    fused_lif_multistep(torch.rand(3, 4, 16), None, LIFParams(), backend='numba')\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(_cpu_kernels.__file__).parents[2]), env.get("PYTHONPATH"))))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]
+
+
+def test_kernels_hold_no_dispatcher_in_their_closure(kernels):
+    """numba keys a kernel's disk cache on a hash of its closure; a dispatcher there hashes
+    differently in every process, so the cache never hit and every process compiled afresh."""
+    from numba.core.dispatcher import Dispatcher
+
+    for name in ("lif_pool", "lif_dense", "event_linear", "mlp", "mlp_until_confident"):
+        cells = getattr(kernels, name).py_func.__closure__ or ()
+        assert not [c for c in cells if isinstance(c.cell_contents, Dispatcher)], name
 
 
 def test_pooled_kernel_refuses_a_fan_out_without_its_sums(kernels):

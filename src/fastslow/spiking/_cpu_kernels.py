@@ -41,6 +41,11 @@ def _kernel():
         import numba
     except ImportError:
         return None
+    # The kernels find their helpers as module globals, not closure variables: numba keys a kernel's
+    # disk cache on a hash of its closure, which differs in every process for a dispatcher (a random
+    # id), so every process compiled each kernel afresh (seconds) and added a file to the cache. All
+    # of them live in this file, whose change invalidates the cache.
+    global lif_span, list_events, sum_events, layer_offsets, load_potentials, store_potentials, mlp_step
 
     @numba.njit(inline="always", cache=True, nogil=True)
     def lif_span(cells, inputs, spikes, beta, threshold, reset_zero):  # pragma: no cover - compiled
@@ -573,10 +578,15 @@ def _threads(numba) -> None:
     """numba's kernels on as many threads as torch uses (set only when that changes: setting costs
     microseconds, on a path called per chunk; a count someone else sets on this thread stands until
     torch's changes, which only affects speed)."""
-    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()
+    wanted = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if getattr(_threads_set, "count", None) != wanted:
         numba.set_num_threads(wanted)
         _threads_set.count = wanted
+        # The first call starts numba's OpenMP pool, which sets the OpenMP thread count to
+        # NUMBA_NUM_THREADS; where torch's OpenMP runtime answers that call, torch's count changed too.
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def lif_inference(
