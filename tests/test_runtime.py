@@ -40,7 +40,7 @@ def test_config_key_takes_auto_or_a_count():
     assert load_config(None).runtime.threads == "auto"
     assert load_config(None, threads=3).runtime.threads == 3
     for bad in (0, "x", 2.5):
-        with pytest.raises(ConfigError, match=r'runtime.threads: .*"auto" or a whole number ≥ 1'):
+        with pytest.raises(ConfigError, match=r'option --threads .*"auto" or a whole number ≥ 1.*runtime.threads'):
             load_config(None, threads=bad)
 
 
