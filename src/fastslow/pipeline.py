@@ -319,7 +319,9 @@ def fit(
     dataset = splits.dataset
     config = encoding_for(config, dataset)
     if dataset.skipped:  # said even when quiet: the data are not all that was given
-        console.print(f"skipped {len(dataset.skipped)} unreadable images (e.g. {dataset.skipped[0]})")
+        console.print(
+            f"skipped {len(dataset.skipped)} unreadable image{'s' if len(dataset.skipped) > 1 else ''} (e.g. {dataset.skipped[0]})"
+        )
     # Each system's initialisation is seeded on its own, so changing one leaves the other as it was.
     torch.manual_seed(config.seed)
     try:

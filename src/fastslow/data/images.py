@@ -63,7 +63,7 @@ def load_folder(root: Path, seed: int, test_fraction: float, image_size: int | N
         x, y = reader.read(_files(root, classes, every_class=True))
     _same_size(reader.sizes)
     x, x_test, channels = _common_channels(x, x_test)
-    skipped_note = f"; {len(skipped)} unreadable images skipped (e.g. {skipped[0]})" if skipped else ""
+    skipped_note = f"; {_count(len(skipped), 'unreadable image')} skipped (e.g. {skipped[0]})" if skipped else ""
     resized = f", resized to {image_size}×{image_size}" if image_size is not None else ""
     described = f"{len(classes)} classes, {channels}{resized}"
     if split_given:
@@ -77,14 +77,18 @@ def load_folder(root: Path, seed: int, test_fraction: float, image_size: int | N
     return replace(dataset, classes=tuple(classes), skipped=tuple(skipped))
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def _class_folders(folder: Path, at_least: int = 2) -> list[str]:
     """The class subfolders of ``folder``, sorted (hidden ones left out)."""
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(names) < at_least:
         loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        extra = f" (it holds {len(loose)} images directly: move each into its class's subfolder)" if loose else ""
+        extra = f" (it holds {_count(len(loose), 'image')} directly: move each into its class's subfolder)" if loose else ""
         raise DataError(
-            f"{folder} holds {len(names)} class folder{'s' if len(names) != 1 else ''}{extra}: put each class's images in its own subfolder, at least {at_least} classes ({LAYOUT})"
+            f"{folder} holds {_count(len(names), 'class folder')}{extra}: put each class's images in its own subfolder, at least {at_least} classes ({LAYOUT})"
         )
     return names
 
