@@ -280,3 +280,10 @@ def test_encoding_and_data_must_agree(tmp_path, capsys, no_download):
     assert main(["fit", "--data", "digits", "--out", str(tmp_path / "b"), "--config", str(config), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "takes event data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stdp_commands_refuse_event_frames(tmp_path, capsys, no_download):
+    write_nmnist(tmp_path / "data", per_class=(2, 2))
+    args = ["continual", "--data", f"tonic:NMNIST:{tmp_path / 'data'}", "--model", "diehl-cook", "--out", str(tmp_path / "c")]
+    assert main([*args, "--quiet"]) == 2
+    assert "rate-code images" in capsys.readouterr().err

@@ -72,3 +72,18 @@ def test_seenn2_reads_the_pooled_frame_average():
     assert torch.equal(policy_input(frames), policy_input(frames.mean(1)))
     assert policy_input(frames).shape == (2, 2 * 7 * 7)
     assert pooling_adds((4, 2, 14, 14)) == 4 * 2 * 14 * 14
+
+
+@pytest.mark.parametrize("side", [34, 128])
+def test_conv_system1_on_two_channel_event_frames(side):
+    # N-MNIST's 2×34×34 and DVS Gesture's full 2×128×128 sensor: a conv System 1 builds and runs on them.
+    spec = System1Spec(input_shape=(2, 2, side, side), n_classes=11, arch="conv", hidden=(16,), timesteps=2, encoding="events")
+    model = System1(spec)
+    assert model.layers[0].op.in_channels == 2 and model.layers[0].out_shape == (8, side, side)
+    frames = (torch.rand(2, 2, 2, side, side, generator=torch.Generator().manual_seed(3)) < 0.01).float()
+    with torch.no_grad():
+        run = model.run(frames)
+    assert run.final_logits.shape == (2, 11)
+    # Layer 0's accumulates: every spike reaches at most 3×3 positions × 8 channels, and at least 2×2 × 8.
+    spikes = frames.sum(dim=(2, 3, 4)).T  # [T, B]
+    assert bool((run.synaptic_ops[0] <= spikes * 72).all()) and bool((run.synaptic_ops[0] >= spikes * 32).all())

@@ -78,7 +78,9 @@ def load_dataset(
 
         return load_events(spec[len("tonic:") :], seed, test_fraction, timesteps, image_size)
     if image_size is not None:
-        raise DataError(f"an image size applies to folder: and tonic: data, not to {spec!r}: leave --image-size out")
+        raise DataError(
+            f"an image size ({image_size}) applies to folder: and tonic: data, not to {spec!r}: leave --image-size (config image_size) out"
+        )
     if spec == "digits":
         return _digits(seed, test_fraction)
     if spec.startswith("mnist:"):
