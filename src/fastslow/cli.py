@@ -74,9 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--data",
         required=True,
-        help="digits | mnist:ROOT (ROOT/MNIST/raw/*-ubyte[.gz]) | path to an .npz with X, y [, X_test, y_test]",
+        help="digits | mnist:ROOT (ROOT/MNIST/raw/*-ubyte[.gz]) | folder:ROOT (ROOT/<class>/*.png|jpg) | "
+        "tonic:NMNIST:ROOT | tonic:DVSGesture:ROOT | path to an .npz with X, y [, X_test, y_test] (see docs/data.md)",
     )
     fit.add_argument("--out", required=True, help="report folder to write")
+    fit.add_argument(
+        "--image-size",
+        type=_bounded(int, 1, 4096),
+        help="S: resize folder images to S×S, downscale an event sensor to S×S (default: as stored)",
+    )
+    fit.add_argument(
+        "--skip-bad-images", action="store_true", help="leave out unreadable images of a folder (counted) instead of refusing"
+    )
     fit.add_argument("--config", help="TOML or JSON config file (see the README); command-line options override it")
     fit.add_argument("--seed", type=_seed, help=f"{SEED_HELP} (default: the config's, else 0)")
     fit.add_argument("--epochs", type=int, help="training epochs for both systems")
@@ -105,7 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--strategy", required=True, help="a strategy named in DIR/results.json, e.g. seenn1@0.9+s2 or router@share=0.1"
     )
-    predict.add_argument("--data", help="digits | mnist:ROOT | an .npz with X (y optional) (default: the fit's own test split)")
+    predict.add_argument(
+        "--data",
+        help="digits | mnist:ROOT | folder:ROOT | tonic:NAME:ROOT (their test split) | an .npz with X (y optional) "
+        "(default: the fit's own test split)",
+    )
     predict.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
     predict.add_argument("--profile", help="energy profile name or TOML file (default: the fit's)")
     predict.add_argument(
@@ -255,6 +268,8 @@ def _run(args: argparse.Namespace) -> None:
             profile=args.profile,
             device=args.device,
             threads=args.threads,
+            image_size=args.image_size,
+            skip_bad_images=args.skip_bad_images or None,
         )
         fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)

@@ -56,7 +56,8 @@ class System1Config(_Strict):
     hidden: list[PositiveInt] = Field(default_factory=lambda: [128, 64], min_length=0)
     conv_channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16])
     timesteps: int = Field(8, ge=1, le=256)
-    encoding: Literal["direct", "rate", "latency"] = "rate"
+    # "events": event data (tonic:...) fed frame by frame; chosen by itself for event data when not set.
+    encoding: Literal["direct", "rate", "latency", "events"] = "rate"
     readout: Literal["membrane", "spike_count"] = "membrane"
     loss: Literal["tet", "cumulative", "final"] = "tet"
     exit_heads: list[NonNegativeInt] | None = Field(
@@ -187,6 +188,10 @@ class RuntimeConfig(_Strict):
 
 class FitConfig(_Strict):
     data: str = "digits"
+    image_size: int | None = Field(
+        None, ge=1, le=4096, description="resize folder images to S×S; downscale an event sensor to S×S (default: as stored)"
+    )
+    skip_bad_images: bool = Field(False, description="skip (and count) unreadable images in a folder instead of refusing")
     seed: int = Field(0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(

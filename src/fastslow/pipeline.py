@@ -102,9 +102,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def data_options(config: FitConfig) -> dict:
+    """The options of :func:`~fastslow.data.load_dataset` that ``config`` sets (event frames = System 1's T)."""
+    return {
+        "timesteps": config.system1.timesteps,
+        "image_size": config.image_size,
+        "skip_bad_images": config.skip_bad_images,
+    }
+
+
 def make_splits(config: FitConfig) -> Splits:
     """Load the dataset and hold out ``val_fraction`` of its training split (stratified, seeded) for the router."""
-    dataset = load_dataset(config.data, seed=config.seed, test_fraction=config.test_fraction)
+    dataset = load_dataset(config.data, seed=config.seed, test_fraction=config.test_fraction, **data_options(config))
     try:
         x_fit, x_val, y_fit, y_val = train_test_split(
             dataset.x_train, dataset.y_train, test_size=config.val_fraction, stratify=dataset.y_train, random_state=config.seed
@@ -118,19 +127,38 @@ def make_splits(config: FitConfig) -> Splits:
     return Splits(as_x(x_fit), as_y(y_fit), as_x(x_val), as_y(y_val), as_x(dataset.x_test), as_y(dataset.y_test), dataset)
 
 
+def encoding_for(config: FitConfig, dataset: Dataset) -> FitConfig:
+    """``config`` with System 1's encoding fitting the data: event frames take ``events`` (chosen when the
+    config does not set an encoding), and only they do; ConfigError where the config says otherwise."""
+    c = config.system1
+    if dataset.frames and c.encoding != "events":
+        if "encoding" in c.model_fields_set:
+            raise ConfigError(
+                f'config option system1.encoding: {dataset.name} holds event frames, which System 1 takes with encoding = "events", not {c.encoding!r}: set it to "events" or leave it out'
+            )
+        return config.model_copy(update={"system1": c.model_copy(update={"encoding": "events"})})
+    if not dataset.frames and c.encoding == "events":
+        raise ConfigError(
+            f'config option system1.encoding: "events" takes event data (tonic:NMNIST:ROOT, tonic:DVSGesture:ROOT), not {dataset.name}: use direct, rate or latency'
+        )
+    return config
+
+
 def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int) -> System1Spec:
     c = config.system1
+    # Event frames [T, C, H, W]: the architecture is chosen for one frame.
+    frame_shape = tuple(input_shape[1:]) if c.encoding == "events" else tuple(input_shape)
     return System1Spec(
         input_shape=tuple(input_shape),
         n_classes=n_classes,
-        arch=c.resolved_arch(tuple(input_shape)),
+        arch=c.resolved_arch(frame_shape),
         hidden=tuple(c.hidden),
         conv_channels=tuple(c.conv_channels),
         timesteps=c.timesteps,
         encoding=c.encoding,
         readout=c.readout,
         lif=c.lif.params(),
-        exit_heads=tuple(c.resolved_exit_heads(tuple(input_shape))),
+        exit_heads=tuple(c.resolved_exit_heads(frame_shape)),
         checkpoint_steps=c.checkpoint_steps,
         backend=c.backend,
     )
@@ -270,6 +298,8 @@ def _evaluate(
     payload = {
         "dataset": dataset.name,
         "data_note": dataset.note,
+        **({"classes": list(dataset.classes)} if dataset.classes else {}),
+        **({"skipped_files": len(dataset.skipped)} if dataset.skipped else {}),
         "split": {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)},
         "seed": config.seed,
         "generation": generation,
@@ -355,13 +385,20 @@ def _fit(
     seed_everything(config.seed)
     splits = make_splits(config)
     dataset = splits.dataset
+    config = encoding_for(config, dataset)
+    if dataset.skipped:  # said even when quiet: the data are not all that was given
+        console.print(
+            f"skipped {len(dataset.skipped)} unreadable image{'s' if len(dataset.skipped) > 1 else ''} (e.g. {dataset.skipped[0]})"
+        )
     # Each system's initialisation is seeded on its own, so changing one leaves the other as it was.
     torch.manual_seed(config.seed)
     try:
         s1 = System1(system1_spec(config, dataset.input_shape, dataset.n_classes)).to(device)
     except ValueError as err:  # what the config's schema cannot know: the layers the data gives, exit indices among them
         raise ConfigError(f"config [system1]: {err}") from None
-    s2_spec = System2Spec(tuple(dataset.input_shape), dataset.n_classes, config.system2.arch, config.system2.hidden)
+    s2_spec = System2Spec(
+        tuple(dataset.input_shape), dataset.n_classes, config.system2.arch, config.system2.hidden, frames=dataset.frames
+    )
     torch.manual_seed(config.seed + 1)
     s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
     xd, yd = splits.x_train.to(device), splits.y_train.to(device)
@@ -626,7 +663,9 @@ def predict_folder(
         splits = loaded.splits
         x, y, source = splits.x_test, splits.y_test, f"the fit's test split ({splits.dataset.name})"
     else:
-        inputs = load_inputs(resolved_data(data), seed=loaded_config.seed, test_fraction=loaded_config.test_fraction)
+        inputs = load_inputs(
+            resolved_data(data), seed=loaded_config.seed, test_fraction=loaded_config.test_fraction, **data_options(loaded_config)
+        )
         x = torch.as_tensor(inputs.x, dtype=torch.float32)
         y = None if inputs.y is None else torch.as_tensor(inputs.y, dtype=torch.long)
         source = inputs.note

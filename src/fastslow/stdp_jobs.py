@@ -18,7 +18,7 @@ from fastslow import atomic
 from fastslow.config import check_seed
 from fastslow.data.datasets import load_dataset
 from fastslow.energy.profile import load_profile
-from fastslow.errors import ConfigError
+from fastslow.errors import ConfigError, DataError
 from fastslow.evaluation.report import figure_png
 from fastslow.pipeline import versions
 from fastslow.progress import output_console, progress_bars
@@ -28,6 +28,16 @@ from fastslow.stdp.search import Candidate, candidate_rows, search
 
 CONTINUAL_FILES = ("continual.json", "continual.png", "results.json")
 SEARCH_FILES = ("search.json", "search.png")
+
+
+def _image_data(data: str, seed: int):
+    """``data`` loaded for an STDP network, which rate-codes each input's values: event frames are refused."""
+    dataset = load_dataset(data, seed=seed)
+    if dataset.frames:
+        raise DataError(
+            f"{data} holds event frames, but the STDP networks rate-code images: use digits, mnist:ROOT, folder:ROOT or an .npz"
+        )
+    return dataset
 
 
 def continual_job(
@@ -52,7 +62,7 @@ def continual_job(
     check_seed(seed)
     if s2_epochs < 1:
         raise ConfigError(f"--s2-epochs {s2_epochs}: System 2 needs at least 1 training epoch")
-    dataset = load_dataset(data, seed=seed)
+    dataset = _image_data(data, seed)
     task_list = parse_tasks(tasks, dataset.n_classes)
     spec = STDPSpec(
         model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms
@@ -195,7 +205,7 @@ def search_job(
     console = console or output_console()
     output = atomic.Generation(out, owns=SEARCH_FILES)
     check_seed(seed)
-    dataset = load_dataset(data, seed=seed)
+    dataset = _image_data(data, seed)
     config = {
         "data": data,
         "max_memory_kb": max_memory_kb,

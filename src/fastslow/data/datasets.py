@@ -1,4 +1,6 @@
-"""Datasets: scikit-learn's digits, MNIST IDX files, or a user's .npz — loaded, validated, split.
+"""Datasets: scikit-learn's digits, MNIST IDX files, a user's .npz, a folder of images
+(:mod:`fastslow.data.images`) or event-camera recordings (:mod:`fastslow.data.events`) — loaded,
+validated, split.
 
 Every problem with user data raises :class:`~fastslow.errors.DataError` with one line
 naming the problem and the fix; no raw numpy, zipfile, gzip or OS error escapes.
@@ -19,7 +21,11 @@ from sklearn.model_selection import train_test_split
 
 from fastslow.errors import DataError
 
-KNOWN = "known data: `digits`, `mnist:ROOT` (ROOT/MNIST/raw/*-ubyte[.gz]), or a path to an .npz holding X and y"
+KNOWN = (
+    "known data: `digits`, `mnist:ROOT` (ROOT/MNIST/raw/*-ubyte[.gz]), `folder:ROOT` (ROOT/<class>/*.png|jpg), "
+    "`tonic:NMNIST:ROOT`, `tonic:DVSGesture:ROOT`, or a path to an .npz holding X and y"
+)
+DEFAULT_TIMESTEPS = 8  # event frames per recording when none are asked for (System 1's default T)
 MNIST_TEST_ONLY_SPLIT = (8000, 2000)
 MAX_LABEL = 2**31 - 1  # labels must be 0..K-1 with every class present, so anything larger is a mistake
 _READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError, RuntimeError)
@@ -27,7 +33,9 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, K
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs as float32 in [0, 1], [N, C, H, W] for images or [N, F] flat; labels int64 0..K-1."""
+    """Inputs as float32 in [0, 1], [N, C, H, W] for images, [N, F] flat, or [N, T, C, H, W] binary
+    event frames (``frames``: frame t is System 1's input at step t); labels int64 0..K-1.
+    ``classes``: the class names where the data name them; ``skipped``: files left out as unreadable."""
 
     name: str
     x_train: np.ndarray
@@ -36,17 +44,43 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     note: str
+    frames: bool = False
+    classes: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
 
-def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """Load ``digits``, ``mnist:ROOT`` or an ``.npz`` path; see the README for the formats."""
+def load_dataset(
+    spec: str,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    *,
+    timesteps: int = DEFAULT_TIMESTEPS,
+    image_size: int | None = None,
+    skip_bad_images: bool = False,
+) -> Dataset:
+    """Load ``digits``, ``mnist:ROOT``, ``folder:ROOT``, ``tonic:NAME:ROOT`` or an ``.npz`` path (see
+    docs/data.md). ``timesteps``: event frames per recording (System 1's T); ``image_size`` S: folder
+    images resized to S×S, an event sensor downscaled to S×S; ``skip_bad_images``: leave out (and
+    count) the unreadable images of a folder instead of refusing them."""
     if not (isinstance(test_fraction, (int, float)) and 0.0 < test_fraction < 1.0):
         raise DataError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}: pass e.g. 0.2")
     spec = str(spec)
+    if spec.startswith("folder:"):
+        from fastslow.data.images import load_folder
+
+        return load_folder(Path(spec[len("folder:") :] or "."), seed, test_fraction, image_size, skip_bad_images)
+    if spec.startswith("tonic:"):
+        from fastslow.data.events import load_events
+
+        return load_events(spec[len("tonic:") :], seed, test_fraction, timesteps, image_size)
+    if image_size is not None:
+        raise DataError(
+            f"an image size ({image_size}) applies to folder: and tonic: data, not to {spec!r}: leave --image-size (config image_size) out"
+        )
     if spec == "digits":
         return _digits(seed, test_fraction)
     if spec.startswith("mnist:"):
@@ -70,14 +104,15 @@ class Inputs:
     note: str
 
 
-def load_inputs(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Inputs:
-    """What ``fastslow predict --data`` answers: for ``digits`` and ``mnist:ROOT`` their test split (as
-    a fit with ``seed`` and ``test_fraction`` splits them); for an ``.npz`` every input in ``X`` (with
-    ``y`` if it holds one: labels are optional), uint8 divided by 255, floats already in [0, 1]."""
+def load_inputs(spec: str, seed: int = 0, test_fraction: float = 0.2, **options) -> Inputs:
+    """What ``fastslow predict --data`` answers: for ``digits``, ``mnist:ROOT``, ``folder:ROOT`` and
+    ``tonic:NAME:ROOT`` their test split (as a fit with ``seed``, ``test_fraction`` and the
+    :func:`load_dataset` ``options`` splits them); for an ``.npz`` every input in ``X`` (with ``y`` if
+    it holds one: labels are optional), uint8 divided by 255, floats already in [0, 1]."""
     spec = str(spec)
     path = Path(spec)
-    if spec == "digits" or spec.startswith("mnist:") or not path.is_file():
-        dataset = load_dataset(spec, seed=seed, test_fraction=test_fraction)
+    if spec == "digits" or spec.startswith(("mnist:", "folder:", "tonic:")) or not path.is_file():
+        dataset = load_dataset(spec, seed=seed, test_fraction=test_fraction, **options)
         return Inputs(dataset.x_test, dataset.y_test, f"{dataset.name} test split ({dataset.note})")
     arrays = _load_npz(path)
     if "X" not in arrays:
@@ -95,13 +130,18 @@ def load_inputs(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Inputs:
 
 
 def resolved_data(spec: str) -> str:
-    """``spec`` with its path made absolute (``mnist:ROOT``'s ROOT, an .npz path), so that a fit's
-    recorded data still names the same files when ``evaluate`` runs from another folder."""
+    """``spec`` with its path made absolute (the ROOT of ``mnist:``, ``folder:`` and ``tonic:NAME:``,
+    an .npz path), so that a fit's recorded data still names the same files when ``evaluate`` runs
+    from another folder."""
     spec = str(spec)
     if spec == "digits":
         return spec
-    if spec.startswith("mnist:"):
-        return "mnist:" + str(Path(spec[len("mnist:") :] or ".").absolute())
+    for prefix in ("mnist:", "folder:"):
+        if spec.startswith(prefix):
+            return prefix + str(Path(spec[len(prefix) :] or ".").absolute())
+    if spec.startswith("tonic:"):
+        name, _, root = spec[len("tonic:") :].partition(":")
+        return f"tonic:{name}:{Path(root or '.').absolute()}"
     return str(Path(spec).absolute()) if Path(spec).exists() else spec  # absolute(), not resolve(): a symlink keeps its name
 
 

@@ -25,7 +25,10 @@ POLICY_INPUT_SIDE = 7  # images are average-pooled to at most 7×7 per channel b
 
 
 def policy_input(x: torch.Tensor) -> torch.Tensor:
-    """What the policy reads: images [N, C, H, W] average-pooled to ≤ 7×7 per channel, flat inputs as they are."""
+    """What the policy reads: images [N, C, H, W] average-pooled to ≤ 7×7 per channel (event frames
+    [N, T, C, H, W] first averaged over T), flat inputs as they are."""
+    if x.dim() == 5:
+        x = x.mean(1)
     if x.dim() == 4:
         side = (min(x.shape[2], POLICY_INPUT_SIDE), min(x.shape[3], POLICY_INPUT_SIDE))
         return F.adaptive_avg_pool2d(x, side).flatten(1)
@@ -33,8 +36,8 @@ def policy_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def pooling_adds(input_shape: tuple[int, ...]) -> int:
-    """Additions the pooling costs per input (counted as MACs): one per input element."""
-    return math.prod(input_shape) if len(input_shape) == 3 else 0
+    """Additions the pooling (and a frame average) costs per input (counted as MACs): one per input element."""
+    return math.prod(input_shape) if len(input_shape) in (3, 4) else 0
 
 
 class TimestepPolicy(FeatureMLP):

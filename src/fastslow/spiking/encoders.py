@@ -3,6 +3,8 @@
 - ``direct``: the analog value every step (layer 0 is then a dense, MAC layer).
 - ``rate``: Bernoulli spikes with probability x each step.
 - ``latency``: one spike per input at step round((1 - x)·(T - 1)); x = 0 never fires.
+- ``events``: the input already is spikes, one frame per step (event-camera data binned into T
+  frames, :mod:`fastslow.data.events`): x is [B, T, ...] and step t takes frame t as it is.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Literal
 
 import torch
 
-EncodingName = Literal["direct", "rate", "latency"]
-ENCODINGS: tuple[str, ...] = ("direct", "rate", "latency")
+EncodingName = Literal["direct", "rate", "latency", "events"]
+ENCODINGS: tuple[str, ...] = ("direct", "rate", "latency", "events")
 
 
 def is_spiking(encoding: EncodingName) -> bool:
@@ -27,7 +29,10 @@ def encode_step(
     encoding: EncodingName,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Layer-0 input at step ``t`` (0-based) of ``timesteps``; same shape as ``x``."""
+    """Layer-0 input at step ``t`` (0-based) of ``timesteps``; same shape as ``x`` (``events``: ``x``
+    [B, T, ...] gives its frame t, [B, ...])."""
+    if encoding == "events":
+        return x[:, t]
     if encoding == "direct":
         return x
     if encoding == "rate":

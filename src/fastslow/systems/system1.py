@@ -68,7 +68,8 @@ class System1Spec:
     hidden: tuple[int, ...] = (128,)
     conv_channels: tuple[int, ...] = (8, 16)
     timesteps: int = 8
-    encoding: Literal["direct", "rate", "latency"] = "rate"
+    # "events": inputs are [T, *frame] spike frames (event-camera data), frame t fed at step t.
+    encoding: Literal["direct", "rate", "latency", "events"] = "rate"
     readout: ReadoutName = "membrane"
     lif: LIFParams = field(default_factory=LIFParams)
     exit_heads: tuple[int, ...] = ()
@@ -103,8 +104,12 @@ class System1Spec:
             (self.arch in ("mlp", "conv"), f"unknown arch {self.arch!r}: use 'mlp' or 'conv'"),
             (integer(self.timesteps, 1), f"timesteps must be an integer ≥ 1, got {self.timesteps!r}"),
             (
-                self.encoding in ("direct", "rate", "latency"),
-                f"unknown encoding {self.encoding!r}: use 'direct', 'rate' or 'latency'",
+                self.encoding in ("direct", "rate", "latency", "events"),
+                f"unknown encoding {self.encoding!r}: use 'direct', 'rate', 'latency' or 'events'",
+            ),
+            (
+                self.encoding != "events" or len(self.input_shape) >= 2 and self.input_shape[0] == self.timesteps,
+                f"encoding 'events' takes inputs [T, *frame] with T = timesteps ({self.timesteps}), got input_shape {tuple(self.input_shape)}",
             ),
             (self.readout in ("membrane", "spike_count"), f"unknown readout {self.readout!r}: use 'membrane' or 'spike_count'"),
             (
@@ -124,6 +129,11 @@ class System1Spec:
             if not ok:
                 raise ValueError(message)
         check_params(self.lif)
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """What layer 0 takes at one step: ``input_shape`` without its time axis for ``events``, else all of it."""
+        return tuple(self.input_shape[1:]) if self.encoding == "events" else tuple(self.input_shape)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -304,10 +314,11 @@ class System1(nn.Module):
         self.spec = spec
         self.requested_backend = spec.backend if backend is None else backend
         layers: list[_Layer] = []
-        shape = tuple(spec.input_shape)
+        shape = spec.frame_shape
         if spec.arch == "conv":
             if len(shape) != 3:
-                raise ValueError(f"conv System 1 needs image inputs [C, H, W], got shape {shape}")
+                what = "frames" if spec.encoding == "events" else "inputs"
+                raise ValueError(f"conv System 1 needs image {what} [C, H, W], got shape {shape}")
             for channels in spec.conv_channels:
                 op = nn.Conv2d(shape[0], channels, 3, padding=1)
                 pool = min(shape[1], shape[2]) >= 4
@@ -431,6 +442,10 @@ class System1(nn.Module):
         steps = spec.timesteps if timesteps is None else timesteps
         if steps < 1:
             raise ValueError(f"timesteps must be at least 1, got {steps}")
+        if spec.encoding == "events" and steps > spec.input_shape[0]:
+            raise ValueError(
+                f"the inputs hold {spec.input_shape[0]} event frames, so at most {spec.input_shape[0]} steps run, not {steps}"
+            )
         self.check_input(x)
         x = self.prepare(x)
         if mode == "multistep":
@@ -453,8 +468,10 @@ class System1(nn.Module):
         )
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs as layer 0 takes them (flattened for an MLP)."""
-        return x.flatten(1) if isinstance(self.layers[0].op, nn.Linear) else x
+        """Inputs as layer 0 takes them (flattened for an MLP; event frames [B, T, ...] each on its own)."""
+        if not isinstance(self.layers[0].op, nn.Linear):
+            return x
+        return x.flatten(2) if self.spec.encoding == "events" else x.flatten(1)
 
     def init_state(self, batch: int, like: torch.Tensor) -> S1State:
         """Resting state for ``batch`` inputs, on ``like``'s device and dtype."""
