@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastslow import atomic
 from fastslow.errors import ConfigError
 from fastslow.systems.system1 import System1
 
@@ -346,8 +347,6 @@ def export_folder(folder: str | Path, out: str | Path, *, reset_to_zero: bool = 
     graph = system1_to_nir(system1, integrator=integrator, reset_to_zero=reset_to_zero)
     buffer = io.BytesIO()
     nir.write(buffer, graph)
-    from fastslow import atomic
-
     atomic.write_bytes(out, buffer.getvalue())
     export = NIRExport(out, [type(graph.nodes[name]).__name__ for name in _in_order(graph)])
     if changes_reset:
