@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -q -e ".[test,cpu,serve,onnx,tonic]"
+	$(VENV)/bin/python -m pip install -q -e ".[test,cpu,serve,onnx,tonic,nir]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,7 +8,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "fastslow"
 LOWER = ("spiking", "systems", "stdp", "energy", "data", "policies")
-UPPER = ("fastslow.pipeline", "fastslow.cli", "fastslow.evaluation", "fastslow.serving", "fastslow.stdp_jobs")
+UPPER = ("fastslow.pipeline", "fastslow.cli", "fastslow.evaluation", "fastslow.serving", "fastslow.stdp_jobs", "fastslow.interop")
 
 
 def _imported_modules(path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``fastslow demo | fit | evaluate | calibrate | predict | continual | search | serve``.
+"""Command line: ``fastslow demo | fit | evaluate | calibrate | predict | continual | search | serve | export``.
 
 User errors print one line (``error: ...``) and exit with code 2, no traceback.
 """
@@ -187,7 +187,22 @@ def _parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=_bounded(int, 1024), default=8 * 1024 * 1024, help="largest request body (default 8 MiB)"
     )
 
-    for p in (demo, fit, evaluate, calibrate, predict, continual, search):
+    export = sub.add_parser("export", help="System 1 as a NIR graph (neuromorphic hardware, SNN libraries), System 2 as ONNX")
+    export.add_argument("dir", help="a report folder written by fit or demo")
+    export.add_argument("--format", required=True, choices=["nir", "onnx"], help="nir: System 1; onnx: System 2")
+    export.add_argument("--out", required=True, help="file to write, e.g. system1.nir")
+    export.add_argument(
+        "--reset-to-zero",
+        action="store_true",
+        help="nir: export a System 1 that resets by subtraction with reset to zero; prints the accuracy change on the test split",
+    )
+    export.add_argument(
+        "--no-integrator",
+        action="store_true",
+        help="nir: end at the readout's Affine instead of nir.I (for readers without nir.I, e.g. snnTorch's import_from_nir)",
+    )
+
+    for p in (demo, fit, evaluate, calibrate, predict, continual, search, export):
         p.add_argument(
             "--threads",
             type=_threads,
@@ -211,6 +226,9 @@ def _run(args: argparse.Namespace) -> None:
     show = not getattr(args, "quiet", False)
     if args.command == "serve":
         _serve(args)
+        return
+    if args.command == "export":
+        _export(args, show)
         return
     if args.command == "continual":
         from fastslow.stdp_jobs import continual_job
@@ -320,6 +338,37 @@ def _run(args: argparse.Namespace) -> None:
         console.print(
             f"report: {out / 'report.md'}, {out / 'results.json'}, {out / 'pareto.png'} ({time.perf_counter() - started:.1f} s)"
         )
+
+
+def _export(args: argparse.Namespace, show: bool) -> None:
+    """``fastslow export DIR --format nir|onnx --out FILE``: one line on what was written (and, for NIR
+    with ``--reset-to-zero``, one on the accuracy change)."""
+    from fastslow.errors import ConfigError
+
+    if args.format == "onnx":
+        if args.reset_to_zero or args.no_integrator:
+            raise ConfigError("--reset-to-zero and --no-integrator apply to --format nir (System 1) only: drop them")
+        from fastslow.interop.onnx import export_system2
+        from fastslow.pipeline import load
+
+        export_system2(load(args.dir), Path(args.out))
+        if show:
+            print(f"System 2 -> {args.out} (ONNX)")
+        return
+    from fastslow.interop.nir import DT, export_folder
+
+    export = export_folder(args.dir, args.out, reset_to_zero=args.reset_to_zero, integrator=not args.no_integrator)
+    if not show:
+        return
+    print(f"System 1 -> {export.path} (NIR): {', '.join(export.nodes)}; dt = {DT:g} s per step (tau = dt/(1 - beta), r = tau/dt)")
+    if export.accuracy_before is not None:
+        change = 100 * (export.accuracy_after - export.accuracy_before)
+        print(
+            f"reset subtract -> zero: System 1's accuracy on the test split ({export.test_inputs} inputs) "
+            f"{100 * export.accuracy_before:.2f}% -> {100 * export.accuracy_after:.2f}% ({change:+.2f} points)"
+        )
+    elif args.reset_to_zero:
+        print("reset: this System 1 already resets to zero; --reset-to-zero changed nothing")
 
 
 def _serve(args: argparse.Namespace) -> None:
