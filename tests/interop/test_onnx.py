@@ -79,3 +79,15 @@ def test_onnx_of_a_loaded_fit(fitted_folder, tmp_path):
 def test_onnx_out_must_be_a_file(tmp_path):
     with pytest.raises(ConfigError, match="is a folder"):
         export_system2(_deployment((20,)), tmp_path)
+
+
+def test_cli_export_onnx_writes_what_onnxruntime_runs(fitted_folder, tmp_path, capsys):
+    import fastslow
+    from fastslow.cli import main
+
+    out = tmp_path / "s2.onnx"
+    assert main(["export", str(fitted_folder), "--format", "onnx", "--out", str(out)]) == 0
+    assert f"System 2 -> {out} (ONNX)" in capsys.readouterr().out
+    _check(fastslow.load(fitted_folder), out)
+    assert main(["export", str(fitted_folder), "--format", "onnx", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --out ")
