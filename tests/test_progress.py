@@ -77,7 +77,8 @@ def test_fit_with_stdout_piped_prints_progress_lines_and_quiet_prints_none(tmp_p
     out = capsys.readouterr().out
     for done in ("System 1 (SNN, BPTT): done, 4/4", "System 2 (ANN): done, 4/4", "System 1 and 2 on the test split: done"):
         assert done in out, out
-    assert re.search(r"^System 1 \(SNN, BPTT\): epoch [12]/2, batch [0-3]/4 \(\d+ s\)$", out, re.M), out
+    # (Whether a timed line falls within this tiny fit's milliseconds is up to the scheduler: the timed
+    # lines' text and cadence are checked with a fake clock above.)
     lines = out.splitlines()
     before_table = lines[: next(i for i, line in enumerate(lines) if "test inputs, profile" in line)]
     plain = re.compile(r".+: ((epoch \d+/\d+, batch )?\d+/\d+|done, \d+/\d+) \(\d+ s\)|working \(\d+ s\)")
