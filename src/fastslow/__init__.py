@@ -10,7 +10,13 @@ the command line sets OpenMP's wait policy before torch starts its threads (``fa
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING
+
+try:
+    __version__ = metadata.version("fastslow")
+except metadata.PackageNotFoundError:  # run from sources that are not installed
+    __version__ = "unknown"
 
 if TYPE_CHECKING:
     from fastslow.config import FitConfig, load_config
@@ -77,6 +83,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "__version__",
     "Deployment",
     "EnergyProfile",
     "FastslowError",

@@ -57,13 +57,13 @@ def _threads(text: str) -> str | int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from fastslow.pipeline import package_version
+    import fastslow
 
     parser = argparse.ArgumentParser(
         prog="fastslow",
         description="Thinking fast and slow: a spiking System 1, an ANN System 2, routing policies, energy accounting.",
     )
-    parser.add_argument("--version", action="version", version=f"fastslow {package_version()}")
+    parser.add_argument("--version", action="version", version=f"fastslow {fastslow.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the main job on scikit-learn's digits (no download)")

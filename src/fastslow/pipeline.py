@@ -9,7 +9,6 @@ import platform
 import random
 import uuid
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from rich.progress import Progress
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+import fastslow
 from fastslow import atomic, checkpoint, runtime
 from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
@@ -182,18 +182,10 @@ def describe_module(module: nn.Module) -> str:
     return " · ".join(parts)
 
 
-def package_version() -> str:
-    """fastslow's installed version ("unknown" when run from sources that are not installed)."""
-    try:
-        return metadata.version("fastslow")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def versions() -> dict[str, str]:
     """Versions of what made a result (recorded in every result file)."""
     return {
-        "fastslow": package_version(),
+        "fastslow": fastslow.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

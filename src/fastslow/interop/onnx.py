@@ -12,11 +12,11 @@ import copy
 import json
 import logging
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+import fastslow
 from fastslow import atomic
 from fastslow.errors import ConfigError
 from fastslow.serving.deploy import Deployment
@@ -62,14 +62,10 @@ def export_system2(deployment: Deployment, out: Path) -> Path:
     finally:
         quiet.setLevel(level)
     proto = program.model_proto
-    try:
-        version = metadata.version("fastslow")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
     onnx.helper.set_model_props(
         proto,
         {
-            "fastslow.version": version,
+            "fastslow.version": fastslow.__version__,
             "fastslow.input_shape": json.dumps(list(spec.input_shape)),
             "fastslow.inputs": "float32 [N, *input_shape] in [0, 1]"
             + (" (event frames [N, T, C, H, W], averaged over T in the graph)" if spec.encoding == "events" else ""),

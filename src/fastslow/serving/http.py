@@ -28,7 +28,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from importlib import metadata
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import fastslow
 from fastslow.config import check_seed
 from fastslow.data import check_inputs
 from fastslow.errors import DataError, FastslowError
@@ -188,13 +188,6 @@ class _Batcher:
         return np.concatenate(parts)
 
 
-def _version() -> str:
-    try:
-        return metadata.version("fastslow")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _parse_inputs(value: object, input_shape: tuple[int, ...], max_inputs: int) -> np.ndarray:
     """``value`` (a JSON list or an npy array) as float32 [N, *input_shape], finite, in [0, 1]; else HTTPError 422."""
     expected = f"[N, {', '.join(map(str, input_shape))}]"
@@ -259,7 +252,7 @@ def create_app(
     predict_executor = ThreadPoolExecutor(1, thread_name_prefix="fastslow-predict")
     predict_queued = 0
     info = {
-        "fastslow": _version(),
+        "fastslow": fastslow.__version__,
         "input_shape": list(input_shape),
         "classes": s1.spec.n_classes,
         "system2": {
