@@ -14,7 +14,7 @@ and spread (min–max) over rounds; the competitor's work rate beside each fit, 
 alone, says whether a fit got its time by starving the other process. Bounded: `--budget-s` stops
 starting rounds, `--fit-timeout-s` stops a fit (then its ratio is a lower bound, marked ≥).
 
-    .venv/bin/python bench/oversubscription.py [--rounds 3] [--competitor torch|numba+torch] [--tiny] [--json FILE]
+    .venv/bin/python bench/oversubscription.py [--rounds 4] [--competitor torch|numba+torch] [--tiny] [--json FILE]
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _spread(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--data", default="digits")
     parser.add_argument("--config", help="a fit config (default: the default config; --tiny: a tiny one)")
     parser.add_argument("--tiny", action="store_true", help="a tiny fit (seconds), for a quick check")
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul-size", type=int, default=256, help="the torch competitor's square matrices")
     parser.add_argument("--variants", default="before,after", help="comma-separated: before, after, threads=N")
     parser.add_argument("--budget-s", type=float, default=1800.0, help="no round starts after this many seconds")
-    parser.add_argument("--fit-timeout-s", type=float, default=600.0)
+    parser.add_argument("--fit-timeout-s", type=float, default=300.0)
     parser.add_argument("--json", help="write every measurement here")
     args = parser.parse_args(argv)
     out = console()
@@ -261,77 +261,82 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     window = 0.5 if args.tiny else 3.0
-    work = Path(tempfile.mkdtemp(prefix="fastslow-oversubscription-"))
-    config = args.config
-    if config is None and args.tiny:
-        config = str(work / "tiny.toml")
-        Path(config).write_text(TINY_CONFIG)
-    fit_args = ["--data", args.data, "--out", str(work / "run"), *(["--config", config] if config else [])]
-    out.print(
-        f"{cpus} usable CPUs; competitor: {args.competitor} (torch {args.matmul_size}² matmuls on 2 threads"
-        f"{', numba prange on every core' if args.competitor == 'numba+torch' else ''}); config: {config or 'default'}"
-    )
-    rows: list[dict] = []
-    started, last_round = time.perf_counter(), 0.0
-    for r in range(args.rounds):
-        if r and time.perf_counter() - started + last_round > args.budget_s:
-            out.print(f"budget of {args.budget_s:.0f} s reached after {r} rounds")
-            break
-        round_started = time.perf_counter()
-        alone_rates = competitor_alone(args.competitor, args.matmul_size, window)
-        for name in names if r % 2 == 0 else names[::-1]:  # alternate the order: drift hits both alike
-            extra_args, extra_env = table_of[name]
-            env = _clean_env(extra_env)
-            with Background() as quiet:
-                alone = run_fit([*fit_args, *extra_args], env, args.fit_timeout_s)
-            with Background() as busy, Competitors(args.competitor, args.matmul_size) as competitors:
-                loaded = run_fit([*fit_args, *extra_args], env, args.fit_timeout_s)
-            alone["others_cores"], loaded["others_cores"] = quiet.cores, busy.cores
-            share = [b / a for a, b in zip(alone_rates, competitors.rates) if a > 0]
-            rows.append(
-                {
-                    "round": r,
-                    "variant": name,
-                    "alone": alone,
-                    "loaded": loaded,
-                    "ratio": loaded["wall_s"] / alone["wall_s"],
-                    "ratio_is_lower_bound": not loaded["finished"],
-                    "competitor_rate_share": share,
-                }
-            )
-            row = rows[-1]
-            out.print(
-                f"round {r} {name:6s}: alone {alone['wall_s']:6.1f} s (CPU {alone['cpu_s']:6.1f}), "
-                f"loaded {loaded['wall_s']:6.1f} s (CPU {loaded['cpu_s']:6.1f}), "
-                f"ratio {'≥' if row['ratio_is_lower_bound'] else ''}{row['ratio']:.2f}, "
-                f"competitor at {', '.join(f'{100 * s:.0f}%' for s in share)} of its rate alone; "
-                f"other processes' load {_cores(quiet.cores)} alone, {_cores(busy.cores)} loaded"
-            )
-        last_round = time.perf_counter() - round_started
-    table = Table(title=f"fit alone and beside {args.competitor}: median (min–max) over rounds")
-    columns = ("variant", "rounds", "alone s", "loaded s", "loaded / alone", "CPU alone s", "CPU loaded s", "competitor %")
-    for column in (*columns, "others' load (cores)"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for name in names:
-        mine = [row for row in rows if row["variant"] == name]
-        shares = [100 * s for row in mine for s in row["competitor_rate_share"]]
-        table.add_row(
-            name,
-            str(len(mine)),
-            _spread([row["alone"]["wall_s"] for row in mine]),
-            _spread([row["loaded"]["wall_s"] for row in mine]),
-            ("≥ " if any(row["ratio_is_lower_bound"] for row in mine) else "") + _spread([row["ratio"] for row in mine]),
-            _spread([row["alone"]["cpu_s"] for row in mine]),
-            _spread([row["loaded"]["cpu_s"] for row in mine]),
-            _spread(shares),
-            _spread([row[k]["others_cores"] for row in mine for k in ("alone", "loaded") if row[k]["others_cores"] is not None]),
+    with tempfile.TemporaryDirectory(prefix="fastslow-oversubscription-") as folder:
+        work = Path(folder)
+        config = args.config
+        if config is None and args.tiny:
+            config = str(work / "tiny.toml")
+            Path(config).write_text(TINY_CONFIG)
+        fit_args = ["--data", args.data, "--out", str(work / "run"), *(["--config", config] if config else [])]
+        out.print(
+            f"{cpus} usable CPUs; competitor: {args.competitor} (torch {args.matmul_size}² matmuls on 2 threads"
+            f"{', numba prange on every core' if args.competitor == 'numba+torch' else ''}); config: {config or 'default'}"
         )
-    out.print(table)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"cpus": cpus, "competitor": args.competitor, "config": config, "variants": names, "rows": rows}, indent=1)
-        )
-    return 0
+        rows: list[dict] = []
+        started, last_round = time.perf_counter(), 0.0
+        for r in range(args.rounds):
+            if r and time.perf_counter() - started + last_round > args.budget_s:
+                out.print(f"budget of {args.budget_s:.0f} s reached after {r} rounds")
+                break
+            round_started = time.perf_counter()
+            alone_rates = competitor_alone(args.competitor, args.matmul_size, window)
+            for name in names if r % 2 == 0 else names[::-1]:  # alternate the order: drift hits both alike
+                extra_args, extra_env = table_of[name]
+                env = _clean_env(extra_env)
+                with Background() as quiet:
+                    alone = run_fit([*fit_args, *extra_args], env, args.fit_timeout_s)
+                with Background() as busy, Competitors(args.competitor, args.matmul_size) as competitors:
+                    loaded = run_fit([*fit_args, *extra_args], env, args.fit_timeout_s)
+                alone["others_cores"], loaded["others_cores"] = quiet.cores, busy.cores
+                share = [b / a for a, b in zip(alone_rates, competitors.rates) if a > 0]
+                rows.append(
+                    {
+                        "round": r,
+                        "variant": name,
+                        "alone": alone,
+                        "loaded": loaded,
+                        "ratio": loaded["wall_s"] / alone["wall_s"],
+                        "ratio_is_lower_bound": not loaded["finished"],
+                        "competitor_rate_share": share,
+                    }
+                )
+                row = rows[-1]
+                out.print(
+                    f"round {r} {name:6s}: alone {alone['wall_s']:6.1f} s (CPU {alone['cpu_s']:6.1f}), "
+                    f"loaded {loaded['wall_s']:6.1f} s (CPU {loaded['cpu_s']:6.1f}), "
+                    f"ratio {'≥' if row['ratio_is_lower_bound'] else ''}{row['ratio']:.2f}, "
+                    f"competitor at {', '.join(f'{100 * s:.0f}%' for s in share)} of its rate alone; "
+                    f"other processes' load {_cores(quiet.cores)} alone, {_cores(busy.cores)} loaded"
+                )
+            last_round = time.perf_counter() - round_started
+        table = Table(title=f"fit alone and beside {args.competitor}: median (min–max) over rounds")
+        columns = ("variant", "rounds", "alone s", "loaded s", "loaded / alone", "CPU alone s", "CPU loaded s", "competitor %")
+        for column in (*columns, "others' load (cores)"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for name in names:
+            mine = [row for row in rows if row["variant"] == name]
+            shares = [100 * s for row in mine for s in row["competitor_rate_share"]]
+            table.add_row(
+                name,
+                str(len(mine)),
+                _spread([row["alone"]["wall_s"] for row in mine]),
+                _spread([row["loaded"]["wall_s"] for row in mine]),
+                ("≥ " if any(row["ratio_is_lower_bound"] for row in mine) else "") + _spread([row["ratio"] for row in mine]),
+                _spread([row["alone"]["cpu_s"] for row in mine]),
+                _spread([row["loaded"]["cpu_s"] for row in mine]),
+                _spread(shares),
+                _spread(
+                    [row[k]["others_cores"] for row in mine for k in ("alone", "loaded") if row[k]["others_cores"] is not None]
+                ),
+            )
+        out.print(table)
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    {"cpus": cpus, "competitor": args.competitor, "config": config, "variants": names, "rows": rows}, indent=1
+                )
+            )
+        return 0
 
 
 if __name__ == "__main__":
