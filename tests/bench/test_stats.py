@@ -1,0 +1,56 @@
+"""bench/_stats.py against hand and scipy references."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+_spec = importlib.util.spec_from_file_location("_stats", BENCH / "_stats.py")
+bench_stats = importlib.util.module_from_spec(_spec)
+sys.modules["_stats"] = bench_stats  # dataclasses look their module up there
+_spec.loader.exec_module(bench_stats)
+
+
+def test_mean_interval_matches_scipy_t_interval():
+    values = [97.2, 98.1, 96.9, 98.6, 97.5]
+    got = bench_stats.mean_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / 5, scale=stats.sem(values))
+    assert got.mean == pytest.approx(97.66)
+    assert (got.low, got.high) == pytest.approx((low, high))
+    # Five values: t(0.975, 4) = 2.776 times sd / sqrt(5), the factor RESULTS.md states.
+    sd = math.sqrt(sum((v - 97.66) ** 2 for v in values) / 4)
+    assert got.half == pytest.approx(2.7764451 * sd / math.sqrt(5), rel=1e-6)
+
+
+def test_one_value_has_no_interval_and_no_verdict():
+    got = bench_stats.mean_interval([0.5])
+    assert math.isnan(got.half) and not got.excludes_zero() and got.format(2) == "0.50"
+
+
+def test_paired_difference_and_verdict():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.5, 1.4, 2.6, 3.5]
+    diff = bench_stats.paired_difference(a, b)
+    assert diff.mean == pytest.approx(0.5) and diff.excludes_zero()
+    assert bench_stats.verdict(diff, "A cheaper", "A dearer") == "A dearer"
+    straddles = bench_stats.paired_difference([1.0, 2.0, 3.0], [1.5, 1.5, 3.0])
+    assert bench_stats.verdict(straddles, "A cheaper", "A dearer") == "no difference"
+    with pytest.raises(ValueError, match="length"):
+        bench_stats.paired_difference([1.0], [1.0, 2.0])
+
+
+def test_cheapest_within_picks_the_cheapest_eligible_point_of_the_families():
+    strategies = [
+        {"name": "system2", "family": "system2", "accuracy": 0.98, "energy_uj": 1.0},
+        {"name": "confidence@0.9", "family": "confidence", "accuracy": 0.978, "energy_uj": 0.20},
+        {"name": "confidence@0.5", "family": "confidence", "accuracy": 0.96, "energy_uj": 0.05},
+        {"name": "seenn1@0.99+s2", "family": "seenn1", "accuracy": 0.977, "energy_uj": 0.10},
+        {"name": "router@share=0.3", "family": "router", "accuracy": 0.981, "energy_uj": 0.40},
+    ]
+    target = bench_stats.reference(strategies)["accuracy"] - 0.003
+    assert bench_stats.cheapest_within(strategies, bench_stats.THRESHOLD_FAMILIES, target)["name"] == "seenn1@0.99+s2"
+    assert bench_stats.cheapest_within(strategies, bench_stats.LEARNED_FAMILIES, target)["name"] == "router@share=0.3"
+    assert bench_stats.cheapest_within(strategies, ("exits",), target) is None
