@@ -4,8 +4,9 @@ Both are built from *units*: one LIF population each, whose input current is the
 branches, each a convolution followed by batch norm (conv → BN) of a source's spikes, or, for an
 identity shortcut, the source's spikes themselves. A VGG-style stage is a chain of conv-BN-LIF units
 ending in a 2×2 max-pool of the spikes; a ResNet-style basic block is two units, conv-BN-LIF then
-conv-BN + shortcut → LIF (the LIF after the addition, as in SEENN's and TET's ResNet-19), the first
-block of a later stage striding by 2 with a 1×1 conv-BN shortcut.
+conv-BN + shortcut → LIF (the LIF after the addition, as in SEENN's and TET's ResNet-19), after a
+stem of half the first stage's channels; the first block of a later stage strides by 2, and a block
+that strides or widens has a 1×1 conv-BN shortcut.
 
 Batch norm through time (as TET and SEENN use it, SpikingJelly's ``SeqToANNContainer``): a unit's
 convolution and BN see all T steps of all B inputs as one [T·B, C, H, W] batch, so its statistics
@@ -28,7 +29,7 @@ from torch import nn
 
 DEEP_ARCHS = ("vgg", "resnet")
 # (channels per stage, units or basic blocks per stage): VGG-16 (five stages, 13 conv layers) and
-# ResNet-19 (a 128-channel stem, then 3, 3 and 2 basic blocks), the CIFAR networks of TET and SEENN.
+# ResNet-19 (a 64-channel stem, then 3, 3 and 2 basic blocks), the CIFAR networks of TET and SEENN.
 DEFAULT_STAGES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "vgg": ((64, 128, 256, 512, 512), (2, 2, 3, 3, 3)),
     "resnet": ((128, 256, 512), (3, 3, 2)),
@@ -149,7 +150,10 @@ def deep_units(
                 width = out
             stage_ends.append(previous)
         return units, stage_ends
-    previous, width = add((-1,), [ConvBN(width, channels[0], 3, 1, 1)], pool=False), channels[0]  # the stem
+    # The stem has half the first stage's channels (ResNet-19's 64 before 128), so the first block
+    # widens through a 1×1 conv-BN shortcut, as in TET's ResNet-19.
+    stem = max(1, channels[0] // 2)
+    previous, width = add((-1,), [ConvBN(width, stem, 3, 1, 1)], pool=False), stem
     for stage, (out, count) in enumerate(zip(channels, blocks)):
         for k in range(count):
             stride = 2 if stage > 0 and k == 0 else 1
