@@ -174,10 +174,10 @@ class System1Spec:
     def from_dict(data: dict) -> "System1Spec":
         data = dict(data)
         data["lif"] = LIFParams(**data["lif"])
-        for key in ("input_shape", "hidden", "conv_channels", "exit_heads", "stage_channels", "stage_blocks"):
-            if key not in data:  # checkpoints written before the key existed
-                continue
+        for key in ("input_shape", "hidden", "conv_channels", "exit_heads"):
             data[key] = tuple(data[key])
+        for key in ("stage_channels", "stage_blocks"):  # absent from checkpoints written before the deep archs
+            data[key] = tuple(data.get(key, ()))
         return System1Spec(**data)
 
 
