@@ -3,6 +3,10 @@ against hand counts, and a fit from a 3×32×32 .npz end to end (tiny widths, CP
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +225,46 @@ thresholds = [0.6]
     assert main(["evaluate", str(out), "--quiet"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert next(s for s in again["strategies"] if s["name"] == "system1")["energy_uj"] == pytest.approx(s1["energy_uj"])
+
+
+def check_deep_matches_torch_path(device: str) -> None:
+    """The fused Triton kernels run a ResNet-style System 1 as the torch backend does: the same
+    records at inference (bit for bit) and in training, gradients up to rounding."""
+    torch.manual_seed(0)
+    fused = System1(_spec("resnet", encoding="rate", exit_heads=(0,)), backend="triton").to(device)
+    reference = System1(fused.spec, backend="torch").to(device)
+    reference.load_state_dict(fused.state_dict())
+    x = torch.rand(3, 3, 8, 8, device=device)
+    fields = ("step_outputs", "synaptic_ops", "dense_macs", "spike_rates")
+    grads, runs = [], []
+    for model in (fused, reference):
+        run = model.run(x, generator=torch.Generator(device).manual_seed(1))
+        torch.nn.functional.cross_entropy(run.final_logits, torch.arange(3, device=device)).backward()
+        grads.append([p.grad for p in model.parameters()])
+        runs.append(run)
+    for name in fields:
+        assert torch.equal(getattr(runs[0], name), getattr(runs[1], name)), name
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for model in (fused, reference):
+        model.eval()
+    with torch.no_grad():
+        a = fused.run(x, generator=torch.Generator(device).manual_seed(2))
+        b = reference.run(x, generator=torch.Generator(device).manual_seed(2))
+    assert all(torch.equal(getattr(a, name), getattr(b, name)) for name in fields)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_deep_triton_matches_torch_on_gpu():
+    check_deep_matches_torch_path("cuda")
+
+
+def test_deep_triton_matches_torch_in_triton_interpreter():
+    pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_deep as t; "
+        "t.check_deep_matches_torch_path('cpu')"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
