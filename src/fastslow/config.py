@@ -21,6 +21,7 @@ from pydantic import (
 
 from fastslow.errors import ConfigError, first_validation_problem
 from fastslow.spiking import LIFParams
+from fastslow.systems.deep import DEEP_ARCHS, DEFAULT_STAGES
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
@@ -51,17 +52,25 @@ class LIFConfig(_Strict):
 
 
 class System1Config(_Strict):
-    arch: Literal["auto", "mlp", "conv"] = "auto"
+    arch: Literal["auto", "mlp", "conv", "vgg", "resnet"] = "auto"
     # Two hidden layers with an exit head on the first, so every fit shows the cascade family (exits@…) too.
     hidden: list[PositiveInt] = Field(default_factory=lambda: [128, 64], min_length=0)
     conv_channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16])
+    stage_channels: list[PositiveInt] | None = Field(
+        None, description="vgg/resnet: channels per stage (default VGG-16's or ResNet-19's)"
+    )
+    stage_blocks: list[PositiveInt] | None = Field(
+        None, description="vgg/resnet: conv units (vgg) or basic blocks (resnet) per stage; as many as stage_channels"
+    )
     timesteps: int = Field(8, ge=1, le=256)
     # "events": event data (tonic:...) fed frame by frame; chosen by itself for event data when not set.
     encoding: Literal["direct", "rate", "latency", "events"] = "rate"
     readout: Literal["membrane", "spike_count"] = "membrane"
     loss: Literal["tet", "cumulative", "final"] = "tet"
     exit_heads: list[NonNegativeInt] | None = Field(
-        None, description="hidden-layer indices with an early exit (default: one on the first layer where there are two or more)"
+        None,
+        description="hidden-layer indices with an early exit (vgg/resnet: stage indices); default: one on the first "
+        "layer where there are two or more (vgg/resnet: one after every stage)",
     )
     checkpoint_steps: int = Field(0, ge=0, description="0: BPTT keeps every step; k: recompute k-step segments (less memory)")
     backend: Literal["auto", "torch", "numba", "triton"] = Field(
@@ -77,21 +86,29 @@ class System1Config(_Strict):
         """``exit_heads``, or by default an exit on the first layer when System 1 has two or more."""
         if self.exit_heads is not None:
             return list(self.exit_heads)
+        arch = self.resolved_arch(input_shape)
+        if arch in DEEP_ARCHS:
+            stages = len(self.stage_channels or DEFAULT_STAGES[arch][0])
+            return list(range(stages - 1))
         layers = len(self.hidden) + (len(self.conv_channels) if self.resolved_arch(input_shape) == "conv" else 0)
         return [0] if layers > 1 else []
 
     def resolved_arch(self, input_shape: tuple[int, ...]) -> str:
-        """``auto``: conv for colour or large images (≥ 3 channels or ≥ 32×32), else an MLP."""
+        """``auto``: resnet (ResNet-19-style) for 3-channel 32×32 images, conv for other colour or large
+        images (≥ 3 channels or ≥ 32×32), else an MLP."""
         if self.arch != "auto":
             return self.arch
+        if tuple(input_shape) == (3, 32, 32):
+            return "resnet"
         if len(input_shape) == 3 and (input_shape[0] >= 3 or min(input_shape[1:]) >= 32):
             return "conv"
         return "mlp"
 
 
 class System2Config(_Strict):
-    arch: Literal["auto", "lenet5", "cnn", "mlp"] = "auto"
+    arch: Literal["auto", "lenet5", "cnn", "mlp", "resnet18"] = "auto"
     hidden: int = Field(128, ge=1)
+    width: int = Field(64, ge=1, description="resnet18: the first stage's channels (64 as published)")
     epochs: int = Field(60, ge=1)
     lr: float = Field(1e-2, gt=0)
     batch_size: int = Field(64, ge=1)

@@ -41,6 +41,7 @@ from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
 from fastslow.progress import output_console, progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
 from fastslow.serving.remote import DEFAULT_BATCH, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+from fastslow.systems.deep import DEEP_ARCHS
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
@@ -154,6 +155,8 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
         arch=c.resolved_arch(frame_shape),
         hidden=tuple(c.hidden),
         conv_channels=tuple(c.conv_channels),
+        stage_channels=tuple(c.stage_channels or ()) if c.resolved_arch(frame_shape) in DEEP_ARCHS else (),
+        stage_blocks=tuple(c.stage_blocks or ()) if c.resolved_arch(frame_shape) in DEEP_ARCHS else (),
         timesteps=c.timesteps,
         encoding=c.encoding,
         readout=c.readout,
@@ -389,7 +392,12 @@ def _fit(
     except ValueError as err:  # what the config's schema cannot know: the layers the data gives, exit indices among them
         raise ConfigError(f"config [system1]: {err}") from None
     s2_spec = System2Spec(
-        tuple(dataset.input_shape), dataset.n_classes, config.system2.arch, config.system2.hidden, frames=dataset.frames
+        tuple(dataset.input_shape),
+        dataset.n_classes,
+        config.system2.arch,
+        config.system2.hidden,
+        width=config.system2.width,
+        frames=dataset.frames,
     )
     torch.manual_seed(config.seed + 1)
     s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)

@@ -210,3 +210,14 @@ def test_oversubscription_bench_runs_tiny(capsys, tmp_path):
     assert bench.variant("threads=2", 4) == (["--threads", "2"], {})
     with pytest.raises(ValueError, match="unknown variant"):
         bench.variant("threads=0", 4)
+
+
+def test_deep_gpu_script_runs_on_cpu_at_tiny_size(capsys, tmp_path):
+    """bench/deep_gpu.py's CPU part (its CUDA-only checks skipped) on tiny networks; SpikingJelly's
+    column only where it is installed."""
+    bench = _load("deep_gpu")
+    bench.main(["--device", "cpu", "--tiny", "--only", "resnet19", "--rounds", "1", "--json", str(tmp_path / "deep.json")])
+    out = capsys.readouterr().out
+    assert "ok   inference records, numba = torch" in out and "skip mixed precision" in out
+    assert "| resnet19 | fastslow |" in out and "System 2 ResNet-18" in out
+    assert (tmp_path / "deep.json").is_file()

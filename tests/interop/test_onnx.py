@@ -19,11 +19,11 @@ from fastslow.systems import System1, System1Spec, System2Spec, build_system2  #
 TOLERANCE = 1e-5
 
 
-def _deployment(input_shape, encoding="rate", frames=False) -> Deployment:
+def _deployment(input_shape, encoding="rate", frames=False, width=64) -> Deployment:
     torch.manual_seed(0)
     steps = input_shape[0] if encoding == "events" else 4
     s1 = System1(System1Spec(input_shape=input_shape, n_classes=5, hidden=(8,), timesteps=steps, encoding=encoding))
-    s2 = build_system2(System2Spec(input_shape=input_shape, n_classes=5, frames=frames)).eval()
+    s2 = build_system2(System2Spec(input_shape=input_shape, n_classes=5, frames=frames, width=width)).eval()
     return Deployment(s1, s2, [], load_profile("cmos45nm"), 0, system2_sha256="ab" * 32)
 
 
@@ -46,10 +46,10 @@ def _check(deployment: Deployment, path, binary=False) -> None:
 
 @pytest.mark.parametrize(
     "input_shape, arch",
-    [((20,), "mlp"), ((1, 8, 8), "cnn"), ((3, 28, 28), "lenet5")],
+    [((20,), "mlp"), ((1, 8, 8), "cnn"), ((3, 28, 28), "lenet5"), ((3, 32, 32), "resnet18")],
 )
 def test_onnx_logits_equal_system2(tmp_path, input_shape, arch):
-    deployment = _deployment(input_shape)
+    deployment = _deployment(input_shape, width=8)  # (a narrow ResNet-18: the same graph, quicker)
     assert System2Spec(input_shape, 5).resolved_arch() == arch
     path = export_system2(deployment, tmp_path / "s2.onnx")
     assert path == tmp_path / "s2.onnx" and not list(tmp_path.glob(".*tmp"))  # written whole, nothing left over

@@ -197,7 +197,10 @@ def s1_op_counts(
 def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     """MACs per input of every Conv/Linear layer of an ANN, by a forward pass with hooks.
 
-    Keys are module names; bias additions and activations are not counted.
+    Keys are module names; bias additions, batch norm (folded into the convolution at inference)
+    and activations are not counted. A module with ``counts_additions = True`` (a residual block) is
+    charged one MAC per output value for its residual addition, under ``"<name>.add"`` (an
+    over-count: an addition alone is the E_AC part of a MAC).
     """
     counts: dict[str, int] = {}
     hooks = []
@@ -211,11 +214,13 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
             elif isinstance(mod, nn.modules.conv._ConvNd):
                 per_output = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
                 counts[name] = counts.get(name, 0) + per_output * (output.numel() // output.shape[0])
+            elif getattr(mod, "counts_additions", False):
+                counts[f"{name}.add"] = counts.get(f"{name}.add", 0) + output.numel() // output.shape[0]
 
         return hook
 
     for name, mod in module.named_modules():
-        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) or getattr(mod, "counts_additions", False):
             hooks.append(mod.register_forward_hook(make_hook(name or type(mod).__name__)))
     try:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))

@@ -92,6 +92,11 @@ def system1_to_nir(system1: System1, *, integrator: bool = True, reset_to_zero: 
 
     spec = system1.spec
     lif = spec.lif
+    if spec.arch not in ("mlp", "conv"):
+        raise ConfigError(
+            f"NIR export takes the mlp and conv System 1, not {spec.arch!r} (its batch norm and residual "
+            'branches have no NIR graph here): fit with [system1] arch = "conv" to export'
+        )
     if lif.reset != "zero" and not reset_to_zero:
         raise ConfigError(
             "this System 1 resets by subtraction, which NIR's LIF cannot express: refit it with "

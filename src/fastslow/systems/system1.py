@@ -36,6 +36,8 @@ from fastslow.spiking.backends import (
 )
 from fastslow.spiking.lif import check_params
 from fastslow.spiking.synapses import EVENT_DENSITY, conv_channels_last, spike_linear
+from fastslow.systems.deep import DEEP_ARCHS, DEFAULT_STAGES, conv_fanout, deep_units, head_input
+from fastslow.systems.deep import synaptic_ops as branch_synaptic_ops
 from fastslow.systems.records import S1Record
 
 ReadoutName = Literal["membrane", "spike_count"]
@@ -60,13 +62,21 @@ def doubling_chunks(timesteps: int) -> list[int]:
 
 @dataclass(frozen=True)
 class System1Spec:
-    """Everything needed to rebuild a System 1 (stored beside its weights)."""
+    """Everything needed to rebuild a System 1 (stored beside its weights).
+
+    ``arch``: "mlp" (``hidden``), "conv" (``conv_channels`` then ``hidden``), or a deep network for
+    colour images (see :mod:`fastslow.systems.deep`): "vgg" or "resnet", sized by ``stage_channels``
+    and ``stage_blocks`` (empty: VGG-16 / ResNet-19), which ignore ``hidden`` and ``conv_channels``
+    and take ``exit_heads`` as *stage* indices (an exit after that stage)."""
 
     input_shape: tuple[int, ...]
     n_classes: int
-    arch: Literal["mlp", "conv"] = "mlp"
+    arch: Literal["mlp", "conv", "vgg", "resnet"] = "mlp"
     hidden: tuple[int, ...] = (128,)
     conv_channels: tuple[int, ...] = (8, 16)
+    # Deep archs: channels and units (VGG) or basic blocks (ResNet) per stage; () = the arch's default.
+    stage_channels: tuple[int, ...] = ()
+    stage_blocks: tuple[int, ...] = ()
     timesteps: int = 8
     # "events": inputs are [T, *frame] spike frames (event-camera data), frame t fed at step t.
     encoding: Literal["direct", "rate", "latency", "events"] = "rate"
@@ -92,6 +102,8 @@ class System1Spec:
             ("input_shape", tuple(self.input_shape)),
             ("hidden", tuple(self.hidden)),
             ("conv_channels", tuple(self.conv_channels)),
+            ("stage_channels", tuple(self.stage_channels)),
+            ("stage_blocks", tuple(self.stage_blocks)),
         ):
             if not all(integer(v, 1) for v in values) or (name == "input_shape" and not values):
                 raise ValueError(
@@ -101,7 +113,19 @@ class System1Spec:
             raise ValueError(f"System1Spec.exit_heads must be hidden-layer indices (integers ≥ 0), got {self.exit_heads!r}")
         checks = [
             (integer(self.n_classes, 2), f"n_classes must be an integer ≥ 2, got {self.n_classes!r}"),
-            (self.arch in ("mlp", "conv"), f"unknown arch {self.arch!r}: use 'mlp' or 'conv'"),
+            (self.arch in ("mlp", "conv", *DEEP_ARCHS), f"unknown arch {self.arch!r}: use 'mlp', 'conv', 'vgg' or 'resnet'"),
+            (
+                self.arch in DEEP_ARCHS or not self.stage_channels and not self.stage_blocks,
+                f"stage_channels and stage_blocks size the 'vgg' and 'resnet' archs, not {self.arch!r}",
+            ),
+            (
+                self.arch not in DEEP_ARCHS or len(self.stages[0]) == len(self.stages[1]),
+                f"stage_channels and stage_blocks need one entry per stage, got {tuple(self.stage_channels)} and {tuple(self.stage_blocks)}",
+            ),
+            (
+                self.arch not in DEEP_ARCHS or self.checkpoint_steps == 0,
+                "checkpoint_steps must be 0 for the 'vgg' and 'resnet' archs: their batch norm takes its statistics over all T steps at once",
+            ),
             (integer(self.timesteps, 1), f"timesteps must be an integer ≥ 1, got {self.timesteps!r}"),
             (
                 self.encoding in ("direct", "rate", "latency", "events"),
@@ -131,6 +155,12 @@ class System1Spec:
         check_params(self.lif)
 
     @property
+    def stages(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A deep arch's (channels, blocks) per stage, the arch's defaults where not given."""
+        channels, blocks = DEFAULT_STAGES.get(self.arch, ((), ()))
+        return tuple(self.stage_channels) or channels, tuple(self.stage_blocks) or blocks
+
+    @property
     def frame_shape(self) -> tuple[int, ...]:
         """What layer 0 takes at one step: ``input_shape`` without its time axis for ``events``, else all of it."""
         return tuple(self.input_shape[1:]) if self.encoding == "events" else tuple(self.input_shape)
@@ -146,6 +176,8 @@ class System1Spec:
         data["lif"] = LIFParams(**data["lif"])
         for key in ("input_shape", "hidden", "conv_channels", "exit_heads"):
             data[key] = tuple(data[key])
+        for key in ("stage_channels", "stage_blocks"):  # absent from checkpoints written before the deep archs
+            data[key] = tuple(data.get(key, ()))
         return System1Spec(**data)
 
 
@@ -174,11 +206,7 @@ def _fanout_map(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, 
     if isinstance(op, nn.Linear):
         return torch.tensor(float(op.out_features))
     if isinstance(op, nn.Conv2d):
-        if op.stride != (1, 1) or op.dilation != (1, 1) or op.groups != 1:
-            raise ValueError("fan-out counting supports stride-1, undilated, ungrouped convolutions")
-        kernel = torch.ones(1, 1, *op.kernel_size)
-        reached = F.conv_transpose2d(torch.ones(1, 1, *out_shape[1:]), kernel, padding=op.padding)
-        return (reached[0, 0] * op.out_channels).flatten()
+        return conv_fanout(op, in_shape)
     raise TypeError(f"unsupported synaptic op {type(op).__name__}")
 
 
@@ -313,8 +341,12 @@ class System1(nn.Module):
         super().__init__()
         self.spec = spec
         self.requested_backend = spec.backend if backend is None else backend
-        layers: list[_Layer] = []
+        layers: list[nn.Module] = []
         shape = spec.frame_shape
+        self._deep = spec.arch in DEEP_ARCHS
+        if self._deep:
+            self._init_deep(spec)
+            return
         if spec.arch == "conv":
             if len(shape) != 3:
                 what = "frames" if spec.encoding == "events" else "inputs"
@@ -363,6 +395,24 @@ class System1(nn.Module):
         self.register_buffer("_count_factors", plan.count_factors, persistent=False)
         for index, fanout in plan.pool_fanouts.items():
             self.register_buffer(f"_pool_fanout_{index}", fanout, persistent=False)
+
+    def _init_deep(self, spec: System1Spec) -> None:
+        """The units and heads of a "vgg" or "resnet" System 1 (see :mod:`fastslow.systems.deep`):
+        an exit head (global average pool → linear) after each stage named in ``exit_heads`` and
+        after the last."""
+        channels, blocks = spec.stages
+        units, stage_ends = deep_units(spec.arch, spec.frame_shape, channels, blocks)
+        self.layers = nn.ModuleList(units)
+        if sorted(set(spec.exit_heads)) != list(spec.exit_heads) or any(s >= len(stage_ends) - 1 for s in spec.exit_heads):
+            raise ValueError(
+                f"exit_heads of a {spec.arch} System 1 are stage indices, increasing, from 0 to {len(stage_ends) - 2} "
+                f"(stage {len(stage_ends) - 1}, the last, always has the final exit), got {list(spec.exit_heads)}"
+            )
+        self.exit_layers = tuple(stage_ends[s] for s in spec.exit_heads) + (len(units) - 1,)
+        self.heads = nn.ModuleList(nn.Linear(units[h].pooled_shape[0], spec.n_classes) for h in self.exit_layers)
+        self.lif_params = spec.lif
+        self.register_buffer("_neuron_counts", torch.tensor(self.neurons_per_component(), dtype=torch.float32), persistent=False)
+        self._mlp_membrane = False
 
     # -- backend ------------------------------------------------------------
     @property
@@ -469,7 +519,7 @@ class System1(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs as layer 0 takes them (flattened for an MLP; event frames [B, T, ...] each on its own)."""
-        if not isinstance(self.layers[0].op, nn.Linear):
+        if self.layers[0].is_conv:
             return x
         return x.flatten(2) if self.spec.encoding == "events" else x.flatten(1)
 
@@ -478,7 +528,9 @@ class System1(nn.Module):
         zeros = lambda shape: like.new_zeros(batch, *shape)  # noqa: E731
         return S1State(
             layers=tuple(
-                _channels_first(zeros((*layer.out_shape[1:], layer.out_shape[0]))) if layer.is_conv else zeros(layer.out_shape)
+                _channels_first(zeros((*layer.out_shape[1:], layer.out_shape[0])))
+                if layer.is_conv and not self._deep
+                else zeros(layer.out_shape)
                 for layer in self.layers
             ),
             heads=tuple(zeros((self.spec.n_classes,)) for _ in self.heads),
@@ -503,6 +555,8 @@ class System1(nn.Module):
         the input is analog, so the layer is a dense matmul, never event-driven). Conv maps come
         channels-last in memory, as the simulation reads them; indexing rows keeps that layout."""
         layer = self.layers[0]
+        if self._deep:
+            return layer.branches[0](x)
         return conv_channels_last(x, layer.op) if layer.is_conv else layer.op(x)
 
     def _synapses(self, op: nn.Module, inp: torch.Tensor) -> torch.Tensor:
@@ -521,7 +575,9 @@ class System1(nn.Module):
         if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()) and len(torch.unique(rows)) != len(rows):
             raise ValueError(f"rows must be distinct positions among the state's {state.layers[0].shape[0]} inputs")
         for layer, v in zip(self.layers, state.layers):
-            if layer.is_conv and not v.is_contiguous(memory_format=torch.channels_last):
+            if self._deep and not v.is_contiguous():
+                raise ValueError("a deep System 1's state must be contiguous (as advance returns it) to advance rows in place")
+            if layer.is_conv and not self._deep and not v.is_contiguous(memory_format=torch.channels_last):
                 raise ValueError(
                     "a conv layer's state must be channels-last in memory (as advance returns it) to advance rows in place"
                 )
@@ -566,6 +622,8 @@ class System1(nn.Module):
         # time chunks would carry every layer's state through memory between calls (1.4× / 1.7×
         # slower at 256 / 512 inputs on the conv benchmark). Training keeps the time chunks: its
         # backward runs over the whole batch.
+        if self._deep and self.training:  # batch norm through time: its statistics over all steps at once
+            chunk = steps
         groups = [slice(0, x.shape[0])]
         if chunk < steps and not torch.is_grad_enabled():
             size = max(1, MULTISTEP_CHUNK_BYTES // (steps * input_step_bytes))
@@ -690,6 +748,8 @@ class System1(nn.Module):
         batch = like.shape[0] if rows is None else len(rows)
         if rows is not None:
             self._check_rows(rows, state)
+        if self._deep:
+            return self._advance_deep(inp, state, constant_current, steps, keep_state, rows, batch)
         if self.compiled_mlp_applies(like, state):
             return self._advance_compiled_mlp(inp, state, constant_current, steps, keep_state, rows, batch)
         backend = self._requested_backend  # each LIF call resolves "auto" for its own tensors
@@ -790,6 +850,84 @@ class System1(nn.Module):
         for rows_fed, layers_feeding, factors in self._count_runs:
             torch.mul(counts[layers_feeding], self._count_factors[factors], out=syn[rows_fed])
         rates = counts.div_(self._neuron_counts[:n_layers, None, None])  # spike counts → the share of neurons that fired
+        record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
+        if not keep_state and rows is None:
+            return record, None
+        heads = tuple(like.new_zeros(batch, self.spec.n_classes) if v is None else v for v in head_states)
+        return record, S1State(layers=tuple(layer_states), heads=heads)
+
+    def _advance_deep(
+        self,
+        inp: torch.Tensor | None,
+        state: S1State | None,
+        constant_current: torch.Tensor | None,
+        steps: int,
+        keep_state: bool,
+        rows: torch.Tensor | None,
+        batch: int,
+    ) -> tuple[S1Step, S1State | None]:
+        """:meth:`advance` for a "vgg" or "resnet" System 1: each unit's branches (conv → BN) over all
+        ``steps`` steps of all inputs as one [t·B, C, H, W] batch (batch norm through time), summed,
+        then the unit's LIF over the steps (:func:`~fastslow.spiking.backends.fused_lif_multistep`: the
+        requested backend's kernels, in the weights' dtype: under autocast the convolutions run in half
+        precision, the membrane in float32). Each branch's synaptic ops are its source's spikes × their
+        fan-out (an identity shortcut: 1 per spike), added into the unit's row."""
+        like = constant_current if inp is None else inp[0]
+        components, n_layers = self.n_components, len(self.layers)
+        buffer = like.new_zeros(2 * components + n_layers, steps, batch, dtype=torch.promote_types(like.dtype, torch.float32))
+        syn, dense, counts = buffer[:components], buffer[components : 2 * components], buffer[2 * components :]
+        dtype = self.heads[0].weight.dtype
+        outputs_by_unit: list[torch.Tensor] = []  # [t, B, C, H, W] spikes after each unit's pool
+        layer_states = []
+        for index, unit in enumerate(self.layers):
+            if index == 0 and constant_current is not None:
+                current = _over_time(constant_current.to(dtype), steps)
+                dense[0].fill_(float(unit.dense_macs))
+            else:
+                current = None
+                for source, branch, fanout in zip(unit.sources, unit.branches, unit.fanouts()):
+                    spikes = (inp if source < 0 else outputs_by_unit[source]).flatten(0, 1)  # [t·B, C, H, W]
+                    part = branch(spikes)
+                    current = part if current is None else current + part
+                    with torch.no_grad():
+                        syn[index] += branch_synaptic_ops(spikes, fanout, syn.dtype).view(steps, batch)
+                current = current.to(dtype).unflatten(0, (steps, batch))
+            out, new_state = fused_lif_multistep(
+                current,
+                None if state is None else LIFState(state.layers[index]),
+                self.lif_params,
+                backend=self._requested_backend,
+                final_state=keep_state,
+                counts=counts[index],
+                rows=rows,
+            )
+            layer_states.append(None if new_state is None else new_state.v)
+            if unit.pool:
+                out = F.max_pool2d(out.flatten(0, 1), 2).unflatten(0, (steps, batch))
+            outputs_by_unit.append(out)
+        outputs, head_states = [], []
+        head_vs = [None] * len(self.heads) if state is None else state.heads
+        for exit_index, (head, h, head_v) in enumerate(zip(self.heads, self.exit_layers, head_vs)):
+            source = outputs_by_unit[h]
+            current = head(head_input(source))  # [t, B, classes]
+            with torch.no_grad():
+                torch.mul(source.flatten(2).sum(2, dtype=syn.dtype), head.out_features, out=syn[n_layers + exit_index])
+            if self.spec.readout == "spike_count":
+                head_spikes, new_head = fused_lif_multistep(
+                    current,
+                    None if head_v is None else LIFState(head_v),
+                    self.lif_params,
+                    backend=self._requested_backend,
+                    final_state=keep_state,
+                    rows=rows,
+                )
+                head_states.append(None if new_head is None else new_head.v)
+                outputs.append(head_spikes * SPIKE_COUNT_SCALE)
+            else:
+                head_states.append(head_v)
+                outputs.append(current)
+        stacked = outputs[0].unsqueeze(1) if len(outputs) == 1 else torch.stack(outputs, dim=1)
+        rates = counts.div_(self._neuron_counts[:n_layers, None, None])
         record = S1Step(outputs=stacked, synaptic_ops=syn, dense_macs=dense, spike_rates=rates)
         if not keep_state and rows is None:
             return record, None

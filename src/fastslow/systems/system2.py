@@ -2,7 +2,9 @@
 
 - images of at least 28×28: LeNet-5 (about 0.42 M MACs on 28×28);
 - smaller images: a two-conv CNN, 16 and 32 channels (about 92 k MACs on 8×8);
-- flat inputs: an MLP with one hidden layer.
+- flat inputs: an MLP with one hidden layer;
+- colour 32×32 images (3 channels): a CIFAR ResNet-18 (3×3 stem, no max-pool, four stages of two
+  basic blocks, 64·2^s channels × ``width``/64; about 0.56 G MACs at width 64).
 Event frames [T, C, H, W] (``frames``) are first averaged over T: each pixel's share of the T bins
 in which it fired, in [0, 1]; the network above is then sized for [C, H, W].
 Any ``torch.nn.Module`` mapping inputs to logits can stand in from the Python API.
@@ -22,8 +24,10 @@ from torch import nn
 class System2Spec:
     input_shape: tuple[int, ...]
     n_classes: int
-    arch: Literal["auto", "lenet5", "cnn", "mlp"] = "auto"
+    arch: Literal["auto", "lenet5", "cnn", "mlp", "resnet18"] = "auto"
     hidden: int = 128
+    # ResNet-18's first stage's channels (64 as published; smaller for a quick fit).
+    width: int = 64
     # Inputs are [T, *frame] binary event frames, averaged over T before the network.
     frames: bool = False
 
@@ -36,6 +40,8 @@ class System2Spec:
         if self.arch != "auto":
             return self.arch
         shape = self.frame_shape
+        if shape == (3, 32, 32):
+            return "resnet18"
         if len(shape) == 3 and min(shape[1:]) >= 28:
             return "lenet5"
         if len(shape) == 3 and min(shape[1:]) >= 4:
@@ -58,6 +64,46 @@ class FrameMean(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(1)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: conv-BN-ReLU-conv-BN, plus the input (or its 1×1 conv-BN where the
+    shape changes), then ReLU. ``counts_additions``: count_macs charges its residual addition, one
+    per output value."""
+
+    counts_additions = True
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and in_channels == out_channels
+            else nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet18(in_channels: int, n_classes: int, width: int = 64) -> nn.Sequential:
+    """ResNet-18 for 32×32 images (He et al. 2016, as CIFAR code uses it: a 3×3 stem without max-pool),
+    with ``width`` channels in the first stage (64 as published)."""
+    if width < 1:
+        raise ValueError(f"ResNet-18 width must be ≥ 1, got {width}")
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    channels = width
+    for stage in range(4):
+        out = width * 2**stage
+        layers += [BasicBlock(channels, out, 2 if stage > 0 else 1), BasicBlock(out, out, 1)]
+        channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, n_classes))
 
 
 def build_system2(spec: System2Spec) -> nn.Module:
@@ -102,7 +148,11 @@ def _network(spec: System2Spec) -> nn.Sequential:
             nn.ReLU(),
             nn.Linear(64, classes),
         )
+    if arch == "resnet18":
+        if len(shape) != 3:
+            raise ValueError(f"System 2 resnet18 needs image inputs [C, H, W], got shape {shape}")
+        return resnet18(channels, classes, spec.width)
     if arch == "mlp":
         features = math.prod(shape)
         return nn.Sequential(nn.Flatten(), nn.Linear(features, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, classes))
-    raise ValueError(f"unknown System 2 arch {arch!r}: use auto, lenet5, cnn or mlp")
+    raise ValueError(f"unknown System 2 arch {arch!r}: use auto, lenet5, cnn, mlp or resnet18")
