@@ -210,3 +210,24 @@ def test_oversubscription_bench_runs_tiny(capsys, tmp_path):
     assert bench.variant("threads=2", 4) == (["--threads", "2"], {})
     with pytest.raises(ValueError, match="unknown variant"):
         bench.variant("threads=0", 4)
+
+
+def test_router_wins_bench_runs_tiny_on_digits(capsys, tmp_path):
+    import json
+
+    bench = _load("router_wins")
+    report = tmp_path / "wins.json"
+    tiny = ["--epochs", "1", "--timesteps", "2", "--hidden", "32", "16", "--policy-epochs", "3"]
+    assert bench.main(["--seeds", "2", *tiny, "--json", str(report), "--raw"]) == 0
+    out = capsys.readouterr().out
+    assert "S2 − 0.3 pt" in out and "S2 − 1 pt" in out and "router − confidence curve" in out
+    data = json.loads(report.read_text())
+    assert data["settings"] == list(bench.SETTINGS) and len(data["runs"]) == 2
+    for run in data["runs"]:
+        assert set(run) == set(bench.SETTINGS)
+        # The shifts change the test inputs only: the router split is the clean fit's.
+        assert all(run[s]["val"] == run["clean"]["val"] and run[s]["select"] == run["clean"]["select"] for s in bench.SHIFTS)
+        assert all(run[s]["test"] != run["clean"]["test"] and run[s]["held"] != run["clean"]["held"] for s in bench.SHIFTS)
+        assert 0.1 < run["label_noise"]["flipped"]["train"] < 0.3
+        assert len(run["specialist"]["strong_classes"]) == 5
+    assert all(len(data["per_seed"][s]) == 2 for s in bench.SETTINGS)
