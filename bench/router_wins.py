@@ -14,6 +14,8 @@ here, beside the clean baseline, with the same seeds (each seed a new split and 
 - ``label_noise``: ``--label-noise`` symmetric noise (a label replaced, with that probability, by
   a uniformly drawn other class) in the training labels of both systems and in the router split's
   labels, which the routers learn from; the test labels are clean.
+- ``router_label_noise``: the clean fit's systems; the same noise in the router split's labels
+  only (what the policies learn from).
 - ``specialist``: System 1 as in ``clean``; System 2 (the default architecture) trained on every
   training input of the half of the classes where System 1 is weakest on the router split, and
   on a ``--specialist-share`` of the other classes' inputs (seeded, at least one per class).
@@ -79,7 +81,7 @@ from _stats import (  # noqa: E402
     verdict,
 )
 
-SETTINGS = ("clean", "noise", "blur", "dim", "label_noise", "specialist")
+SETTINGS = ("clean", "noise", "blur", "dim", "label_noise", "router_label_noise", "specialist")
 SHIFTS = ("noise", "blur", "dim")
 DROPS = (0.003, 0.01)  # accuracy targets: System 2's accuracy minus these
 BUDGETS = (0.2, 0.4)  # energy budgets, fractions of System 2's energy
@@ -267,16 +269,20 @@ def run_seed(config: FitConfig, options: Options, settings: tuple[str, ...], con
                 "strong_classes": strong,
                 "s2_train_inputs": len(subset),
             }
+        y_val = symmetric_noise(splits.y_val, options.label_noise, n_classes, config.seed + 301)
+        flipped_val = float((y_val != splits.y_val).float().mean())
+        if "router_label_noise" in settings:
+            noisy = fit_and_evaluate(config, profile, splits, s1, s2, device, console, y_val=y_val)
+            out["router_label_noise"] = {**noisy[""], "flipped": {"train": 0.0, "val": flipped_val}}
         if "label_noise" in settings:
             y_train = symmetric_noise(splits.y_train, options.label_noise, n_classes, config.seed + 300)
-            y_val = symmetric_noise(splits.y_val, options.label_noise, n_classes, config.seed + 301)
             n1, n2 = train_systems(config, splits, device, y_train=y_train)
             noisy = fit_and_evaluate(config, profile, splits, n1, n2, device, console, y_val=y_val)
             out["label_noise"] = {
                 **noisy[""],
                 "flipped": {
                     "train": float((y_train != splits.y_train).float().mean()),
-                    "val": float((y_val != splits.y_val).float().mean()),
+                    "val": flipped_val,
                 },
             }
     return out
@@ -524,8 +530,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--specialist-share", type=float, default=Options._field_defaults["specialist_share"])
     parser.add_argument("--json", default=None, help="write every seed's figures here")
     parser.add_argument("--raw", action="store_true", help="with --json: every strategy of every seed and part too")
+    parser.add_argument("--summarize", default=None, help="no runs: the figures of an earlier --json --raw file")
     args = parser.parse_args(argv)
     console = wide_console()
+    if args.summarize:  # e.g. after a change of the family lists in _stats.py
+        earlier = json.loads(Path(args.summarize).read_text())
+        runs, settings = earlier["runs"], tuple(earlier["settings"])
+        console.print(markdown(summarize(runs, settings)), markup=False, highlight=False, soft_wrap=True)
+        if args.json:
+            payload = {k: v for k, v in earlier.items() if k not in ("runs", "per_seed")}
+            payload |= {
+                **({"runs": runs} if args.raw else {}),
+                "per_seed": {s: [seed_stats(run[s]) for run in runs] for s in settings},
+            }
+            Path(args.json).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        return 0
     options = Options(args.noise_sigma, args.blur_sigma, args.dim, args.label_noise, args.specialist_share)
     settings = tuple(s for s in SETTINGS if s in args.settings)
     base = bench_config(args)

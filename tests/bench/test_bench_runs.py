@@ -228,6 +228,12 @@ def test_router_wins_bench_runs_tiny_on_digits(capsys, tmp_path):
         # The shifts change the test inputs only: the router split is the clean fit's.
         assert all(run[s]["val"] == run["clean"]["val"] and run[s]["select"] == run["clean"]["select"] for s in bench.SHIFTS)
         assert all(run[s]["test"] != run["clean"]["test"] and run[s]["held"] != run["clean"]["held"] for s in bench.SHIFTS)
-        assert 0.1 < run["label_noise"]["flipped"]["train"] < 0.3
+        assert 0.1 < run["label_noise"]["flipped"]["train"] < 0.3 and run["router_label_noise"]["flipped"]["train"] == 0
+        assert run["router_label_noise"]["test"] != run["clean"]["test"]  # the policies learnt from other labels
         assert len(run["specialist"]["strong_classes"]) == 5
     assert all(len(data["per_seed"][s]) == 2 for s in bench.SETTINGS)
+    # The figures again from the raw file, without a run: the same tables.
+    again = tmp_path / "again.json"
+    assert bench.main(["--summarize", str(report), "--json", str(again)]) == 0
+    assert capsys.readouterr().out.strip() == out[out.index("| setting") :].strip()
+    assert json.loads(again.read_text())["per_seed"] == data["per_seed"]
