@@ -221,3 +221,30 @@ def test_deep_gpu_script_runs_on_cpu_at_tiny_size(capsys, tmp_path):
     assert "ok   inference records, numba = torch" in out and "skip mixed precision" in out
     assert "| resnet19 | fastslow |" in out and "System 2 ResNet-18" in out
     assert (tmp_path / "deep.json").is_file()
+
+
+def test_router_wins_bench_runs_tiny_on_digits(capsys, tmp_path):
+    import json
+
+    bench = _load("router_wins")
+    report = tmp_path / "wins.json"
+    tiny = ["--epochs", "1", "--timesteps", "2", "--hidden", "32", "16", "--policy-epochs", "3"]
+    assert bench.main(["--seeds", "2", *tiny, "--json", str(report), "--raw"]) == 0
+    out = capsys.readouterr().out
+    assert "S2 − 0.3 pt" in out and "S2 − 1 pt" in out and "router − confidence curve" in out
+    data = json.loads(report.read_text())
+    assert data["settings"] == list(bench.SETTINGS) and len(data["runs"]) == 2
+    for run in data["runs"]:
+        assert set(run) == set(bench.SETTINGS)
+        # The shifts change the test inputs only: the router split is the clean fit's.
+        assert all(run[s]["val"] == run["clean"]["val"] and run[s]["select"] == run["clean"]["select"] for s in bench.SHIFTS)
+        assert all(run[s]["test"] != run["clean"]["test"] and run[s]["held"] != run["clean"]["held"] for s in bench.SHIFTS)
+        assert 0.1 < run["label_noise"]["flipped"]["train"] < 0.3 and run["router_label_noise"]["flipped"]["train"] == 0
+        assert run["router_label_noise"]["test"] != run["clean"]["test"]  # the policies learnt from other labels
+        assert len(run["specialist"]["strong_classes"]) == 5
+    assert all(len(data["per_seed"][s]) == 2 for s in bench.SETTINGS)
+    # The figures again from the raw file, without a run: the same tables.
+    again = tmp_path / "again.json"
+    assert bench.main(["--summarize", str(report), "--json", str(again)]) == 0
+    assert capsys.readouterr().out.strip() == out[out.index("| setting") :].strip()
+    assert json.loads(again.read_text())["per_seed"] == data["per_seed"]
