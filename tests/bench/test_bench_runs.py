@@ -210,3 +210,23 @@ def test_oversubscription_bench_runs_tiny(capsys, tmp_path):
     assert bench.variant("threads=2", 4) == (["--threads", "2"], {})
     with pytest.raises(ValueError, match="unknown variant"):
         bench.variant("threads=0", 4)
+
+
+def test_processes_bench_runs_tiny(capsys, tmp_path):
+    import json
+
+    from fastslow.runtime import usable_cpus
+
+    if usable_cpus() < 2:
+        import pytest
+
+        pytest.skip("2 processes need 2 CPUs")
+    bench = _load("processes")
+    report = tmp_path / "processes.json"
+    assert bench.main(["--sizes", "tiny", "--rounds", "1", "--fit-timeout-s", "300", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up median" in out and "training" in out
+    data = json.loads(report.read_text())
+    fits = data["fits"]["tiny"][0]
+    assert fits["1"]["world_size"] == 1 and fits["2"]["world_size"] == 2
+    assert data["summary"]["tiny"]["rounds"] == 1 and data["summary"]["tiny"]["wall_s"]["ratio_median"] > 0
