@@ -154,7 +154,9 @@ def test_processes_below_one_and_nccl_without_gpus_are_refused(tmp_path, small_c
 
 def test_under_torchrun_the_world_comes_from_its_environment(tmp_path, small_config, monkeypatch):
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
-    assert distributed.from_torchrun(env) == distributed.World(1, 2, 1, launcher="torchrun")
+    assert distributed.from_torchrun(env) == distributed.World(1, 2, 1, launcher="torchrun", local_size=2)
+    on_two_machines = distributed.from_torchrun({**env, "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
+    assert (on_two_machines.size, on_two_machines.local_size) == (4, 2)
     assert distributed.from_torchrun({}) is None
     for name, value in env.items():
         monkeypatch.setenv(name, value)

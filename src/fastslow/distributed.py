@@ -57,15 +57,16 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in a fit: ``rank`` of ``size`` processes (``local_rank`` on its
-    machine, the GPU it takes); ``backend`` "gloo" or "nccl" (None: one process, no group);
-    ``launcher`` "fastslow" or "torchrun" (None: one process)."""
+    """This process's place in a fit: ``rank`` of ``size`` processes (``local_rank`` of
+    ``local_size`` on its machine; the GPU it takes); ``backend`` "gloo" or "nccl" (None: one
+    process, no group); ``launcher`` "fastslow" or "torchrun" (None: one process)."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
     backend: str | None = None
     launcher: str | None = None
+    local_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -92,7 +93,9 @@ def from_torchrun(environ: dict[str, str] | None = None) -> World | None:
     environ = os.environ if environ is None else environ
     if not all(name in environ for name in TORCHRUN_VARIABLES):
         return None
-    return World(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]), launcher="torchrun")
+    size = int(environ["WORLD_SIZE"])
+    local_size = int(environ.get("LOCAL_WORLD_SIZE", size))
+    return World(int(environ["RANK"]), size, int(environ["LOCAL_RANK"]), launcher="torchrun", local_size=local_size)
 
 
 def check_processes(processes: int, device: str) -> None:
@@ -224,7 +227,8 @@ def _rank_main(errors: str, wait_owner: str | None, entrypoint: Callable[..., An
     import torch
 
     runtime.set_wait_policy_owner(wait_owner)  # the parent's choice, inherited with its environment
-    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), launcher="fastslow")
+    size = int(os.environ["WORLD_SIZE"])
+    world = World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]), launcher="fastslow", local_size=size)
     try:
         return entrypoint(world, *args)
     except FastslowError as err:

@@ -406,7 +406,7 @@ def _fit_rank(
     console: Console | None = None,
 ) -> FitResult | None:
     """One process's part of a fit (all of it where ``world`` is one process)."""
-    with runtime.thread_policy(config.runtime.threads, world.size):
+    with runtime.thread_policy(config.runtime.threads, world.local_size):  # this machine's threads, shared
         if world.launcher is not None:
             world = dataclasses.replace(world, backend=distributed.backend_for(resolve_device(config.device).type))
         with distributed.process_group(world):
