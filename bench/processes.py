@@ -10,7 +10,8 @@ for each size:
 
 Per fit: the wall time of the whole command (the workers' start included), its CPU time (user +
 system of it and its workers), and the wall time of training System 1 and System 2 as rank 0
-measured it (results.json's `distributed.train_seconds`). Per size and round the ratios
+measured it (results.json's `distributed.train_seconds`), and rank 0's CPU time while training
+(`train_cpu_seconds`: its share of the work, plus what waiting costs it). Per size and round the ratios
 1-process / N-process (the speed-up; paired, same round), then over rounds their median and
 spread (min–max) and mean ± 95% t interval. The load average before each fit is recorded: on a
 machine shared with other work, more processes also take a larger share of it. Bounded: a fit is
@@ -64,6 +65,11 @@ thresholds = [0.5, 0.9]
 }
 
 
+# What each fit reports, and its label: the command's wall time, rank 0's wall time training, the
+# command's CPU time (all processes), rank 0's CPU time training (its share of the work, and waiting).
+MEASURES = {"wall_s": "fit", "train_s": "training", "cpu_s": "CPU", "train_cpu_s": "train CPU"}
+
+
 def run_fit(config: Path | None, processes: int, out: Path, timeout_s: float) -> dict:
     """One `fastslow fit --processes P` in a child: wall and CPU seconds, the training seconds it recorded."""
     command = [sys.executable, "-m", "fastslow", "fit", "--data", "digits", "--out", str(out), "--device", "cpu"]
@@ -91,6 +97,7 @@ def run_fit(config: Path | None, processes: int, out: Path, timeout_s: float) ->
         "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "train_s": train["system1"] + train["system2"],
         "train_seconds": train,
+        "train_cpu_s": sum(record["distributed"]["train_cpu_seconds"].values()),
         "world_size": record["distributed"]["world_size"],
         "load": load,
         "accuracy": {s["name"]: s["accuracy"] for s in record["strategies"] if s["name"] in ("system1", "system2")},
@@ -101,7 +108,7 @@ def summarise(rounds: list[dict[int, dict]], processes: int) -> dict:
     """Per measure: the N-process value, the 1-process value and the paired speed-up over rounds."""
     done = [r for r in rounds if r[1]["finished"] and r[processes]["finished"]]
     summary = {"rounds": len(done)}
-    for measure in ("wall_s", "train_s", "cpu_s"):
+    for measure in MEASURES:
         one = [r[1][measure] for r in done]
         many = [r[processes][measure] for r in done]
         ratio = [a / b for a, b in zip(one, many, strict=True)]
@@ -158,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = {size: summarise(rounds, args.processes) for size, rounds in results.items()}
     n = args.processes
     print(f"\n1 vs {n} processes, {usable_cpus()} CPUs usable; speed-up = 1-process / {n}-process time, paired per round")
-    header = f"{'size':>6} {'measure':>8} {'1 proc (median s)':>18} {f'{n} procs (median s)':>20} {'speed-up median [min–max]':>27} {'mean ± 95%':>14}"
+    header = f"{'size':>6} {'measure':>9} {'1 proc (median s)':>18} {f'{n} procs (median s)':>20} {'speed-up median [min–max]':>27} {'mean ± 95%':>14}"
     print(header, flush=True)
     for size, s in summary.items():
         if not s["rounds"]:
             print(f"{size:>6}: no round finished", flush=True)
             continue
-        for measure, label in (("wall_s", "fit"), ("train_s", "training"), ("cpu_s", "CPU")):
+        for measure, label in MEASURES.items():
             m = s[measure]
             spread = f"{m['ratio_median']:.2f} [{m['ratio_min']:.2f}–{m['ratio_max']:.2f}]"
             interval = f"{m['ratio_mean']:.2f} ± {m['ratio_half']:.2f}" if s["rounds"] > 1 else f"{m['ratio_mean']:.2f}"
             print(
-                f"{size:>6} {label:>8} {statistics.median(m['one']):>18.1f} {statistics.median(m['many']):>20.1f} "
+                f"{size:>6} {label:>9} {statistics.median(m['one']):>18.1f} {statistics.median(m['many']):>20.1f} "
                 f"{spread:>27} {interval:>14}",
                 flush=True,
             )

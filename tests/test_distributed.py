@@ -70,6 +70,7 @@ def test_two_processes_train_what_one_does(tmp_path, small_config):
         "fastslow",
     )
     assert two["distributed"]["global_batch"] == {"system1": 64, "system2": 64}
+    assert set(two["distributed"]["train_seconds"]) == set(two["distributed"]["train_cpu_seconds"]) == {"system1", "system2"}
     # Each process its share of the fit's threads ("auto": one in all).
     assert (two["runtime"]["processes"], two["runtime"]["per_process"], two["runtime"]["intra_op"]) == (2, 1, 1)
     assert two["config"]["runtime"]["processes"] == 2
