@@ -164,7 +164,9 @@ def process_group(world: World) -> Iterator[None]:
 def _launcher_quiet() -> Iterator[None]:
     """The elastic launcher logs each start and stop and replaces the signal handlers and one
     environment variable of the process that calls it: quiet it, and restore them after."""
-    loggers = [logging.getLogger(name) for name in ("torch.distributed", "torch.multiprocessing")]
+    # torch's elastic modules give each of their loggers its own level: quiet every one of them.
+    names = [name for name in logging.root.manager.loggerDict if name.startswith(("torch.distributed", "torch.multiprocessing"))]
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(["torch.distributed", "torch.multiprocessing", *names])]
     levels = [log.level for log in loggers]
     handlers = {}
     for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"):
