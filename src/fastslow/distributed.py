@@ -195,6 +195,7 @@ def launch(entrypoint: Callable[..., Any], args: tuple, processes: int) -> Any:
     raised here as itself; any other failure stops the rest and raises one WorkerError."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
@@ -219,6 +220,11 @@ def launch(entrypoint: Callable[..., Any], args: tuple, processes: int) -> Any:
         raise _failure(err, errors, processes) from None
     except SignalException as err:  # the launcher's handler of SIGINT/SIGTERM, after stopping the workers
         raise KeyboardInterrupt(str(err)) from None
+    except RendezvousError as err:  # the workers did not meet within JOIN_TIMEOUT_S
+        raise WorkerError(
+            f"the {processes} processes did not start and meet ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+            "retry, or fit with --processes 1"
+        ) from None
     finally:
         shutil.rmtree(errors, ignore_errors=True)
 
