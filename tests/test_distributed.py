@@ -176,3 +176,17 @@ def test_rank_seeds_keep_rank_0_and_repeat():
 
 def test_thread_share_per_process():
     assert [runtime.per_process(t, p) for t, p in ((1, 1), (1, 2), (4, 2), (5, 2), (16, 4))] == [1, 1, 2, 2, 4]
+
+
+@needs_two_cpus
+def test_a_given_world_size_repeats_with_random_draws(tmp_path):
+    """Rate encoding draws spikes while System 1 trains, each rank its own (seeded by the fit's seed
+    and its rank): two 2-process fits with one seed give the same weights, bit for bit."""
+    config = tmp_path / "rate.toml"
+    config.write_text(SMALL.replace('encoding = "direct"', 'encoding = "rate"').replace("epochs = 2", "epochs = 1"))
+    for name in ("a", "b"):
+        assert _fit_cli(config, tmp_path / name, "--processes", "2") == 0
+    for system in ("system1", "system2"):
+        a = (tmp_path / "a" / "checkpoints" / f"{system}.safetensors").read_bytes()
+        b = (tmp_path / "b" / "checkpoints" / f"{system}.safetensors").read_bytes()
+        assert a == b, system
