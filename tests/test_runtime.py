@@ -107,7 +107,7 @@ def test_command_line_sets_the_wait_policy_before_torch_and_records_it(tmp_path,
     recorded = json.loads((out / "results.json").read_text())["runtime"]
     assert (recorded["requested"], recorded["source"], recorded["intra_op"]) == (2, "given", 2)
     assert recorded["openmp_wait"] == {"variables": {"OMP_WAIT_POLICY": "PASSIVE"}, "set_by": "fastslow"}
-    assert json.loads((out / "config.json").read_text())["runtime"] == {"threads": 2}
+    assert json.loads((out / "config.json").read_text())["runtime"] == {"threads": 2, "processes": 1}
 
 
 def test_other_commands_take_threads_too_and_restore_the_count(fitted_folder, tmp_path):

@@ -168,10 +168,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifest(folder: Path, *, generation: str, system2: str, policies: list[dict], config: dict) -> None:
+def write_manifest(
+    folder: Path, *, generation: str, system2: str, policies: list[dict], config: dict, training: dict | None = None
+) -> None:
     """Write ``manifest.json`` last: the fit's ``generation`` id, the SHA-256 of every checkpoint
     file already in ``folder`` (a fit writes into a fresh folder, so exactly its own), the
-    policies' entries (:func:`save_policies`) and the fit's config."""
+    policies' entries (:func:`save_policies`), the fit's config and ``training`` (how the systems
+    were trained: world size, backend; results.json's ``distributed``)."""
     files = {
         path.name: _sha256(path)
         for path in sorted(folder.iterdir())
@@ -184,6 +187,7 @@ def write_manifest(folder: Path, *, generation: str, system2: str, policies: lis
         "policies": policies,
         "files": files,
         "config": config,
+        **({} if training is None else {"training": training}),
     }
     atomic.write_json(folder / MANIFEST, manifest)
 

@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=int, help="training epochs for both systems")
     fit.add_argument("--profile", help="energy profile name or TOML file (default cmos45nm)")
     fit.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"{DEVICE_HELP} (default: the config's, else auto)")
+    fit.add_argument(
+        "--processes",
+        type=_bounded(int, 1),
+        help="train both systems data-parallel over N processes: gloo on CPUs (at most one per core), "
+        "NCCL on GPUs (one per GPU); see docs/distributed.md (default: the config's, else 1)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="reload DIR's checkpoints, re-evaluate, rewrite the report")
     evaluate.add_argument("dir", help="a report folder written by fit or demo")
@@ -275,7 +281,7 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.command == "demo":
         config = load_config(None, data="digits", seed=args.seed, threads=args.threads)
-        fit(config, args.out, console=console, progress=show, show_table=show)
+        result = fit(config, args.out, console=console, progress=show, show_table=show)
         out = Path(args.out)
     elif args.command == "fit":
         config = load_config(
@@ -286,10 +292,13 @@ def _run(args: argparse.Namespace) -> None:
             profile=args.profile,
             device=args.device,
             threads=args.threads,
+            processes=args.processes,
             image_size=args.image_size,
             skip_bad_images=args.skip_bad_images or None,
         )
-        fit(config, args.out, console=console, progress=show, show_table=show)
+        result = fit(config, args.out, console=console, progress=show, show_table=show)
+        if result is None:  # a rank other than 0 under torchrun: rank 0 writes and says so
+            return
         out = Path(args.out)
     elif args.command == "predict":
         summary = predict_folder(
@@ -335,9 +344,16 @@ def _run(args: argparse.Namespace) -> None:
         evaluate_folder(args.dir, data=args.data, profile=args.profile, console=console, show_table=show, progress=show)
         out = Path(args.dir)
     if show:
+        world = "" if args.command not in ("demo", "fit") else _world_note(result.payload)
         console.print(
-            f"report: {out / 'report.md'}, {out / 'results.json'}, {out / 'pareto.png'} ({time.perf_counter() - started:.1f} s)"
+            f"report: {out / 'report.md'}, {out / 'results.json'}, {out / 'pareto.png'} ({time.perf_counter() - started:.1f} s{world})"
         )
+
+
+def _world_note(payload: dict) -> str:
+    """ ", N processes" for a data-parallel fit, else nothing."""
+    size = payload.get("distributed", {}).get("world_size", 1)
+    return f", {size} processes" if size > 1 else ""
 
 
 def _export(args: argparse.Namespace, show: bool) -> None:

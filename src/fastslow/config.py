@@ -191,7 +191,12 @@ class RuntimeConfig(_Strict):
     threads: Literal["auto"] | PositiveInt = Field(
         "auto",
         description="CPU threads for torch, numba and BLAS: auto (OMP_NUM_THREADS if set, else one) or a count "
-        "(fastslow.runtime; only speed depends on it)",
+        "(fastslow.runtime; only speed depends on it); with several processes, the fit's total, shared",
+    )
+    processes: PositiveInt = Field(
+        1,
+        description="train System 1 and 2 data-parallel over this many processes (fastslow.distributed): "
+        "gloo on CPUs, NCCL on GPUs (one per GPU); routers, evaluation and writing run on rank 0",
     )
 
     @field_validator("threads", mode="before")
@@ -261,9 +266,9 @@ def load_config(path: str | Path | None = None, **overrides) -> FitConfig:
                 if isinstance(table, dict):  # else the file's own error is the one to report
                     table["epochs"] = value
                     flags[f"{system}.epochs"] = ("--epochs", value, "config options system1.epochs and system2.epochs")
-        elif key == "threads":
-            data.setdefault("runtime", {})["threads"] = value
-            flags["runtime.threads"] = ("--threads", value, "config option runtime.threads")
+        elif key in ("threads", "processes"):
+            data.setdefault("runtime", {})[key] = value
+            flags[f"runtime.{key}"] = (f"--{key}", value, f"config option runtime.{key}")
         else:
             data[key] = value
             flags[key] = (f"--{key}", value, f"config option {key}")

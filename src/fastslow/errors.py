@@ -35,6 +35,10 @@ class ProfileError(FastslowError):
     """An energy profile is unknown or malformed."""
 
 
+class WorkerError(FastslowError):
+    """A process of a multi-process fit failed (crashed, was killed, or waited past its timeout)."""
+
+
 class ServiceError(FastslowError):
     """A System 2 service refuses this client: another System 2, a wrong token, a malformed request."""
 

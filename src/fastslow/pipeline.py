@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import fastslow
-from fastslow import atomic, checkpoint, runtime
+from fastslow import atomic, checkpoint, distributed, runtime
 from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
@@ -167,12 +169,27 @@ def system1_spec(config: FitConfig, input_shape: tuple[int, ...], n_classes: int
     )
 
 
-def _train(progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed) -> None:
+def _train(
+    progress: Progress, description: str, model: nn.Module, loss_fn, x, y, epochs, lr, batch_size, seed, parallel: bool = False
+) -> tuple[float, float]:
+    """Train ``model`` (data-parallel over the process group where ``parallel``); returns the wall and
+    this process's CPU seconds it took (apart, they say how long a process waited for the others)."""
     per_epoch = max(1, -(-len(x) // batch_size))
     task = progress.add_task(description, total=epochs * per_epoch, epoch_batches=per_epoch)
+    started, cpu = time.perf_counter(), time.process_time()
     train_classifier(
-        model, x, y, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_batch=lambda: progress.advance(task)
+        model,
+        x,
+        y,
+        loss_fn,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        on_batch=lambda: progress.advance(task),
+        data_parallel=parallel,
     )
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def describe_module(module: nn.Module) -> str:
@@ -269,8 +286,10 @@ def _evaluate(
     generation: str,
     console: Console,
     progress: bool = True,
+    training: dict | None = None,
 ) -> tuple[list[StrategyResult], dict]:
-    """Every strategy on the test split, and the report's payload (``generation``: the checkpoints' id)."""
+    """Every strategy on the test split, and the report's payload (``generation``: the checkpoints' id;
+    ``training``: how the systems were trained, recorded under ``distributed``)."""
     s2_macs_per_layer = count_macs(system2, tuple(splits.x_test.shape[1:]))
     with progress_bars(console, progress) as bars:
         test = _outputs(
@@ -301,6 +320,7 @@ def _evaluate(
         "profile": profile.summary(),
         "versions": versions(),
         "runtime": runtime.thread_settings(),
+        "distributed": training or distributed.World().summary(),
         "config": config.model_dump(),
         "systems": _systems_summary(system1, system2, s2_macs_per_layer, profile, s1_result),
         "policies": [{"name": p.name, "kind": p.kind, "deployable": p.deployable, "config": p.to_config()} for p in policies],
@@ -348,7 +368,7 @@ def fit(
     progress: bool = True,
     show_table: bool = True,
     system2: nn.Module | None = None,
-) -> FitResult:
+) -> FitResult | None:
     """Train everything ``config`` describes on its dataset and write the report folder ``out``.
 
     ``system2``: any ``nn.Module`` mapping inputs to logits, to use instead of the default
@@ -358,9 +378,52 @@ def fit(
     and swapped in at the end, so an interrupted or failed fit leaves it as it was. Whether it can
     be written is checked before any work. Runs on ``config.runtime.threads`` CPU threads
     (:mod:`fastslow.runtime`), restored after.
+
+    ``config.runtime.processes`` = N > 1 trains both systems data-parallel on N new processes
+    (:mod:`fastslow.distributed`; they print to this process's terminal, not to ``console``) and
+    returns rank 0's result. Started by ``torchrun``, this process is one rank of its group: rank 0
+    returns the result, the others None once both systems are trained.
     """
-    with runtime.thread_policy(config.runtime.threads):
-        return _fit(config, out, console=console, progress=progress, show_table=show_table, system2=system2)
+    world = distributed.from_torchrun()
+    if world is not None:
+        if config.runtime.processes not in (1, world.size):
+            raise ConfigError(
+                f"config option runtime.processes is {config.runtime.processes} but torchrun started {world.size} processes: "
+                "leave --processes out under torchrun (its --nproc-per-node decides)"
+            )
+        return _fit_rank(world, config, out, progress, show_table, system2, console)
+    processes = config.runtime.processes
+    if processes == 1:
+        return _fit_rank(distributed.World(), config, out, progress, show_table, system2, console)
+    distributed.check_processes(processes, config.device)
+    atomic.Generation(out, owns=FIT_FILES)  # what is wrong with --out, said before N processes start
+    return distributed.launch(_fit_rank, (config, out, progress, show_table, system2), processes)
+
+
+def _fit_rank(
+    world: distributed.World,
+    config: FitConfig,
+    out: str | Path,
+    progress: bool,
+    show_table: bool,
+    system2: nn.Module | None,
+    console: Console | None = None,
+) -> FitResult | None:
+    """One process's part of a fit (all of it where ``world`` is one process)."""
+    with runtime.thread_policy(config.runtime.threads, world.local_size):  # this machine's threads, shared
+        if world.launcher is not None:
+            world = dataclasses.replace(world, backend=distributed.backend_for(resolve_device(config.device).type))
+        with distributed.process_group(world):
+            main = world.is_main
+            return _fit(
+                config,
+                out,
+                console=console if main else Console(quiet=True),
+                progress=progress and main,
+                show_table=show_table and main,
+                system2=system2,
+                world=world,
+            )
 
 
 def _fit(
@@ -371,12 +434,13 @@ def _fit(
     progress: bool,
     show_table: bool,
     system2: nn.Module | None,
-) -> FitResult:
+    world: distributed.World,
+) -> FitResult | None:
     console = console or output_console()
-    output = atomic.Generation(out, owns=FIT_FILES)
+    output = atomic.Generation(out, owns=FIT_FILES) if world.is_main else None
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
-    device = resolve_device(config.device)
+    device = distributed.device_of(world, resolve_device(config.device))
     seed_everything(config.seed)
     splits = make_splits(config)
     dataset = splits.dataset
@@ -404,8 +468,9 @@ def _fit(
     xd, yd = splits.x_train.to(device), splits.y_train.to(device)
     c1, c2 = config.system1, config.system2
     with progress_bars(console, progress) as bars:
-        torch.manual_seed(config.seed)  # rate encoding draws from the global generator while training
-        _train(
+        # Rate encoding draws from the global generator while training: each rank its own draws.
+        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
+        s1_seconds = _train(
             bars,
             "System 1 (SNN, BPTT)",
             s1,
@@ -416,15 +481,26 @@ def _fit(
             c1.lr,
             c1.batch_size,
             config.seed,
+            world.parallel,
         )
-        _train(bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed)
+        s2_seconds = _train(
+            bars, "System 2 (ANN)", s2, ce_loss, xd, yd, c2.epochs, c2.lr, c2.batch_size, config.seed, world.parallel
+        )
+        if not world.is_main:  # routers, evaluation and the report are rank 0's
+            return None
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
         val = _outputs(
             s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET, bars=bars, split="router"
         )
         policies = fit_policies(config, val, tuple(dataset.input_shape), profile, bars)
+    training = {
+        **world.summary(),
+        "global_batch": {"system1": c1.batch_size, "system2": c2.batch_size},
+        "train_seconds": {"system1": round(s1_seconds[0], 3), "system2": round(s2_seconds[0], 3)},
+        "train_cpu_seconds": {"system1": round(s1_seconds[1], 3), "system2": round(s2_seconds[1], 3)},
+    }
     generation = uuid.uuid4().hex
-    results, payload = _evaluate(config, splits, s1, s2, policies, profile, device, generation, console, progress)
+    results, payload = _evaluate(config, splits, s1, s2, policies, profile, device, generation, console, progress, training)
     # A new folder: no file of an earlier fit (its calibration.json included) survives a re-fit.
     with output as staging:
         folder = staging / CHECKPOINTS
@@ -438,6 +514,7 @@ def _fit(
             system2="default" if system2 is None else "custom",
             policies=entries,
             config=config.model_dump(),
+            training=training,
         )
         atomic.write_json(staging / "config.json", config.model_dump())
         write_report(staging, payload, results)
@@ -459,6 +536,7 @@ class LoadedFit:
     policies: list[Policy]
     splits: Splits | None
     generation: str = ""
+    training: dict | None = None  # the manifest's record of how the systems were trained
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -528,7 +606,8 @@ def _load_checkpoints(folder: str | Path, data: str | None = None, profile: str 
     checkpoint.verify_files(ckpt, manifest)
     _check_config(config, manifest["config"], folder / "config.json")
     # Policies stay on the CPU: they read records, which evaluation and serving keep there.
-    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, None, manifest["generation"])
+    training = manifest.get("training") if isinstance(manifest.get("training"), dict) else None
+    return LoadedFit(folder, config, energy_profile, device, s1, s2.to(device), policies, None, manifest["generation"], training)
 
 
 def _check_inputs_fit(
@@ -734,6 +813,7 @@ def evaluate_folder(
         fit_.generation,
         console,
         progress,
+        fit_.training,
     )
     with output as staging:
         atomic.write_json(staging / "config.json", fit_.config.model_dump())

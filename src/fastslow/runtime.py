@@ -21,6 +21,10 @@ So:
   OpenMP reads it only when it loads, so from Python set it before importing torch.
 - :func:`apply_threads` sets the counts; :func:`thread_settings` says what ran (results.json
   records it under ``runtime``).
+- A fit over P processes (``[runtime] processes``, :mod:`fastslow.distributed`) shares the count:
+  the threads resolved above are the fit's, and each process runs ``max(1, threads // P)`` of them
+  (``thread_settings``: ``processes`` and ``per_process``), so P processes on P cores do not take
+  P times the cores.
 
 numba's kernels follow torch's count on each calling thread (:mod:`fastslow.spiking.backends`).
 """
@@ -62,6 +66,17 @@ def prepare_process(environ: dict[str, str] | None = None) -> str:
     return "fastslow"
 
 
+def wait_policy_owner() -> str | None:
+    """Who chose the OpenMP wait policy in this process (see :func:`prepare_process`)."""
+    return _wait_policy_set_by
+
+
+def set_wait_policy_owner(owner: str | None) -> None:
+    """Record who chose the wait policy, for a process started with its parent's environment."""
+    global _wait_policy_set_by
+    _wait_policy_set_by = owner
+
+
 def resolve_threads(requested: Threads, environ: dict[str, str] | None = None) -> tuple[int, str]:
     """(threads, where the count came from) for ``requested``: N itself ("given", by ``--threads``
     or the config); for "auto", ``OMP_NUM_THREADS`` where the user set it to a count
@@ -89,13 +104,14 @@ def apply_threads(requested: Threads = "auto") -> dict:
 
 
 @contextmanager
-def thread_policy(requested: Threads = "auto") -> Iterator[dict]:
+def thread_policy(requested: Threads = "auto", processes: int = 1) -> Iterator[dict]:
     """:func:`apply_threads` for the ``with`` block (a fit), the previous counts restored after it;
-    yields :func:`thread_settings`."""
+    yields :func:`thread_settings`. ``processes``: this process is one of that many sharing the
+    count (:func:`per_process`)."""
     import torch
 
     before, before_applied = torch.get_num_threads(), dict(_applied)
-    blas = _set_threads(requested)
+    blas = _set_threads(requested, processes)
     try:
         yield thread_settings()
     finally:
@@ -106,14 +122,20 @@ def thread_policy(requested: Threads = "auto") -> Iterator[dict]:
         _applied.update(before_applied)
 
 
-def _set_threads(requested: Threads):
+def per_process(threads: int, processes: int) -> int:
+    """Each of ``processes`` processes' share of a fit's ``threads``: ``max(1, threads // processes)``."""
+    return max(1, threads // processes)
+
+
+def _set_threads(requested: Threads, processes: int = 1):
     """Set the counts; returns the BLAS limits (to restore them), None without threadpoolctl."""
     import torch
 
-    threads, source = resolve_threads(requested)
+    total, source = resolve_threads(requested)
+    threads = per_process(total, processes)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    _applied.update(requested=requested, source=source)
+    _applied.update(requested=requested, source=source, processes=processes, per_process=threads)
     try:  # numpy's and scipy's BLAS (OpenBLAS here) keep pools of their own
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
@@ -125,8 +147,9 @@ def thread_settings() -> dict:
     """The thread counts and wait policy in force: ``requested`` ("auto" or N, None before
     :func:`apply_threads`), ``source`` of the count, torch's ``intra_op`` and ``interop`` counts
     (fastslow starts no inter-op work), ``numba`` (its kernels' count: torch's, at most
-    ``NUMBA_NUM_THREADS``; None where numba is not loaded), ``cpus`` this process may use, and ``openmp_wait``:
-    the wait variables set and who set them."""
+    ``NUMBA_NUM_THREADS``; None where numba is not loaded), ``cpus`` this process may use, ``processes``
+    sharing the count and each one's share ``per_process``, and ``openmp_wait``: the wait variables set and
+    who set them."""
     import torch
 
     intra_op = torch.get_num_threads()
@@ -141,6 +164,8 @@ def thread_settings() -> dict:
         "interop": torch.get_num_interop_threads(),
         "numba": numba_threads,
         "cpus": usable_cpus(),
+        "processes": _applied.get("processes", 1),
+        "per_process": _applied.get("per_process"),
         "openmp_wait": {"variables": waits, "set_by": set_by},
     }
 

@@ -248,3 +248,23 @@ def test_router_wins_bench_runs_tiny_on_digits(capsys, tmp_path):
     assert bench.main(["--summarize", str(report), "--json", str(again)]) == 0
     assert capsys.readouterr().out.strip() == out[out.index("| setting") :].strip()
     assert json.loads(again.read_text())["per_seed"] == data["per_seed"]
+
+
+def test_processes_bench_runs_tiny(capsys, tmp_path):
+    import json
+
+    from fastslow.runtime import usable_cpus
+
+    if usable_cpus() < 2:
+        import pytest
+
+        pytest.skip("2 processes need 2 CPUs")
+    bench = _load("processes")
+    report = tmp_path / "processes.json"
+    assert bench.main(["--sizes", "tiny", "--rounds", "1", "--fit-timeout-s", "300", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up median" in out and "training" in out
+    data = json.loads(report.read_text())
+    fits = data["fits"]["tiny"][0]
+    assert fits["1"]["world_size"] == 1 and fits["2"]["world_size"] == 2
+    assert data["summary"]["tiny"]["rounds"] == 1 and data["summary"]["tiny"]["wall_s"]["ratio_median"] > 0

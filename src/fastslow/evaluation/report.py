@@ -153,6 +153,18 @@ def timesteps_png(results: list[StrategyResult], title: str) -> bytes:
     return figure_png(fig)
 
 
+def _training_line(distributed: dict | None) -> str:
+    """How the systems were trained: one process, or N data-parallel ones (results.json's ``distributed``)."""
+    if not distributed or distributed.get("world_size", 1) == 1 and distributed.get("backend") is None:
+        return "1 process"
+    n = distributed["world_size"]
+    line = f"{n} process{'es' if n != 1 else ''}, data-parallel ({distributed.get('backend')}, launched by {distributed.get('launcher')})"
+    batch = distributed.get("global_batch")
+    if batch:
+        line += f", global batch {batch['system1']} (System 1) and {batch['system2']} (System 2)"
+    return line
+
+
 def report_markdown(payload: dict) -> str:
     """report.md: what ran, the systems, every strategy, the routing metrics and the plot."""
     profile = payload["profile"]
@@ -173,6 +185,7 @@ def report_markdown(payload: dict) -> str:
         + f" ({profile['description']})",
         f"- {ENERGY_NOTE}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in payload['versions'].items())}.",
+        f"- Training: {_training_line(payload.get('distributed'))}.",
         "",
         "## Systems",
         "",
