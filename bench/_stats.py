@@ -18,9 +18,18 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-# Families by what decides: a fixed threshold on System 1's own signal, or a learned network.
-THRESHOLD_FAMILIES = ("confidence", "seenn1", "exits", "ponder")
-LEARNED_FAMILIES = ("router", "router_steps", "router_exits", "seenn2")
+# Families by what decides: a fixed threshold on System 1's own signal, or a learned network. The
+# names are results.json's ``family`` (a cascade with System 2 behind it is ``seenn1+s2``; a router
+# of an energy budget ``router_steps_budget``).
+THRESHOLD_FAMILIES = ("confidence", "seenn1", "seenn1+s2", "exits", "exits+s2", "ponder", "ponder+s2")
+LEARNED_FAMILIES = (
+    "router",
+    "router_exits",
+    "router_exits_budget",
+    "router_steps",
+    "router_steps_budget",
+    "seenn2",
+)
 
 
 @dataclass(frozen=True)

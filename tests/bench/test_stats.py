@@ -47,10 +47,20 @@ def test_cheapest_within_picks_the_cheapest_eligible_point_of_the_families():
         {"name": "system2", "family": "system2", "accuracy": 0.98, "energy_uj": 1.0},
         {"name": "confidence@0.9", "family": "confidence", "accuracy": 0.978, "energy_uj": 0.20},
         {"name": "confidence@0.5", "family": "confidence", "accuracy": 0.96, "energy_uj": 0.05},
-        {"name": "seenn1@0.99+s2", "family": "seenn1", "accuracy": 0.977, "energy_uj": 0.10},
+        {"name": "seenn1@0.99+s2", "family": "seenn1+s2", "accuracy": 0.977, "energy_uj": 0.10},
+        {"name": "seenn1@0.9", "family": "seenn1", "accuracy": 0.95, "energy_uj": 0.01},
+        {"name": "router@steps,budget=0.2uJ", "family": "router_steps_budget", "accuracy": 0.979, "energy_uj": 0.30},
         {"name": "router@share=0.3", "family": "router", "accuracy": 0.981, "energy_uj": 0.40},
     ]
     target = bench_stats.reference(strategies)["accuracy"] - 0.003
     assert bench_stats.cheapest_within(strategies, bench_stats.THRESHOLD_FAMILIES, target)["name"] == "seenn1@0.99+s2"
-    assert bench_stats.cheapest_within(strategies, bench_stats.LEARNED_FAMILIES, target)["name"] == "router@share=0.3"
+    assert bench_stats.cheapest_within(strategies, bench_stats.LEARNED_FAMILIES, target)["name"] == "router@steps,budget=0.2uJ"
     assert bench_stats.cheapest_within(strategies, ("exits",), target) is None
+
+
+def test_the_families_name_every_policy_family_of_a_fit(fitted_folder):
+    import json
+
+    families = {s["family"] for s in json.loads((fitted_folder / "results.json").read_text())["strategies"]}
+    references = {"system1", "system2", "oracle", "aet_oracle", "random"}
+    assert families - references == set(bench_stats.THRESHOLD_FAMILIES) | set(bench_stats.LEARNED_FAMILIES)
