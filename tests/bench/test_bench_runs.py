@@ -210,3 +210,25 @@ def test_oversubscription_bench_runs_tiny(capsys, tmp_path):
     assert bench.variant("threads=2", 4) == (["--threads", "2"], {})
     with pytest.raises(ValueError, match="unknown variant"):
         bench.variant("threads=0", 4)
+
+
+def test_router_data_bench_runs_tiny_on_digits(capsys, tmp_path):
+    import json
+
+    from conftest import TINY_CONFIG
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    report = tmp_path / "router_data.json"
+    argv = ["--config", str(config), "--seeds", "2", "--folds", "2", "--epochs", "1", "--within", "1", "--json", str(report)]
+    assert _load("router_data").main(argv) == 0
+    out = capsys.readouterr().out
+    assert "paired differences" in out and "crossfit − split" in out
+    data = json.loads(report.read_text())
+    rows = {(row["seed"], row["mode"]): row for row in data["rows"]}
+    assert set(rows) == {(0, "split"), (0, "crossfit"), (1, "split"), (1, "crossfit")}
+    # Cross-fit routers learn from every training input, the split's from the held-out fifth.
+    assert rows[0, "crossfit"]["router_records"] == rows[0, "crossfit"]["split"]["train"] == 1437
+    assert rows[0, "split"]["router_records"] == rows[0, "split"]["split"]["val"] == 288
+    # Within 1 (100 points) of System 2 every family reaches: two paired seeds for every difference.
+    assert all(diff["n"] == 2 and "verdict" in diff for diff in data["summary"]["differences"])
