@@ -15,10 +15,12 @@ def _load(name: str):
 
 def test_energy_accuracy_bench_runs_on_digits(capsys, tmp_path):
     bench = _load("energy_accuracy")
-    assert bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "2", "--out", str(tmp_path)]) == 0
+    argv = ["--data", "digits", "--epochs", "1", "--timesteps", "2", "--seeds", "2", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "system2" in out and "µJ/input" in out and "target (≥ S2 − 0.5 pt" in out
-    assert (tmp_path / "results.json").is_file()
+    assert "system2" in out and "× S2 µJ" in out and "target (≥ S2 − 0.5 pt" in out and "on 2 seeds" not in out
+    assert "learned router − best threshold cascade" in out and "seeds 0–1" in out and "±" in out
+    assert (tmp_path / "seed-0" / "results.json").is_file() and (tmp_path / "seed-1" / "results.json").is_file()
 
 
 def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
