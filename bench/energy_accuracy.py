@@ -35,7 +35,7 @@ from _stats import learned_vs_threshold, mean_interval  # noqa: E402
 WITHIN = 0.005  # the target's accuracy drop below System 2 (issue 2: half a point)
 
 
-def _bench_config(data: str, epochs: int | None, seed: int, profile: str, timesteps: int):
+def _bench_config(data: str, epochs: int | None, seed: int, profile: str, timesteps: int, threads: str = "auto"):
     overrides = {
         "system1": {
             "hidden": [256],
@@ -47,7 +47,8 @@ def _bench_config(data: str, epochs: int | None, seed: int, profile: str, timest
         "router": {"shares": [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
         "confidence": {"thresholds": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999]},
     }
-    return load_config(None, data=data, seed=seed, profile=profile, **overrides)
+    threads_ = threads if threads == "auto" else int(threads)
+    return load_config(None, data=data, seed=seed, profile=profile, threads=threads_, **overrides)
 
 
 def _pick(results, family: str, best: dict) -> tuple[str, object]:
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the first fit seed")
     parser.add_argument("--seeds", type=int, default=5, help="fits of seeds S..S+N−1 (each a new split and training)")
     parser.add_argument("--profile", default="cmos45nm")
+    parser.add_argument(
+        "--threads", default="auto", help="CPU threads (auto: one); a given count repeats its results bit for bit"
+    )
     parser.add_argument("--out", default=None, help="report folder (one seed), or a folder of seed-S report folders")
     args = parser.parse_args(argv)
     console = wide_console()
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []  # per seed: {label: (pick, StrategyResult)}, payload
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
-            config = _bench_config(data, args.epochs, seed, args.profile, args.timesteps)
+            config = _bench_config(data, args.epochs, seed, args.profile, args.timesteps, args.threads)
             root = Path(args.out) if args.out else Path(scratch)
             out = root if len(seeds) == 1 else root / f"seed-{seed}"
             result = fit(config, out, console=console, progress=sys.stdout.isatty(), show_table=False)
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         f"S1 T={args.timesteps}, seeds {seeds[0]}–{seeds[-1]} (mean ± 95% t interval over {len(seeds)} seeds)"
     )
     for column in ("strategy", "points (seeds)", "within 0.5 pt", "accuracy %", "escalated %", "× S2 µJ"):
-        table.add_column(column, justify="left" if column in ("strategy", "points (seeds)") else "right", no_wrap=True)
+        wraps = column == "points (seeds)"  # it names a point per seed: it wraps, the rest never shrinks
+        table.add_column(column, justify="left" if wraps or column == "strategy" else "right", no_wrap=not wraps, overflow="fold")
     for label in runs[0][0]:
         picks = [rows[label] for rows, _ in runs]
         names = Counter(r.name for _, r in picks)

@@ -170,6 +170,11 @@ def summarise(rows: list[dict], console) -> dict:
     return summary
 
 
+def _meta(args: argparse.Namespace) -> dict:
+    keys = ("data", "config", "folds", "epochs", "within", "threads")
+    return {**{key: getattr(args, key) for key in keys}, "versions": versions()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits", help="any data fastslow loads (default: digits)")
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             row = run_seed(args, seed, mode)
             rows.append(row)
+            if args.json:  # every finished fit kept, should a later one be cut off
+                Path(args.json).write_text(json.dumps({"meta": _meta(args), "rows": rows}, indent=1))
             point = lambda p: f"{p['name']} {p['ratio']:.3f}×" if p else "none within"  # noqa: E731
             console.print(
                 f"seed {seed} {mode:8s} S1 {100 * row['system1_accuracy']:.2f}% S2 {100 * row['system2_accuracy']:.2f}% · "
@@ -199,17 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     summary = summarise(rows, console)
     if args.json:
-        meta = {
-            "data": args.data,
-            "config": args.config,
-            "folds": args.folds,
-            "epochs": args.epochs,
-            "within": args.within,
-            "threads": args.threads,
-        }
-        Path(args.json).write_text(
-            json.dumps({"meta": {**meta, "versions": versions()}, "rows": rows, "summary": summary}, indent=1)
-        )
+        Path(args.json).write_text(json.dumps({"meta": _meta(args), "rows": rows, "summary": summary}, indent=1))
     return 0
 
 

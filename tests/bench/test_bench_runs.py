@@ -26,10 +26,29 @@ def test_energy_accuracy_bench_runs_on_digits(capsys, tmp_path):
 def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
     bench = _load("dynamic_timesteps")
     assert (
-        bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "3", "--hidden", "32", "16", "--out", str(tmp_path)]) == 0
+        bench.main(
+            [
+                "--data",
+                "digits",
+                "--epochs",
+                "1",
+                "--timesteps",
+                "3",
+                "--hidden",
+                "32",
+                "16",
+                "--seeds",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
     )
     out = capsys.readouterr().out
-    assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "target S1-only" in out
+    assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "seed 1: target S1-only" in out
+    assert "seeds 0–1 (mean ± 95% t interval over 2 seeds)" in out and "learned router − best threshold cascade" in out
+    assert (tmp_path / "seed-1" / "results.json").is_file()
 
 
 def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
