@@ -182,7 +182,7 @@ class RuntimeConfig(_Strict):
     threads: Literal["auto"] | PositiveInt = Field(
         "auto",
         description="CPU threads for torch, numba and BLAS: auto (OMP_NUM_THREADS if set, else one) or a count "
-        "(fastslow.runtime; only speed depends on it)",
+        "(fastslow.runtime; a fit repeats bit for bit at a given count, another count rounds differently)",
     )
 
     @field_validator("threads", mode="before")
