@@ -88,6 +88,7 @@ def test_crossfit_fit_evaluates_and_calibrates_on_the_test_split_only(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == {"train": 1437, "val": 0, "test": 360}
     assert results["router_data"]["records"] == 1437 and results["config"]["router"]["data"] == "crossfit"
+    assert "trained on out-of-fold outputs of all 1437 training inputs (2 folds)" in (out / "report.md").read_text()
     assert main(["evaluate", str(out), "--quiet"]) == 0
     assert json.loads((out / "results.json").read_text())["strategies"] == results["strategies"]
     assert main(["calibrate", str(out), "--max-accuracy-drop", "0.05", "--quiet"]) == 0
