@@ -358,7 +358,8 @@ def policy_kinds(config: FitConfig) -> list[str]:
 def fit_policies(
     config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress
 ) -> list[Policy]:
-    """Every registered family's points, fitted on the router split's recorded outputs (both systems frozen)."""
+    """Every registered family's points, fitted on ``val``: the router split's recorded outputs, or the
+    training split's out-of-fold ones (both systems frozen)."""
     kinds = policy_kinds(config)
     context = FitContext(config=config, val=val, profile=profile, input_shape=tuple(input_shape), seed=config.seed)
     task = bars.add_task(f"policies ({len(kinds)} families)", total=len(kinds))
