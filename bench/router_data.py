@@ -162,7 +162,9 @@ def summarise(rows: list[dict], console) -> dict:
             summary["differences"].append({"label": label, "n": len(a)})
             continue
         diff = paired_difference(a, b)
-        said = verdict(diff, "A lower", "A higher")
+        # Seeds where a point was missing are not missing at random (those fits missed the target):
+        # an interval over the rest is shown, but no verdict.
+        said = verdict(diff, "A lower", "A higher") if diff.n == n_seeds else f"none: {diff.n} of {n_seeds} seeds"
         diff_table.add_row(label, str(diff.n), diff.format(digits, scale, signed=True), said)
         summary["differences"].append({"label": label, "n": diff.n, "mean": diff.mean, "half": diff.half, "verdict": said})
     console.print(diff_table)
