@@ -99,3 +99,38 @@ def reference(strategies: Iterable[dict], name: str = "system2") -> dict:
         if strategy["name"] == name:
             return strategy
     raise KeyError(f"no strategy {name!r} in the results")
+
+
+@dataclass(frozen=True)
+class RivalComparison:
+    """Per seed, the cheapest learned point and the cheapest threshold cascade within the accuracy
+    target (None where none reaches it), and the paired learned − threshold difference of their
+    energy as a ratio to System 2's, over the seeds where both reach it (None under two seeds)."""
+
+    learned: list[dict | None]
+    threshold: list[dict | None]
+    difference: Interval | None
+
+    def line(self, within: float) -> str:
+        """One sentence: the paired difference, its verdict, and on how many seeds both reached."""
+        n = len(self.learned)
+        both = sum(1 for a, b in zip(self.learned, self.threshold, strict=True) if a and b)
+        head = f"learned router − best threshold cascade (cheapest within {100 * within:g} pt of System 2, × S2 energy)"
+        if self.difference is None:
+            return f"{head}: both reach the target on {both} of {n} seeds, too few for an interval"
+        said = verdict(self.difference, "the router is cheaper", "the router is dearer")
+        return f"{head}: {self.difference.format(3, signed=True)} over {both} of {n} seeds — {said}"
+
+
+def learned_vs_threshold(runs: Sequence[Sequence[dict]], within: float) -> RivalComparison:
+    """:class:`RivalComparison` over ``runs`` (each a seed's results.json ``strategies``)."""
+    learned, threshold, pairs = [], [], []
+    for strategies in runs:
+        target = reference(strategies)["accuracy"] - within
+        a, b = cheapest_within(strategies, LEARNED_FAMILIES, target), cheapest_within(strategies, THRESHOLD_FAMILIES, target)
+        learned.append(a)
+        threshold.append(b)
+        if a and b:
+            pairs.append((a["energy_ratio_vs_s2"], b["energy_ratio_vs_s2"]))
+    difference = paired_difference(*zip(*pairs, strict=True)) if len(pairs) >= 2 else None
+    return RivalComparison(learned, threshold, difference)

@@ -4,7 +4,11 @@ and the whole-exit-space routers (one-shot and sequential), side by side in one 
 Default data: the MNIST test set in ../shared/data/MNIST/raw, split 8,000 train / 2,000 test
 (stratified, seed 0); skips with a message where it is absent. Not a test: run on demand,
 
-    .venv/bin/python bench/dynamic_timesteps.py [--epochs N] [--timesteps T] [--seed S]
+    .venv/bin/python bench/dynamic_timesteps.py [--epochs N] [--timesteps T] [--seed S] [--seeds N]
+
+Each of N seeds (default 5) is a new split and training; the table gives each row's mean ± 95% t
+interval over the seeds, and the paired difference learned router − the best threshold cascade
+(the cheapest within 0.3 points of System 2 on the same seed; bench/_stats.py).
 
 Targets (issue 3): an S1-only policy within 0.2 points of full-T accuracy at ≤ 30% of T on
 average; the whole-space router within 0.3 points of System 2 at ≤ 10% of its energy and with
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from rich.table import Table
@@ -26,7 +31,9 @@ from fastslow.pipeline import fit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import console as wide_console  # noqa: E402
 from _common import default_data  # noqa: E402
+from _stats import THRESHOLD_FAMILIES, learned_vs_threshold, mean_interval  # noqa: E402
 
+WITHIN = 0.003  # the routers' target: within 0.3 points of System 2
 ROUTER_FAMILIES = ("router_exits", "router_exits_budget", "router_steps", "router_steps_budget")
 
 
@@ -40,6 +47,10 @@ def _best(results, family):
     return max(points, key=lambda r: (r.accuracy, -r.energy_uj)) if points else None
 
 
+def _threads(value: str) -> str | int:
+    return value if value == "auto" else int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="default: mnist:../shared/data")
@@ -50,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         "--hidden", type=int, nargs="*", default=None, help="hidden widths (default: 256 128 for mlp, none for conv)"
     )
     parser.add_argument("--conv-channels", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first fit seed")
+    parser.add_argument("--seeds", type=int, default=5, help="fits of seeds S..S+N−1 (each a new split and training)")
     parser.add_argument(
         "--budgets",
         type=float,
@@ -59,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         help="µJ per input for budget-driven whole-space routers",
     )
     parser.add_argument("--profile", default="cmos45nm")
+    parser.add_argument(
+        "--threads", default="auto", help="CPU threads (auto: one); a given count repeats its results bit for bit"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     console = wide_console()
@@ -71,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         data=data,
         seed=args.seed,
         profile=args.profile,
+        threads=_threads(args.threads),
         system1={
             "arch": args.arch,
             "hidden": hidden,
@@ -109,11 +125,27 @@ def main(argv: list[str] | None = None) -> int:
             "step_energy_budgets_uj": args.budgets,
         },
     )
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    runs = []
     with tempfile.TemporaryDirectory() as scratch:
-        result = fit(
-            config, Path(args.out) if args.out else Path(scratch), console=console, progress=sys.stdout.isatty(), show_table=False
-        )
-    results = result.results
+        for seed in seeds:
+            root = Path(args.out) if args.out else Path(scratch)
+            out = root if len(seeds) == 1 else root / f"seed-{seed}"
+            result = fit(
+                config.model_copy(update={"seed": seed}),
+                out,
+                console=console,
+                progress=sys.stdout.isatty(),
+                show_table=False,
+            )
+            runs.append((_rows(result.results), result))
+            _seed_lines(console, seed, result.results, args.timesteps)
+    _summary(console, args, seeds, runs)
+    return 0
+
+
+def _rows(results) -> list[tuple[str, str, object]]:
+    """(policy, pick, point) per row of the table: references, S1-only picks, picks within 0.3 pt of S2."""
     by_name = {r.name: r for r in results}
     s1, s2 = by_name["system1"], by_name["system2"]
     rows = [
@@ -132,63 +164,88 @@ def main(argv: list[str] | None = None) -> int:
         ("router, seq. budget", "router_steps_budget"),
         ("confidence", "confidence"),
     ]:
-        pick = _cheapest(results, family, s2.accuracy - 0.003)
+        pick = _cheapest(results, family, s2.accuracy - WITHIN)
         rows.append((label, "cheapest ≥ S2−0.3pt" if pick else "most accurate", pick or _best(results, family)))
-    table = Table(
-        title=f"{result.payload['data_note']}; profile {result.payload['profile']['name']}, T = {args.timesteps}, seed {args.seed}"
-    )
-    for column in ("policy", "pick", "point", "acc %", "esc %", "mean T", "T share", "µJ/in", "×S2"):
-        table.add_column(column, justify="left" if column in ("policy", "pick", "point") else "right", no_wrap=True)
-    for label, pick, r in rows:
-        if r is None:
-            continue
-        table.add_row(
-            label,
-            pick,
-            r.name,
-            f"{100 * r.accuracy:.2f}",
-            f"{100 * r.escalation_rate:.1f}",
-            f"{r.mean_timesteps:.2f}",
-            f"{r.mean_timesteps / args.timesteps:.2f}",
-            f"{r.energy_uj:.4f}",
-            f"{r.energy_ratio_vs_s2:.3f}",
-        )
-    console.print(table)
-    console.print(
-        f"System 1: {result.payload['systems']['system1']['description']}. Energy counts arithmetic only (no memory traffic)."
-    )
+    return [row for row in rows if row[2] is not None]
+
+
+def _seed_lines(console, seed: int, results, timesteps: int) -> None:
+    """One seed's budget routers against their budgets, and its targets."""
+    by_name = {r.name: r for r in results}
+    s1, s2 = by_name["system1"], by_name["system2"]
     for r in (r for r in results if r.family in ("router_exits_budget", "router_steps_budget")):
         budget = r.knob["energy_budget_uj"]
         console.print(
-            f"{r.name}: held-out {r.energy_uj:.4f} µJ/input ({100 * (r.energy_uj / budget - 1):+.1f}% of the budget), "
-            f"{100 * r.accuracy:.2f}%, {100 * r.escalation_rate:.1f}% to System 2, mean T {r.mean_timesteps:.2f}"
+            f"seed {seed}: {r.name}: held-out {r.energy_uj:.4f} µJ/input ({100 * (r.energy_uj / budget - 1):+.1f}% of the budget), "
+            f"{100 * r.accuracy:.2f}%, {100 * r.escalation_rate:.1f}% to System 2, mean T {r.mean_timesteps:.2f}",
+            markup=False,
+            highlight=False,
         )
-    s1_only = [r for _, _, r in rows[3:6] if r and r.accuracy >= s1.accuracy - 0.002 and r.mean_timesteps <= 0.3 * args.timesteps]
+    s1_only = [
+        r
+        for r in (_cheapest(results, f, s1.accuracy - 0.002) for f in ("seenn1", "exits", "ponder"))
+        if r and r.mean_timesteps <= 0.3 * timesteps
+    ]
     console.print(
-        "target S1-only (≥ S1 − 0.2 pt at ≤ 30% of T): " + (", ".join(r.name for r in s1_only) if s1_only else "not met")
+        f"seed {seed}: target S1-only (≥ S1 − 0.2 pt at ≤ 30% of T): "
+        + (", ".join(r.name for r in s1_only) if s1_only else "not met"),
+        markup=False,
+        highlight=False,
     )
-    routers = [p for p in (_cheapest(results, f, s2.accuracy - 0.003) for f in ROUTER_FAMILIES) if p is not None]
+    routers = [p for p in (_cheapest(results, f, s2.accuracy - WITHIN) for f in ROUTER_FAMILIES) if p is not None]
     router = min(routers, key=lambda r: r.energy_uj) if routers else None
     if router is None:
-        console.print("target whole-space router (≥ S2 − 0.3 pt at ≤ 10% of S2 energy): not met (no point within 0.3 pt of S2)")
-    else:
-        rivals = [r for r in results if r.family == "confidence" and r.accuracy >= router.accuracy]
-        rival = min(rivals, key=lambda r: r.energy_uj) if rivals else None
-        gain = rival.energy_uj / router.energy_uj if rival else float("inf")
-        console.print(
-            f"target whole-space router: {router.name} at {router.energy_ratio_vs_s2:.3f}× S2 energy "
-            f"({'met' if router.energy_ratio_vs_s2 <= 0.10 else 'not met'} ≤ 0.10); "
-            f"{gain:.2f}× less energy than {rival.name if rival else 'no confidence point of equal accuracy'} "
-            f"({'met' if gain >= 1.3 else 'not met'} ≥ 1.3×)"
+        console.print(f"seed {seed}: target whole-space router (≥ S2 − 0.3 pt at ≤ 10% of S2 energy): not met (none within)")
+        return
+    cascades = [r for r in results if r.family in THRESHOLD_FAMILIES and r.accuracy >= router.accuracy]
+    cascade = min(cascades, key=lambda r: r.energy_uj) if cascades else None
+    beside = (
+        f"the cheapest threshold cascade of equal or better accuracy, {cascade.name} ({100 * cascade.accuracy:.2f}% at "
+        f"{cascade.energy_ratio_vs_s2:.3f}×): the router spends {router.energy_uj / cascade.energy_uj:.2f}× its energy"
+        if cascade
+        else "no threshold cascade of equal accuracy"
+    )
+    console.print(
+        f"seed {seed}: target whole-space router: {router.name} at {router.energy_ratio_vs_s2:.3f}× S2 energy "
+        f"({'met' if router.energy_ratio_vs_s2 <= 0.10 else 'not met'} ≤ 0.10); beside {beside}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _summary(console, args, seeds: list[int], runs) -> None:
+    """The table over seeds (mean ± 95% t interval) and the paired router − best threshold cascade."""
+    payload = runs[0][1].payload
+    table = Table(
+        title=f"{payload['data_note']}; profile {payload['profile']['name']}, T = {args.timesteps}, "
+        f"seeds {seeds[0]}–{seeds[-1]} (mean ± 95% t interval over {len(seeds)} seeds)"
+    )
+    for column in ("policy", "pick (seeds)", "points (seeds)", "acc %", "esc %", "mean T", "µJ/in", "×S2"):
+        # The picks and points wrap (they name a point per seed); the rest never shrinks.
+        wraps = column in ("pick (seeds)", "points (seeds)")
+        table.add_column(column, justify="left" if wraps or column == "policy" else "right", no_wrap=not wraps, overflow="fold")
+    for label in dict.fromkeys(label for rows, _ in runs for label, _, _ in rows):
+        picks = [(pick, r) for rows, _ in runs for lab, pick, r in rows if lab == label]
+        kinds, names = Counter(pick for pick, _ in picks), Counter(r.name for _, r in picks)
+        show = lambda c: ", ".join(f"{k} ({n})" if len(seeds) > 1 else k for k, n in c.most_common(2))  # noqa: E731
+        table.add_row(
+            label,
+            show(kinds),
+            show(names),
+            mean_interval(r.accuracy for _, r in picks).format(2, 100),
+            mean_interval(r.escalation_rate for _, r in picks).format(1, 100),
+            mean_interval(r.mean_timesteps for _, r in picks).format(2),
+            mean_interval(r.energy_uj for _, r in picks).format(4),
+            mean_interval(r.energy_ratio_vs_s2 for _, r in picks).format(3),
         )
-        cascades = [r for r in results if r.family == "seenn1+s2" and r.accuracy >= router.accuracy]
-        if cascades:
-            cascade = min(cascades, key=lambda r: r.energy_uj)
-            console.print(
-                f"beside the cheapest threshold cascade of equal or better accuracy, {cascade.name} "
-                f"({100 * cascade.accuracy:.2f}% at {cascade.energy_ratio_vs_s2:.3f}×): the router spends {router.energy_uj / cascade.energy_uj:.2f}× its energy"
-            )
-    return 0
+    console.print(table)
+    console.print(
+        f"System 1: {payload['systems']['system1']['description']}. Energy counts arithmetic only (no memory traffic).",
+        markup=False,
+        highlight=False,
+    )
+    rival = learned_vs_threshold([result.payload["strategies"] for _, result in runs], WITHIN)
+    console.print(rival.line(WITHIN), markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,14 @@ class PonderConfig(_Strict):
 
 
 class RouterConfig(_Strict):
+    # What the learned policies train on: "split" holds val_fraction of the training split out and
+    # records both systems there; "crossfit" records every training input out of fold (k models of
+    # each system, each trained on the other folds), then trains the final systems on all of it.
+    data: Literal["split", "crossfit"] = Field(
+        "split",
+        description="the learned policies' records: a held-out router split, or out-of-fold outputs on every training input",
+    )
+    folds: int = Field(5, ge=2, le=50, description="crossfit: folds k (each system trained k more times, on (k−1)/k of the data)")
     shares: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
     energy_budgets_uj: list[float] = Field(default_factory=list, description="budgets turned into shares on the router split")
     hidden: int = Field(32, ge=1)
@@ -191,7 +199,8 @@ class RuntimeConfig(_Strict):
     threads: Literal["auto"] | PositiveInt = Field(
         "auto",
         description="CPU threads for torch, numba and BLAS: auto (OMP_NUM_THREADS if set, else one) or a count "
-        "(fastslow.runtime; only speed depends on it); with several processes, the fit's total, shared",
+        "(fastslow.runtime; a fit repeats bit for bit at a given count, another count rounds differently); "
+        "with several processes, the fit's total, shared",
     )
     processes: PositiveInt = Field(
         1,
@@ -217,7 +226,10 @@ class FitConfig(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(
-        0.2, gt=0, lt=1, description="share of the training split held out to train and calibrate the router"
+        0.2,
+        gt=0,
+        lt=1,
+        description='share of the training split held out to train the router (unused with [router] data = "crossfit")',
     )
     profile: str = "cmos45nm"
     device: Literal["auto", "cpu", "cuda"] = "auto"

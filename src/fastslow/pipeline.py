@@ -44,6 +44,7 @@ from fastslow.progress import output_console, progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
 from fastslow.serving.remote import DEFAULT_BATCH, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 from fastslow.systems.deep import DEEP_ARCHS
+from fastslow.systems.records import S1Record
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
@@ -115,8 +116,21 @@ def data_options(config: FitConfig) -> dict:
 
 
 def make_splits(config: FitConfig) -> Splits:
-    """Load the dataset and hold out ``val_fraction`` of its training split (stratified, seeded) for the router."""
+    """Load the dataset and hold out ``val_fraction`` of its training split (stratified, seeded) for the
+    router; with ``[router] data = "crossfit"`` nothing is held out (``x_val`` has no rows)."""
     dataset = load_dataset(config.data, seed=config.seed, test_fraction=config.test_fraction, **data_options(config))
+    if config.router.data == "crossfit":
+        x, y = np.asarray(dataset.x_train), np.asarray(dataset.y_train)
+        x_fit, x_val, y_fit, y_val = x, x[:0], y, y[:0]
+    else:
+        x_fit, x_val, y_fit, y_val = _router_split(config, dataset)
+    as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    as_y = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
+    return Splits(as_x(x_fit), as_y(y_fit), as_x(x_val), as_y(y_val), as_x(dataset.x_test), as_y(dataset.y_test), dataset)
+
+
+def _router_split(config: FitConfig, dataset: Dataset) -> tuple:
+    """(x_fit, x_val, y_fit, y_val): ``val_fraction`` of the training split held out, stratified, seeded."""
     try:
         x_fit, x_val, y_fit, y_val = train_test_split(
             dataset.x_train, dataset.y_train, test_size=config.val_fraction, stratify=dataset.y_train, random_state=config.seed
@@ -125,9 +139,7 @@ def make_splits(config: FitConfig) -> Splits:
         raise DataError(
             f"cannot hold out {config.val_fraction:g} of the training split for the router ({err}): give every class more samples or change val_fraction"
         ) from None
-    as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-    as_y = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
-    return Splits(as_x(x_fit), as_y(y_fit), as_x(x_val), as_y(y_val), as_x(dataset.x_test), as_y(dataset.y_test), dataset)
+    return x_fit, x_val, y_fit, y_val
 
 
 def encoding_for(config: FitConfig, dataset: Dataset) -> FitConfig:
@@ -315,6 +327,7 @@ def _evaluate(
         **({"classes": list(dataset.classes)} if dataset.classes else {}),
         **({"skipped_files": len(dataset.skipped)} if dataset.skipped else {}),
         "split": {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)},
+        "router_data": router_data(config, splits),
         "seed": config.seed,
         "generation": generation,
         "profile": profile.summary(),
@@ -329,6 +342,25 @@ def _evaluate(
         "best_within_half_point_of_system2": {k: v.name for k, v in best_within(results).items()},
     }
     return results, payload
+
+
+def router_data(config: FitConfig, splits: Splits) -> dict:
+    """What the learned policies trained on (results.json's ``router_data``): the held-out router
+    split, or every training input's out-of-fold outputs (``records`` inputs either way)."""
+    if config.router.data == "crossfit":
+        return {
+            "source": "crossfit",
+            "folds": config.router.folds,
+            "records": len(splits.x_train),
+            "note": f"out-of-fold outputs of all {len(splits.x_train)} training inputs ({config.router.folds} folds); "
+            "the final systems trained on all of them",
+        }
+    return {
+        "source": "split",
+        "records": len(splits.x_val),
+        "note": f"a router split of {len(splits.x_val)} inputs ({config.val_fraction:g} of the training split) held out of "
+        "the systems' training",
+    }
 
 
 def _show(results: list[StrategyResult], splits: Splits, profile: EnergyProfile, console: Console) -> None:
@@ -349,7 +381,8 @@ def policy_kinds(config: FitConfig) -> list[str]:
 def fit_policies(
     config: FitConfig, val: SystemOutputs, input_shape: tuple[int, ...], profile: EnergyProfile, bars: Progress
 ) -> list[Policy]:
-    """Every registered family's points, fitted on the router split's recorded outputs (both systems frozen)."""
+    """Every registered family's points, fitted on ``val``: the router split's recorded outputs, or the
+    training split's out-of-fold ones (both systems frozen)."""
     kinds = policy_kinds(config)
     context = FitContext(config=config, val=val, profile=profile, input_shape=tuple(input_shape), seed=config.seed)
     task = bars.add_task(f"policies ({len(kinds)} families)", total=len(kinds))
@@ -358,6 +391,78 @@ def fit_policies(
         policies += POLICIES[kind].fit(context)
         bars.advance(task)
     return policies
+
+
+def crossfit_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """The held-out indices of each of ``folds`` stratified, shuffled (``seed``) folds of ``labels``:
+    a partition of ``range(len(labels))``. DataError where a class has fewer inputs than folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels) if len(labels) else np.zeros(1, dtype=int)
+    smallest = int(counts[counts > 0].min()) if counts.any() else 0
+    if smallest < folds:
+        raise DataError(
+            f"cannot cross-fit {folds} folds: a class has {smallest} training inputs, fewer than the folds; "
+            "lower [router] folds or give every class more samples"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [held for _, held in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def _crossfit_outputs(
+    config: FitConfig,
+    system1: System1,
+    system2: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device,
+    bars: Progress,
+    world: distributed.World,
+) -> SystemOutputs:
+    """Every training input's outputs from systems that never trained on it: for each of the
+    ``[router] folds`` folds, copies of the untrained ``system1`` and ``system2`` trained on the other
+    folds (the same epochs, seeds and losses as the final systems) record the held-out fold. Returned
+    in the order of ``x``; the policies train on them as on a router split. Over several processes
+    each fold trains data-parallel like the final systems (every rank records; rank 0's are used)."""
+    import copy
+
+    c1, c2, k = config.system1, config.system2, config.router.folds
+    s2_macs = sum(count_macs(system2, tuple(x.shape[1:])).values())
+    held_out = crossfit_folds(y.cpu().numpy(), k, config.seed)
+    parts = []
+    for fold, held in enumerate(held_out):
+        keep = torch.ones(len(x), dtype=torch.bool)
+        keep[torch.as_tensor(held)] = False
+        train_index = keep.nonzero().squeeze(1).to(x.device)
+        held_index = torch.as_tensor(held).to(x.device)
+        s1, s2 = copy.deepcopy(system1), copy.deepcopy(system2)
+        x_fold, y_fold = x[train_index], y[train_index]
+        # As for the final System 1: rate encoding draws from the global generator, each rank its own.
+        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
+        name = f"fold {fold + 1}/{k}:"
+        s1_loss = lambda m, xb, yb: system1_loss(m, xb, yb, c1.loss)  # noqa: E731
+        parallel = world.parallel
+        _train(bars, f"{name} System 1", s1, s1_loss, x_fold, y_fold, c1.epochs, c1.lr, c1.batch_size, config.seed, parallel)
+        _train(bars, f"{name} System 2", s2, ce_loss, x_fold, y_fold, c2.epochs, c2.lr, c2.batch_size, config.seed, parallel)
+        part = _outputs(s1, s2, s2_macs, x[held_index], y[held_index], config, device, VAL_SEED_OFFSET, bars, f"{name} held-out")
+        parts.append(part)
+    order = torch.as_tensor(np.concatenate(held_out))
+    return _concatenate(parts).subset(torch.argsort(order))
+
+
+def _concatenate(parts: list[SystemOutputs]) -> SystemOutputs:
+    """Recorded outputs of several splits as one (System 2's MACs and the link from the first)."""
+    first = parts[0]
+    return SystemOutputs(
+        s1=S1Record.concatenate([p.s1 for p in parts]),
+        timesteps=first.timesteps,
+        policy_inputs=torch.cat([p.policy_inputs for p in parts]),
+        s2_macs=first.s2_macs,
+        s2_logits=torch.cat([p.s2_logits for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        link_bytes=first.link_bytes,
+    )
 
 
 def fit(
@@ -468,6 +573,8 @@ def _fit(
     xd, yd = splits.x_train.to(device), splits.y_train.to(device)
     c1, c2 = config.system1, config.system2
     with progress_bars(console, progress) as bars:
+        crossfit = config.router.data == "crossfit"
+        records = _crossfit_outputs(config, s1, s2, xd, yd, device, bars, world) if crossfit else None
         # Rate encoding draws from the global generator while training: each rank its own draws.
         torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
         s1_seconds = _train(
@@ -489,8 +596,21 @@ def _fit(
         if not world.is_main:  # routers, evaluation and the report are rank 0's
             return None
         s2_macs = sum(count_macs(s2, tuple(dataset.input_shape)).values())
-        val = _outputs(
-            s1, s2, s2_macs, splits.x_val, splits.y_val, config, device, seed_offset=VAL_SEED_OFFSET, bars=bars, split="router"
+        val = (
+            records
+            if records is not None
+            else _outputs(
+                s1,
+                s2,
+                s2_macs,
+                splits.x_val,
+                splits.y_val,
+                config,
+                device,
+                seed_offset=VAL_SEED_OFFSET,
+                bars=bars,
+                split="router",
+            )
         )
         policies = fit_policies(config, val, tuple(dataset.input_shape), profile, bars)
     training = {

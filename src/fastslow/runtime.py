@@ -13,8 +13,11 @@ So:
 
 - ``threads = "auto"`` (the default) runs torch, numba and BLAS on :data:`AUTO_THREADS` thread;
   ``OMP_NUM_THREADS``, when the user set it, is taken instead; ``threads = N`` (config key
-  ``[runtime] threads``, ``fastslow fit --threads N``) takes N. Only speed depends on it: results
-  are the same up to float rounding (reductions split over threads round differently).
+  ``[runtime] threads``, ``fastslow fit --threads N``) takes N. A fit repeats bit for bit for a
+  given count (the same command, seed and commit; tests check it). Another count splits torch's
+  reductions differently: the float rounding differs, training carries the difference on, and the
+  trained systems differ like two seeds' (a few test inputs either way), so compare runs at one
+  count (results.json records it under ``runtime``).
 - :func:`prepare_process` (the command line calls it before torch loads) sets
   ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy (``OMP_WAIT_POLICY``,
   ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``): with N > 1 threads, waiting threads then sleep at once.

@@ -15,19 +15,40 @@ def _load(name: str):
 
 def test_energy_accuracy_bench_runs_on_digits(capsys, tmp_path):
     bench = _load("energy_accuracy")
-    assert bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "2", "--out", str(tmp_path)]) == 0
+    argv = ["--data", "digits", "--epochs", "1", "--timesteps", "2", "--seeds", "2", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "system2" in out and "µJ/input" in out and "target (≥ S2 − 0.5 pt" in out
-    assert (tmp_path / "results.json").is_file()
+    assert "system2" in out and "× S2 µJ" in out and "target (≥ S2 − 0.5 pt" in out and "on 2 seeds" not in out
+    assert "learned router − best threshold cascade" in out and "seeds 0–1" in out and "±" in out
+    assert (tmp_path / "seed-0" / "results.json").is_file() and (tmp_path / "seed-1" / "results.json").is_file()
 
 
 def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
     bench = _load("dynamic_timesteps")
     assert (
-        bench.main(["--data", "digits", "--epochs", "1", "--timesteps", "3", "--hidden", "32", "16", "--out", str(tmp_path)]) == 0
+        bench.main(
+            [
+                "--data",
+                "digits",
+                "--epochs",
+                "1",
+                "--timesteps",
+                "3",
+                "--hidden",
+                "32",
+                "16",
+                "--seeds",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
     )
     out = capsys.readouterr().out
-    assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "target S1-only" in out
+    assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "seed 1: target S1-only" in out
+    assert "seeds 0–1 (mean ± 95% t interval over 2 seeds)" in out and "learned router − best threshold cascade" in out
+    assert (tmp_path / "seed-1" / "results.json").is_file()
 
 
 def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
@@ -268,3 +289,25 @@ def test_processes_bench_runs_tiny(capsys, tmp_path):
     fits = data["fits"]["tiny"][0]
     assert fits["1"]["world_size"] == 1 and fits["2"]["world_size"] == 2
     assert data["summary"]["tiny"]["rounds"] == 1 and data["summary"]["tiny"]["wall_s"]["ratio_median"] > 0
+
+
+def test_router_data_bench_runs_tiny_on_digits(capsys, tmp_path):
+    import json
+
+    from conftest import TINY_CONFIG
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    report = tmp_path / "router_data.json"
+    argv = ["--config", str(config), "--seeds", "2", "--folds", "2", "--epochs", "1", "--within", "1", "--json", str(report)]
+    assert _load("router_data").main(argv) == 0
+    out = capsys.readouterr().out
+    assert "paired differences" in out and "crossfit − split" in out
+    data = json.loads(report.read_text())
+    rows = {(row["seed"], row["mode"]): row for row in data["rows"]}
+    assert set(rows) == {(0, "split"), (0, "crossfit"), (1, "split"), (1, "crossfit")}
+    # Cross-fit routers learn from every training input, the split's from the held-out fifth.
+    assert rows[0, "crossfit"]["router_records"] == rows[0, "crossfit"]["split"]["train"] == 1437
+    assert rows[0, "split"]["router_records"] == rows[0, "split"]["split"]["val"] == 288
+    # Within 1 (100 points) of System 2 every family reaches: two paired seeds for every difference.
+    assert all(diff["n"] == 2 and "verdict" in diff for diff in data["summary"]["differences"])

@@ -64,3 +64,37 @@ def test_the_families_name_every_policy_family_of_a_fit(fitted_folder):
     families = {s["family"] for s in json.loads((fitted_folder / "results.json").read_text())["strategies"]}
     references = {"system1", "system2", "oracle", "aet_oracle", "random"}
     assert families - references == set(bench_stats.THRESHOLD_FAMILIES) | set(bench_stats.LEARNED_FAMILIES)
+
+
+def test_learned_vs_threshold_pairs_the_seeds_where_both_reach_the_target():
+    def run(router_ratio, cascade_ratio):
+        s2 = {"name": "system2", "family": "system2", "accuracy": 0.98, "energy_uj": 1.0, "energy_ratio_vs_s2": 1.0}
+        points = [s2]
+        if router_ratio is not None:
+            points.append(
+                {
+                    "name": "router@share=0.1",
+                    "family": "router",
+                    "accuracy": 0.979,
+                    "energy_uj": router_ratio,
+                    "energy_ratio_vs_s2": router_ratio,
+                }
+            )
+        points.append(
+            {
+                "name": "seenn1@0.99+s2",
+                "family": "seenn1+s2",
+                "accuracy": 0.978,
+                "energy_uj": cascade_ratio,
+                "energy_ratio_vs_s2": cascade_ratio,
+            }
+        )
+        return points
+
+    runs = [run(0.30, 0.10), run(0.25, 0.12), run(None, 0.11), run(0.20, 0.10)]
+    got = bench_stats.learned_vs_threshold(runs, within=0.003)
+    assert got.learned[2] is None and got.threshold[2]["name"] == "seenn1@0.99+s2"
+    reference = bench_stats.paired_difference([0.30, 0.25, 0.20], [0.10, 0.12, 0.10])
+    assert got.difference == reference and got.difference.n == 3
+    assert "over 3 of 4 seeds" in got.line(0.003) and "the router is dearer" in got.line(0.003)
+    assert "too few" in bench_stats.learned_vs_threshold(runs[2:], 0.003).line(0.003)

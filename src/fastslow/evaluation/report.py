@@ -174,7 +174,8 @@ def report_markdown(payload: dict) -> str:
         f"# fastslow report — {payload['dataset']}",
         "",
         f"- Data: {payload['data_note']}; split sizes {', '.join(f'{part} {size}' for part, size in payload['split'].items())}; "
-        f"run seed {payload['seed']}.",
+        f"run seed {payload['seed']}."
+        + (f" The learned policies trained on {payload['router_data']['note']}." if "router_data" in payload else ""),
         f"- Hardware profile: `{profile['name']}` — E_MAC {profile['E_MAC_pJ']} pJ, E_AC {profile['E_AC_pJ']} pJ, "
         f"E_NEURON {profile['E_NEURON_pJ']} pJ"
         + (

@@ -168,7 +168,8 @@ class SystemOutputs:
 
 @dataclass
 class FitContext:
-    """What a learned family trains on: the router split's recorded outputs (both systems frozen)."""
+    """What a learned family trains on: recorded outputs of both systems (frozen) on inputs they did
+    not train on — the router split's, or every training input's out of fold (``[router] data``)."""
 
     config: Any  # fastslow.config.FitConfig: each family reads its own section
     val: SystemOutputs
