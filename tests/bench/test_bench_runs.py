@@ -311,3 +311,18 @@ def test_router_data_bench_runs_tiny_on_digits(capsys, tmp_path):
     assert rows[0, "split"]["router_records"] == rows[0, "split"]["split"]["val"] == 288
     # Within 1 (100 points) of System 2 every family reaches: two paired seeds for every difference.
     assert all(diff["n"] == 2 and "verdict" in diff for diff in data["summary"]["differences"])
+
+
+def test_demo_seeds_bench_runs_tiny(capsys, tmp_path):
+    import json
+
+    bench = _load("demo_seeds")
+    report = tmp_path / "demo.json"
+    assert bench.main(["--seeds", "2", "--epochs", "1", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "| `system2` |" in out and "| `system1` |" in out and "best threshold cascade" in out
+    data = json.loads(report.read_text())
+    assert len(data["strategies"]) == 2 and data["config"]["seed"] == 0
+    # The rows are means over the seeds: System 1's accuracy row is the mean of the two runs'.
+    s1 = [next(s for s in run if s["name"] == "system1")["accuracy"] for run in data["strategies"]]
+    assert f"| `system1` | {50 * (s1[0] + s1[1]):.2f} ± " in out
