@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fastslow import load_config
+from fastslow import load_config, runtime
 from fastslow.energy import load_profile
 from fastslow.energy.accounting import count_macs
 from fastslow.evaluation import collect_outputs, score_routing
@@ -42,6 +42,13 @@ def greedy(policy, outputs, energy, beta) -> float:
 
 
 def one_seed(seed: int, data: str, quick: bool) -> dict:
+    """One seed's fit, both recipes' points on its test split, and SEENN-I's points."""
+    overrides = {"data": data, "seed": seed}
+    with runtime.thread_policy(load_config(None, **overrides).runtime.threads):  # the fit's threads: the same sums
+        return _one_seed(seed, data, quick)
+
+
+def _one_seed(seed: int, data: str, quick: bool) -> dict:
     overrides = {"data": data, "seed": seed, "policies": ["seenn1", "seenn2"]}
     if quick:
         overrides |= {"system1": {"epochs": 1}, "system2": {"epochs": 1}, "seenn2": {"rl_epochs": 5, "betas": [0.01]}}
@@ -94,10 +101,10 @@ def one_seed(seed: int, data: str, quick: bool) -> dict:
                 }
             )
         row["recipes"][recipe] = points
-    # The new recipe is the fit's own: its points must be the fit's seenn2 points.
-    for point in row["recipes"]["new"]:
-        fitted = by_name[f"seenn2@beta={point['beta']:g}"]
-        assert abs(fitted.accuracy - point["accuracy"]) < 1e-9, (fitted.name, fitted.accuracy, point["accuracy"])
+    # The new recipe is the fit's own: its points should be the fit's seenn2 points (say where not).
+    row["differs_from_fit"] = [
+        p["beta"] for p in row["recipes"]["new"] if abs(by_name[f"seenn2@beta={p['beta']:g}"].accuracy - p["accuracy"]) > 1e-9
+    ]
     seenn1 = [r for r in result.results if r.family == "seenn1"]
     row["seenn1"] = [{"name": r.name, "accuracy": r.accuracy, "steps": r.mean_timesteps} for r in seenn1]
     return row
@@ -122,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{recipe} best {100 * best(p)['accuracy']:.2f}% at {best(p)['steps']:.2f} steps"
             for recipe, p in row["recipes"].items()
         )
-        out.print(f"seed {seed}: System 1 {100 * row['s1']:.2f}%; {text}")
+        differs = (
+            f" (re-trained new recipe differs from the fit at β = {row['differs_from_fit']})" if row["differs_from_fit"] else ""
+        )
+        out.print(f"seed {seed}: System 1 {100 * row['s1']:.2f}%; {text}{differs}")
     s1 = [r["s1"] for r in rows]
     out.print(f"System 1 (full T): {mean_interval(s1).format(2, 100)} %")
     for recipe in ("new", "old"):
