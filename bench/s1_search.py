@@ -68,12 +68,16 @@ DESIGNS: dict[str, dict] = {
 }
 
 
-def design_config(data: str, design: dict, seed: int, policies: list[str] | None, epochs: int | None, quick: bool):
+def design_config(
+    data: str, design: dict, seed: int, policies: list[str] | None, epochs: int | None, quick: bool, s2_epochs: int | None = None
+):
     """The fit's config for one design and seed (``quick``: a tiny run, for the tests)."""
     system1 = dict(design)
     overrides: dict = {"data": data, "seed": seed, "policies": policies, "system1": system1}
     if epochs is not None:
         system1["epochs"] = epochs
+    if s2_epochs is not None:
+        overrides["system2"] = {"epochs": s2_epochs}
     if quick:
         system1.setdefault("epochs", 1)
         overrides["system2"] = {"epochs": 1}
@@ -119,7 +123,7 @@ def row_of(design: str, seed: int, payload: dict, seconds: float) -> dict:
 
 
 def run_design(name: str, seed: int, args) -> dict:
-    config = design_config(args.data, DESIGNS[name], seed, args.policies, args.epochs, args.quick)
+    config = design_config(args.data, DESIGNS[name], seed, args.policies, args.epochs, args.quick, args.s2_epochs)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         result = fit(config, Path(scratch), progress=False, show_table=False, console=wide_console())
@@ -281,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         help="policy families fitted (default: the threshold families; 'all' for every registered family)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="System 1's epochs (default: the config's)")
+    parser.add_argument("--s2-epochs", type=int, default=None, help="System 2's epochs (default: the config's)")
     parser.add_argument("--rows", default=None, help="JSON lines file the rows are appended to (and summarised from)")
     parser.add_argument("--summarise", action="store_true", help="only summarise --rows")
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"), help="paired difference A − B")

@@ -218,7 +218,7 @@ def test_s1_search_bench_runs_tiny_on_digits(capsys, tmp_path):
     argv = ["--quick", "--designs", "default", "mlp32-T4-direct", "--rows", str(rows), "--pair", "mlp32-T4-direct", "default"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "front (system energy" in out and "pair mlp32-T4-direct − default" in out
+    assert "front over seeds [0], 2 designs" in out and "pair mlp32-T4-direct − default" in out
     lines = bench.read_rows(rows)
     assert [r["design"] for r in lines] == ["default", "mlp32-T4-direct"]
     for r in lines:
