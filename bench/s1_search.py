@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rows_path:
                     with rows_path.open("a") as file:
                         file.write(json.dumps(row) + "\n")
-    summarise(rows, out, args.data)
+    summarise(rows, out, args.data.split(":")[0])
     for a, b in args.pair:
         pair(rows, a, b, out)
     return 0
