@@ -132,9 +132,12 @@ class ConfidenceConfig(_Strict):
 class Seenn2Config(_Strict):
     betas: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
     hidden: int = Field(32, ge=1)
-    pretrain_epochs: int = Field(200, ge=0)
+    pretrain_epochs: int = Field(0, ge=0, description="epochs on oracle labels before REINFORCE (0: none; see docs/policies.md)")
     rl_epochs: int = Field(300, ge=0)
     lr: float = Field(5e-3, gt=0)
+    holdout: float = Field(
+        0.25, ge=0, lt=1, description="share of the router split held out to pick the epoch kept (0: keep the last)"
+    )
 
 
 class PonderConfig(_Strict):

@@ -326,3 +326,28 @@ def test_demo_seeds_bench_runs_tiny(capsys, tmp_path):
     # The rows are means over the seeds: System 1's accuracy row is the mean of the two runs'.
     s1 = [next(s for s in run if s["name"] == "system1")["accuracy"] for run in data["strategies"]]
     assert f"| `system1` | {50 * (s1[0] + s1[1]):.2f} ± " in out
+
+
+def test_s1_search_bench_runs_tiny_on_digits(capsys, tmp_path):
+    bench = _load("s1_search")
+    rows = tmp_path / "rows.jsonl"
+    argv = ["--quick", "--designs", "default", "mlp32-T4-direct", "--rows", str(rows), "--pair", "mlp32-T4-direct", "default"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "front over seeds [0], 2 designs" in out and "pair mlp32-T4-direct − default" in out
+    lines = bench.read_rows(rows)
+    assert [r["design"] for r in lines] == ["default", "mlp32-T4-direct"]
+    for r in lines:
+        # The oracle bound is System 1's full run plus its errors at System 2's energy (≥ S1 alone).
+        assert r["oracle_ratio"] >= r["s1_uj"] / r["s2_uj"] - 1e-9
+        if r["best"] is not None:
+            assert r["best"]["accuracy"] >= r["s2_accuracy"] - 0.003 - 1e-12
+            assert abs(r["best"]["s1_part"] + r["best"]["s2_part"] - r["best"]["ratio"]) < 1e-9
+    assert bench.main(["--summarise", "--rows", str(rows), "--designs", "nope"]) == 2
+
+
+def test_seenn2_digits_bench_runs_tiny(capsys):
+    bench = _load("seenn2_digits")
+    assert bench.main(["--quick", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "SEENN-II new recipe" in out and "SEENN-II old recipe" in out and "new − old" in out

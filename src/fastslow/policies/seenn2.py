@@ -8,12 +8,17 @@ baseline and the reward
 
 where E(a) is the energy of action a on that input (System 1 for t steps; System 2 alone for the
 System 2 action) and E_S1(T) System 1's mean full-run energy, so for System 1 actions the penalty
-is ≈ β·t/T. The policy is first pre-trained on oracle labels (the first t at which System 1 is
-right; System 2 where System 1 never is and System 2 is), then fine-tuned by REINFORCE.
+is ≈ β·t/T. The policy learns on part of the router split and keeps the epoch whose greedy reward
+is best on the rest (``holdout``): trained to convergence on a few hundred inputs it memorises
+which of them System 1 gets right early, which does not carry to new inputs. Pre-training on
+oracle labels (the first t from which System 1 stays right) is available (``pretrain_epochs``)
+but off by default, for the same reason: most labels say "one step", and a policy that reads only
+the input learns to stop after one step nearly everywhere (docs/policies.md, "SEENN-II").
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -101,38 +106,58 @@ def train_seenn2(
     *,
     input_shape: tuple[int, ...] = (),
     hidden: int = 32,
-    pretrain_epochs: int = 200,
+    pretrain_epochs: int = 0,
     rl_epochs: int = 300,
     lr: float = 5e-3,
     entropy_weight: float = 0.01,
+    holdout: float = 0.25,
     seed: int = 0,
 ) -> tuple[TimestepPolicy, list[float]]:
-    """Pre-train on oracle actions, then REINFORCE (full batch, moving-average baseline).
+    """Optionally pre-train on oracle actions, then REINFORCE (full batch, moving-average baseline),
+    on all but a ``holdout`` share of the inputs; the weights kept are those of the epoch (the
+    untrained policy included) whose greedy mean reward on the held-out inputs is best.
+    ``holdout`` 0 keeps the last epoch's weights.
 
-    Returns the policy and the mean greedy reward before REINFORCE and after each of its epochs.
+    Returns the policy and the greedy mean reward on the training inputs before REINFORCE and after
+    each of its epochs.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     features = features.float()
     steps = s1_correct.shape[0]
-    policy = TimestepPolicy(features.shape[1], steps, hidden, input_shape)
-    policy.fit_standardisation(features)
     rewards = action_rewards(s1_correct, s2_correct, action_energy, beta)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
     targets = oracle_actions(s1_correct, s2_correct)
+    order = torch.randperm(len(features), generator=generator)
+    held = order[: int(round(holdout * len(features)))] if holdout > 0 else order[:0]
+    train = order[len(held) :] if len(held) < len(features) else order
+    policy = TimestepPolicy(features.shape[1], steps, hidden, input_shape)
+    policy.fit_standardisation(features[train])
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+
+    def greedy_reward(index: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(rewards[index, policy(features[index]).argmax(1)].mean())
+
+    best = (greedy_reward(held), copy.deepcopy(policy.state_dict())) if len(held) else None
+
+    def keep_if_best() -> None:
+        nonlocal best
+        if best is not None and (score := greedy_reward(held)) > best[0]:
+            best = (score, copy.deepcopy(policy.state_dict()))
+
     for _ in range(pretrain_epochs):
-        loss = F.cross_entropy(policy(features), targets)
+        loss = F.cross_entropy(policy(features[train]), targets[train])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        keep_if_best()
     baseline = None
-    rows = torch.arange(len(features))
-    with torch.no_grad():
-        history = [float(rewards[rows, policy(features).argmax(1)].mean())]
+    rows = torch.arange(len(train))
+    history = [greedy_reward(train)]
     for _ in range(rl_epochs):
-        log_probs = F.log_softmax(policy(features), dim=1)
+        log_probs = F.log_softmax(policy(features[train]), dim=1)
         actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
-        reward = rewards[rows, actions]
+        reward = rewards[train][rows, actions]
         mean_reward = reward.mean().detach()
         baseline = mean_reward if baseline is None else 0.9 * baseline + 0.1 * mean_reward
         entropy = -(log_probs.exp() * log_probs).sum(1).mean()
@@ -140,8 +165,10 @@ def train_seenn2(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            history.append(float(rewards[rows, policy(features).argmax(1)].mean()))
+        history.append(greedy_reward(train))
+        keep_if_best()
+    if best is not None:
+        policy.load_state_dict(best[1])
     policy.eval()
     return policy, history
 
@@ -208,6 +235,7 @@ class Seenn2(Policy):
                     pretrain_epochs=sc.pretrain_epochs,
                     rl_epochs=sc.rl_epochs,
                     lr=sc.lr,
+                    holdout=sc.holdout,
                     seed=context.seed,
                 )[0],
                 beta,
