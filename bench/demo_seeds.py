@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         comparisons[within] = comparison
         lines.append(f"- {comparison.line(within)}")
         for label, picks in (("learned", comparison.learned), ("threshold", comparison.threshold)):
+            reached = [p for p in picks if p]
+            if reached:
+                ratio = mean_interval([p["energy_ratio_vs_s2"] for p in reached]).format(3)
+                accuracy = mean_interval([100 * p["accuracy"] for p in reached]).format(2)
+                lines.append(f"  - {label}: {ratio} × S2 at {accuracy}% on the {len(reached)} seeds reaching")
+        for label, picks in (("learned", comparison.learned), ("threshold", comparison.threshold)):
             named = ", ".join(p["name"] if p else "none" for p in picks)
             lines.append(f"  - {label} per seed: {named}")
     text = "\n".join(lines)

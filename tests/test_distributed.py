@@ -190,3 +190,16 @@ def test_a_given_world_size_repeats_with_random_draws(tmp_path):
         a = (tmp_path / "a" / "checkpoints" / f"{system}.safetensors").read_bytes()
         b = (tmp_path / "b" / "checkpoints" / f"{system}.safetensors").read_bytes()
         assert a == b, system
+
+
+def test_the_rank_that_failed_is_named_not_the_one_that_lost_it(tmp_path):
+    """Rank 1 fails on its own; rank 0 then loses its peer in a collective: rank 1 is the cause."""
+    import pickle
+    from types import SimpleNamespace
+
+    from fastslow.errors import WorkerError
+
+    (tmp_path / "0.pickle").write_bytes(pickle.dumps(WorkerError(f"process 0 {distributed.LOST_PEERS} (…): RuntimeError: x")))
+    (tmp_path / "1.pickle").write_bytes(pickle.dumps(WorkerError("process 1 failed: RuntimeError: boom")))
+    err = distributed._failure(SimpleNamespace(failures={0: None, 1: None}), tmp_path, 2)
+    assert "process 1 failed: RuntimeError: boom" in str(err)

@@ -282,6 +282,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         config = load_config(None, data="digits", seed=args.seed, threads=args.threads)
         result = fit(config, args.out, console=console, progress=show, show_table=show)
+        if result is None:  # a rank other than 0 under torchrun: rank 0 writes and says so
+            return
         out = Path(args.out)
     elif args.command == "fit":
         config = load_config(

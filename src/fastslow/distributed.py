@@ -246,13 +246,23 @@ def _rank_main(errors: str, wait_owner: str | None, entrypoint: Callable[..., An
         sys.exit(130)
     except Exception as err:
         line = str(err).splitlines()[0] if str(err) else ""
-        if isinstance(err, torch.distributed.DistError):  # a peer left or hung: the cause is the peer's, named by the parent
-            what = "lost its peers (a collective failed or timed out)"
+        if _lost_peers(err, torch):  # a peer left or hung: the cause is the peer's, named by the parent
+            what = f"{LOST_PEERS} (a collective failed or timed out)"
         else:  # a defect: its traceback here, one line from the parent
             traceback.print_exc()
             what = "failed"
         _leave(errors, world.rank, WorkerError(f"process {world.rank} {what}: {type(err).__name__}: {line}"))
         sys.exit(1)
+
+
+LOST_PEERS = "lost its peers"
+# What gloo raises (as a plain RuntimeError) when the process at the other end of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport")
+
+
+def _lost_peers(err: BaseException, torch) -> bool:
+    """Whether ``err`` says a collective lost the process at its other end (not this rank's defect)."""
+    return isinstance(err, torch.distributed.DistError) or any(mark in str(err) for mark in _PEER_GONE)
 
 
 def _leave(errors: str, rank: int, err: FastslowError) -> None:
@@ -278,4 +288,7 @@ def _failure(err, errors: Path, processes: int) -> FastslowError:
         rank, failure = min(silent.items())
         how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
         return WorkerError(f"process {rank} of {processes} {how} before the fit ended{suffix}")
-    return WorkerError(f"{left[min(left)]}{suffix}")
+    # A rank that failed on its own is the cause; the ones that then lost it as a peer follow from it.
+    own = {rank: e for rank, e in left.items() if LOST_PEERS not in str(e)}
+    rank = min(own) if own else min(left)
+    return WorkerError(f"{left[rank]}{suffix}")

@@ -520,7 +520,7 @@ def _fit_rank(
             world = dataclasses.replace(world, backend=distributed.backend_for(resolve_device(config.device).type))
         with distributed.process_group(world):
             main = world.is_main
-            return _fit(
+            result = _fit(
                 config,
                 out,
                 console=console if main else Console(quiet=True),
@@ -529,6 +529,13 @@ def _fit_rank(
                 system2=system2,
                 world=world,
             )
+    if result is not None and world.launcher == "fastslow":
+        # Returned to the parent through a queue: CUDA tensors would travel as handles to memory
+        # this worker frees when it exits.
+        result.system1.cpu()
+        result.system2.cpu()
+        result.policies[:] = [policy.to("cpu") for policy in result.policies]
+    return result
 
 
 def _fit(
@@ -568,8 +575,13 @@ def _fit(
         width=config.system2.width,
         frames=dataset.frames,
     )
+    # Recorded resolved: a later release's "auto" may pick another network for the same data.
+    s2_spec = dataclasses.replace(s2_spec, arch=s2_spec.resolved_arch())
     torch.manual_seed(config.seed + 1)
-    s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
+    try:
+        s2 = (system2 if system2 is not None else build_system2(s2_spec)).to(device)
+    except ValueError as err:  # an arch the data's shape cannot take (e.g. resnet18 on flat inputs)
+        raise ConfigError(f"config [system2]: {err}") from None
     xd, yd = splits.x_train.to(device), splits.y_train.to(device)
     c1, c2 = config.system1, config.system2
     with progress_bars(console, progress) as bars:

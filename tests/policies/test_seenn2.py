@@ -1,5 +1,7 @@
 """SEENN-II: oracle labels, and REINFORCE improving the reward."""
 
+import math
+
 import torch
 
 from fastslow.policies.seenn2 import action_rewards, oracle_actions, policy_input, train_seenn2
@@ -76,3 +78,16 @@ def test_policy_does_not_memorise_which_inputs_system1_gets_right_early():
     best_constant = float(rewards.mean(0).max())
     assert new >= best_constant - 0.03
     assert new > old + 0.1
+
+
+def test_a_holdout_larger_than_the_inputs_leaves_two_to_train_on():
+    g = torch.Generator().manual_seed(1)
+    n, steps = 3, 2
+    x = torch.rand(n, 1, 6, 6, generator=g)
+    energy = torch.cat([torch.arange(1, steps + 1).float().expand(n, steps), torch.full((n, 1), 10.0)], dim=1)
+    s1_correct = torch.tensor([[True, False, True], [True, True, True]])
+    policy, history = train_seenn2(
+        policy_input(x), s1_correct, torch.ones(n, dtype=torch.bool), energy, 0.1, input_shape=(1, 6, 6), rl_epochs=5, holdout=0.9
+    )
+    assert all(math.isfinite(h) for h in history)
+    assert torch.isfinite(policy(policy_input(x))).all()

@@ -268,3 +268,24 @@ def test_deep_triton_matches_torch_in_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_system2_spec_records_the_resolved_arch_and_old_auto_specs_keep_lenet5():
+    """A spec written before ResNet-18 existed said "auto" for 3×32×32 data and meant LeNet-5."""
+    old = {"input_shape": [3, 32, 32], "n_classes": 10, "arch": "auto", "hidden": 128, "frames": False}
+    assert System2Spec.from_dict(old).resolved_arch() == "lenet5"
+    new = System2Spec((3, 32, 32), 10).to_dict()
+    assert System2Spec.from_dict(new).resolved_arch() == "resnet18"
+
+
+def test_a_system2_arch_the_data_cannot_take_is_one_config_error(tmp_path):
+    from fastslow import load_config
+    from fastslow.errors import ConfigError
+    from fastslow.pipeline import fit
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "flat.npz", X=rng.random((40, 6), dtype=np.float32), y=np.arange(40) % 2)
+    config = load_config(None, data=str(tmp_path / "flat.npz"), epochs=1, system2={"arch": "resnet18"})
+    with pytest.raises(ConfigError, match=r"config \[system2\].*resnet18"):
+        fit(config, tmp_path / "out", progress=False, show_table=False)
+    assert not (tmp_path / "out").exists()

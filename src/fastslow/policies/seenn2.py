@@ -128,8 +128,10 @@ def train_seenn2(
     rewards = action_rewards(s1_correct, s2_correct, action_energy, beta)
     targets = oracle_actions(s1_correct, s2_correct)
     order = torch.randperm(len(features), generator=generator)
-    held = order[: int(round(holdout * len(features)))] if holdout > 0 else order[:0]
-    train = order[len(held) :] if len(held) < len(features) else order
+    # At least two inputs stay for training (standardisation needs a spread); else no held-out choice.
+    n_held = min(int(round(holdout * len(features))), len(features) - 2) if holdout > 0 else 0
+    held = order[: max(n_held, 0)]
+    train = order[len(held) :]
     policy = TimestepPolicy(features.shape[1], steps, hidden, input_shape)
     policy.fit_standardisation(features[train])
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)

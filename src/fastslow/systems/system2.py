@@ -55,7 +55,11 @@ class System2Spec:
     def from_dict(data: dict) -> "System2Spec":
         data = dict(data)
         data["input_shape"] = tuple(data["input_shape"])
-        return System2Spec(**data)
+        legacy = "width" not in data  # written before ResNet-18, when "auto" gave 3×32×32 LeNet-5
+        spec = System2Spec(**data)
+        if legacy and spec.arch == "auto" and spec.resolved_arch() == "resnet18":
+            return System2Spec(**{**data, "arch": "lenet5"})
+        return spec
 
 
 class FrameMean(nn.Module):

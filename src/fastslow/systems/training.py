@@ -55,8 +55,10 @@ def train_classifier(
     permutation, takes every W-th input of each batch of ``batch_size`` (the global batch: the
     learning rate and the steps per epoch mean what they mean in one process), and the gradients
     are summed over processes weighted by each share's size, so a step is the one-process step on
-    the same batch up to float rounding (and the draws of a stochastic ``loss_fn``). Rank 0's
-    parameters are broadcast first; batch-norm running statistics are averaged the same way.
+    the same batch up to float rounding (and the draws of a stochastic ``loss_fn``) — except in a
+    network with batch norm, which normalises each share by its own statistics (as DDP does without
+    SyncBatchNorm). Rank 0's parameters are broadcast first; batch-norm running statistics are
+    averaged the same way.
     """
     world, rank = 1, 0
     if data_parallel:
