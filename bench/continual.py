@@ -8,8 +8,8 @@ mean with a 95% t interval over the seeds; every A-vs-B claim a paired differenc
 seeds. "spikedyn − rest_relative_commitment" is SpikeDyn before the fix described in docs/stdp.md.
 
 Data: ``digits`` (scikit-learn 8×8), ``mnist`` (../shared/data), ``mnist16b`` (that MNIST padded to
-32×32, averaged over 2×2 areas to 16×16 and thresholded at 0.5: sparse binary digits), or any
-``--data`` spec fastslow reads.
+32×32, averaged over 2×2 areas to 16×16 and thresholded at 0.5: sparse binary digits;
+``mnist16b:ROOT`` for MNIST under ROOT), or any ``--data`` spec fastslow reads.
 
     .venv/bin/python bench/continual.py [--data digits mnist16b] [--seeds 5] [--neurons 400]
         [--samples-per-task 100] [--test-per-task 100] [--no-ablation] [--json FILE]
@@ -68,12 +68,16 @@ def binarised_16(data: Dataset) -> Dataset:
 
 
 def load(name: str, seed: int, out) -> Dataset | None:
+    """``mnist`` / ``mnist16b`` from ../shared/data (None, said, where absent), ``mnist16b:ROOT`` from
+    ROOT, anything else as fastslow reads it."""
     if name in ("mnist", "mnist16b"):
         spec = default_data(out)
         if spec is None:
             return None
         data = load_dataset(spec, seed=seed)
         return binarised_16(data) if name == "mnist16b" else data
+    if name.startswith("mnist16b:"):
+        return binarised_16(load_dataset("mnist:" + name[len("mnist16b:") :], seed=seed))
     return load_dataset(name, seed=seed)
 
 
