@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 runs.setdefault(variant, []).append(summarise(result))
                 out.print(f"[dim]{name} seed {seed} {variant}: {time.perf_counter() - started:.0f} s[/dim]")
+            if args.json:  # after every seed, so that a run stopped early keeps the seeds it finished
+                report["datasets"][name] = {"runs": runs, "note": data.note, "complete": False}
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         if not runs:
             continue
         differences = report_dataset(out, name, runs, args, tasks)
