@@ -110,6 +110,11 @@ def variants(n_inputs: int, args) -> dict[str, STDPSpec]:
     runs = {"diehl-cook": STDPSpec(model="diehl-cook", **base), "spikedyn": STDPSpec(model="spikedyn", **base)}
     for mechanism in MECHANISMS if not args.no_ablation else ("rest_relative_commitment",):
         runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
+    if args.variants:
+        unknown = set(args.variants) - set(runs)
+        if unknown:
+            raise SystemExit(f"error: unknown variants {sorted(unknown)}: choose from {list(runs)}")
+        runs = {k: v for k, v in runs.items() if k in args.variants}
     return runs
 
 
@@ -147,7 +152,7 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
     retention.add_column("model")
     for t in tasks[:-1]:
         retention.add_column(",".join(map(str, t)), justify="right")
-    for variant in ("diehl-cook", BEFORE_FIX, "spikedyn"):
+    for variant in [v for v in ("diehl-cook", BEFORE_FIX, "spikedyn") if v in runs]:
         rs = runs[variant]
         retention.add_row(variant, *(_cell([r["final_per_task_pct"][j] for r in rs], 0) for j in range(len(tasks) - 1)))
     out.print(retention)
@@ -167,6 +172,8 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
         diffs.add_column(label, justify="right")
     found = {}
     for label, (a, b) in pairs.items():
+        if a not in runs or b not in runs:
+            continue
         cells = []
         for key, _ in METRICS:
             d = paired_difference([r[key] for r in runs[a]], [r[key] for r in runs[b]])
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=None, help="e.g. '0;1;2' (default: one class per task)")
     parser.add_argument("--presentation-ms", type=float, default=350.0)
     parser.add_argument("--no-ablation", action="store_true", help="only Diehl & Cook, SpikeDyn and SpikeDyn before the fix")
+    parser.add_argument("--variants", nargs="+", default=None, help="run only these (e.g. spikedyn 'spikedyn − weight_decay')")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -214,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             continue
         differences = report_dataset(out, name, runs, args, tasks)
+        if "diehl-cook" not in runs or "spikedyn" not in runs:
+            report["datasets"][name] = {"runs": runs, "paired_differences": differences, "note": data.note, "complete": True}
+            continue
         base, ours = runs["diehl-cook"], runs["spikedyn"]
         mean = lambda rs, key: float(np.mean([r[key] for r in rs]))  # noqa: E731
         measured = {
