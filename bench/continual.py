@@ -1,12 +1,18 @@
-"""Benchmark: Diehl & Cook against SpikeDyn under the continual protocol, with SpikeDyn's ablation.
+"""Benchmark: Diehl & Cook against SpikeDyn under the continual protocol, over seeds, with SpikeDyn's ablation.
 
-MNIST from ../shared/data (MNIST/raw/), one class per task in order, N unlabelled samples per
-task, 400 excitatory neurons. Prints newest-task and old-task accuracy, training and inference
-energy (cmos45nm, arithmetic only) side by side, our measured deltas beside SpikeDyn's published
-claims (+21 points newest task, +8 old tasks, −51% training and −37% inference energy against its
-baseline), and each SpikeDyn mechanism switched off in turn.
+One class per task in order, N unlabelled samples per task. For each dataset and seed (seed s: the
+data's split, the task samples and the network all drawn from s) it reports, per model, the mean
+over the phases of the accuracy on the newest task and on the older ones (right after each task),
+and the *final retention*: the accuracy on each old task after the last task. Every number is a
+mean with a 95% t interval over the seeds; every A-vs-B claim a paired difference over the same
+seeds. "spikedyn − rest_relative_commitment" is SpikeDyn before the fix described in docs/stdp.md.
 
-    .venv/bin/python bench/continual.py [--neurons 400] [--samples-per-task 100] [--no-ablation] [--json FILE]
+Data: ``digits`` (scikit-learn 8×8), ``mnist`` (../shared/data), ``mnist16b`` (that MNIST padded to
+32×32, averaged over 2×2 areas to 16×16 and thresholded at 0.5: sparse binary digits;
+``mnist16b:ROOT`` for MNIST under ROOT), or any ``--data`` spec fastslow reads.
+
+    .venv/bin/python bench/continual.py [--data digits mnist16b] [--seeds 5] [--neurons 400]
+        [--samples-per-task 100] [--test-per-task 100] [--no-ablation] [--json FILE]
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,18 +29,63 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import console, default_data  # noqa: E402
+from _stats import mean_interval, paired_difference, verdict  # noqa: E402
 
-from fastslow.data.datasets import load_dataset  # noqa: E402
+from fastslow.data.datasets import Dataset, load_dataset  # noqa: E402
 from fastslow.stdp import SpikeDynRules, STDPSpec  # noqa: E402
 from fastslow.stdp.continual import parse_tasks, run_continual  # noqa: E402
 
 CLAIMS = {"newest": 21.0, "old": 8.0, "training": -51.0, "inference": -37.0}
-MECHANISMS = ("direct_inhibition", "adaptive_rates", "adaptive_threshold", "weight_decay", "spurious_reduction")
+MECHANISMS = (
+    "direct_inhibition",
+    "adaptive_rates",
+    "rest_relative_commitment",
+    "adaptive_threshold",
+    "weight_decay",
+    "spurious_reduction",
+)
+BEFORE_FIX = "spikedyn − rest_relative_commitment"
+METRICS = (
+    ("newest_pct", "newest task, mean over phases"),
+    ("old_pct", "old tasks, mean over phases"),
+    ("final_old_pct", "old tasks after the last task"),
+)
+
+
+def binarised_16(data: Dataset) -> Dataset:
+    """28×28 images → padded to 32×32, mean over 2×2 areas (16×16), ≥ 0.5 → 1 else 0."""
+
+    def shrink(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), 28, 28)
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+        x = x.reshape(len(x), 16, 2, 16, 2).mean((2, 4))
+        return (x >= 0.5).astype(np.float32).reshape(len(x), 1, 16, 16)
+
+    if tuple(data.x_train.shape[1:]) not in ((1, 28, 28), (28, 28)):
+        raise SystemExit(f"error: mnist16b needs 28×28 images, got {data.x_train.shape[1:]}: use MNIST")
+    note = f"{data.note}; 16×16 by 2×2 area mean of the 32×32 padded image, thresholded at 0.5"
+    return Dataset("mnist16b", shrink(data.x_train), data.y_train, shrink(data.x_test), data.y_test, data.n_classes, note)
+
+
+def load(name: str, seed: int, out) -> Dataset | None:
+    """``mnist`` / ``mnist16b`` from ../shared/data (None, said, where absent), ``mnist16b:ROOT`` from
+    ROOT, anything else as fastslow reads it."""
+    if name in ("mnist", "mnist16b"):
+        spec = default_data(out)
+        if spec is None:
+            return None
+        data = load_dataset(spec, seed=seed)
+        return binarised_16(data) if name == "mnist16b" else data
+    if name.startswith("mnist16b:"):
+        return binarised_16(load_dataset("mnist:" + name[len("mnist16b:") :], seed=seed))
+    return load_dataset(name, seed=seed)
 
 
 def summarise(result) -> dict:
+    """Accuracies in %; energy per training sample / test input in µJ."""
     newest = 100 * float(np.mean(result.newest_task_accuracy()))
     old = [a for a in result.old_task_accuracy() if a is not None]
+    last = result.accuracy[-1]
     train = float(
         np.mean(
             [sum(v for k, v in p.items() if k not in ("presentations_per_sample", "samples")) for p in result.training_energy_uj]
@@ -43,95 +95,160 @@ def summarise(result) -> dict:
     return {
         "newest_pct": newest,
         "old_pct": 100 * float(np.mean(old)) if old else float("nan"),
+        "final_old_pct": 100 * float(np.mean(last[:-1])) if len(last) > 1 else float("nan"),
+        "final_per_task_pct": [100 * a for a in last],
         "train_uj_per_sample": train,
         "infer_uj_per_input": infer,
+        "presentations_per_sample": float(np.mean([p["presentations_per_sample"] for p in result.training_energy_uj])),
         "seconds": result.seconds,
         "accuracy": result.accuracy,
     }
 
 
+def variants(n_inputs: int, args) -> dict[str, STDPSpec]:
+    base = dict(n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms)
+    runs = {"diehl-cook": STDPSpec(model="diehl-cook", **base), "spikedyn": STDPSpec(model="spikedyn", **base)}
+    for mechanism in MECHANISMS if not args.no_ablation else ("rest_relative_commitment",):
+        runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
+    if args.variants:
+        unknown = set(args.variants) - set(runs)
+        if unknown:
+            raise SystemExit(f"error: unknown variants {sorted(unknown)}: choose from {list(runs)}")
+        runs = {k: v for k, v in runs.items() if k in args.variants}
+    return runs
+
+
+def _cell(values: list[float], digits: int = 1) -> str:
+    return mean_interval(values).format(digits)
+
+
+def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> dict:
+    """Print the tables for one dataset; return its paired differences."""
+    n = len(next(iter(runs.values())))
+    table = Table(
+        title=f"{name}: {len(tasks)} tasks × {args.samples_per_task} samples, {args.neurons} neurons, {n} seeds "
+        "(mean ± 95% interval; energy cmos45nm, arithmetic only)"
+    )
+    for column in (
+        "model",
+        "newest, mean over phases %",
+        "old, mean over phases %",
+        "old after last task %",
+        "train µJ/sample",
+        "infer µJ/input",
+        "presentations/sample",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for variant, rs in runs.items():
+        table.add_row(
+            variant,
+            *(_cell([r[key] for r in rs]) for key, _ in METRICS),
+            _cell([r["train_uj_per_sample"] for r in rs], 2),
+            _cell([r["infer_uj_per_input"] for r in rs], 3),
+            _cell([r["presentations_per_sample"] for r in rs], 2),
+        )
+    out.print(table)
+    retention = Table(title=f"{name}: accuracy % on each old task after the last task (mean ± 95% interval over {n} seeds)")
+    retention.add_column("model")
+    for t in tasks[:-1]:
+        retention.add_column(",".join(map(str, t)), justify="right")
+    for variant in [v for v in ("diehl-cook", BEFORE_FIX, "spikedyn") if v in runs]:
+        rs = runs[variant]
+        retention.add_row(variant, *(_cell([r["final_per_task_pct"][j] for r in rs], 0) for j in range(len(tasks) - 1)))
+    out.print(retention)
+    pairs = {
+        "spikedyn − diehl-cook": ("spikedyn", "diehl-cook"),
+        "before the fix − diehl-cook": (BEFORE_FIX, "diehl-cook"),
+        "spikedyn − before the fix": ("spikedyn", BEFORE_FIX),
+    }
+    pairs |= {
+        f"without {m} − spikedyn": (f"spikedyn − {m}", "spikedyn")
+        for m in MECHANISMS
+        if f"spikedyn − {m}" in runs and m != "rest_relative_commitment"
+    }
+    diffs = Table(title=f"{name}: paired differences in points (A − B on the same seeds, 95% interval)")
+    diffs.add_column("A − B")
+    for _, label in METRICS:
+        diffs.add_column(label, justify="right")
+    found = {}
+    for label, (a, b) in pairs.items():
+        if a not in runs or b not in runs:
+            continue
+        cells = []
+        for key, _ in METRICS:
+            d = paired_difference([r[key] for r in runs[a]], [r[key] for r in runs[b]])
+            found[(label, key)] = d
+            cells.append(f"{d.format(1, signed=True)} ({verdict(d, 'lower', 'higher')})" if d.n > 1 else d.format(1, signed=True))
+        diffs.add_row(label, *cells)
+    out.print(diffs)
+    return {f"{label} | {key}": {"mean": d.mean, "half": d.half, "n": d.n} for (label, key), d in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="default: mnist:../shared/data")
+    parser.add_argument("--data", nargs="+", default=["digits", "mnist16b"], help="digits, mnist, mnist16b or a data spec")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 … N−1")
     parser.add_argument("--neurons", type=int, default=400)
     parser.add_argument("--samples-per-task", type=int, default=100)
     parser.add_argument("--test-per-task", type=int, default=100)
     parser.add_argument("--tasks", default=None, help="e.g. '0;1;2' (default: one class per task)")
     parser.add_argument("--presentation-ms", type=float, default=350.0)
-    parser.add_argument("--no-ablation", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ablation", action="store_true", help="only Diehl & Cook, SpikeDyn and SpikeDyn before the fix")
+    parser.add_argument("--variants", nargs="+", default=None, help="run only these (e.g. spikedyn 'spikedyn − weight_decay')")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     out = console()
-    data_spec = args.data or default_data(out)
-    if data_spec is None:
-        return 0
-    data = load_dataset(data_spec, seed=args.seed)
-    tasks = parse_tasks(args.tasks, data.n_classes)
-    n_inputs = int(np.prod(data.input_shape))
-    runs = {
-        "diehl-cook": STDPSpec(
-            model="diehl-cook", n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms
-        ),
-        "spikedyn": STDPSpec(model="spikedyn", n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms),
-    }
-    if not args.no_ablation:
-        for mechanism in MECHANISMS:
-            runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
-    report = {}
-    for name, spec in runs.items():
-        out.print(f"[dim]{name}: {len(tasks)} tasks × {args.samples_per_task} samples …[/dim]")
-        report[name] = summarise(
-            run_continual(
-                data, spec, tasks, samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, seed=args.seed
+    report: dict = {"config": vars(args), "claimed_deltas": CLAIMS, "datasets": {}}
+    for name in args.data:
+        runs: dict[str, list[dict]] = {}
+        tasks = None
+        for seed in range(args.seeds):
+            data = load(name, seed, out)
+            if data is None:
+                break
+            tasks = parse_tasks(args.tasks, data.n_classes)
+            for variant, spec in variants(int(np.prod(data.input_shape)), args).items():
+                started = time.perf_counter()
+                result = run_continual(
+                    data, spec, tasks, samples_per_task=args.samples_per_task, test_per_task=args.test_per_task, seed=seed
+                )
+                runs.setdefault(variant, []).append(summarise(result))
+                out.print(f"[dim]{name} seed {seed} {variant}: {time.perf_counter() - started:.0f} s[/dim]")
+            if args.json:  # after every seed, so that a run stopped early keeps the seeds it finished
+                report["datasets"][name] = {"runs": runs, "note": data.note, "complete": False}
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        if not runs:
+            continue
+        differences = report_dataset(out, name, runs, args, tasks)
+        if "diehl-cook" not in runs or "spikedyn" not in runs:
+            report["datasets"][name] = {"runs": runs, "paired_differences": differences, "note": data.note, "complete": True}
+            continue
+        base, ours = runs["diehl-cook"], runs["spikedyn"]
+        mean = lambda rs, key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        measured = {
+            "newest": mean(ours, "newest_pct") - mean(base, "newest_pct"),
+            "old": mean(ours, "old_pct") - mean(base, "old_pct"),
+            "training": 100 * (mean(ours, "train_uj_per_sample") / mean(base, "train_uj_per_sample") - 1),
+            "inference": 100 * (mean(ours, "infer_uj_per_input") / mean(base, "infer_uj_per_input") - 1),
+        }
+        claims = Table(title=f"{name}: SpikeDyn against Diehl & Cook, means over seeds beside the paper's claims")
+        for column in ("", "newest task (points)", "old tasks (points)", "training energy", "inference energy"):
+            claims.add_column(column, justify="right")
+        for label, row in (("measured", measured), ("claimed", CLAIMS)):
+            claims.add_row(
+                label, f"{row['newest']:+.1f}", f"{row['old']:+.1f}", f"{row['training']:+.0f}%", f"{row['inference']:+.0f}%"
             )
-        )
-    table = Table(
-        title=f"Continual protocol on {data.name}: {len(tasks)} tasks, {args.samples_per_task} samples each, "
-        f"{args.neurons} neurons (mean over the tasks; energy cmos45nm, arithmetic only)"
-    )
-    for column in ("model", "newest task %", "old tasks %", "train µJ/sample", "infer µJ/input", "time s"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, r in report.items():
-        table.add_row(
-            name,
-            f"{r['newest_pct']:.1f}",
-            f"{r['old_pct']:.1f}",
-            f"{r['train_uj_per_sample']:.2f}",
-            f"{r['infer_uj_per_input']:.3f}",
-            f"{r['seconds']:.0f}",
-        )
-    out.print(table)
-    base, ours = report["diehl-cook"], report["spikedyn"]
-    measured = {
-        "newest": ours["newest_pct"] - base["newest_pct"],
-        "old": ours["old_pct"] - base["old_pct"],
-        "training": 100 * (ours["train_uj_per_sample"] / base["train_uj_per_sample"] - 1),
-        "inference": 100 * (ours["infer_uj_per_input"] / base["infer_uj_per_input"] - 1),
-    }
-    deltas = Table(title="SpikeDyn against Diehl & Cook: measured here beside the paper's claims")
-    for column in ("", "newest task (points)", "old tasks (points)", "training energy", "inference energy"):
-        deltas.add_column(column, justify="right")
-    deltas.add_row(
-        "measured",
-        f"{measured['newest']:+.1f}",
-        f"{measured['old']:+.1f}",
-        f"{measured['training']:+.0f}%",
-        f"{measured['inference']:+.0f}%",
-    )
-    deltas.add_row(
-        "claimed",
-        f"{CLAIMS['newest']:+.0f}",
-        f"{CLAIMS['old']:+.0f}",
-        f"{CLAIMS['training']:+.0f}%",
-        f"{CLAIMS['inference']:+.0f}%",
-    )
-    out.print(deltas)
+        out.print(claims)
+        report["datasets"][name] = {
+            "runs": runs,
+            "paired_differences": differences,
+            "measured_deltas": measured,
+            "note": data.note,
+        }
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"runs": report, "measured_deltas": measured, "claimed_deltas": CLAIMS, "config": vars(args)}, indent=2)
-            + "\n"
-        )
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -143,36 +143,42 @@ def test_cuda_host_overhead_bench_runs_its_side_by_side_on_cpu(capsys):
         assert "no CUDA device here" in capsys.readouterr().out
 
 
-def test_continual_bench_runs_tiny_on_digits(capsys, tmp_path):
-    bench = _load("continual")
-    report = tmp_path / "continual.json"
-    assert (
-        bench.main(
-            [
-                "--data",
-                "digits",
-                "--neurons",
-                "8",
-                "--samples-per-task",
-                "2",
-                "--test-per-task",
-                "4",
-                "--tasks",
-                "0;1",
-                "--presentation-ms",
-                "20",
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "measured" in out and "claimed" in out and "spikedyn − weight_decay" in out
+def test_continual_bench_runs_tiny_on_digits_over_seeds(capsys, tmp_path):
     import json
 
-    data = json.loads(report.read_text())
-    assert set(data["measured_deltas"]) == {"newest", "old", "training", "inference"}
+    bench = _load("continual")
+    report = tmp_path / "continual.json"
+    argv = ["--data", "digits", "--seeds", "2", "--neurons", "8", "--samples-per-task", "2", "--test-per-task", "4"]
+    argv += ["--tasks", "0;1;2", "--presentation-ms", "20", "--json", str(report)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "old after last task" in out and "paired differences" in out and "claimed" in out
+    assert "spikedyn − weight_decay" in out and "before the fix − diehl-cook" in out
+    runs = json.loads(report.read_text())["datasets"]["digits"]["runs"]
+    assert set(runs) == {"diehl-cook", "spikedyn", *(f"spikedyn − {m}" for m in bench.MECHANISMS)}
+    for rs in runs.values():
+        assert len(rs) == 2  # one record per seed
+        for r in rs:
+            # final retention: the mean over the old tasks of the last phase's accuracies
+            assert r["final_old_pct"] == sum(r["final_per_task_pct"][:2]) / 2
+            assert r["final_per_task_pct"] == [100 * a for a in r["accuracy"][-1]]
+
+
+def test_binarised_16_averages_2x2_areas_and_thresholds():
+    import numpy as np
+
+    bench = _load("continual")
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    x[0, 0, 0:2, 0:2] = 1.0  # padded by 2: one whole 2×2 area at (1, 1) → 1
+    x[0, 0, 4, 4] = 1.0  # a quarter of the area at (3, 3): mean 0.25 → 0
+    x[0, 0, 6:8, 6] = 1.0  # half of the area at (4, 4): mean 0.5 → 1
+    from fastslow.data.datasets import Dataset
+
+    out = bench.binarised_16(Dataset("m", x, np.zeros(1, np.int64), x, np.zeros(1, np.int64), 10, "n"))
+    expected = np.zeros((16, 16), np.float32)
+    expected[1, 1] = expected[4, 4] = 1.0
+    assert out.x_train.shape == (1, 1, 16, 16)
+    assert (out.x_train[0, 0] == expected).all()
 
 
 def test_stdp_peer_bench_runs_tiny_without_the_peer(capsys, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from fastslow.errors import ConfigError
 from fastslow.stdp import STDPNetwork, STDPSpec, memory_bytes
-from fastslow.stdp.network import membrane_step, stdp_depress, stdp_potentiate
+from fastslow.stdp.network import membrane_step, potentiation_scale, stdp_depress, stdp_potentiate
 
 
 def test_stdp_on_a_hand_made_two_neuron_case():
@@ -81,6 +81,28 @@ def test_spikedyn_threshold_rises_faster_for_a_dominating_neuron():
         rises[model] = (net.theta - start).sum() / counts.exc_spikes
     assert rises["diehl-cook"] == pytest.approx(0.05, rel=0.05)  # theta_plus per spike (less the slow decay)
     assert rises["spikedyn"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
+
+
+def test_adaptive_rate_counts_commitment_from_an_unfired_neurons_threshold():
+    # rate_min 0.5, rate_max 2, theta_commit 2 mV: scale = 0.5 + 1.5·exp(−rise / 2).
+    # An unfired neuron's θ has decayed to 17 mV; neurons 2 and 4 mV above it are committed.
+    from fastslow.stdp import SpikeDynRules
+
+    theta = np.array([17.0, 19.0, 21.0], np.float32)
+    scale = potentiation_scale(theta, 17.0, SpikeDynRules())
+    assert scale == pytest.approx([2.0, 0.5 + 1.5 / math.e, 0.5 + 1.5 / math.e**2], rel=1e-6)
+    # Measured from θ_init (20 mV), the neuron at 19 mV would learn at the uncommitted rate 2.
+    assert potentiation_scale(theta, 20.0, SpikeDynRules())[1] == pytest.approx(2.0)
+
+
+def test_theta_rest_tracks_a_neuron_that_never_fires():
+    spec = STDPSpec(model="spikedyn", n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong())
+    net = STDPNetwork(spec, seed=0)
+    net.weights[:, 2] = 0.0  # no input reaches neuron 2: it never fires, so its θ only decays
+    counts = net.learn(np.full((5, 16), 0.9, np.float32))
+    assert counts.exc_spikes > 0 and net.theta[:2].max() > net.theta[2]
+    assert net.theta_rest[0] == net.theta[2]  # the same float32 decay steps, bit for bit
+    assert net.theta_rest[0] < spec.constants.theta_init
 
 
 def test_memory_estimate_matches_a_hand_count():

@@ -75,12 +75,13 @@ class SpikeDynRules:
     measured by the ablation in bench/continual.py). Each flag turns one mechanism on."""
 
     direct_inhibition: bool = True  # excitatory spikes inhibit the others directly (no inhibitory layer)
-    adaptive_rates: bool = True  # uncommitted neurons (θ near its start) potentiate faster, committed ones slower
+    adaptive_rates: bool = True  # uncommitted neurons (θ near an unfired neuron's) potentiate faster, committed ones slower
+    rest_relative_commitment: bool = True  # commitment is θ's rise over an unfired neuron's θ now, not over θ_init
     adaptive_threshold: bool = True  # θ rises more for a neuron that dominates a presentation
     weight_decay: bool = True  # a firing neuron forgets weights from inputs silent in this presentation
     spurious_reduction: bool = True  # no potentiation on a presentation's first spike; no depression once post1 has faded
     rate_max: float = 2.0  # potentiation × this for a neuron whose θ has not risen yet …
-    rate_min: float = 0.5  # … falling to × this as θ rises: × min + (max − min)·exp(−(θ − θ_init)/theta_commit)
+    rate_min: float = 0.5  # … falling to × this as θ rises: × min + (max − min)·exp(−(θ − θ_rest)/theta_commit)
     theta_commit: float = 2.0  # mV of θ rise (0.05 mV per spike) over which a neuron becomes "committed"
     dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
     theta_dominance: float = 1.0
@@ -228,6 +229,19 @@ def membrane_step(v, ge, gi, refractory, threshold, *, v_rest, v_reset, tau, e_e
     return fired
 
 
+def potentiation_scale(theta: np.ndarray, baseline: float, rules: SpikeDynRules) -> np.ndarray:
+    """SpikeDyn's adaptive rate [N]: rate_min + (rate_max − rate_min)·exp(−max(θ − baseline, 0) / theta_commit).
+
+    ``baseline`` is what θ would be had the neuron never fired (``STDPNetwork.theta_rest``), so the
+    rise counts only the neuron's own spikes: θ also decays (τ_θ) with every simulated ms, and over a
+    protocol with many repeated presentations an unfired neuron's θ falls several mV below θ_init,
+    more than ``theta_commit``; measured from θ_init, every neuron would look uncommitted again."""
+    rise = np.maximum(theta - np.float32(baseline), np.float32(0.0))
+    return np.float32(rules.rate_min) + np.float32(rules.rate_max - rules.rate_min) * np.exp(
+        -rise / np.float32(rules.theta_commit)
+    )
+
+
 def stdp_depress(weights: np.ndarray, active_inputs: np.ndarray, post1: np.ndarray, nu_pre: float) -> np.ndarray:
     """Rows of ``weights`` for pre-synaptic spikes at ``active_inputs`` [k]: w[i, j] − nu_pre · post1[j] (unclipped)."""
     return weights[active_inputs] - np.float32(nu_pre) * post1[None, :]
@@ -258,6 +272,9 @@ class STDPNetwork:
         )
         self.weights = self._store(weights)
         self.theta = np.full(spec.n_neurons, c.theta_init, np.float32)
+        # θ of a neuron that has never fired: θ_init decayed, by the same float32 steps as ``theta``,
+        # over all the simulated learning time so far (it falls by mV over a protocol with many repeats).
+        self.theta_rest = np.full(1, c.theta_init, np.float32)
         self.assignments = np.full(spec.n_neurons, -1, np.int64)
 
     # -- learning -----------------------------------------------------------
@@ -304,7 +321,7 @@ class STDPNetwork:
         v, ge, gi, ref = (a[0] for a in state[:4])
         v_i, ge_i, ref_i = (a[0] for a in state[4:7])
         pre, post1, post2 = (a[0] for a in state[7:])
-        weights, theta = self.weights, self.theta
+        weights, theta, theta_rest = self.weights, self.theta, self.theta_rest
         f32 = np.float32
         d_ge, d_gi = f32(math.exp(-dt / c.tau_ge)), f32(math.exp(-dt / c.tau_gi))
         d_pre, d_post1, d_post2 = (
@@ -348,6 +365,7 @@ class STDPNetwork:
             ge *= d_ge
             gi *= d_gi
             theta *= d_theta
+            theta_rest *= d_theta
             if not direct:
                 fired_i = membrane_step(v_i, ge_i, no_gi, ref_i, c.v_thresh_i, **inh)
                 ge_i *= d_ge
@@ -379,8 +397,8 @@ class STDPNetwork:
                 winners = np.flatnonzero(fired)
                 rate = c.nu_post
                 if adaptive_rates:
-                    rise = np.maximum(theta - f32(c.theta_init), 0.0)
-                    rate = f32(c.nu_post) * (r.rate_min + (r.rate_max - r.rate_min) * np.exp(-rise / f32(r.theta_commit)))
+                    baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
+                    rate = f32(c.nu_post) * potentiation_scale(theta, baseline, r)
                 learn = winners[fired_so_far[winners] >= r.min_post_spikes] if spurious else winners
                 if learn.size:
                     weights[:, learn] = self._store(stdp_potentiate(weights, learn, pre, post2, rate))
@@ -397,6 +415,7 @@ class STDPNetwork:
             weights[block] = self._store(weights[block] * f32(1.0 - r.decay))
             weight_updates += len(block[0]) * block[1].shape[1]
         theta *= f32(math.exp(-spec.rest_ms / c.tau_theta))  # the rest period, in closed form
+        theta_rest *= f32(math.exp(-spec.rest_ms / c.tau_theta))
         counts.input_spikes = float(inputs.sum())
         counts.exc_spikes = float(exc_spikes)
         counts.inh_spikes = float(inh_spikes)
