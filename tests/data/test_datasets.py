@@ -5,20 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from load_errors import load_error  # this folder is on sys.path (rootdir import mode)
 
 from fastslow.data import Dataset, load_dataset
 from fastslow.errors import DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "MNIST" / "raw"
-
-
-def _error(spec, **kwargs) -> str:
-    """The DataError message for ``spec``, checked to be one line."""
-    with pytest.raises(DataError) as info:
-        load_dataset(str(spec), **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message and ": " in message
-    return message
 
 
 # --------------------------------------------------------------------------- digits
@@ -43,7 +35,7 @@ def test_digits_split_is_seeded():
 
 
 def test_bad_test_fraction():
-    assert "test_fraction" in _error("digits", test_fraction=1.0)
+    assert "test_fraction" in load_error("digits", test_fraction=1.0)
 
 
 # --------------------------------------------------------------------------- MNIST IDX
@@ -102,16 +94,16 @@ def test_mnist_official_split_when_train_files_exist(tmp_path):
 
 
 def test_mnist_missing_files_name_the_expected_path(tmp_path):
-    message = _error(f"mnist:{tmp_path}")
+    message = load_error(f"mnist:{tmp_path}")
     assert "no MNIST files" in message and str(tmp_path / "MNIST" / "raw") in message
     assert "t10k-images-idx3-ubyte" in message
 
     _fake_mnist(tmp_path / "train_only", 20, True, prefixes=("train",))
-    assert "add t10k-images" in _error(f"mnist:{tmp_path / 'train_only'}")
+    assert "add t10k-images" in load_error(f"mnist:{tmp_path / 'train_only'}")
 
     raw = _fake_mnist(tmp_path / "no_labels", 20, True)
     (raw / "t10k-labels-idx1-ubyte.gz").unlink()
-    assert "no t10k-labels-idx1-ubyte" in _error(f"mnist:{tmp_path / 'no_labels'}")
+    assert "no t10k-labels-idx1-ubyte" in load_error(f"mnist:{tmp_path / 'no_labels'}")
 
 
 def test_mnist_corrupt_files(tmp_path):
@@ -120,21 +112,21 @@ def test_mnist_corrupt_files(tmp_path):
     intact = images.read_bytes()
 
     images.write_bytes(intact[:500])
-    assert "truncated" in _error(f"mnist:{tmp_path}")
+    assert "truncated" in load_error(f"mnist:{tmp_path}")
 
     images.write_bytes((2049).to_bytes(4, "big") + intact[4:])
-    assert "magic number" in _error(f"mnist:{tmp_path}")
+    assert "magic number" in load_error(f"mnist:{tmp_path}")
 
     images.unlink()
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
-    assert "cannot read" in _error(f"mnist:{tmp_path}")
+    assert "cannot read" in load_error(f"mnist:{tmp_path}")
 
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(intact)[:-30])
-    assert "cannot read" in _error(f"mnist:{tmp_path}")
+    assert "cannot read" in load_error(f"mnist:{tmp_path}")
 
     (raw / "t10k-images-idx3-ubyte.gz").unlink()
     _write_idx(images, np.zeros((7, 28, 28)), 2051, False)
-    assert "7 images" in _error(f"mnist:{tmp_path}") and "20 labels" in _error(f"mnist:{tmp_path}")
+    assert "7 images" in load_error(f"mnist:{tmp_path}") and "20 labels" in load_error(f"mnist:{tmp_path}")
 
 
 def test_real_mnist_test_set_splits_8000_2000():
@@ -235,37 +227,37 @@ BAD_NPZ = {
 @pytest.mark.parametrize("case", list(BAD_NPZ))
 def test_npz_bad_inputs_are_one_line_errors(tmp_path, case):
     arrays, word = BAD_NPZ[case]
-    assert word in _error(_save(tmp_path, "bad.npz", **arrays))
+    assert word in load_error(_save(tmp_path, "bad.npz", **arrays))
 
 
 def test_missing_path_unknown_name_and_unreadable_files(tmp_path):
-    message = _error(tmp_path / "nope.npz")
+    message = load_error(tmp_path / "nope.npz")
     assert "does not exist" in message and "digits" in message and "mnist:ROOT" in message
-    message = _error("cifar10")
+    message = load_error("cifar10")
     assert "unknown dataset" in message and "mnist:ROOT" in message
-    assert "folder" in _error(tmp_path)
+    assert "folder" in load_error(tmp_path)
 
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
-    assert "not a readable .npz" in _error(garbage)
+    assert "not a readable .npz" in load_error(garbage)
     garbage.write_bytes(b"")
-    assert "not an .npz" in _error(garbage)
+    assert "not an .npz" in load_error(garbage)
     text = tmp_path / "data.csv"
     text.write_text("1,2,3\n4,5,6\n")
-    assert "not an .npz" in _error(text)
+    assert "not an .npz" in load_error(text)
 
     np.save(tmp_path / "single.npy", X)
-    assert ".npy" in _error(tmp_path / "single.npy")
+    assert ".npy" in load_error(tmp_path / "single.npy")
 
     np.savez(tmp_path / "objects.npz", X=np.array([[object()]] * 20, dtype=object), y=Y)
-    assert "object" in _error(tmp_path / "objects.npz")
+    assert "object" in load_error(tmp_path / "objects.npz")
 
     corrupt = tmp_path / "corrupt.npz"
     np.savez_compressed(corrupt, X=np.random.default_rng(0).random((500, 20)), y=np.arange(500) % 2)
     raw = bytearray(corrupt.read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
     corrupt.write_bytes(bytes(raw))
-    assert "corrupt" in _error(corrupt)
+    assert "corrupt" in load_error(corrupt)
 
 
 def test_samples_without_features_are_refused(tmp_path):

@@ -11,9 +11,10 @@ import torch
 
 pytest.importorskip("tonic")
 
+from load_errors import load_error  # this folder is on sys.path (rootdir import mode)
+
 from fastslow.cli import main  # noqa: E402
 from fastslow.data import load_dataset, load_inputs, resolved_data  # noqa: E402
-from fastslow.errors import DataError  # noqa: E402
 
 NMNIST_CLASSES = (0, 1, 2)
 
@@ -93,14 +94,6 @@ def no_download(monkeypatch):
     monkeypatch.setattr(tonic.dataset, "download_and_extract_archive", refuse)
 
 
-def _error(spec, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        load_dataset(str(spec), **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and ": " in message
-    return message
-
-
 # --------------------------------------------------------------------------- N-MNIST
 
 
@@ -140,28 +133,28 @@ def test_nmnist_only_one_folder_is_split(tmp_path, no_download):
 
 
 def test_missing_recordings_say_where_to_put_them_and_never_download(tmp_path, no_download):
-    message = _error(f"tonic:NMNIST:{tmp_path}")
+    message = load_error(f"tonic:NMNIST:{tmp_path}")
     assert str(tmp_path / "NMNIST") in message and "Train/<digit>/*.bin" in message
     assert "tonic.datasets.NMNIST" in message  # how to fetch them once, on purpose
-    message = _error(f"tonic:DVSGesture:{tmp_path}")
+    message = load_error(f"tonic:DVSGesture:{tmp_path}")
     assert "ibmGestureTrain/userNN_<lighting>/<label>.npy" in message
 
 
 def test_unknown_tonic_name_and_too_large_a_size(tmp_path, no_download):
-    assert "tonic:NMNIST:ROOT or tonic:DVSGesture:ROOT" in _error(f"tonic:CIFAR10DVS:{tmp_path}")
+    assert "tonic:NMNIST:ROOT or tonic:DVSGesture:ROOT" in load_error(f"tonic:CIFAR10DVS:{tmp_path}")
     write_nmnist(tmp_path, per_class=(2, 2))
-    assert "--image-size 34 or less" in _error(f"tonic:NMNIST:{tmp_path}", image_size=64)
+    assert "--image-size 34 or less" in load_error(f"tonic:NMNIST:{tmp_path}", image_size=64)
 
 
 def test_bad_layout_and_corrupt_recording_name_the_file(tmp_path, no_download):
     write_nmnist(tmp_path, per_class=(2, 2))
     stray = tmp_path / "NMNIST" / "Train" / "digits" / "00000.bin"  # tonic reads the label from the folder name
     write_nmnist_file(stray, nmnist_events(np.random.default_rng(0), 0))
-    assert "Train/<digit>/*.bin" in _error(f"tonic:NMNIST:{tmp_path}")
+    assert "Train/<digit>/*.bin" in load_error(f"tonic:NMNIST:{tmp_path}")
     stray.unlink()
     bad = tmp_path / "NMNIST" / "Test" / "1" / "00000.bin"
     bad.write_bytes(b"\x01\x02\x03")  # not whole 5-byte events
-    message = _error(f"tonic:NMNIST:{tmp_path}")
+    message = load_error(f"tonic:NMNIST:{tmp_path}")
     assert str(bad) in message and "replace it" in message
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from load_errors import load_error  # this folder is on sys.path (rootdir import mode)
 from PIL import Image
 
 from fastslow.cli import main
 from fastslow.data import load_dataset, resolved_data
-from fastslow.errors import DataError
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -42,14 +42,6 @@ def write_folder(root: Path, per_class: int = 8, colour: str = "mixed", seed: in
             else:
                 Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB").save(folder / f"{i:03d}.jpg", quality=95)
     return pixels
-
-
-def _error(spec, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        load_dataset(str(spec), **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and ": " in message
-    return message
 
 
 def _find(rows: np.ndarray, image: np.ndarray) -> int:
@@ -86,7 +78,7 @@ def test_rgb_kept_and_grey_replicated_when_mixed(tmp_path):
 def test_image_size_resizes_and_differing_sizes_need_it(tmp_path):
     write_folder(tmp_path, colour="grey")
     Image.fromarray(np.zeros((20, 16), np.uint8), "L").save(tmp_path / "owl" / "big.png")
-    message = _error(f"folder:{tmp_path}")
+    message = load_error(f"folder:{tmp_path}")
     assert "differ in size" in message and "big.png is 16×20" in message and "--image-size" in message
     data = load_dataset(f"folder:{tmp_path}", image_size=8)
     assert data.input_shape == (1, 8, 8) and "resized to 8×8" in data.note
@@ -102,24 +94,26 @@ def test_given_train_and_test_folders(tmp_path):
     assert data.y_test.tolist() == [0, 0, 1, 1, 2, 2]  # in sorted class order
     (tmp_path / "test" / "emu").mkdir()
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "test" / "emu" / "0.png")
-    assert "is no class of" in _error(f"folder:{tmp_path}")
+    assert "is no class of" in load_error(f"folder:{tmp_path}")
 
 
 def test_layout_errors(tmp_path):
-    assert "does not exist" in _error(f"folder:{tmp_path / 'nowhere'}")
+    assert "does not exist" in load_error(f"folder:{tmp_path / 'nowhere'}")
     (tmp_path / "one" / "cat").mkdir(parents=True)
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "one" / "cat" / "a.png")
-    assert "holds 1 class folder:" in _error(f"folder:{tmp_path / 'one'}")
+    assert "holds 1 class folder:" in load_error(f"folder:{tmp_path / 'one'}")
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(loose / "a.png")
-    assert "holds 0 class folders (it holds 1 image directly: move each into its class's subfolder)" in _error(f"folder:{loose}")
+    assert "holds 0 class folders (it holds 1 image directly: move each into its class's subfolder)" in load_error(
+        f"folder:{loose}"
+    )
     write_folder(tmp_path / "empty", colour="grey")
     (tmp_path / "empty" / "yak").mkdir()
-    assert "yak holds no images" in _error(f"folder:{tmp_path / 'empty'}")
+    assert "yak holds no images" in load_error(f"folder:{tmp_path / 'empty'}")
     write_folder(tmp_path / "half" / "train", colour="grey")
-    assert "has train/ but no test/" in _error(f"folder:{tmp_path / 'half'}")
-    assert "applies to folder: and tonic:" in _error("digits", image_size=8)
+    assert "has train/ but no test/" in load_error(f"folder:{tmp_path / 'half'}")
+    assert "applies to folder: and tonic:" in load_error("digits", image_size=8)
 
 
 def test_resolved_data_makes_root_absolute(tmp_path, monkeypatch):
