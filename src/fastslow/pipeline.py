@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import platform
 import random
@@ -44,7 +45,6 @@ from fastslow.progress import output_console, progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
 from fastslow.serving.remote import DEFAULT_BATCH, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 from fastslow.systems.deep import DEEP_ARCHS
-from fastslow.systems.records import S1Record
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
 from fastslow.systems.training import ce_loss, system1_loss, train_classifier
@@ -425,8 +425,6 @@ def _crossfit_outputs(
     folds (the same epochs, seeds and losses as the final systems) record the held-out fold. Returned
     in the order of ``x``; the policies train on them as on a router split. Over several processes
     each fold trains data-parallel like the final systems (every rank records; rank 0's are used)."""
-    import copy
-
     c1, c2, k = config.system1, config.system2, config.router.folds
     s2_macs = sum(count_macs(system2, tuple(x.shape[1:])).values())
     held_out = crossfit_folds(y.cpu().numpy(), k, config.seed)
@@ -448,21 +446,7 @@ def _crossfit_outputs(
         part = _outputs(s1, s2, s2_macs, x[held_index], y[held_index], config, device, VAL_SEED_OFFSET, bars, f"{name} held-out")
         parts.append(part)
     order = torch.as_tensor(np.concatenate(held_out))
-    return _concatenate(parts).subset(torch.argsort(order))
-
-
-def _concatenate(parts: list[SystemOutputs]) -> SystemOutputs:
-    """Recorded outputs of several splits as one (System 2's MACs and the link from the first)."""
-    first = parts[0]
-    return SystemOutputs(
-        s1=S1Record.concatenate([p.s1 for p in parts]),
-        timesteps=first.timesteps,
-        policy_inputs=torch.cat([p.policy_inputs for p in parts]),
-        s2_macs=first.s2_macs,
-        s2_logits=torch.cat([p.s2_logits for p in parts]),
-        labels=torch.cat([p.labels for p in parts]),
-        link_bytes=first.link_bytes,
-    )
+    return SystemOutputs.concatenate(parts).subset(torch.argsort(order))
 
 
 def fit(

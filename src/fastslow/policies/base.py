@@ -127,6 +127,20 @@ class SystemOutputs:
             self.link_bytes,
         )
 
+    @staticmethod
+    def concatenate(parts: "list[SystemOutputs]") -> "SystemOutputs":
+        """Recorded outputs of several splits as one, in order (System 2's MACs and the link from the first)."""
+        first = parts[0]
+        return SystemOutputs(
+            s1=S1Record.concatenate([p.s1 for p in parts]),
+            timesteps=first.timesteps,
+            policy_inputs=torch.cat([p.policy_inputs for p in parts]),
+            s2_macs=first.s2_macs,
+            s2_logits=torch.cat([p.s2_logits for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            link_bytes=first.link_bytes,
+        )
+
     def s1_final_logits(self) -> torch.Tensor:
         return self.s1.logits[-1, -1]
 
