@@ -203,3 +203,33 @@ def test_the_rank_that_failed_is_named_not_the_one_that_lost_it(tmp_path):
     (tmp_path / "1.pickle").write_bytes(pickle.dumps(WorkerError("process 1 failed: RuntimeError: boom")))
     err = distributed._failure(SimpleNamespace(failures={0: None, 1: None}), tmp_path, 2)
     assert "process 1 failed: RuntimeError: boom" in str(err)
+
+
+def _share_rank_0s_word(world: distributed.World) -> str:
+    """Each rank offers its own word; every rank must get rank 0's."""
+    import dataclasses
+
+    world = dataclasses.replace(world, backend="gloo")
+    with distributed.process_group(world):
+        got = distributed.from_main(world, f"rank {world.rank}")
+    if got != "rank 0":
+        raise ConfigError(f"process {world.rank} got {got!r} from process 0")
+    return got
+
+
+@needs_two_cpus
+def test_every_rank_hears_rank_0s_verdict(tmp_path):
+    assert distributed.from_main(distributed.World(), "alone") == "alone"
+    assert distributed.launch(_share_rank_0s_word, (), 2) == "rank 0"
+
+
+def test_under_torchrun_the_other_ranks_stop_with_rank_0s_out_error(tmp_path, small_config, monkeypatch):
+    """Only rank 0 checks --out; rank 1 stops with rank 0's reason before it trains anything."""
+    from fastslow import pipeline
+
+    monkeypatch.setattr(distributed, "from_main", lambda world, value: "--out x is a file: choose another --out")
+    config = load_config(small_config, data="digits", seed=0, device="cpu")
+    rank_1 = distributed.World(1, 2, 1, launcher="torchrun", local_size=2)  # no group: from_main is replaced
+    with pytest.raises(ConfigError, match="process 0 cannot write the fit: --out x is a file"):
+        pipeline._fit(config, tmp_path / "out", console=None, progress=False, show_table=False, system2=None, world=rank_1)
+    assert not (tmp_path / "out").exists()

@@ -160,6 +160,18 @@ def process_group(world: World) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+def from_main(world: World, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object; ``value`` itself for one process): a
+    check only rank 0 can make (its output folder) is then known to all before they train."""
+    if not world.parallel:
+        return value
+    import torch.distributed as dist
+
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 @contextlib.contextmanager
 def _launcher_quiet() -> Iterator[None]:
     """The elastic launcher logs each start and stop and replaces the signal handlers and one

@@ -26,7 +26,7 @@ from fastslow import atomic, checkpoint, distributed, runtime
 from fastslow.config import FitConfig
 from fastslow.data import Dataset, load_dataset, load_inputs, resolved_data
 from fastslow.energy import EnergyProfile, count_macs, load_profile, memory_bytes
-from fastslow.errors import CheckpointError, ConfigError, DataError
+from fastslow.errors import CheckpointError, ConfigError, DataError, FastslowError
 from fastslow.evaluation.calibration import METHOD, calibrate_knob, check_calibration_request, min_calibration_size
 from fastslow.evaluation.evaluate import (
     StrategyResult,
@@ -533,7 +533,19 @@ def _fit(
     world: distributed.World,
 ) -> FitResult | None:
     console = console or output_console()
-    output = atomic.Generation(out, owns=FIT_FILES) if world.is_main else None
+    output, refused = None, None
+    if world.is_main:
+        try:
+            output = atomic.Generation(out, owns=FIT_FILES)
+        except FastslowError as err:
+            refused = err
+    # Under torchrun only rank 0 checks --out: the others hear its verdict before any collective
+    # of the fit, and stop with it rather than wait for a peer that has left.
+    verdict = distributed.from_main(world, None if refused is None else str(refused))
+    if refused is not None:
+        raise refused
+    if verdict is not None:
+        raise ConfigError(f"process 0 cannot write the fit: {verdict}")
     config = config.model_copy(update={"data": resolved_data(config.data)})  # recorded absolute: evaluate may run elsewhere
     profile = load_profile(config.profile)
     device = distributed.device_of(world, resolve_device(config.device))
