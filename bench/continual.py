@@ -92,7 +92,15 @@ def summarise(result) -> dict:
         )
     )
     infer = float(np.mean([sum(p.values()) for p in result.inference_energy_uj]))
+    # The pool: how many neurons each old task's classes hold after the last task, as a share of
+    # what they held right after their own task; and how many neurons answer no class at the end.
+    classes = [np.asarray(c) for c in result.neuron_classes]
+    kept = [
+        np.isin(classes[-1], task).sum() / max(np.isin(classes[j], task).sum(), 1) for j, task in enumerate(result.tasks[:-1])
+    ]
     return {
+        "neurons_kept_pct": 100 * float(np.mean(kept)) if kept else float("nan"),
+        "neurons_free_pct": 100 * float((classes[-1] < 0).mean()),
         "newest_pct": newest,
         "old_pct": 100 * float(np.mean(old)) if old else float("nan"),
         "final_old_pct": 100 * float(np.mean(last[:-1])) if len(last) > 1 else float("nan"),
@@ -110,6 +118,7 @@ def variants(n_inputs: int, args) -> dict[str, STDPSpec]:
     runs = {"diehl-cook": STDPSpec(model="diehl-cook", **base), "spikedyn": STDPSpec(model="spikedyn", **base)}
     for mechanism in MECHANISMS if not args.no_ablation else ("rest_relative_commitment",):
         runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
+    runs["spikedyn + committed_dominance"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), committed_dominance=True))
     if args.variants:
         unknown = set(args.variants) - set(runs)
         if unknown:
@@ -137,6 +146,8 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
         "train µJ/sample",
         "infer µJ/input",
         "presentations/sample",
+        "old tasks' neurons kept %",
+        "neurons free at the end %",
     ):
         table.add_column(column, justify="left" if column == "model" else "right")
     for variant, rs in runs.items():
@@ -146,6 +157,8 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
             _cell([r["train_uj_per_sample"] for r in rs], 2),
             _cell([r["infer_uj_per_input"] for r in rs], 3),
             _cell([r["presentations_per_sample"] for r in rs], 2),
+            _cell([r["neurons_kept_pct"] for r in rs]),
+            _cell([r["neurons_free_pct"] for r in rs]),
         )
     out.print(table)
     retention = Table(title=f"{name}: accuracy % on each old task after the last task (mean ± 95% interval over {n} seeds)")

@@ -83,6 +83,34 @@ def test_spikedyn_threshold_rises_faster_for_a_dominating_neuron():
     assert rises["spikedyn"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
 
 
+def test_committed_dominance_spares_a_fresh_neuron_and_pushes_a_committed_one():
+    """With ``committed_dominance`` the dominance rise is × (1 − exp(−Δθ / theta_commit)): a neuron
+    at an unfired neuron's θ rises θ_plus per spike as in Diehl & Cook; one 6 mV above it nearly
+    the full (1 + spikes so far / 5)."""
+    from dataclasses import replace
+
+    from fastslow.stdp import SpikeDynRules
+
+    images = np.full((1, 16), 0.9, np.float32)
+    rules = replace(SpikeDynRules(), committed_dominance=True, adaptive_rates=False)
+
+    def rise_per_spike(offset: float, rules) -> float:
+        spec = STDPSpec(model="spikedyn", n_inputs=16, n_neurons=1, presentation_ms=100, constants=_strong(), rules=rules)
+        net = STDPNetwork(spec, seed=0)
+        net.theta += np.float32(offset)  # offset mV above an unfired neuron's θ
+        start = net.theta.copy()
+        counts = net.learn(images)
+        assert counts.exc_spikes >= 5
+        return float((net.theta - start).sum() / counts.exc_spikes)
+
+    fresh, committed = rise_per_spike(0.0, rules), rise_per_spike(6.0, rules)
+    plain = {offset: rise_per_spike(offset, replace(rules, committed_dominance=False)) for offset in (0.0, 6.0)}
+    # A fresh neuron: θ_plus per spike but for the small commitment its own rise makes (< 1 mV here).
+    assert 0.05 * 0.99 < fresh < 0.05 * 1.15 and fresh < plain[0.0] - 0.01
+    assert committed == pytest.approx(plain[6.0], rel=0.03)  # × (1 − e⁻³) = 0.95 of the dominance rise
+    assert committed > 1.15 * fresh
+
+
 def test_adaptive_rate_counts_commitment_from_an_unfired_neurons_threshold():
     # rate_min 0.5, rate_max 2, theta_commit 2 mV: scale = 0.5 + 1.5·exp(−rise / 2).
     # An unfired neuron's θ has decayed to 17 mV; neurons 2 and 4 mV above it are committed.

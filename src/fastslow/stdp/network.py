@@ -85,6 +85,7 @@ class SpikeDynRules:
     theta_commit: float = 2.0  # mV of θ rise (0.05 mV per spike) over which a neuron becomes "committed"
     dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
     theta_dominance: float = 1.0
+    committed_dominance: bool = False  # the dominance rise only for committed neurons (× 1 − exp(−Δθ/theta_commit))
     decay: float = 0.01  # fraction removed per presentation from silent inputs' weights of firing neurons
     min_post_spikes: int = 2  # potentiate only from a neuron's second spike in a presentation on
     depression_trace_floor: float = 0.05  # skip depression where post1 is below this
@@ -405,7 +406,12 @@ class STDPNetwork:
                     weight_updates += spec.n_inputs * learn.size
                 plus = f32(c.theta_plus) * fired
                 if dominance:
-                    plus *= 1.0 + f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
+                    extra = f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
+                    if r.committed_dominance:
+                        baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
+                        rise = np.maximum(theta - baseline, f32(0.0))
+                        extra *= f32(1.0) - np.exp(-rise / f32(r.theta_commit))
+                    plus *= 1.0 + extra
                 theta += plus
                 post1[winners] = 1.0
                 post2[winners] = 1.0
