@@ -71,16 +71,26 @@ def test_adaptive_threshold_rises_with_firing_and_decays():
     assert np.allclose(quiet.theta, expected, rtol=1e-4)
 
 
-def test_spikedyn_threshold_rises_faster_for_a_dominating_neuron():
+def test_the_dominance_rule_raises_theta_faster_for_a_dominating_neuron():
     images = np.full((1, 16), 0.9, np.float32)
+    from dataclasses import replace
+
+    from fastslow.stdp import SpikeDynRules
+
     rises = {}
-    for model in ("diehl-cook", "spikedyn"):
-        net = STDPNetwork(STDPSpec(model=model, n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong()), seed=0)
+    for name, model, rules in (
+        ("diehl-cook", "diehl-cook", SpikeDynRules()),
+        ("spikedyn", "spikedyn", SpikeDynRules()),
+        ("dominance", "spikedyn", replace(SpikeDynRules(), adaptive_threshold=True)),
+    ):
+        spec = STDPSpec(model=model, n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong(), rules=rules)
+        net = STDPNetwork(spec, seed=0)
         start = net.theta.copy()
         counts = net.learn(images)
-        rises[model] = (net.theta - start).sum() / counts.exc_spikes
+        rises[name] = (net.theta - start).sum() / counts.exc_spikes
     assert rises["diehl-cook"] == pytest.approx(0.05, rel=0.05)  # theta_plus per spike (less the slow decay)
-    assert rises["spikedyn"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
+    assert rises["spikedyn"] == pytest.approx(0.05, rel=0.05)  # by default as Diehl & Cook
+    assert rises["dominance"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
 
 
 def test_committed_dominance_spares_a_fresh_neuron_and_pushes_a_committed_one():
@@ -92,7 +102,7 @@ def test_committed_dominance_spares_a_fresh_neuron_and_pushes_a_committed_one():
     from fastslow.stdp import SpikeDynRules
 
     images = np.full((1, 16), 0.9, np.float32)
-    rules = replace(SpikeDynRules(), committed_dominance=True, adaptive_rates=False)
+    rules = replace(SpikeDynRules(), adaptive_threshold=True, committed_dominance=True, adaptive_rates=False)
 
     def rise_per_spike(offset: float, rules) -> float:
         spec = STDPSpec(model="spikedyn", n_inputs=16, n_neurons=1, presentation_ms=100, constants=_strong(), rules=rules)

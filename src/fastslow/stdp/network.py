@@ -77,7 +77,9 @@ class SpikeDynRules:
     direct_inhibition: bool = True  # excitatory spikes inhibit the others directly (no inhibitory layer)
     adaptive_rates: bool = True  # uncommitted neurons (θ near an unfired neuron's) potentiate faster, committed ones slower
     rest_relative_commitment: bool = True  # commitment is θ's rise over an unfired neuron's θ now, not over θ_init
-    adaptive_threshold: bool = True  # θ rises more for a neuron that dominates a presentation
+    # θ rises more for a neuron that dominates a presentation. Off by default: it spread each task
+    # over more neurons, so later tasks took neurons from old ones (docs/stdp.md, the threshold fix).
+    adaptive_threshold: bool = False
     weight_decay: bool = True  # a firing neuron forgets weights from inputs silent in this presentation
     spurious_reduction: bool = True  # no potentiation on a presentation's first spike; no depression once post1 has faded
     rate_max: float = 2.0  # potentiation × this for a neuron whose θ has not risen yet …
@@ -85,7 +87,7 @@ class SpikeDynRules:
     theta_commit: float = 2.0  # mV of θ rise (0.05 mV per spike) over which a neuron becomes "committed"
     dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
     theta_dominance: float = 1.0
-    committed_dominance: bool = False  # the dominance rise only for committed neurons (× 1 − exp(−Δθ/theta_commit))
+    committed_dominance: bool = False  # with adaptive_threshold: the extra rise × (1 − exp(−Δθ/theta_commit)), Δθ as for the rates
     decay: float = 0.01  # fraction removed per presentation from silent inputs' weights of firing neurons
     min_post_spikes: int = 2  # potentiate only from a neuron's second spike in a presentation on
     depression_trace_floor: float = 0.05  # skip depression where post1 is below this
@@ -409,8 +411,7 @@ class STDPNetwork:
                     extra = f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
                     if r.committed_dominance:
                         baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
-                        rise = np.maximum(theta - baseline, f32(0.0))
-                        extra *= f32(1.0) - np.exp(-rise / f32(r.theta_commit))
+                        extra *= f32(1.0) - np.exp(-np.maximum(theta - baseline, f32(0.0)) / f32(r.theta_commit))
                     plus *= 1.0 + extra
                 theta += plus
                 post1[winners] = 1.0
