@@ -87,7 +87,9 @@ class SpikeDynRules:
     theta_commit: float = 2.0  # mV of θ rise (0.05 mV per spike) over which a neuron becomes "committed"
     dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
     theta_dominance: float = 1.0
-    committed_dominance: bool = False  # with adaptive_threshold: the extra rise × (1 − exp(−Δθ/theta_commit)), Δθ as for the rates
+    committed_dominance: bool = (
+        False  # with adaptive_threshold: the extra rise × (1 − exp(−Δθ/theta_commit)), Δθ as for the rates
+    )
     decay: float = 0.01  # fraction removed per presentation from silent inputs' weights of firing neurons
     min_post_spikes: int = 2  # potentiate only from a neuron's second spike in a presentation on
     depression_trace_floor: float = 0.05  # skip depression where post1 is below this
