@@ -6,8 +6,8 @@ over the phases of the accuracy on the newest task and on the older ones (right 
 and the *final retention*: the accuracy on each old task after the last task. Every number is a
 mean with a 95% t interval over the seeds; every A-vs-B claim a paired difference over the same
 seeds. Two fixes described in docs/stdp.md each have a "before" variant: "spikedyn −
-rest_relative_commitment" (commitment measured from θ_init) and "spikedyn + adaptive_threshold" (the
-dominance-scaled θ rise, on until the threshold fix).
+rest_relative_commitment" (commitment measured from θ_init) and "spikedyn − committed_dominance"
+(the dominance-scaled θ rise for every neuron, fresh ones too).
 
 Data: ``digits`` (scikit-learn 8×8), ``mnist`` (../shared/data), ``mnist16b`` (that MNIST padded to
 32×32, averaged over 2×2 areas to 16×16 and thresholded at 0.5: sparse binary digits;
@@ -40,16 +40,18 @@ from fastslow.stdp import SpikeDynRules, STDPSpec  # noqa: E402
 from fastslow.stdp.continual import parse_tasks, run_continual  # noqa: E402
 
 CLAIMS = {"newest": 21.0, "old": 8.0, "training": -51.0, "inference": -37.0}
-MECHANISMS = (  # on by default: the ablation switches each off
+MECHANISMS = (  # each on by default; the ablation switches each off
     "direct_inhibition",
     "adaptive_rates",
     "rest_relative_commitment",
+    "adaptive_threshold",
+    "committed_dominance",
     "weight_decay",
     "spurious_reduction",
 )
-BEFORE_FIX = "spikedyn − rest_relative_commitment"
-DOMINANCE = "spikedyn + adaptive_threshold"  # SpikeDyn before the threshold fix
-COMMITTED = "spikedyn + committed_dominance"  # the dominance rise for committed neurons only
+BEFORE_FIX = "spikedyn − rest_relative_commitment"  # commitment measured from θ_init
+BEFORE_THRESHOLD_FIX = "spikedyn − committed_dominance"  # the dominance rise for every neuron
+FIXES = ("rest_relative_commitment", "committed_dominance")
 METRICS = (
     ("newest_pct", "newest task, mean over phases"),
     ("old_pct", "old tasks, mean over phases"),
@@ -121,9 +123,7 @@ def summarise(result) -> dict:
 def variants(n_inputs: int, args) -> dict[str, STDPSpec]:
     base = dict(n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms)
     runs = {"diehl-cook": STDPSpec(model="diehl-cook", **base), "spikedyn": STDPSpec(model="spikedyn", **base)}
-    runs[DOMINANCE] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), adaptive_threshold=True))
-    runs[COMMITTED] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), adaptive_threshold=True, committed_dominance=True))
-    for mechanism in MECHANISMS if not args.no_ablation else ("rest_relative_commitment",):
+    for mechanism in MECHANISMS if not args.no_ablation else FIXES:
         runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
     if args.variants:
         unknown = set(args.variants) - set(runs)
@@ -153,8 +153,6 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
         "train µJ/sample",
         "infer µJ/input",
         "presentations/sample",
-        "old tasks' neurons kept %",
-        "neurons free at the end %",
     ):
         table.add_column(column, justify="left" if column == "model" else "right")
     for variant, rs in runs.items():
@@ -164,32 +162,36 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
             _cell([r["train_uj_per_sample"] for r in rs], 2),
             _cell([r["infer_uj_per_input"] for r in rs], 3),
             _cell([r["presentations_per_sample"] for r in rs], 2),
-            _cell([r.get("neurons_kept_pct") for r in rs]),
-            _cell([r.get("neurons_free_pct") for r in rs]),
         )
     out.print(table)
+    pool = Table(title=f"{name}: the neurons (mean ± 95% interval over {n} seeds)")
+    for column in ("model", "old tasks' neurons at the end, % of after their task", "neurons that answer no class at the end %"):
+        pool.add_column(column, justify="left" if column == "model" else "right")
+    for variant, rs in runs.items():
+        pool.add_row(variant, _cell([r.get("neurons_kept_pct") for r in rs]), _cell([r.get("neurons_free_pct") for r in rs]))
+    out.print(pool)
     retention = Table(title=f"{name}: accuracy % on each old task after the last task (mean ± 95% interval over {n} seeds)")
     retention.add_column("model")
     for t in tasks[:-1]:
         retention.add_column(",".join(map(str, t)), justify="right")
-    for variant in [v for v in ("diehl-cook", DOMINANCE, BEFORE_FIX, "spikedyn") if v in runs]:
+    for variant in [v for v in ("diehl-cook", BEFORE_THRESHOLD_FIX, BEFORE_FIX, "spikedyn") if v in runs]:
         rs = runs[variant]
         retention.add_row(variant, *(_cell([r["final_per_task_pct"][j] for r in rs], 0) for j in range(len(tasks) - 1)))
     out.print(retention)
     pairs = {
         "spikedyn − diehl-cook": ("spikedyn", "diehl-cook"),
-        "before the threshold fix − diehl-cook": (DOMINANCE, "diehl-cook"),
-        "spikedyn − before the threshold fix": ("spikedyn", DOMINANCE),
+        "before the threshold fix − diehl-cook": (BEFORE_THRESHOLD_FIX, "diehl-cook"),
+        "spikedyn − before the threshold fix": ("spikedyn", BEFORE_THRESHOLD_FIX),
         "before the commitment fix − diehl-cook": (BEFORE_FIX, "diehl-cook"),
         "spikedyn − before the commitment fix": ("spikedyn", BEFORE_FIX),
     }
     pairs |= {
         f"without {m} − spikedyn": (f"spikedyn − {m}", "spikedyn")
         for m in MECHANISMS
-        if f"spikedyn − {m}" in runs and m != "rest_relative_commitment"
+        if f"spikedyn − {m}" in runs and m not in FIXES
     }
     diffs = Table(title=f"{name}: paired differences in points (A − B on the same seeds, 95% interval)")
-    diffs.add_column("A − B")
+    diffs.add_column("A − B", no_wrap=True)
     compared = [*METRICS, ("neurons_kept_pct", "old tasks' neurons kept")]
     if any("neurons_kept_pct" not in r for rs in runs.values() for r in rs):  # runs from before it was recorded
         compared = list(METRICS)
