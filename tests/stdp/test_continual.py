@@ -61,6 +61,7 @@ def test_cli_writes_continual_json_and_png(tmp_path):
     assert len(payload["accuracy"]) == 2 and len(payload["accuracy"][1]) == 2
     assert payload["spec"]["bits"] == 8 and payload["config"]["seed"] == 0 and "numpy" in payload["versions"]
     assert payload["samples_used"] == {"train_per_task": [3, 3], "test_per_task": [5, 5]}
+    assert len(payload["neuron_classes"]) == 2 and set(payload["neuron_classes"][-1]) <= {-1, 0, 1}
     assert (out / "continual.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((out / "results.json").read_text())
     by_name = {r["name"]: r for r in results["strategies"]}
