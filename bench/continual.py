@@ -5,7 +5,9 @@ data's split, the task samples and the network all drawn from s) it reports, per
 over the phases of the accuracy on the newest task and on the older ones (right after each task),
 and the *final retention*: the accuracy on each old task after the last task. Every number is a
 mean with a 95% t interval over the seeds; every A-vs-B claim a paired difference over the same
-seeds. "spikedyn − rest_relative_commitment" is SpikeDyn before the fix described in docs/stdp.md.
+seeds. Two fixes described in docs/stdp.md each have a "before" variant: "spikedyn −
+rest_relative_commitment" (commitment measured from θ_init) and "spikedyn − committed_dominance"
+(the dominance-scaled θ rise for every neuron, fresh ones too).
 
 Data: ``digits`` (scikit-learn 8×8), ``mnist`` (../shared/data), ``mnist16b`` (that MNIST padded to
 32×32, averaged over 2×2 areas to 16×16 and thresholded at 0.5: sparse binary digits;
@@ -13,6 +15,7 @@ Data: ``digits`` (scikit-learn 8×8), ``mnist`` (../shared/data), ``mnist16b`` (
 
     .venv/bin/python bench/continual.py [--data digits mnist16b] [--seeds 5] [--neurons 400]
         [--samples-per-task 100] [--test-per-task 100] [--no-ablation] [--json FILE]
+    .venv/bin/python bench/continual.py --report A.json B.json   # the tables of runs done in parts
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from rich.table import Table
@@ -36,15 +40,18 @@ from fastslow.stdp import SpikeDynRules, STDPSpec  # noqa: E402
 from fastslow.stdp.continual import parse_tasks, run_continual  # noqa: E402
 
 CLAIMS = {"newest": 21.0, "old": 8.0, "training": -51.0, "inference": -37.0}
-MECHANISMS = (
+MECHANISMS = (  # each on by default; the ablation switches each off
     "direct_inhibition",
     "adaptive_rates",
     "rest_relative_commitment",
     "adaptive_threshold",
+    "committed_dominance",
     "weight_decay",
     "spurious_reduction",
 )
-BEFORE_FIX = "spikedyn − rest_relative_commitment"
+BEFORE_FIX = "spikedyn − rest_relative_commitment"  # commitment measured from θ_init
+BEFORE_THRESHOLD_FIX = "spikedyn − committed_dominance"  # the dominance rise for every neuron
+FIXES = ("rest_relative_commitment", "committed_dominance")
 METRICS = (
     ("newest_pct", "newest task, mean over phases"),
     ("old_pct", "old tasks, mean over phases"),
@@ -92,7 +99,15 @@ def summarise(result) -> dict:
         )
     )
     infer = float(np.mean([sum(p.values()) for p in result.inference_energy_uj]))
+    # The pool: how many neurons each old task's classes hold after the last task, as a share of
+    # what they held right after their own task; and how many neurons answer no class at the end.
+    classes = [np.asarray(c) for c in result.neuron_classes]
+    kept = [
+        np.isin(classes[-1], task).sum() / max(np.isin(classes[j], task).sum(), 1) for j, task in enumerate(result.tasks[:-1])
+    ]
     return {
+        "neurons_kept_pct": 100 * float(np.mean(kept)) if kept else float("nan"),
+        "neurons_free_pct": 100 * float((classes[-1] < 0).mean()),
         "newest_pct": newest,
         "old_pct": 100 * float(np.mean(old)) if old else float("nan"),
         "final_old_pct": 100 * float(np.mean(last[:-1])) if len(last) > 1 else float("nan"),
@@ -108,7 +123,7 @@ def summarise(result) -> dict:
 def variants(n_inputs: int, args) -> dict[str, STDPSpec]:
     base = dict(n_inputs=n_inputs, n_neurons=args.neurons, presentation_ms=args.presentation_ms)
     runs = {"diehl-cook": STDPSpec(model="diehl-cook", **base), "spikedyn": STDPSpec(model="spikedyn", **base)}
-    for mechanism in MECHANISMS if not args.no_ablation else ("rest_relative_commitment",):
+    for mechanism in MECHANISMS if not args.no_ablation else FIXES:
         runs[f"spikedyn − {mechanism}"] = replace(runs["spikedyn"], rules=replace(SpikeDynRules(), **{mechanism: False}))
     if args.variants:
         unknown = set(args.variants) - set(runs)
@@ -118,8 +133,9 @@ def variants(n_inputs: int, args) -> dict[str, STDPSpec]:
     return runs
 
 
-def _cell(values: list[float], digits: int = 1) -> str:
-    return mean_interval(values).format(digits)
+def _cell(values: list[float | None], digits: int = 1) -> str:
+    values = [v for v in values if v is not None]  # None: a run from before the metric was recorded
+    return mean_interval(values).format(digits) if values else "—"
 
 
 def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> dict:
@@ -148,34 +164,45 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
             _cell([r["presentations_per_sample"] for r in rs], 2),
         )
     out.print(table)
+    pool = Table(title=f"{name}: the neurons (mean ± 95% interval over {n} seeds)")
+    for column in ("model", "old tasks' neurons at the end, % of after their task", "neurons that answer no class at the end %"):
+        pool.add_column(column, justify="left" if column == "model" else "right")
+    for variant, rs in runs.items():
+        pool.add_row(variant, _cell([r.get("neurons_kept_pct") for r in rs]), _cell([r.get("neurons_free_pct") for r in rs]))
+    out.print(pool)
     retention = Table(title=f"{name}: accuracy % on each old task after the last task (mean ± 95% interval over {n} seeds)")
     retention.add_column("model")
     for t in tasks[:-1]:
         retention.add_column(",".join(map(str, t)), justify="right")
-    for variant in [v for v in ("diehl-cook", BEFORE_FIX, "spikedyn") if v in runs]:
+    for variant in [v for v in ("diehl-cook", BEFORE_THRESHOLD_FIX, BEFORE_FIX, "spikedyn") if v in runs]:
         rs = runs[variant]
         retention.add_row(variant, *(_cell([r["final_per_task_pct"][j] for r in rs], 0) for j in range(len(tasks) - 1)))
     out.print(retention)
     pairs = {
         "spikedyn − diehl-cook": ("spikedyn", "diehl-cook"),
-        "before the fix − diehl-cook": (BEFORE_FIX, "diehl-cook"),
-        "spikedyn − before the fix": ("spikedyn", BEFORE_FIX),
+        "before the threshold fix − diehl-cook": (BEFORE_THRESHOLD_FIX, "diehl-cook"),
+        "spikedyn − before the threshold fix": ("spikedyn", BEFORE_THRESHOLD_FIX),
+        "before the commitment fix − diehl-cook": (BEFORE_FIX, "diehl-cook"),
+        "spikedyn − before the commitment fix": ("spikedyn", BEFORE_FIX),
     }
     pairs |= {
         f"without {m} − spikedyn": (f"spikedyn − {m}", "spikedyn")
         for m in MECHANISMS
-        if f"spikedyn − {m}" in runs and m != "rest_relative_commitment"
+        if f"spikedyn − {m}" in runs and m not in FIXES
     }
     diffs = Table(title=f"{name}: paired differences in points (A − B on the same seeds, 95% interval)")
-    diffs.add_column("A − B")
-    for _, label in METRICS:
+    diffs.add_column("A − B", no_wrap=True)
+    compared = [*METRICS, ("neurons_kept_pct", "old tasks' neurons kept")]
+    if any("neurons_kept_pct" not in r for rs in runs.values() for r in rs):  # runs from before it was recorded
+        compared = list(METRICS)
+    for _, label in compared:
         diffs.add_column(label, justify="right")
     found = {}
     for label, (a, b) in pairs.items():
         if a not in runs or b not in runs:
             continue
         cells = []
-        for key, _ in METRICS:
+        for key, _ in compared:
             d = paired_difference([r[key] for r in runs[a]], [r[key] for r in runs[b]])
             found[(label, key)] = d
             cells.append(f"{d.format(1, signed=True)} ({verdict(d, 'lower', 'higher')})" if d.n > 1 else d.format(1, signed=True))
@@ -184,16 +211,31 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
     return {f"{label} | {key}": {"mean": d.mean, "half": d.half, "n": d.n} for (label, key), d in found.items()}
 
 
+def _join(files: list[str]) -> dict[str, tuple[dict[str, list[dict]], str]]:
+    """Per dataset, each variant's runs from several --json files (seeds in file order) and the note."""
+    joined: dict[str, tuple[dict[str, list[dict]], str]] = {}
+    for file in files:
+        for name, entry in json.loads(Path(file).read_text())["datasets"].items():
+            runs, _ = joined.setdefault(name, ({}, entry["note"]))
+            for variant, rs in entry["runs"].items():
+                runs.setdefault(variant, []).extend(rs)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["digits", "mnist16b"], help="digits, mnist, mnist16b or a data spec")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 … N−1")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds S … S+N−1")
+    parser.add_argument("--first-seed", type=int, default=0, help="S (default 0)")
+    parser.add_argument(
+        "--report", nargs="+", default=None, help="no runs: the tables of these --json files' runs, seeds joined in order"
+    )
     parser.add_argument("--neurons", type=int, default=400)
     parser.add_argument("--samples-per-task", type=int, default=100)
     parser.add_argument("--test-per-task", type=int, default=100)
     parser.add_argument("--tasks", default=None, help="e.g. '0;1;2' (default: one class per task)")
     parser.add_argument("--presentation-ms", type=float, default=350.0)
-    parser.add_argument("--no-ablation", action="store_true", help="only Diehl & Cook, SpikeDyn and SpikeDyn before the fix")
+    parser.add_argument("--no-ablation", action="store_true", help="only Diehl & Cook, SpikeDyn and SpikeDyn before each fix")
     parser.add_argument("--variants", nargs="+", default=None, help="run only these (e.g. spikedyn 'spikedyn − weight_decay')")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -201,10 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be at least 1")
     out = console()
     report: dict = {"config": vars(args), "claimed_deltas": CLAIMS, "datasets": {}}
-    for name in args.data:
+    joined = _join(args.report) if args.report else None
+    for name in joined or args.data:
         runs: dict[str, list[dict]] = {}
         tasks = None
-        for seed in range(args.seeds):
+        if joined:
+            runs, note = joined[name]
+            data = SimpleNamespace(note=note)
+            tasks = parse_tasks(args.tasks, len(next(iter(runs.values()))[0]["final_per_task_pct"]))
+        for seed in range(args.first_seed, args.first_seed + args.seeds) if not joined else ():
             data = load(name, seed, out)
             if data is None:
                 break

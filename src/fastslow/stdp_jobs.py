@@ -322,6 +322,7 @@ def write_continual(out: str | Path, result: ContinualResult, spec: STDPSpec, co
         "spec": spec.to_dict(),
         "config": config,
         "samples_used": result.samples_used,
+        "neuron_classes": result.neuron_classes,
         "versions": versions,
         "seconds": result.seconds,
     }

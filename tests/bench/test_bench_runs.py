@@ -153,7 +153,8 @@ def test_continual_bench_runs_tiny_on_digits_over_seeds(capsys, tmp_path):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "old after last task" in out and "paired differences" in out and "claimed" in out
-    assert "spikedyn − weight_decay" in out and "before the fix − diehl-cook" in out
+    assert "spikedyn − weight_decay" in out and "before the commitment fix − diehl-cook" in out
+    assert "spikedyn − before the threshold fix" in out and "neurons kept" in out
     runs = json.loads(report.read_text())["datasets"]["digits"]["runs"]
     assert set(runs) == {"diehl-cook", "spikedyn", *(f"spikedyn − {m}" for m in bench.MECHANISMS)}
     for rs in runs.values():
@@ -162,6 +163,16 @@ def test_continual_bench_runs_tiny_on_digits_over_seeds(capsys, tmp_path):
             # final retention: the mean over the old tasks of the last phase's accuracies
             assert r["final_old_pct"] == sum(r["final_per_task_pct"][:2]) / 2
             assert r["final_per_task_pct"] == [100 * a for a in r["accuracy"][-1]]
+            assert 0 <= r["neurons_free_pct"] <= 100 and r["neurons_kept_pct"] >= 0
+    # Seeds run in two parts and joined give the tables (and records) of one run.
+    part = tmp_path / "part.json"
+    second = ["--first-seed", "1", "--seeds", "1", "--variants", "diehl-cook", "spikedyn", "--json", str(part)]
+    assert bench.main([*argv[:-2], *second[:-2], "--json", str(part)]) == 0
+    joined = tmp_path / "joined.json"
+    assert bench.main(["--report", str(part), str(part), "--tasks", "0;1;2", "--json", str(joined)]) == 0
+    both = json.loads(joined.read_text())["datasets"]["digits"]["runs"]
+    timeless = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [timeless(r) for r in both["spikedyn"]] == [timeless(runs["spikedyn"][1])] * 2  # seed 1 again: the same run
 
 
 def test_binarised_16_averages_2x2_areas_and_thresholds():

@@ -21,6 +21,10 @@ def test_two_task_toy_runs_end_to_end():
     for phase in result.training_energy_uj:
         assert phase["synaptic"] > 0 and phase["neuron"] > 0 and phase["learning"] > 0
     assert all("learning" not in phase for phase in result.inference_energy_uj)
+    # Each neuron's class after each task: a class seen so far, or −1 (answered none).
+    assert [len(c) for c in result.neuron_classes] == [10, 10]
+    assert set(result.neuron_classes[0]) <= {-1, 0} and set(result.neuron_classes[1]) <= {-1, 0, 1}
+    assert max(result.neuron_classes[1]) >= 0
 
 
 def test_cli_writes_continual_json_and_png(tmp_path):
@@ -57,6 +61,7 @@ def test_cli_writes_continual_json_and_png(tmp_path):
     assert len(payload["accuracy"]) == 2 and len(payload["accuracy"][1]) == 2
     assert payload["spec"]["bits"] == 8 and payload["config"]["seed"] == 0 and "numpy" in payload["versions"]
     assert payload["samples_used"] == {"train_per_task": [3, 3], "test_per_task": [5, 5]}
+    assert len(payload["neuron_classes"]) == 2 and set(payload["neuron_classes"][-1]) <= {-1, 0, 1}
     assert (out / "continual.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((out / "results.json").read_text())
     by_name = {r["name"]: r for r in results["strategies"]}

@@ -71,16 +71,54 @@ def test_adaptive_threshold_rises_with_firing_and_decays():
     assert np.allclose(quiet.theta, expected, rtol=1e-4)
 
 
-def test_spikedyn_threshold_rises_faster_for_a_dominating_neuron():
+def test_the_dominance_rule_raises_theta_faster_for_a_dominating_neuron():
     images = np.full((1, 16), 0.9, np.float32)
+    from dataclasses import replace
+
+    from fastslow.stdp import SpikeDynRules
+
     rises = {}
-    for model in ("diehl-cook", "spikedyn"):
-        net = STDPNetwork(STDPSpec(model=model, n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong()), seed=0)
+    for name, model, rules in (
+        ("diehl-cook", "diehl-cook", SpikeDynRules()),
+        ("off", "spikedyn", replace(SpikeDynRules(), adaptive_threshold=False)),
+        ("dominance", "spikedyn", replace(SpikeDynRules(), committed_dominance=False)),
+    ):
+        spec = STDPSpec(model=model, n_inputs=16, n_neurons=3, presentation_ms=100, constants=_strong(), rules=rules)
+        net = STDPNetwork(spec, seed=0)
         start = net.theta.copy()
         counts = net.learn(images)
-        rises[model] = (net.theta - start).sum() / counts.exc_spikes
+        rises[name] = (net.theta - start).sum() / counts.exc_spikes
     assert rises["diehl-cook"] == pytest.approx(0.05, rel=0.05)  # theta_plus per spike (less the slow decay)
-    assert rises["spikedyn"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
+    assert rises["off"] == pytest.approx(0.05, rel=0.05)  # as Diehl & Cook
+    assert rises["dominance"] > 1.2 * rises["diehl-cook"]  # × (1 + spikes so far / 5)
+
+
+def test_committed_dominance_spares_a_fresh_neuron_and_pushes_a_committed_one():
+    """With ``committed_dominance`` the dominance rise is × (1 − exp(−Δθ / theta_commit)): a neuron
+    at an unfired neuron's θ rises θ_plus per spike as in Diehl & Cook; one 6 mV above it nearly
+    the full (1 + spikes so far / 5)."""
+    from dataclasses import replace
+
+    from fastslow.stdp import SpikeDynRules
+
+    images = np.full((1, 16), 0.9, np.float32)
+    rules = replace(SpikeDynRules(), adaptive_rates=False)  # the default: the dominance rise for committed neurons
+
+    def rise_per_spike(offset: float, rules) -> float:
+        spec = STDPSpec(model="spikedyn", n_inputs=16, n_neurons=1, presentation_ms=100, constants=_strong(), rules=rules)
+        net = STDPNetwork(spec, seed=0)
+        net.theta += np.float32(offset)  # offset mV above an unfired neuron's θ
+        start = net.theta.copy()
+        counts = net.learn(images)
+        assert counts.exc_spikes >= 5
+        return float((net.theta - start).sum() / counts.exc_spikes)
+
+    fresh, committed = rise_per_spike(0.0, rules), rise_per_spike(6.0, rules)
+    plain = {offset: rise_per_spike(offset, replace(rules, committed_dominance=False)) for offset in (0.0, 6.0)}
+    # A fresh neuron: θ_plus per spike but for the small commitment its own rise makes (< 1 mV here).
+    assert 0.05 * 0.99 < fresh < 0.05 * 1.15 and fresh < plain[0.0] - 0.01
+    assert committed == pytest.approx(plain[6.0], rel=0.03)  # × (1 − e⁻³) = 0.95 of the dominance rise
+    assert committed > 1.15 * fresh
 
 
 def test_adaptive_rate_counts_commitment_from_an_unfired_neurons_threshold():

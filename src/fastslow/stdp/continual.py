@@ -35,6 +35,7 @@ class ContinualResult:
     samples_used: dict[str, list[int]] = field(
         default_factory=dict
     )  # per task: training and test samples (the data may hold fewer than asked)
+    neuron_classes: list[list[int]] = field(default_factory=list)  # per task: each neuron's class after it (−1: none)
 
     def training_energy_total_uj(self) -> float:
         """STDP learning arithmetic over the whole protocol (µJ)."""
@@ -108,11 +109,12 @@ def run_continual(
     network = STDPNetwork(spec, seed=seed)
     accuracy: list[list[float | None]] = []
     training_energy, inference_energy, all_counts = [], [], []
+    neuron_classes: list[list[int]] = []
     for i, index in enumerate(train_index):
         learned = network.learn(x_train[index], progress=progress)
         seen = np.concatenate(train_index[: i + 1])
         assignment_responses, _ = network.respond(x_train[seen])
-        network.assign_labels(assignment_responses, data.y_train[seen], data.n_classes)
+        neuron_classes.append(network.assign_labels(assignment_responses, data.y_train[seen], data.n_classes).tolist())
         row: list[float | None] = []
         tested = STDPCounts()
         for j, t_index in enumerate(test_index):
@@ -146,5 +148,6 @@ def run_continual(
         network=network,
         train_index=np.concatenate(train_index),
         test_index=np.concatenate(test_index),
+        neuron_classes=neuron_classes,
         samples_used={"train_per_task": [len(i) for i in train_index], "test_per_task": [len(i) for i in test_index]},
     )

@@ -77,7 +77,7 @@ class SpikeDynRules:
     direct_inhibition: bool = True  # excitatory spikes inhibit the others directly (no inhibitory layer)
     adaptive_rates: bool = True  # uncommitted neurons (θ near an unfired neuron's) potentiate faster, committed ones slower
     rest_relative_commitment: bool = True  # commitment is θ's rise over an unfired neuron's θ now, not over θ_init
-    adaptive_threshold: bool = True  # θ rises more for a neuron that dominates a presentation
+    adaptive_threshold: bool = True  # θ rises more for a committed neuron that dominates a presentation
     weight_decay: bool = True  # a firing neuron forgets weights from inputs silent in this presentation
     spurious_reduction: bool = True  # no potentiation on a presentation's first spike; no depression once post1 has faded
     rate_max: float = 2.0  # potentiation × this for a neuron whose θ has not risen yet …
@@ -85,6 +85,9 @@ class SpikeDynRules:
     theta_commit: float = 2.0  # mV of θ rise (0.05 mV per spike) over which a neuron becomes "committed"
     dominance_spikes: float = 5.0  # θ_plus × (1 + theta_dominance · spikes so far in this presentation / this)
     theta_dominance: float = 1.0
+    # The dominance rise × (1 − exp(−Δθ/theta_commit)), Δθ as for the rates: a fresh neuron rises as in
+    # Diehl & Cook. Off (the rise for every neuron) spread each task over fresh neurons (docs/stdp.md).
+    committed_dominance: bool = True
     decay: float = 0.01  # fraction removed per presentation from silent inputs' weights of firing neurons
     min_post_spikes: int = 2  # potentiate only from a neuron's second spike in a presentation on
     depression_trace_floor: float = 0.05  # skip depression where post1 is below this
@@ -405,7 +408,11 @@ class STDPNetwork:
                     weight_updates += spec.n_inputs * learn.size
                 plus = f32(c.theta_plus) * fired
                 if dominance:
-                    plus *= 1.0 + f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
+                    extra = f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
+                    if r.committed_dominance:
+                        baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
+                        extra *= f32(1.0) - np.exp(-np.maximum(theta - baseline, f32(0.0)) / f32(r.theta_commit))
+                    plus *= 1.0 + extra
                 theta += plus
                 post1[winners] = 1.0
                 post2[winners] = 1.0
