@@ -232,17 +232,21 @@ def membrane_step(v, ge, gi, refractory, threshold, *, v_rest, v_reset, tau, e_e
     return fired
 
 
-def potentiation_scale(theta: np.ndarray, baseline: float, rules: SpikeDynRules) -> np.ndarray:
-    """SpikeDyn's adaptive rate [N]: rate_min + (rate_max − rate_min)·exp(−max(θ − baseline, 0) / theta_commit).
+def uncommitted(theta: np.ndarray, baseline: float, rules: SpikeDynRules) -> np.ndarray:
+    """How uncommitted each neuron is [N], in (0, 1]: exp(−max(θ − baseline, 0) / theta_commit), the
+    one commitment both SpikeDyn rules read (the adaptive rate and the dominance θ rise).
 
     ``baseline`` is what θ would be had the neuron never fired (``STDPNetwork.theta_rest``), so the
     rise counts only the neuron's own spikes: θ also decays (τ_θ) with every simulated ms, and over a
     protocol with many repeated presentations an unfired neuron's θ falls several mV below θ_init,
     more than ``theta_commit``; measured from θ_init, every neuron would look uncommitted again."""
     rise = np.maximum(theta - np.float32(baseline), np.float32(0.0))
-    return np.float32(rules.rate_min) + np.float32(rules.rate_max - rules.rate_min) * np.exp(
-        -rise / np.float32(rules.theta_commit)
-    )
+    return np.exp(-rise / np.float32(rules.theta_commit))
+
+
+def potentiation_scale(theta: np.ndarray, baseline: float, rules: SpikeDynRules) -> np.ndarray:
+    """SpikeDyn's adaptive rate [N]: rate_min + (rate_max − rate_min)·:func:`uncommitted`."""
+    return np.float32(rules.rate_min) + np.float32(rules.rate_max - rules.rate_min) * uncommitted(theta, baseline, rules)
 
 
 def stdp_depress(weights: np.ndarray, active_inputs: np.ndarray, post1: np.ndarray, nu_pre: float) -> np.ndarray:
@@ -399,8 +403,8 @@ class STDPNetwork:
                 fired_so_far += fired
                 winners = np.flatnonzero(fired)
                 rate = c.nu_post
+                baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
                 if adaptive_rates:
-                    baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
                     rate = f32(c.nu_post) * potentiation_scale(theta, baseline, r)
                 learn = winners[fired_so_far[winners] >= r.min_post_spikes] if spurious else winners
                 if learn.size:
@@ -410,8 +414,7 @@ class STDPNetwork:
                 if dominance:
                     extra = f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
                     if r.committed_dominance:
-                        baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
-                        extra *= f32(1.0) - np.exp(-np.maximum(theta - baseline, f32(0.0)) / f32(r.theta_commit))
+                        extra *= f32(1.0) - uncommitted(theta, baseline, r)
                     plus *= 1.0 + extra
                 theta += plus
                 post1[winners] = 1.0
