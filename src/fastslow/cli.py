@@ -136,6 +136,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--s2-retries", type=_bounded(int, 0, 10), default=2, help="retries of a failed request (default 2)")
     predict.add_argument("--s2-batch", type=_bounded(int, 1, 65536), default=64, help="escalated inputs per request (default 64)")
+    predict.add_argument(
+        "--s2-breaker-failures",
+        type=_bounded(int, 1, 1000),
+        default=3,
+        help="failed attempts in a row that open the circuit breaker (default 3)",
+    )
+    predict.add_argument(
+        "--s2-breaker-cooldown",
+        type=_bounded(float, 0.0, 3600.0),
+        default=5.0,
+        help="seconds the open breaker waits before one trial request (default 5)",
+    )
 
     continual = sub.add_parser(
         "continual", help="unsupervised STDP System 1 learning tasks one after another (Diehl & Cook or SpikeDyn)"
@@ -313,6 +325,8 @@ def _run(args: argparse.Namespace) -> None:
             s2_timeout=args.s2_timeout,
             s2_retries=args.s2_retries,
             s2_batch=args.s2_batch,
+            s2_breaker_failures=args.s2_breaker_failures,
+            s2_breaker_cooldown_s=args.s2_breaker_cooldown,
             console=console,
             progress=show,
         )

@@ -43,7 +43,13 @@ from fastslow.evaluation.report import print_table, write_report
 from fastslow.policies import POLICIES, FitContext, Policy, SystemOutputs
 from fastslow.progress import output_console, progress_bars
 from fastslow.serving.deploy import Deployment, UnknownStrategy, prediction_rows
-from fastslow.serving.remote import DEFAULT_BATCH, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+from fastslow.serving.remote import (
+    DEFAULT_BATCH,
+    DEFAULT_BREAKER_COOLDOWN_S,
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+)
 from fastslow.systems.deep import DEEP_ARCHS
 from fastslow.systems.system1 import System1, System1Spec
 from fastslow.systems.system2 import System2Spec, build_system2
@@ -800,13 +806,13 @@ def _deployment(loaded: LoadedFit) -> Deployment:
     return deployment
 
 
-def _attach_remote(deployment: Deployment, url: str, timeout_s: float, retries: int, batch: int) -> None:
+def _attach_remote(deployment: Deployment, url: str, timeout_s: float, retries: int, batch: int, breaker) -> None:
     """Escalations of ``deployment`` go to the ``fastslow serve`` at ``url`` (checked now where it answers)."""
     from fastslow.serving.remote import RemoteSystem2, System2Identity
 
     spec = deployment.system1.spec
     identity = System2Identity(deployment.system2_sha256, tuple(spec.input_shape), spec.n_classes)
-    deployment.remote = RemoteSystem2(url, identity, timeout_s=timeout_s, retries=retries, max_batch=batch)
+    deployment.remote = RemoteSystem2(url, identity, timeout_s=timeout_s, retries=retries, max_batch=batch, breaker=breaker)
     deployment.remote.check()
 
 
@@ -818,6 +824,8 @@ def load(
     s2_timeout: float = DEFAULT_TIMEOUT_S,
     s2_retries: int = DEFAULT_RETRIES,
     s2_batch: int = DEFAULT_BATCH,
+    s2_breaker_failures: int = DEFAULT_BREAKER_FAILURES,
+    s2_breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
 ) -> Deployment:
     """A fit's folder as a :class:`~fastslow.serving.Deployment`: ``load(DIR).predict(x, strategy=NAME)``
     answers with any strategy of the fit's results.json (see ``.strategies``); System 2's MACs are
@@ -825,12 +833,16 @@ def load(
 
     ``s2_url``: System 2 answers from the ``fastslow serve`` there (System 1 and the policy run
     here): escalations go in requests of at most ``s2_batch`` inputs, each phase timed out after
-    ``s2_timeout`` seconds, retried ``s2_retries`` times (:class:`~fastslow.serving.remote.RemoteSystem2`).
+    ``s2_timeout`` seconds, retried ``s2_retries`` times (:class:`~fastslow.serving.remote.RemoteSystem2`);
+    ``s2_breaker_failures`` failed attempts in a row open the circuit breaker for ``s2_breaker_cooldown_s``.
     A service hosting another System 2 is refused (:class:`~fastslow.errors.ServiceError`); one that
     cannot be reached leaves System 1's answers (``Answer.degraded``)."""
+    from fastslow.serving.remote import CircuitBreaker
+
+    breaker = CircuitBreaker(s2_breaker_failures, s2_breaker_cooldown_s) if s2_url is not None else None
     deployment = _deployment(_load_checkpoints(folder, profile=profile))
     if s2_url is not None:
-        _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch)
+        _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch, breaker)
     return deployment
 
 
@@ -845,6 +857,8 @@ def predict_folder(
     s2_timeout: float = DEFAULT_TIMEOUT_S,
     s2_retries: int = DEFAULT_RETRIES,
     s2_batch: int = DEFAULT_BATCH,
+    s2_breaker_failures: int = DEFAULT_BREAKER_FAILURES,
+    s2_breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
     console: Console | None = None,
     progress: bool = True,
 ) -> dict:
@@ -855,11 +869,13 @@ def predict_folder(
     System 2 behind a service, as in :func:`load`."""
     import json
 
-    from fastslow.serving.remote import check_client_options
+    from fastslow.serving.remote import CircuitBreaker, check_client_options
 
     output = atomic.Generation(out, owns=PREDICT_FILES)
-    if s2_url is not None:
-        check_client_options(s2_timeout, s2_retries, s2_batch)  # before the work of loading
+    breaker = None
+    if s2_url is not None:  # the options are checked before the work of loading
+        check_client_options(s2_timeout, s2_retries, s2_batch)
+        breaker = CircuitBreaker(s2_breaker_failures, s2_breaker_cooldown_s)
     loaded = load_fit(folder, profile=profile) if data is None else _load_checkpoints(folder, profile=profile)
     deployment, loaded_config = _deployment(loaded), loaded.config
     try:
@@ -879,7 +895,7 @@ def predict_folder(
     n_classes = None if y is None or len(y) == 0 else int(y.max()) + 1
     _check_inputs_fit(f"data {data or loaded_config.data!r}", tuple(x.shape[1:]), n_classes, deployment.system1, exact=False)
     if s2_url is not None:
-        _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch)
+        _attach_remote(deployment, s2_url, s2_timeout, s2_retries, s2_batch, breaker)
     try:
         with progress_bars(console or output_console(), progress) as bars:
             task = bars.add_task(f"predict ({strategy})", total=-(-len(x) // deployment.batch_size))
@@ -900,6 +916,17 @@ def predict_folder(
         "energy_terms_uj": {term: float(v.mean()) for term, v in answer.energy_terms_uj.items()},
         "degraded": int(answer.degraded.sum()),
         "system2_url": s2_url,
+        "system2_client": None
+        if deployment.remote is None
+        else {
+            "timeout_s": s2_timeout,
+            "retries": s2_retries,
+            "batch": s2_batch,
+            "breaker_failures": s2_breaker_failures,
+            "breaker_cooldown_s": s2_breaker_cooldown_s,
+            "breaker_opened": deployment.remote.breaker.opened,
+            **dataclasses.asdict(deployment.remote.stats),
+        },
         "profile": deployment.profile.summary(),
         "fit": str(Path(folder).absolute()),
         "generation": loaded.generation,

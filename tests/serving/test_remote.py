@@ -266,6 +266,8 @@ def test_a_wrong_or_missing_token_exits_2(fitted_folder, deployment, tmp_path, c
         (["--s2-retries", "-1"], "outside"),
         (["--s2-retries", "two"], "not an integer"),
         (["--s2-batch", "0"], "outside"),
+        (["--s2-breaker-failures", "0"], "outside"),
+        (["--s2-breaker-cooldown", "-1"], "outside"),
     ],
 )
 def test_bad_client_options_exit_2(fitted_folder, tmp_path, capsys, flags, message):
@@ -278,3 +280,19 @@ def test_a_url_that_is_not_http_exits_2(fitted_folder, tmp_path, capsys):
     code, _, _ = predict(fitted_folder, MIXED, tmp_path / "o", "--s2-url", "ftp://127.0.0.1:21")
     err = capsys.readouterr().err
     assert code == 2 and "is not an http(s) URL" in err
+
+
+def test_the_breaker_options_reach_the_client_and_the_summary(fitted_folder, tmp_path):
+    """A dead service, 3 retries, a breaker open for the whole run: with failures = 1 the failed
+    /v1/info check opens it and nothing more is tried; with the default 3, two more attempts fail first."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    tried = {}
+    for failures in (1, 3):
+        flags = ["--s2-url", dead, "--s2-retries", "3", "--s2-breaker-cooldown", "600", "--s2-breaker-failures", str(failures)]
+        code, lines, summary = predict(fitted_folder, MIXED, tmp_path / f"f{failures}", *flags)
+        client = summary["system2_client"]
+        assert code == 0 and summary["degraded"] == sum(line["degraded"] for line in lines) > 0
+        assert client["breaker_failures"] == failures and client["breaker_cooldown_s"] == 600 and client["retries"] == 3
+        assert client["breaker_opened"] == 1 and client["requests"] == 0
+        tried[failures] = client["failures"]
+    assert tried == {1: 1, 3: 3}

@@ -35,6 +35,8 @@ NPY = "application/x-npy"
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_RETRIES = 2
 DEFAULT_BATCH = 64
+DEFAULT_BREAKER_FAILURES = 3  # consecutive failed attempts that open the circuit breaker
+DEFAULT_BREAKER_COOLDOWN_S = 5.0  # seconds open before one trial request
 # Retries wait backoff_s · 2^k, at most this long (a 503's Retry-After is honoured up to it too).
 MAX_BACKOFF_S = 2.0
 
@@ -47,11 +49,20 @@ class CircuitBreaker:
 
     CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
-    def __init__(self, failures: int = 3, cooldown_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if not (isinstance(failures, int) and failures >= 1):
-            raise ConfigError(f"the circuit breaker opens after failures ≥ 1, got {failures!r}: pass e.g. 3")
+    def __init__(
+        self,
+        failures: int = DEFAULT_BREAKER_FAILURES,
+        cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not (isinstance(failures, int) and not isinstance(failures, bool) and failures >= 1):
+            raise ConfigError(
+                f"the circuit breaker opens after failures ≥ 1, got {failures!r}: pass e.g. --s2-breaker-failures 3"
+            )
         if not (isinstance(cooldown_s, int | float) and math.isfinite(cooldown_s) and cooldown_s >= 0):
-            raise ConfigError(f"the circuit breaker's cool-down must be ≥ 0 seconds, got {cooldown_s!r}: pass e.g. 5")
+            raise ConfigError(
+                f"the circuit breaker's cool-down must be ≥ 0 seconds, got {cooldown_s!r}: pass e.g. --s2-breaker-cooldown 5"
+            )
         self.failures, self.cooldown_s, self.clock = failures, float(cooldown_s), clock
         self.state = self.CLOSED
         self.consecutive = 0  # failures in a row while closed
