@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds S … S+N−1")
     parser.add_argument("--first-seed", type=int, default=0, help="S (default 0)")
     parser.add_argument(
-        "--report", nargs="+", default=None, help="no runs: the tables of these --json files' runs, seeds joined in order"
+        "--report",
+        nargs="+",
+        default=None,
+        help="no runs: the tables of these --json files' runs, seeds joined in order (give their --tasks)",
     )
     parser.add_argument("--neurons", type=int, default=400)
     parser.add_argument("--samples-per-task", type=int, default=100)
