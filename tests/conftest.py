@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 TINY_CONFIG = """
@@ -53,3 +58,21 @@ def fitted_folder(tmp_path_factory):
     # On the CPU wherever it runs: the tests that read it feed CPU tensors (a GPU test moves it itself).
     assert main(["fit", "--data", "digits", "--out", str(out), "--config", str(config), "--device", "cpu", "--quiet"]) == 0
     return out
+
+
+@pytest.fixture
+def in_triton_interpreter():
+    """Run ``module.check(…)`` calls of a test file in a new process under ``TRITON_INTERPRET=1``
+    (Triton reads it at import, so it cannot be set inside this one); fails with its stderr."""
+    pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
+
+    def run(test_file: str, *calls: str) -> None:
+        path = Path(test_file)
+        script = f"import sys; sys.path.insert(0, {str(path.parent)!r}); import {path.stem} as t; " + "; ".join(
+            f"t.{call}" for call in calls
+        )
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    return run

@@ -3,11 +3,6 @@ in Triton's interpreter (in a subprocess: the interpreter is chosen when the ker
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -131,15 +126,8 @@ def test_cuda_kernels_match_the_torch_path_on_gpu():
     check_system1_matches_torch_path("cuda")
 
 
-def test_cuda_kernels_match_the_torch_path_in_triton_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
-    script = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_cuda_kernels as t; "
-        "t.check_kernels_match_torch_path('cpu'); t.check_system1_matches_torch_path('cpu')"
-    )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_cuda_kernels_match_the_torch_path_in_triton_interpreter(in_triton_interpreter):
+    in_triton_interpreter(__file__, "check_kernels_match_torch_path('cpu')", "check_system1_matches_torch_path('cpu')")
 
 
 def test_auto_never_picks_triton_where_it_does_not_apply(monkeypatch):

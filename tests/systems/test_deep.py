@@ -3,10 +3,6 @@ against hand counts, and a fit from a 3×32×32 .npz end to end (tiny widths, CP
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,15 +255,8 @@ def test_deep_triton_matches_torch_on_gpu():
     check_deep_matches_torch_path("cuda")
 
 
-def test_deep_triton_matches_torch_in_triton_interpreter():
-    pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch ship it; the test extra adds it)")
-    script = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_deep as t; "
-        "t.check_deep_matches_torch_path('cpu')"
-    )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_deep_triton_matches_torch_in_triton_interpreter(in_triton_interpreter):
+    in_triton_interpreter(__file__, "check_deep_matches_torch_path('cpu')")
 
 
 def test_system2_spec_records_the_resolved_arch_and_old_auto_specs_keep_lenet5():
