@@ -49,6 +49,10 @@ from fastslow.serving.remote import (
     DEFAULT_BREAKER_FAILURES,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
+    CircuitBreaker,
+    RemoteSystem2,
+    System2Identity,
+    check_client_options,
 )
 from fastslow.systems.deep import DEEP_ARCHS
 from fastslow.systems.system1 import System1, System1Spec
@@ -806,10 +810,8 @@ def _deployment(loaded: LoadedFit) -> Deployment:
     return deployment
 
 
-def _attach_remote(deployment: Deployment, url: str, timeout_s: float, retries: int, batch: int, breaker) -> None:
+def _attach_remote(deployment: Deployment, url: str, timeout_s: float, retries: int, batch: int, breaker: CircuitBreaker) -> None:
     """Escalations of ``deployment`` go to the ``fastslow serve`` at ``url`` (checked now where it answers)."""
-    from fastslow.serving.remote import RemoteSystem2, System2Identity
-
     spec = deployment.system1.spec
     identity = System2Identity(deployment.system2_sha256, tuple(spec.input_shape), spec.n_classes)
     deployment.remote = RemoteSystem2(url, identity, timeout_s=timeout_s, retries=retries, max_batch=batch, breaker=breaker)
@@ -837,8 +839,6 @@ def load(
     ``s2_breaker_failures`` failed attempts in a row open the circuit breaker for ``s2_breaker_cooldown_s``.
     A service hosting another System 2 is refused (:class:`~fastslow.errors.ServiceError`); one that
     cannot be reached leaves System 1's answers (``Answer.degraded``)."""
-    from fastslow.serving.remote import CircuitBreaker
-
     breaker = CircuitBreaker(s2_breaker_failures, s2_breaker_cooldown_s) if s2_url is not None else None
     deployment = _deployment(_load_checkpoints(folder, profile=profile))
     if s2_url is not None:
@@ -868,8 +868,6 @@ def predict_folder(
     summary. ``profile``: another energy profile than the fit's; ``s2_url`` and the ``s2_*`` options:
     System 2 behind a service, as in :func:`load`."""
     import json
-
-    from fastslow.serving.remote import CircuitBreaker, check_client_options
 
     output = atomic.Generation(out, owns=PREDICT_FILES)
     breaker = None
