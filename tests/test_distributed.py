@@ -205,6 +205,18 @@ def test_the_rank_that_failed_is_named_not_the_one_that_lost_it(tmp_path):
     assert "process 1 failed: RuntimeError: boom" in str(err)
 
 
+def test_a_rank_that_died_unrecorded_is_named_not_the_one_that_lost_it(tmp_path):
+    """The race a CI run hit: rank 1 dies without a word, rank 0 loses it and exits too, and the
+    launcher records rank 0's exit only. Rank 1, neither heard nor recorded, is the cause."""
+    import pickle
+    from types import SimpleNamespace
+
+    (tmp_path / "0.pickle").write_bytes(pickle.dumps(WorkerError(f"process 0 {distributed.LOST_PEERS} (…): RuntimeError: x")))
+    err = distributed._failure(SimpleNamespace(failures={0: SimpleNamespace(exitcode=-6)}), tmp_path, 2)
+    assert str(err).startswith("process 1 of 2 ended without a word before the fit ended;"), err
+    assert str(err).endswith("--processes 1")
+
+
 def _share_rank_0s_word(world: distributed.World) -> str:
     """Each rank offers its own word; every rank must get rank 0's."""
     import dataclasses

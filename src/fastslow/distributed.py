@@ -32,6 +32,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,6 +53,9 @@ COLLECTIVE_TIMEOUT_S = 300
 JOIN_TIMEOUT_S = 120
 # How long a stopped worker has to exit before it is killed.
 SHUTDOWN_TIMEOUT_S = 10
+# How long a rank that lost a peer waits before it exits: the launcher reports the first exit it
+# sees (polling every 0.1 s), and the cause is the peer's, which has already gone.
+PEER_LOSS_EXIT_DELAY_S = 1.0
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -258,12 +262,15 @@ def _rank_main(errors: str, wait_owner: str | None, entrypoint: Callable[..., An
         sys.exit(130)
     except Exception as err:
         line = str(err).splitlines()[0] if str(err) else ""
-        if _lost_peers(err, torch):  # a peer left or hung: the cause is the peer's, named by the parent
+        lost = _lost_peers(err, torch)
+        if lost:  # a peer left or hung: the cause is the peer's, named by the parent
             what = f"{LOST_PEERS} (a collective failed or timed out)"
         else:  # a defect: its traceback here, one line from the parent
             traceback.print_exc()
             what = "failed"
         _leave(errors, world.rank, WorkerError(f"process {world.rank} {what}: {type(err).__name__}: {line}"))
+        if lost:
+            time.sleep(PEER_LOSS_EXIT_DELAY_S)
         sys.exit(1)
 
 
@@ -302,5 +309,12 @@ def _failure(err, errors: Path, processes: int) -> FastslowError:
         return WorkerError(f"process {rank} of {processes} {how} before the fit ended{suffix}")
     # A rank that failed on its own is the cause; the ones that then lost it as a peer follow from it.
     own = {rank: e for rank, e in left.items() if LOST_PEERS not in str(e)}
-    rank = min(own) if own else min(left)
-    return WorkerError(f"{left[rank]}{suffix}")
+    if own:
+        rank = min(own)
+        return WorkerError(f"{left[rank]}{suffix}")
+    # Only lost peers were left: the cause is a rank that left no word and whose exit the launcher
+    # did not record (it reports one failure, the first it sees).
+    unheard = [rank for rank in range(processes) if rank not in left and rank not in err.failures]
+    if unheard:
+        return WorkerError(f"process {unheard[0]} of {processes} ended without a word before the fit ended{suffix}")
+    return WorkerError(f"{left[min(left)]}{suffix}")
