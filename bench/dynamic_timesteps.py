@@ -5,6 +5,11 @@ Default data: the MNIST test set in ../shared/data/MNIST/raw, split 8,000 train 
 (stratified, seed 0); skips with a message where it is absent. Not a test: run on demand,
 
     .venv/bin/python bench/dynamic_timesteps.py [--epochs N] [--timesteps T] [--seed S] [--seeds N]
+    .venv/bin/python bench/dynamic_timesteps.py --report DIR [DIR ...]   # join seeds fitted in parts
+
+Seeds can run in parts, each its own process (``--seed 0 --seeds 3 --out D``, ``--seed 3 --seeds 2
+--out D``); ``--report D`` then tables the fits under D (its ``seed-*`` folders, or D itself) as
+one run, in seed order, without fitting anything (give the parts' ``--timesteps``).
 
 Each of N seeds (default 5) is a new split and training; the table gives each row's mean ± 95% t
 interval over the seeds, and the paired difference learned router − the best threshold cascade
@@ -18,14 +23,17 @@ average; the whole-space router within 0.3 points of System 2 at ≤ 10% of its 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from rich.table import Table
 
 from fastslow import load_config
+from fastslow.evaluation.evaluate import StrategyResult
 from fastslow.pipeline import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,8 +83,28 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", default="auto", help="CPU threads (auto: one); a given count repeats its results bit for bit"
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument("--report", nargs="+", default=None, help="no fits: table the fits under these --out folders")
     args = parser.parse_args(argv)
     console = wide_console()
+    if args.report:
+        fits = _fits_under([Path(folder) for folder in args.report])
+        if not fits:
+            parser.error(f"no results.json under {' '.join(args.report)}: give the --out folders of earlier runs")
+        seeds, runs, settings = [], [], {}
+        for folder in fits:
+            payload = json.loads((folder / "results.json").read_text())
+            setting = json.dumps({k: v for k, v in payload["config"].items() if k != "seed"}, sort_keys=True)
+            settings.setdefault(setting, folder)
+            if len(settings) > 1:
+                parser.error(
+                    f"{folder} was fitted with other settings than {settings[next(iter(settings))]}: join one setting's seeds"
+                )
+            results = [StrategyResult(**entry) for entry in payload["strategies"]]
+            seeds.append(payload["seed"])
+            runs.append((_rows(results), SimpleNamespace(payload=payload)))
+            _seed_lines(console, payload["seed"], results, args.timesteps)
+        _summary(console, args, seeds, runs)
+        return 0
     data = args.data or default_data(console)
     if data is None:
         return 0
@@ -142,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             _seed_lines(console, seed, result.results, args.timesteps)
     _summary(console, args, seeds, runs)
     return 0
+
+
+def _fits_under(folders: list[Path]) -> list[Path]:
+    """Fit folders (with a results.json) among ``folders`` and their ``seed-*`` subfolders, by seed."""
+    fits = [f for folder in folders for f in [folder, *folder.glob("seed-*")] if (f / "results.json").is_file()]
+    return sorted(set(fits), key=lambda f: json.loads((f / "results.json").read_text())["seed"])
 
 
 def _rows(results) -> list[tuple[str, str, object]]:

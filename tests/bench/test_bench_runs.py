@@ -49,6 +49,9 @@ def test_dynamic_timesteps_bench_runs_on_digits(capsys, tmp_path):
     assert "SEENN-I" in out and "router, one-shot" in out and "router, sequential" in out and "seed 1: target S1-only" in out
     assert "seeds 0–1 (mean ± 95% t interval over 2 seeds)" in out and "learned router − best threshold cascade" in out
     assert (tmp_path / "seed-1" / "results.json").is_file()
+    # The same two seeds joined from their folders (as when fitted in parts) give the same table.
+    assert bench.main(["--report", str(tmp_path), "--timesteps", "3"]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_simulation_speed_bench_runs_tiny_without_peers(capsys, tmp_path):
