@@ -211,15 +211,25 @@ def report_dataset(out, name: str, runs: dict[str, list[dict]], args, tasks) -> 
     return {f"{label} | {key}": {"mean": d.mean, "half": d.half, "n": d.n} for (label, key), d in found.items()}
 
 
-def _join(files: list[str]) -> dict[str, tuple[dict[str, list[dict]], str]]:
-    """Per dataset, each variant's runs from several --json files (seeds in file order) and the note."""
+SIZE_OPTIONS = ("neurons", "samples_per_task", "test_per_task", "presentation_ms")
+
+
+def _join(files: list[str]) -> tuple[dict[str, tuple[dict[str, list[dict]], str]], dict]:
+    """Per dataset, each variant's runs from several --json files (seeds in file order) and the note;
+    and the size the runs share (their ``SIZE_OPTIONS``; files of different sizes are refused)."""
     joined: dict[str, tuple[dict[str, list[dict]], str]] = {}
+    size: dict = {}
     for file in files:
-        for name, entry in json.loads(Path(file).read_text())["datasets"].items():
+        report = json.loads(Path(file).read_text())
+        this = {key: report["config"][key] for key in SIZE_OPTIONS}
+        if size and this != size:
+            raise SystemExit(f"error: {file} ran at {this}, the files before it at {size}: join runs of one size")
+        size = this
+        for name, entry in report["datasets"].items():
             runs, _ = joined.setdefault(name, ({}, entry["note"]))
             for variant, rs in entry["runs"].items():
                 runs.setdefault(variant, []).extend(rs)
-    return joined
+    return joined, size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be at least 1")
     out = console()
     report: dict = {"config": vars(args), "claimed_deltas": CLAIMS, "datasets": {}}
-    joined = _join(args.report) if args.report else None
+    joined = None
+    if args.report:  # the tables name the runs' size, not this command's defaults
+        joined, size = _join(args.report)
+        for key, value in size.items():
+            setattr(args, key, value)
     for name in joined or args.data:
         runs: dict[str, list[dict]] = {}
         tasks = None

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -172,10 +174,17 @@ def test_continual_bench_runs_tiny_on_digits_over_seeds(capsys, tmp_path):
     second = ["--first-seed", "1", "--seeds", "1", "--variants", "diehl-cook", "spikedyn", "--json", str(part)]
     assert bench.main([*argv[:-2], *second[:-2], "--json", str(part)]) == 0
     joined = tmp_path / "joined.json"
+    capsys.readouterr()
     assert bench.main(["--report", str(part), str(part), "--tasks", "0;1;2", "--json", str(joined)]) == 0
+    assert "3 tasks × 2 samples, 8 neurons, 2 seeds" in capsys.readouterr().out  # the runs' size, not the defaults
     both = json.loads(joined.read_text())["datasets"]["digits"]["runs"]
     timeless = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert [timeless(r) for r in both["spikedyn"]] == [timeless(runs["spikedyn"][1])] * 2  # seed 1 again: the same run
+    other = json.loads(part.read_text())
+    other["config"]["neurons"] = 9
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="join runs of one size"):
+        bench.main(["--report", str(part), str(tmp_path / "other.json"), "--tasks", "0;1;2"])
 
 
 def test_binarised_16_averages_2x2_areas_and_thresholds():
