@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", default="auto", help="CPU threads (auto: one); a given count repeats its results bit for bit"
     )
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="keep each seed's fit in OUT/seed-S (default: a scratch folder)")
     parser.add_argument("--report", nargs="+", default=None, help="no fits: table the fits under these --out folders")
     args = parser.parse_args(argv)
     console = wide_console()
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
             root = Path(args.out) if args.out else Path(scratch)
-            out = root if len(seeds) == 1 else root / f"seed-{seed}"
+            out = root / f"seed-{seed}"  # also for one seed: parts fitted into one --out never overwrite
             result = fit(
                 config.model_copy(update={"seed": seed}),
                 out,
