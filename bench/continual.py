@@ -36,19 +36,11 @@ from _common import console, default_data  # noqa: E402
 from _stats import mean_interval, paired_difference, verdict  # noqa: E402
 
 from fastslow.data.datasets import Dataset, load_dataset  # noqa: E402
-from fastslow.stdp import SpikeDynRules, STDPSpec  # noqa: E402
+from fastslow.stdp import SPIKEDYN_MECHANISMS, SpikeDynRules, STDPSpec  # noqa: E402
 from fastslow.stdp.continual import parse_tasks, run_continual  # noqa: E402
 
 CLAIMS = {"newest": 21.0, "old": 8.0, "training": -51.0, "inference": -37.0}
-MECHANISMS = (  # each on by default; the ablation switches each off
-    "direct_inhibition",
-    "adaptive_rates",
-    "rest_relative_commitment",
-    "adaptive_threshold",
-    "committed_dominance",
-    "weight_decay",
-    "spurious_reduction",
-)
+MECHANISMS = SPIKEDYN_MECHANISMS  # each on by default; the ablation switches each off
 BEFORE_FIX = "spikedyn − rest_relative_commitment"  # commitment measured from θ_init
 BEFORE_THRESHOLD_FIX = "spikedyn − committed_dominance"  # the dominance rise for every neuron
 FIXES = ("rest_relative_commitment", "committed_dominance")

@@ -167,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     continual.add_argument(
         "--s2-epochs", type=int, default=10, help="epochs for the System 2 that low-confidence answers escalate to"
     )
+    continual.add_argument(
+        "--spikedyn-off",
+        nargs="+",
+        default=[],
+        metavar="MECHANISM",
+        help="switch these SpikeDyn mechanisms off, e.g. rest_relative_commitment (docs/stdp.md lists them)",
+    )
     continual.add_argument("--seed", type=_seed, default=0, help=f"{SEED_HELP} (default 0)")
 
     search = sub.add_parser(
@@ -264,6 +271,7 @@ def _run(args: argparse.Namespace) -> None:
             seed=args.seed,
             profile=args.profile,
             s2_epochs=args.s2_epochs,
+            spikedyn_off=tuple(args.spikedyn_off),
             console=console,
             progress=show,
             show_table=show,

@@ -23,7 +23,7 @@ from fastslow.evaluation.report import figure_png
 from fastslow.pipeline import versions
 from fastslow.progress import output_console, progress_bars
 from fastslow.stdp.continual import ContinualResult, parse_tasks, run_continual
-from fastslow.stdp.network import STDPSpec, memory_bytes
+from fastslow.stdp.network import SPIKEDYN_MECHANISMS, SpikeDynRules, STDPSpec, memory_bytes
 from fastslow.stdp.search import Candidate, candidate_rows, search
 
 CONTINUAL_FILES = ("continual.json", "continual.png", "results.json")
@@ -40,6 +40,16 @@ def _image_data(data: str, seed: int):
     return dataset
 
 
+def _spikedyn_rules(model: str, off: tuple[str, ...]) -> SpikeDynRules:
+    """SpikeDyn's rules with the mechanisms in ``off`` switched off (docs/stdp.md)."""
+    unknown = sorted(set(off) - set(SPIKEDYN_MECHANISMS))
+    if unknown:
+        raise ConfigError(f"--spikedyn-off {' '.join(unknown)}: no such mechanism; choose from {', '.join(SPIKEDYN_MECHANISMS)}")
+    if off and model != "spikedyn":
+        raise ConfigError(f"--spikedyn-off switches SpikeDyn's mechanisms, not {model}'s: drop it or use --model spikedyn")
+    return SpikeDynRules(**dict.fromkeys(off, False))
+
+
 def continual_job(
     data: str,
     model: str,
@@ -53,6 +63,7 @@ def continual_job(
     seed: int = 0,
     profile: str = "cmos45nm",
     s2_epochs: int = 10,
+    spikedyn_off: tuple[str, ...] = (),
     console: Console | None = None,
     progress: bool = True,
     show_table: bool = True,
@@ -62,14 +73,21 @@ def continual_job(
     check_seed(seed)
     if s2_epochs < 1:
         raise ConfigError(f"--s2-epochs {s2_epochs}: System 2 needs at least 1 training epoch")
+    rules = _spikedyn_rules(model, spikedyn_off)
     dataset = _image_data(data, seed)
     task_list = parse_tasks(tasks, dataset.n_classes)
     spec = STDPSpec(
-        model=model, n_inputs=math.prod(dataset.input_shape), n_neurons=neurons, bits=bits, presentation_ms=presentation_ms
+        model=model,
+        n_inputs=math.prod(dataset.input_shape),
+        n_neurons=neurons,
+        bits=bits,
+        presentation_ms=presentation_ms,
+        rules=rules,
     )
     config = {
         "data": data,
         "model": model,
+        "spikedyn_off": list(spikedyn_off),
         "bits": bits,
         "neurons": neurons,
         "tasks": task_list,

@@ -8,7 +8,7 @@ import pytest
 from fastslow.cli import main
 from fastslow.data.datasets import load_dataset
 from fastslow.errors import ConfigError
-from fastslow.stdp import STDPSpec
+from fastslow.stdp import SPIKEDYN_MECHANISMS, SpikeDynRules, STDPSpec
 from fastslow.stdp.continual import parse_tasks, run_continual
 
 
@@ -74,6 +74,26 @@ def test_cli_writes_continual_json_and_png(tmp_path):
         assert terms["s2"] == pytest.approx(row["escalation_rate"] * s2["energy_terms_uj"]["s2"])
 
 
+def test_cli_switches_spikedyn_mechanisms_off_and_records_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["--neurons", "8", "--tasks", "0;1", "--samples-per-task", "2", "--test-per-task", "3", "--presentation-ms", "40"]
+    argv = ["continual", "--data", "digits", "--model", "spikedyn", "--out", str(out), *tiny, "--s2-epochs", "1", "--quiet"]
+    assert main([*argv, "--spikedyn-off", "rest_relative_commitment", "weight_decay"]) == 0
+    payload = json.loads((out / "continual.json").read_text())
+    rules = payload["spec"]["rules"]
+    assert rules["rest_relative_commitment"] is False and rules["weight_decay"] is False
+    assert all(rules[m] for m in SPIKEDYN_MECHANISMS if m not in ("rest_relative_commitment", "weight_decay"))
+    assert payload["config"]["spikedyn_off"] == ["rest_relative_commitment", "weight_decay"]
+    # The saved spec rebuilds the same rules.
+    assert STDPSpec.from_dict(payload["spec"]).rules == SpikeDynRules(rest_relative_commitment=False, weight_decay=False)
+    # Diehl & Cook has no such mechanisms: refused before any work, one line, exit 2.
+    capsys.readouterr()
+    other = tmp_path / "dc"
+    assert main([*argv[:4], "diehl-cook", "--out", str(other), "--quiet", "--spikedyn-off", "weight_decay"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --spikedyn-off switches SpikeDyn's mechanisms") and "\n" not in err and not other.exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -81,6 +101,7 @@ def test_cli_writes_continual_json_and_png(tmp_path):
         (["--tasks", "0;;1"], "empty task"),
         (["--tasks", "0;11"], "outside 0..9"),
         (["--samples-per-task", "0"], "at least 1"),
+        (["--spikedyn-off", "lateral_magic"], "no such mechanism; choose from direct_inhibition"),
     ],
 )
 def test_cli_refuses_bad_options_with_exit_2(tmp_path, capsys, extra, message):

@@ -2,6 +2,7 @@
 
 from fastslow.stdp.network import (
     MODELS,
+    SPIKEDYN_MECHANISMS,
     DiehlCookConstants,
     SpikeDynRules,
     STDPCounts,
@@ -14,6 +15,7 @@ from fastslow.stdp.quantize import SUPPORTED_BITS, quantize_array
 
 __all__ = [
     "MODELS",
+    "SPIKEDYN_MECHANISMS",
     "SUPPORTED_BITS",
     "DiehlCookConstants",
     "STDPCounts",

@@ -93,6 +93,10 @@ class SpikeDynRules:
     depression_trace_floor: float = 0.05  # skip depression where post1 is below this
 
 
+# SpikeDyn's mechanisms: the on/off flags of SpikeDynRules (`continual --spikedyn-off`, the ablation).
+SPIKEDYN_MECHANISMS: tuple[str, ...] = tuple(f.name for f in fields(SpikeDynRules) if isinstance(f.default, bool))
+
+
 @dataclass(frozen=True)
 class STDPSpec:
     """Everything needed to rebuild an STDP network (stored beside its weights)."""
