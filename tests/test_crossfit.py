@@ -32,9 +32,11 @@ def test_crossfit_records_every_training_input_from_systems_that_never_saw_it(tm
     trained: dict[int, torch.Tensor] = {}  # id(model) -> the inputs it trained on
     recorded: list[tuple[int, int, torch.Tensor, str]] = []  # (id System 1, id System 2, inputs, split)
     seen_by_policies = []
+    alive = []  # every trained model, so that a freed fold's id is never reused by a later one
     train, outputs, fit_policies = pipeline._train, pipeline._outputs, pipeline.fit_policies
 
     def spy_train(progress, description, model, loss_fn, x, *args):
+        alive.append(model)
         trained[id(model)] = x.clone()
         return train(progress, description, model, loss_fn, x, *args)
 
