@@ -7,7 +7,7 @@ import pytest
 
 from fastslow.errors import ConfigError
 from fastslow.stdp import STDPNetwork, STDPSpec, memory_bytes
-from fastslow.stdp.network import membrane_step, potentiation_scale, stdp_depress, stdp_potentiate
+from fastslow.stdp.network import membrane_step, potentiation_scale, stdp_depress, stdp_potentiate, uncommitted
 
 
 def test_stdp_on_a_hand_made_two_neuron_case():
@@ -127,10 +127,10 @@ def test_adaptive_rate_counts_commitment_from_an_unfired_neurons_threshold():
     from fastslow.stdp import SpikeDynRules
 
     theta = np.array([17.0, 19.0, 21.0], np.float32)
-    scale = potentiation_scale(theta, 17.0, SpikeDynRules())
+    scale = potentiation_scale(uncommitted(theta, 17.0, SpikeDynRules()), SpikeDynRules())
     assert scale == pytest.approx([2.0, 0.5 + 1.5 / math.e, 0.5 + 1.5 / math.e**2], rel=1e-6)
     # Measured from θ_init (20 mV), the neuron at 19 mV would learn at the uncommitted rate 2.
-    assert potentiation_scale(theta, 20.0, SpikeDynRules())[1] == pytest.approx(2.0)
+    assert potentiation_scale(uncommitted(theta, 20.0, SpikeDynRules()), SpikeDynRules())[1] == pytest.approx(2.0)
 
 
 def test_theta_rest_tracks_a_neuron_that_never_fires():

@@ -248,9 +248,9 @@ def uncommitted(theta: np.ndarray, baseline: float, rules: SpikeDynRules) -> np.
     return np.exp(-rise / np.float32(rules.theta_commit))
 
 
-def potentiation_scale(theta: np.ndarray, baseline: float, rules: SpikeDynRules) -> np.ndarray:
-    """SpikeDyn's adaptive rate [N]: rate_min + (rate_max − rate_min)·:func:`uncommitted`."""
-    return np.float32(rules.rate_min) + np.float32(rules.rate_max - rules.rate_min) * uncommitted(theta, baseline, rules)
+def potentiation_scale(free: np.ndarray, rules: SpikeDynRules) -> np.ndarray:
+    """SpikeDyn's adaptive rate [N] from ``free`` = :func:`uncommitted`: rate_min + (rate_max − rate_min)·free."""
+    return np.float32(rules.rate_min) + np.float32(rules.rate_max - rules.rate_min) * free
 
 
 def stdp_depress(weights: np.ndarray, active_inputs: np.ndarray, post1: np.ndarray, nu_pre: float) -> np.ndarray:
@@ -407,9 +407,11 @@ class STDPNetwork:
                 fired_so_far += fired
                 winners = np.flatnonzero(fired)
                 rate = c.nu_post
-                baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
+                if adaptive_rates or (dominance and r.committed_dominance):  # both rules read one commitment
+                    baseline = theta_rest[0] if r.rest_relative_commitment else f32(c.theta_init)
+                    free = uncommitted(theta, baseline, r)
                 if adaptive_rates:
-                    rate = f32(c.nu_post) * potentiation_scale(theta, baseline, r)
+                    rate = f32(c.nu_post) * potentiation_scale(free, r)
                 learn = winners[fired_so_far[winners] >= r.min_post_spikes] if spurious else winners
                 if learn.size:
                     weights[:, learn] = self._store(stdp_potentiate(weights, learn, pre, post2, rate))
@@ -418,7 +420,7 @@ class STDPNetwork:
                 if dominance:
                     extra = f32(r.theta_dominance) * fired_so_far / f32(r.dominance_spikes)
                     if r.committed_dominance:
-                        extra *= f32(1.0) - uncommitted(theta, baseline, r)
+                        extra *= f32(1.0) - free  # θ is unchanged since free was computed
                     plus *= 1.0 + extra
                 theta += plus
                 post1[winners] = 1.0
