@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if not fits:
             parser.error(f"no results.json under {' '.join(args.report)}: give the --out folders of earlier runs")
         seeds, runs, settings = [], [], {}
-        for folder in fits:
-            payload = json.loads((folder / "results.json").read_text())
+        for folder, payload in fits:
             setting = json.dumps({k: v for k, v in payload["config"].items() if k != "seed"}, sort_keys=True)
             settings.setdefault(setting, folder)
             if len(settings) > 1:
@@ -172,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fits_under(folders: list[Path]) -> list[Path]:
-    """Fit folders (with a results.json) among ``folders`` and their ``seed-*`` subfolders, by seed."""
-    fits = [f for folder in folders for f in [folder, *folder.glob("seed-*")] if (f / "results.json").is_file()]
-    return sorted(set(fits), key=lambda f: json.loads((f / "results.json").read_text())["seed"])
+def _fits_under(folders: list[Path]) -> list[tuple[Path, dict]]:
+    """(fit folder, its results.json) among ``folders`` and their ``seed-*`` subfolders, by seed."""
+    found = {f for folder in folders for f in [folder, *folder.glob("seed-*")] if (f / "results.json").is_file()}
+    fits = [(f, json.loads((f / "results.json").read_text())) for f in found]
+    return sorted(fits, key=lambda fit: fit[1]["seed"])
 
 
 def _rows(results) -> list[tuple[str, str, object]]:
